@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package k8sbin only records the commands this module builds.
+package k8sbin
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+)

@@ -1,0 +1,136 @@
+// Package exchange turns a Kubernetes ServiceAccount token into cloud
+// credentials. Each implementation talks to one cloud's token service; the
+// broker consumes them through its own one-method interface, so adding a
+// cloud never changes the broker.
+//
+// Implementations must keep secrets out of error texts: an error may name the
+// role and the upstream error code, never the token or any credential.
+package exchange
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Secret is a string that must never be printed. Its String, GoString and
+// LogValue methods redact it, so that a Secret that ends up in a log line,
+// an error built with %v or a panic message shows "REDACTED". Use Reveal
+// where the value really has to leave the process (the HTTP response, the
+// upstream request).
+type Secret string
+
+// Reveal returns the secret value.
+func (s Secret) Reveal() string { return string(s) }
+
+// String redacts.
+func (Secret) String() string { return "REDACTED" }
+
+// GoString redacts, so %#v redacts too.
+func (Secret) GoString() string { return `"REDACTED"` }
+
+// LogValue redacts for log/slog.
+func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// Format redacts for every verb, including %s, %q and %x.
+func (s Secret) Format(f fmt.State, verb rune) { fmt.Fprint(f, "REDACTED") }
+
+// Request is one exchange of a ServiceAccount token for credentials.
+type Request struct {
+	// Token is the pod-bound ServiceAccount token (a JWT). It is used for
+	// this one call and never stored.
+	Token Secret
+	// Role names what the caller wants to become: an IAM role ARN for AWS,
+	// a service account email for GCP, a client ID for Azure.
+	Role string
+	// SessionName names the session in the cloud's audit log. The AWS
+	// exchanger sanitises it to what STS accepts.
+	SessionName string
+	// Duration is the requested lifetime; zero means the exchanger's default.
+	Duration time.Duration
+}
+
+// Kind says which fields of Credentials are set.
+type Kind int
+
+const (
+	// KindAWS credentials carry an access key, a secret key and a session token.
+	KindAWS Kind = iota + 1
+	// KindAccessToken credentials carry an OAuth 2.0 bearer token (GCP, Azure).
+	KindAccessToken
+)
+
+// Credentials are what an exchange yields. They are immutable once returned.
+type Credentials struct {
+	Kind Kind
+
+	// AWS, set when Kind is KindAWS.
+	AccessKeyID     string
+	SecretAccessKey Secret
+	SessionToken    Secret
+	AccountID       string
+
+	// OAuth, set when Kind is KindAccessToken.
+	AccessToken Secret
+	TokenType   string
+
+	// Expiration is when the credentials stop working.
+	Expiration time.Time
+}
+
+// ErrorKind classifies an upstream failure once, so that callers branch on
+// it rather than on error texts.
+type ErrorKind int
+
+const (
+	// Transient failures (5xx, network errors, timeouts) are worth retrying.
+	Transient ErrorKind = iota + 1
+	// Throttled means upstream asked us to slow down.
+	Throttled
+	// Denied means upstream refused this identity or role; retrying the same
+	// request will not help (AccessDenied, role trust policy mismatch).
+	Denied
+	// InvalidToken means upstream rejected the token itself
+	// (InvalidIdentityToken, ExpiredToken, IDPRejectedClaim).
+	InvalidToken
+	// InvalidRequest means the request was malformed (a bad role ARN, an
+	// out-of-range duration): the operator's configuration is wrong.
+	InvalidRequest
+)
+
+func (k ErrorKind) String() string {
+	switch k {
+	case Transient:
+		return "transient"
+	case Throttled:
+		return "throttled"
+	case Denied:
+		return "denied"
+	case InvalidToken:
+		return "invalid_token"
+	case InvalidRequest:
+		return "invalid_request"
+	default:
+		return "unknown"
+	}
+}
+
+// Error is an upstream failure classified by Kind. Code is the upstream's own
+// error code (for example "AccessDenied"); it never carries a secret.
+type Error struct {
+	Kind ErrorKind
+	Code string
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Code != "" {
+		return fmt.Sprintf("exchange %s (%s): %v", e.Kind, e.Code, e.Err)
+	}
+	return fmt.Sprintf("exchange %s: %v", e.Kind, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Retryable reports whether the same request may succeed later.
+func (e *Error) Retryable() bool { return e.Kind == Transient || e.Kind == Throttled }

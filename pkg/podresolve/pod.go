@@ -1,0 +1,46 @@
+package podresolve
+
+import (
+	"errors"
+	"net/netip"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Pod is the part of a pod the agent needs to decide who is calling. It is a
+// value copied out of the informer's store; callers may keep it.
+type Pod struct {
+	Namespace      string
+	Name           string
+	UID            types.UID
+	ServiceAccount string
+	IPs            []netip.Addr
+}
+
+// Errors Resolve returns. Callers branch on them with errors.Is.
+var (
+	// ErrNotSynced means the informer has not completed its first list yet.
+	// Retryable.
+	ErrNotSynced = errors.New("podresolve: pod informer has not synced")
+	// ErrNotFound means no live pod on this node owns the address, even
+	// after waiting for the informer to catch up. Retryable: a pod that was
+	// just created shows up shortly.
+	ErrNotFound = errors.New("podresolve: no running pod on this node has this address")
+	// ErrAmbiguous means more than one live pod claims the address and no
+	// rule picks exactly one. Retryable: the stale pod object disappears.
+	ErrAmbiguous = errors.New("podresolve: more than one pod claims this address")
+	// ErrHostAddress means the address belongs to the node itself (and so to
+	// every hostNetwork pod). Such callers can never be identified. Final.
+	ErrHostAddress = errors.New("podresolve: address belongs to the node; host-network callers cannot be identified")
+)
+
+// Listener is told about pods entering and leaving the index. Calls happen
+// on the informer's goroutine: implementations must return quickly.
+type Listener interface {
+	// PodReady is called when a live pod with at least one IP enters the
+	// index, or when its IPs change.
+	PodReady(Pod)
+	// PodGone is called when a pod leaves the index: deleted, terminal,
+	// being deleted, or one of its IPs given to another pod.
+	PodGone(Pod)
+}
