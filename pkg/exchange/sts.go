@@ -1,0 +1,384 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/smithy-go"
+)
+
+// Session durations STS accepts for AssumeRoleWithWebIdentity. A role's own
+// MaxSessionDuration may be lower than the upper bound; STS then answers
+// ValidationError, which is classified InvalidRequest.
+const (
+	DefaultSessionDuration = time.Hour
+	MinSessionDuration     = 15 * time.Minute
+	MaxSessionDuration     = 12 * time.Hour
+)
+
+// Timeouts of the default HTTP client. STS answers in well under a second;
+// the broker serves cached credentials while a slow call is outstanding, so a
+// hung connection must fail soon enough to be retried with backoff.
+const (
+	defaultConnectTimeout = 3 * time.Second
+	defaultRequestTimeout = 10 * time.Second
+)
+
+// placeholderRegion is given to the SDK when only an endpoint is configured.
+// The call is unsigned, so the region is never used for signing, and with an
+// explicit endpoint it plays no part in choosing the host.
+const placeholderRegion = "us-east-1"
+
+// appID goes into the User-Agent header, so that CloudTrail's userAgent field
+// shows which agent made the call.
+const appID = "credbroker"
+
+// regionPattern is what an AWS region name looks like. Checking it up front
+// turns a typo into a constructor error instead of a failing call per pod.
+var regionPattern = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)+$`)
+
+// STSConfig configures NewSTS.
+type STSConfig struct {
+	// Region selects the regional STS endpoint (sts.<region>.amazonaws.com,
+	// or the partition's equivalent). Required unless Endpoint is set. The
+	// caller chooses the default, typically from AWS_REGION.
+	Region string
+	// Endpoint, when set, replaces the regional endpoint, for example
+	// http://127.0.0.1:5000 for a local STS peer or a VPC endpoint URL.
+	Endpoint string
+	// Duration is the session lifetime asked for when Request.Duration is
+	// zero. Zero means DefaultSessionDuration. It must lie within
+	// [MinSessionDuration, MaxSessionDuration].
+	Duration time.Duration
+	// HTTPClient sends the requests. Nil means a client with a 3 s connect
+	// and TLS handshake timeout, a 10 s overall timeout, keep-alive, and the
+	// proxy from the environment (HTTPS_PROXY, NO_PROXY).
+	HTTPClient *http.Client
+}
+
+// STS exchanges Kubernetes ServiceAccount tokens for AWS credentials with
+// AssumeRoleWithWebIdentity.
+//
+// Guarantees:
+//   - The call is unsigned: the node needs no AWS credentials, and none found
+//     in the environment are ever sent.
+//   - Each Exchange makes exactly one HTTP request; the SDK's own retries are
+//     off, because the caller owns retries, backoff and rate limiting.
+//   - Every failure is an *Error whose Kind was decided once, from the AWS
+//     error code and the HTTP status, never from message texts.
+//   - No error text contains the web identity token or any credential.
+//
+// An STS is safe for concurrent use.
+type STS struct {
+	client   *sts.Client
+	duration time.Duration
+}
+
+// NewSTS returns an STS exchanger. It makes no network call.
+func NewSTS(cfg STSConfig) (*STS, error) {
+	region := cfg.Region
+	switch {
+	case region == "" && cfg.Endpoint == "":
+		return nil, errors.New("sts: a region or an endpoint is required")
+	case region == "":
+		region = placeholderRegion
+	case !regionPattern.MatchString(region):
+		return nil, fmt.Errorf("sts: region %q is not a valid AWS region name", region)
+	}
+	var endpoint *string
+	if cfg.Endpoint != "" {
+		u, err := url.Parse(cfg.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("sts: endpoint %q is not an absolute http(s) URL", cfg.Endpoint)
+		}
+		endpoint = aws.String(cfg.Endpoint)
+	}
+	duration := cfg.Duration
+	if duration == 0 {
+		duration = DefaultSessionDuration
+	}
+	if err := checkDuration(duration); err != nil {
+		return nil, fmt.Errorf("sts: session duration: %w", err)
+	}
+	httpClient := cfg.HTTPClient
+	if httpClient == nil {
+		httpClient = defaultHTTPClient()
+	}
+
+	client := sts.New(sts.Options{
+		Region:       region,
+		BaseEndpoint: endpoint,
+		HTTPClient:   httpClient,
+		// AssumeRoleWithWebIdentity is modelled as anonymous already;
+		// anonymous credentials make sure nothing is ever signed.
+		Credentials: aws.AnonymousCredentials{},
+		Retryer:     aws.NopRetryer{},
+		AppID:       appID,
+	})
+	return &STS{client: client, duration: duration}, nil
+}
+
+func defaultHTTPClient() *http.Client {
+	dialer := &net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second}
+	return &http.Client{
+		Timeout: defaultRequestTimeout,
+		Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           dialer.DialContext,
+			ForceAttemptHTTP2:     true,
+			TLSHandshakeTimeout:   defaultConnectTimeout,
+			MaxIdleConns:          16,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		},
+	}
+}
+
+func checkDuration(d time.Duration) error {
+	if d < MinSessionDuration || d > MaxSessionDuration {
+		return fmt.Errorf("%v is outside [%v, %v]", d, MinSessionDuration, MaxSessionDuration)
+	}
+	return nil
+}
+
+// Exchange calls AssumeRoleWithWebIdentity for req.Role with req.Token.
+// req.SessionName is made acceptable to STS as by SessionName's rules
+// (callers should pass SessionName's result). req.Duration, when non-zero,
+// overrides the configured duration and is truncated to whole seconds.
+//
+// Requests that cannot succeed (no token, a role that is not an ARN, a
+// session name under 2 characters, a duration out of range) fail with
+// InvalidRequest before any network call.
+func (s *STS) Exchange(ctx context.Context, req Request) (Credentials, error) {
+	if req.Token == "" {
+		return Credentials{}, invalidRequest(req.Role, "empty web identity token")
+	}
+	roleARN, err := parseARN(req.Role)
+	if err != nil {
+		return Credentials{}, &Error{Kind: InvalidRequest, Err: fmt.Errorf("role %q: %w", req.Role, err)}
+	}
+	sessionName, ok := sessionNameFor(req.SessionName)
+	if !ok {
+		return Credentials{}, invalidRequest(req.Role, "session name shorter than 2 characters")
+	}
+	duration := s.duration
+	if req.Duration != 0 {
+		duration = req.Duration.Truncate(time.Second)
+	}
+	if err := checkDuration(duration); err != nil {
+		return Credentials{}, invalidRequest(req.Role, "session duration "+err.Error())
+	}
+
+	out, err := s.client.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
+		RoleArn:          aws.String(req.Role),
+		RoleSessionName:  aws.String(sessionName),
+		WebIdentityToken: aws.String(req.Token.Reveal()),
+		DurationSeconds:  aws.Int32(int32(duration / time.Second)),
+	})
+	if err != nil {
+		return Credentials{}, classify(err, req.Role, req.Token)
+	}
+
+	c := out.Credentials
+	if c == nil || aws.ToString(c.AccessKeyId) == "" || aws.ToString(c.SecretAccessKey) == "" ||
+		aws.ToString(c.SessionToken) == "" || c.Expiration == nil {
+		// A 200 without credentials is an upstream fault, not ours.
+		return Credentials{}, &Error{Kind: Transient, Err: &stsError{
+			role: req.Role, detail: "response lacks credentials or expiration",
+		}}
+	}
+	account := roleARN.AccountID
+	if out.AssumedRoleUser != nil {
+		if id, err := AccountIDFromARN(aws.ToString(out.AssumedRoleUser.Arn)); err == nil {
+			account = id
+		}
+	}
+	return Credentials{
+		Kind:            KindAWS,
+		AccessKeyID:     aws.ToString(c.AccessKeyId),
+		SecretAccessKey: Secret(aws.ToString(c.SecretAccessKey)),
+		SessionToken:    Secret(aws.ToString(c.SessionToken)),
+		AccountID:       account,
+		Expiration:      c.Expiration.UTC(),
+	}, nil
+}
+
+func invalidRequest(role, detail string) *Error {
+	return &Error{Kind: InvalidRequest, Err: &stsError{role: role, detail: detail}}
+}
+
+// stsError describes one failed call in words that are safe to log: the
+// role, the HTTP status, the request ID and STS's message (dropped if it
+// contains the token). It wraps the SDK's error so that callers can still use
+// errors.Is (context.DeadlineExceeded) and errors.As (smithy.APIError); the
+// SDK's error carries nothing from the request body, where the token is.
+type stsError struct {
+	role      string
+	status    int
+	requestID string
+	detail    string
+	cause     error
+}
+
+func (e *stsError) Error() string {
+	var b strings.Builder
+	b.WriteString("sts AssumeRoleWithWebIdentity")
+	if e.role != "" {
+		fmt.Fprintf(&b, " for role %s", e.role)
+	}
+	if e.status != 0 {
+		fmt.Fprintf(&b, ": HTTP %d", e.status)
+	}
+	if e.requestID != "" {
+		fmt.Fprintf(&b, " (request id %s)", e.requestID)
+	}
+	if e.detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.detail)
+	}
+	return b.String()
+}
+
+func (e *stsError) Unwrap() error { return e.cause }
+
+// classify turns an SDK error into an *Error. The AWS error code decides
+// where it is known; the HTTP status decides otherwise; a failure without a
+// response (connection refused, timeout, cancelled context) is Transient.
+func classify(err error, role string, token Secret) *Error {
+	se := &stsError{role: role, cause: err}
+
+	var status interface{ HTTPStatusCode() int }
+	if errors.As(err, &status) {
+		se.status = status.HTTPStatusCode()
+	}
+	var reqID interface{ ServiceRequestID() string }
+	if errors.As(err, &reqID) {
+		se.requestID = reqID.ServiceRequestID()
+	}
+
+	var api smithy.APIError
+	if !errors.As(err, &api) {
+		kind := kindForStatus(se.status)
+		switch {
+		case se.status != 0:
+			se.detail = "unparsable response"
+		case errors.Is(err, context.DeadlineExceeded):
+			se.detail = "deadline exceeded"
+		case errors.Is(err, context.Canceled):
+			se.detail = "canceled"
+		default:
+			se.detail = "request failed: " + sendFailure(err)
+			if containsToken(se.detail, token) {
+				se.detail = "request failed"
+			}
+		}
+		return &Error{Kind: kind, Err: se}
+	}
+
+	code := api.ErrorCode()
+	se.detail = api.ErrorMessage()
+	if containsToken(se.detail, token) {
+		// Only a peer that is not STS would echo the token; keep it out of
+		// the text and out of the wrapped chain as well.
+		se.detail = "(message withheld: it quotes the token)"
+		se.cause = &smithy.GenericAPIError{Code: code, Fault: api.ErrorFault()}
+	} else if len(se.detail) > maxMessageLen {
+		se.detail = se.detail[:maxMessageLen] + "..."
+	}
+	kind, known := kindForCode(code)
+	if !known {
+		kind = kindForStatus(se.status)
+		if se.status == 0 && api.ErrorFault() == smithy.FaultClient {
+			kind = InvalidRequest
+		}
+	}
+	return &Error{Kind: kind, Code: code, Err: se}
+}
+
+// kindForCode classifies the error codes AssumeRoleWithWebIdentity is
+// documented to return, plus the generic AWS throttling codes.
+func kindForCode(code string) (ErrorKind, bool) {
+	switch code {
+	case "AccessDenied", "AccessDeniedException":
+		return Denied, true
+	case "InvalidIdentityToken", "ExpiredToken", "ExpiredTokenException", "IDPRejectedClaim":
+		return InvalidToken, true
+	case "IDPCommunicationError":
+		// STS could not reach the identity provider's JWKS endpoint (the
+		// cluster's OIDC issuer): documented as often transient.
+		return Transient, true
+	case "ValidationError", "MalformedPolicyDocument", "PackedPolicyTooLarge", "RegionDisabledException":
+		return InvalidRequest, true
+	}
+	if _, ok := retry.DefaultThrottleErrorCodes[code]; ok {
+		return Throttled, true
+	}
+	if _, ok := retry.DefaultRetryableErrorCodes[code]; ok {
+		return Transient, true
+	}
+	return 0, false
+}
+
+func kindForStatus(status int) ErrorKind {
+	switch {
+	case status == http.StatusTooManyRequests:
+		return Throttled
+	case status >= 400 && status < 500:
+		return InvalidRequest
+	default:
+		// 5xx, a 2xx or 3xx that could not be parsed, or no response at all.
+		return Transient
+	}
+}
+
+// sendFailure names why a request got no response, from the innermost
+// network error. The URL (which carries no token: the token travels in the
+// POST body) is left out because the caller knows the endpoint.
+func sendFailure(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Op + ": " + oe.Err.Error()
+	}
+	return err.Error()
+}
+
+// maxMessageLen bounds how much of STS's message goes into an error text.
+// STS's messages name the problem (audience, issuer, expiry), never the token.
+const maxMessageLen = 512
+
+// containsToken reports whether s contains the token or any of its
+// dot-separated parts long enough to matter (a JWT's payload or signature).
+func containsToken(s string, token Secret) bool {
+	t := token.Reveal()
+	if t == "" {
+		return false
+	}
+	if strings.Contains(s, t) {
+		return true
+	}
+	for part := range strings.SplitSeq(t, ".") {
+		if len(part) >= 16 && strings.Contains(s, part) {
+			return true
+		}
+	}
+	return false
+}
