@@ -1,0 +1,51 @@
+// Package testenv decides what an integration test does when the machine
+// cannot run it. On a developer's machine it skips, with the reason; under CI
+// (CI=true) it fails, because a suite that skips everything would pass while
+// testing nothing.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// CI reports whether the tests run under CI, where missing prerequisites are
+// failures.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Unavailable stops the test because a prerequisite is missing: Skip
+// normally, Fatal under CI.
+func Unavailable(tb testing.TB, format string, args ...any) {
+	tb.Helper()
+	if CI() {
+		tb.Fatalf("prerequisite missing (CI=true, so this fails instead of skipping): "+format, args...)
+	}
+	tb.Skipf("prerequisite missing: "+format, args...)
+}
+
+// RequireRoot stops the test unless it runs as root, which network
+// namespaces and the link-local service address need.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		Unavailable(tb, "must run as root (network namespaces, addresses on lo)")
+	}
+}
+
+// RequireCommand stops the test unless every named command is on PATH, and
+// returns the first one's path.
+func RequireCommand(tb testing.TB, names ...string) string {
+	tb.Helper()
+	var first string
+	for i, name := range names {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			Unavailable(tb, "command %q not found on PATH", name)
+		}
+		if i == 0 {
+			first = p
+		}
+	}
+	return first
+}
