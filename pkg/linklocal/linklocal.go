@@ -13,6 +13,9 @@
 //     device type"), Setup falls back to the loopback link `lo`, which every
 //     kernel has; Result.Fallback says so. Only that one error triggers the
 //     fallback: any other failure is returned.
+//   - When Setup returns without error, the kernel routes every configured
+//     address to this host: a process can bind it and reach it at once
+//     (IPv6 local routes appear asynchronously, so Setup waits for them).
 //   - Setup never removes or changes addresses it did not configure.
 //   - All netlink and /proc/sys work happens in the network namespace of the
 //     calling OS thread (the host's, for a hostNetwork init container).
@@ -34,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -203,6 +207,9 @@ func Setup(ctx context.Context, cfg Config) (Result, error) {
 		if err != nil {
 			return res, err
 		}
+		if err := waitLocalRoute(ctx, p.Addr()); err != nil {
+			return res, err
+		}
 		res.Addresses = append(res.Addresses, p)
 		if added {
 			res.Added = append(res.Added, p)
@@ -347,6 +354,38 @@ func ensureAddr(link netlink.Link, p netip.Prefix) (added bool, err error) {
 		return false, fmt.Errorf("linklocal: adding %s to %s: %w", p, link.Attrs().Name, err)
 	}
 	return true, nil
+}
+
+// localRouteWait bounds how long Setup waits for the kernel to install the
+// local route of an address it added.
+const localRouteWait = 5 * time.Second
+
+// waitLocalRoute waits until the kernel routes addr to this host. IPv4 local
+// routes are installed before the netlink request returns; IPv6 ones only
+// once the address has passed (or skipped) duplicate address detection, which
+// runs on a kernel work queue after the request returned. Without the wait, a
+// process started right after Setup can bind the address but not reach it.
+func waitLocalRoute(ctx context.Context, addr netip.Addr) error {
+	ctx, cancel := context.WithTimeout(ctx, localRouteWait)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		routes, err := netlink.RouteGet(addr.AsSlice())
+		for _, r := range routes {
+			if r.Type == unix.RTN_LOCAL {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = errors.New("route is not local")
+			}
+			return fmt.Errorf("linklocal: waiting for the local route to %s: %w (last lookup: %w)", addr, ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
 }
 
 // hasIPv6 reports whether the node has an IPv6 default route or a global
