@@ -187,7 +187,7 @@ func (s *STS) Exchange(ctx context.Context, req Request) (Credentials, error) {
 		DurationSeconds:  aws.Int32(int32(duration / time.Second)),
 	})
 	if err != nil {
-		return Credentials{}, classify(err, req.Role, req.Token)
+		return Credentials{}, classify(ctx, err, req.Role, req.Token)
 	}
 
 	c := out.Credentials
@@ -255,7 +255,7 @@ func (e *stsError) Unwrap() error { return e.cause }
 // classify turns an SDK error into an *Error. The AWS error code decides
 // where it is known; the HTTP status decides otherwise; a failure without a
 // response (connection refused, timeout, cancelled context) is Transient.
-func classify(err error, role string, token Secret) *Error {
+func classify(ctx context.Context, err error, role string, token Secret) *Error {
 	se := &stsError{role: role, cause: err}
 
 	var status interface{ HTTPStatusCode() int }
@@ -273,10 +273,10 @@ func classify(err error, role string, token Secret) *Error {
 		switch {
 		case se.status != 0:
 			se.detail = "unparsable response"
-		case errors.Is(err, context.DeadlineExceeded):
-			se.detail = "deadline exceeded"
-		case errors.Is(err, context.Canceled):
-			se.detail = "canceled"
+		case ctx.Err() != nil:
+			// The caller's deadline or cancellation, as opposed to the HTTP
+			// client's own timeout below.
+			se.detail = "caller's context: " + ctx.Err().Error()
 		default:
 			se.detail = "request failed: " + sendFailure(err)
 			if containsToken(se.detail, token) {
