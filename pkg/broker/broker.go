@@ -1,0 +1,429 @@
+// Package broker turns "a pod on this node asks" into "here are that pod's
+// cloud credentials". It owns the pod-bound TokenRequest, the per-pod
+// credential cache with refresh-ahead, the de-duplication and rate limiting of
+// upstream calls, the container-credentials HTTP API and its metrics.
+//
+// Guarantees:
+//   - A credential is cached under the UID of the pod it was minted for, along
+//     with the role, and is only ever returned to a caller that the resolver
+//     identifies as that very pod. Pods that leave the node are evicted, and
+//     a fetch that completes after its pod left is discarded.
+//   - A served credential has at least FreshnessFloor of lifetime left unless
+//     upstream is failing, in which case a still valid one (with at least
+//     staleServeFloor left) is served; an expired one never is.
+//   - Concurrent requests for one pod share a single TokenRequest and a single
+//     exchange; all upstream calls pass one rate limiter.
+//   - No token or credential appears in a log line, a metric or an error text.
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// PodResolver identifies the pod behind a source address.
+type PodResolver interface {
+	Resolve(ctx context.Context, addr netip.Addr) (podresolve.Pod, error)
+}
+
+// Exchanger trades a pod-bound ServiceAccount token for cloud credentials.
+type Exchanger interface {
+	Exchange(ctx context.Context, req exchange.Request) (exchange.Credentials, error)
+}
+
+// FreshnessFloor is the least lifetime a served credential has whenever a
+// fresh one can be had. botocore refetches on every call below 15 minutes
+// and fails below 10; every other SDK is more lenient.
+const FreshnessFloor = 15 * time.Minute
+
+// staleServeFloor is the least lifetime of a credential served while
+// upstream is failing: less than this and the caller could not even use it.
+const staleServeFloor = time.Minute
+
+// Config configures a Broker. Zero values take the documented defaults.
+type Config struct {
+	Client    kubernetes.Interface // required: TokenRequest and ServiceAccount GET
+	Resolver  PodResolver          // required
+	Exchanger Exchanger            // required
+
+	Audience        string        // token audience; default "sts.amazonaws.com"
+	TokenExpiration time.Duration // TokenRequest lifetime; default 10m (the API's minimum)
+	SessionDuration time.Duration // requested credential lifetime; default 1h
+	RoleAnnotation  string        // default "eks.amazonaws.com/role-arn"
+	// RoleCacheTTL is how long a ServiceAccount's annotation is trusted; a
+	// change takes effect within twice this. Default 30s.
+	RoleCacheTTL               time.Duration
+	AllowDefaultServiceAccount bool
+	AllowedRoles               []string // glob patterns; empty allows every role
+	CacheSize                  int      // credentials cached; default 4096
+
+	// UpstreamQPS and UpstreamBurst limit fetches (each one TokenRequest plus
+	// one exchange) across all pods. Defaults 20 and 50.
+	UpstreamQPS   float64
+	UpstreamBurst int
+	// RequestTimeout bounds how long a request waits for a cache miss to be
+	// filled; the fetch itself goes on and fills the cache. Default 5s.
+	RequestTimeout time.Duration
+	// FetchTimeout bounds one fetch. Default 15s.
+	FetchTimeout time.Duration
+	// Workers fetch for prefetches and refreshes. Default 4.
+	Workers int
+
+	Registerer prometheus.Registerer // default: a private registry
+	Logger     *slog.Logger          // default: discard
+	Clock      clock.WithTicker      // default: real clock
+}
+
+func (c *Config) setDefaults() {
+	setDefault := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.Audience == "" {
+		c.Audience = "sts.amazonaws.com"
+	}
+	if c.RoleAnnotation == "" {
+		c.RoleAnnotation = "eks.amazonaws.com/role-arn"
+	}
+	setDefault(&c.TokenExpiration, 10*time.Minute)
+	setDefault(&c.SessionDuration, time.Hour)
+	setDefault(&c.RoleCacheTTL, 30*time.Second)
+	setDefault(&c.RequestTimeout, 5*time.Second)
+	setDefault(&c.FetchTimeout, 15*time.Second)
+	if c.CacheSize == 0 {
+		c.CacheSize = 4096
+	}
+	if c.UpstreamQPS == 0 {
+		c.UpstreamQPS = 20
+	}
+	if c.UpstreamBurst == 0 {
+		c.UpstreamBurst = 50
+	}
+	if c.Workers == 0 {
+		c.Workers = 4
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
+	}
+}
+
+// Broker serves per-pod credentials. Create it with New, register it as the
+// resolver's Listener, serve Handler, and call Run for background refresh.
+type Broker struct {
+	cfg       Config
+	resolver  PodResolver
+	exchanger Exchanger
+	tokens    *tokenSource
+	roles     *roleLookup
+	policy    rolePolicy
+	clock     clock.WithTicker
+	log       *slog.Logger
+	metrics   *metrics
+	limiter   *rate.Limiter
+	inflight  singleflight.Group
+	queue     workqueue.TypedRateLimitingInterface[types.UID]
+
+	cache    *lru.Cache[types.UID, *entry]
+	failures *lru.Cache[types.UID, fetchFailure]
+
+	// mu makes "is the pod still here? then cache its credentials" atomic
+	// with PodGone, so that a fetch finishing after its pod left can never
+	// put a credential back.
+	mu    sync.Mutex
+	known map[types.UID]podresolve.Pod // pods the resolver announced; guarded by mu
+	gone  *lru.Cache[types.UID, struct{}]
+}
+
+// entry is one pod's cached credential. It is immutable: a refresh replaces
+// it, so readers need no lock beyond the cache's.
+type entry struct {
+	pod        podresolve.Pod
+	role       string
+	body       []byte // the JSON answer, rendered once
+	expiration time.Time
+	fetchedAt  time.Time
+	refreshAt  time.Time
+}
+
+// fetchFailure remembers a failed fetch so that callers get the same answer
+// without another upstream call until it expires: this is the backoff.
+type fetchFailure struct {
+	role     string
+	err      error
+	until    time.Time
+	failures int
+}
+
+// negativeTTL is how long a permanent refusal from upstream (AccessDenied,
+// an invalid token) is remembered.
+const negativeTTL = 30 * time.Second
+
+// maxTransientBackoff caps the per-pod backoff after transient failures, so
+// that a new pod is served within this long once upstream recovers.
+const maxTransientBackoff = 10 * time.Second
+
+// New validates cfg and builds a Broker. It starts nothing.
+func New(cfg Config) (*Broker, error) {
+	cfg.setDefaults()
+	switch {
+	case cfg.Client == nil:
+		return nil, errors.New("broker: Client is required")
+	case cfg.Resolver == nil:
+		return nil, errors.New("broker: Resolver is required")
+	case cfg.Exchanger == nil:
+		return nil, errors.New("broker: Exchanger is required")
+	case cfg.CacheSize < 0:
+		return nil, fmt.Errorf("broker: cache size %d must be positive", cfg.CacheSize)
+	case cfg.SessionDuration < 2*FreshnessFloor:
+		return nil, fmt.Errorf("broker: session duration %s leaves no room to refresh before the %s freshness floor; use at least %s",
+			cfg.SessionDuration, FreshnessFloor, 2*FreshnessFloor)
+	}
+	for _, p := range cfg.AllowedRoles {
+		if p == "" {
+			return nil, errors.New("broker: empty allowed-role pattern")
+		}
+	}
+	b := &Broker{
+		cfg:       cfg,
+		resolver:  cfg.Resolver,
+		exchanger: cfg.Exchanger,
+		policy:    rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount, patterns: cfg.AllowedRoles},
+		clock:     cfg.Clock,
+		log:       cfg.Logger,
+		limiter:   rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
+		known:     make(map[types.UID]podresolve.Pod),
+	}
+	var err error
+	if b.cache, err = lru.New[types.UID, *entry](cfg.CacheSize); err != nil {
+		return nil, fmt.Errorf("broker: credential cache: %w", err)
+	}
+	if b.failures, err = lru.New[types.UID, fetchFailure](cfg.CacheSize); err != nil {
+		return nil, fmt.Errorf("broker: failure cache: %w", err)
+	}
+	if b.gone, err = lru.New[types.UID, struct{}](cfg.CacheSize); err != nil {
+		return nil, fmt.Errorf("broker: departed pods: %w", err)
+	}
+	if b.metrics, err = newMetrics(cfg.Registerer, b.cache.Len); err != nil {
+		return nil, fmt.Errorf("broker: registering metrics: %w", err)
+	}
+	b.tokens = &tokenSource{client: cfg.Client, audience: cfg.Audience, expiration: cfg.TokenExpiration, clock: cfg.Clock, metrics: b.metrics}
+	b.roles = newRoleLookup(cfg.Client, cfg.RoleAnnotation, cfg.RoleCacheTTL, cfg.Clock, cfg.Logger, b.metrics)
+	b.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[types.UID](time.Second, 2*time.Minute),
+		workqueue.TypedRateLimitingQueueConfig[types.UID]{Name: "credbroker_refresh", Clock: cfg.Clock},
+	)
+	return b, nil
+}
+
+// credentials returns the JSON answer for the pod at addr, and the pod when
+// it was identified (for logging).
+func (b *Broker) credentials(ctx context.Context, addr netip.Addr) ([]byte, podresolve.Pod, error) {
+	pod, err := b.resolver.Resolve(ctx, addr)
+	if err != nil {
+		return nil, pod, fmt.Errorf("identifying caller: %w", err)
+	}
+	role, err := b.roleFor(ctx, pod)
+	if err != nil {
+		return nil, pod, err
+	}
+
+	now := b.clock.Now()
+	cached, ok := b.cache.Get(pod.UID)
+	if ok && cached.role != role {
+		ok = false
+	}
+	if ok && cached.expiration.Sub(now) >= FreshnessFloor {
+		b.metrics.cacheHits.Inc()
+		return cached.body, pod, nil
+	}
+	if f, failing := b.failures.Get(pod.UID); failing && f.role == role && now.Before(f.until) {
+		if ok && cached.expiration.Sub(now) >= staleServeFloor {
+			b.metrics.cacheStale.Inc()
+			return cached.body, pod, nil
+		}
+		return nil, pod, f.err
+	}
+
+	b.metrics.cacheMisses.Inc()
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout)
+	defer cancel()
+	fresh, err := b.fetchShared(ctx, pod, role)
+	if err == nil {
+		return fresh.body, pod, nil
+	}
+	if ok && cached.expiration.Sub(b.clock.Now()) >= staleServeFloor {
+		b.metrics.cacheStale.Inc()
+		return cached.body, pod, nil
+	}
+	return nil, pod, err
+}
+
+// roleFor applies the operator's policy and returns the role the pod's
+// ServiceAccount names.
+func (b *Broker) roleFor(ctx context.Context, pod podresolve.Pod) (string, error) {
+	if err := b.policy.checkServiceAccount(pod.Namespace, pod.ServiceAccount); err != nil {
+		return "", err
+	}
+	role, err := b.roles.Role(ctx, pod.Namespace, pod.ServiceAccount)
+	if err != nil {
+		return "", err
+	}
+	if err := b.policy.checkRole(pod.Namespace, pod.ServiceAccount, role); err != nil {
+		return "", err
+	}
+	return role, nil
+}
+
+// fetchShared fetches once for all concurrent callers asking for the same
+// pod and role. The fetch runs under its own timeout, detached from the
+// first caller, so that a caller giving up neither fails the others nor
+// wastes the upstream call: its result still lands in the cache.
+func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, role string) (*entry, error) {
+	ch := b.inflight.DoChan(string(pod.UID)+"\x00"+role, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.Background(), b.cfg.FetchTimeout)
+		defer cancel()
+		e, err := b.fetch(fctx, pod, role)
+		b.record(pod, role, e, err)
+		return e, err
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*entry), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errStillFetching)
+	}
+}
+
+func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, role string) (*entry, error) {
+	if err := b.limiter.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("fetching for pod %s/%s: %w", pod.Namespace, pod.Name, errUpstreamBusy)
+	}
+	token, err := b.tokens.token(ctx, pod)
+	if err != nil {
+		return nil, err
+	}
+	start := b.clock.Now()
+	creds, err := b.exchanger.Exchange(ctx, exchange.Request{
+		Token:       token,
+		Role:        role,
+		SessionName: exchange.SessionName(pod.Namespace, pod.Name, string(pod.UID)),
+		Duration:    b.cfg.SessionDuration,
+	})
+	b.metrics.observeUpstream(upstreamSTS, err, b.clock.Since(start))
+	if err != nil {
+		return nil, fmt.Errorf("exchanging token of pod %s/%s for role %s: %w", pod.Namespace, pod.Name, role, err)
+	}
+	body, err := renderAWS(creds, role)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	e := &entry{pod: pod, role: role, body: body, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
+	e.refreshAt = refreshTime(e)
+	return e, nil
+}
+
+// record caches a fetch's outcome and schedules the next refresh.
+func (b *Broker) record(pod podresolve.Pod, role string, e *entry, err error) {
+	now := b.clock.Now()
+	if err != nil {
+		prev, _ := b.failures.Peek(pod.UID)
+		n := prev.failures + 1
+		var xe *exchange.Error
+		backoff := negativeTTL
+		if !errors.As(err, &xe) || xe.Retryable() {
+			backoff = min(time.Duration(1<<min(n-1, 10))*time.Second, maxTransientBackoff)
+		}
+		b.mu.Lock()
+		if !b.gone.Contains(pod.UID) {
+			b.failures.Add(pod.UID, fetchFailure{role: role, err: err, until: now.Add(backoff), failures: n})
+		}
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.gone.Contains(pod.UID) {
+		return
+	}
+	if b.cache.Add(pod.UID, e) {
+		b.metrics.evictions.WithLabelValues(evictCapacity).Inc()
+	}
+	b.failures.Remove(pod.UID)
+	b.queue.AddAfter(pod.UID, max(e.refreshAt.Sub(now), 0))
+}
+
+// refreshTime picks when to refresh: at 40-60% of the span during which the
+// credential is fresh. Refreshing mid-span leaves as much time for retries
+// as it has already lasted, and the jitter keeps pods that were fetched
+// together (an agent restart, a rollout) from refreshing together.
+func refreshTime(e *entry) time.Time {
+	freshSpan := e.expiration.Sub(e.fetchedAt) - FreshnessFloor
+	if freshSpan <= 0 {
+		// Upstream granted less than we need: refresh soon, not in a loop.
+		return e.fetchedAt.Add(30 * time.Second)
+	}
+	return e.fetchedAt.Add(time.Duration(float64(freshSpan) * (0.4 + 0.2*rand.Float64())))
+}
+
+// awsCredentials is the container-credentials answer every AWS SDK reads.
+type awsCredentials struct {
+	AccessKeyID     string `json:"AccessKeyId"`
+	SecretAccessKey string `json:"SecretAccessKey"`
+	Token           string `json:"Token"`
+	Expiration      string `json:"Expiration"`
+	AccountID       string `json:"AccountId,omitempty"`
+}
+
+// expirationLayout is RFC 3339 in UTC with a literal Z and whole seconds: the
+// JavaScript SDK rejects "+00:00", and some parsers reject fractions.
+const expirationLayout = "2006-01-02T15:04:05Z"
+
+func renderAWS(c exchange.Credentials, role string) ([]byte, error) {
+	if c.Kind != exchange.KindAWS {
+		return nil, fmt.Errorf("exchanger returned credentials of kind %d, the container-credentials API serves AWS keys only", c.Kind)
+	}
+	if c.AccessKeyID == "" || c.SecretAccessKey == "" || c.SessionToken == "" || c.Expiration.IsZero() {
+		return nil, errors.New("exchanger returned incomplete AWS credentials")
+	}
+	account := c.AccountID
+	if account == "" {
+		account, _ = exchange.AccountIDFromARN(role)
+	}
+	return json.Marshal(awsCredentials{
+		AccessKeyID:     c.AccessKeyID,
+		SecretAccessKey: c.SecretAccessKey.Reveal(),
+		Token:           c.SessionToken.Reveal(),
+		// Truncate, never round up: a credential must not look longer-lived than it is.
+		Expiration: c.Expiration.UTC().Truncate(time.Second).Format(expirationLayout),
+		AccountID:  account,
+	})
+}

@@ -1,0 +1,147 @@
+package broker
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+// Label values come only from the fixed sets below: never a pod name, an IP
+// or anything a caller controls, so the number of series stays bounded.
+const (
+	upstreamTokenRequest   = "kubernetes_token"
+	upstreamServiceAccount = "kubernetes_serviceaccount"
+	upstreamSTS            = "exchange"
+
+	resultOK        = "ok"
+	resultDenied    = "denied"
+	resultThrottled = "throttled"
+	resultError     = "error"
+
+	evictCapacity    = "capacity"
+	evictPodGone     = "pod_gone"
+	evictRoleChanged = "role_changed"
+	evictExpired     = "expired"
+)
+
+// statusCodes are the only codes the API answers with; anything else is
+// counted as "other".
+var statusCodes = []int{
+	http.StatusOK, http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound,
+	http.StatusMethodNotAllowed, http.StatusTooManyRequests, http.StatusInternalServerError,
+	http.StatusServiceUnavailable,
+}
+
+type metrics struct {
+	requests        *prometheus.CounterVec
+	requestsByCode  map[int]prometheus.Counter
+	requestsOther   prometheus.Counter
+	requestDuration prometheus.Histogram
+	cacheHits       prometheus.Counter
+	cacheMisses     prometheus.Counter
+	cacheStale      prometheus.Counter
+	evictions       *prometheus.CounterVec
+	upstreamCalls   *prometheus.CounterVec
+	upstreamLatency *prometheus.HistogramVec
+	refreshFailures prometheus.Counter
+	cached          prometheus.GaugeFunc
+}
+
+func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credbroker_requests_total",
+			Help: "Credential API requests by HTTP status code.",
+		}, []string{"code"}),
+		requestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "credbroker_request_duration_seconds",
+			Help:    "Time to answer a credential API request.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credbroker_cache_hits_total",
+			Help: "Requests answered from the credential cache.",
+		}),
+		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credbroker_cache_misses_total",
+			Help: "Requests that had to wait for an upstream fetch.",
+		}),
+		cacheStale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credbroker_cache_stale_served_total",
+			Help: "Requests answered with a still valid credential older than the freshness target because upstream was failing.",
+		}),
+		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credbroker_cache_evictions_total",
+			Help: "Cached credentials removed, by reason.",
+		}, []string{"reason"}),
+		upstreamCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credbroker_upstream_calls_total",
+			Help: "Calls to the Kubernetes API and the credential exchange, by upstream and result.",
+		}, []string{"upstream", "result"}),
+		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "credbroker_upstream_duration_seconds",
+			Help:    "Latency of upstream calls, by upstream and result.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 10),
+		}, []string{"upstream", "result"}),
+		refreshFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credbroker_refresh_failures_total",
+			Help: "Background refreshes and prefetches that failed.",
+		}),
+		cached: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "credbroker_cached_credentials",
+			Help: "Credentials currently cached.",
+		}, func() float64 { return float64(cachedLen()) }),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.requestDuration, m.cacheHits, m.cacheMisses,
+		m.cacheStale, m.evictions, m.upstreamCalls, m.upstreamLatency, m.refreshFailures, m.cached} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	// Resolve the per-code counters once: the hot path then increments a
+	// counter without hashing label values or allocating.
+	m.requestsByCode = make(map[int]prometheus.Counter, len(statusCodes))
+	for _, code := range statusCodes {
+		m.requestsByCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
+	}
+	m.requestsOther = m.requests.WithLabelValues("other")
+	for _, r := range []string{evictCapacity, evictPodGone, evictRoleChanged, evictExpired} {
+		m.evictions.WithLabelValues(r)
+	}
+	return m, nil
+}
+
+func (m *metrics) observeRequest(code int, d time.Duration) {
+	if c, ok := m.requestsByCode[code]; ok {
+		c.Inc()
+	} else {
+		m.requestsOther.Inc()
+	}
+	m.requestDuration.Observe(d.Seconds())
+}
+
+func (m *metrics) observeUpstream(upstream string, err error, d time.Duration) {
+	result := upstreamResult(err)
+	m.upstreamCalls.WithLabelValues(upstream, result).Inc()
+	m.upstreamLatency.WithLabelValues(upstream, result).Observe(d.Seconds())
+}
+
+func upstreamResult(err error) string {
+	var xe *exchange.Error
+	switch {
+	case err == nil:
+		return resultOK
+	case errors.As(err, &xe) && xe.Kind == exchange.Throttled, apierrors.IsTooManyRequests(err):
+		return resultThrottled
+	case errors.As(err, &xe) && !xe.Retryable(), apierrors.IsForbidden(err):
+		return resultDenied
+	default:
+		return resultError
+	}
+}

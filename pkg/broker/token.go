@@ -1,0 +1,59 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
+
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// tokenSource asks the API server for a ServiceAccount token bound to one
+// pod. Binding matters: the token dies with the pod, and the API server
+// refuses to mint it for a pod UID that no longer exists, so a token can
+// never outlive the identity it stands for.
+type tokenSource struct {
+	client     kubernetes.Interface
+	audience   string
+	expiration time.Duration
+	clock      clock.PassiveClock
+	metrics    *metrics
+}
+
+func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod) (exchange.Secret, error) {
+	seconds := int64(t.expiration / time.Second)
+	req := &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			Audiences:         []string{t.audience},
+			ExpirationSeconds: &seconds,
+			BoundObjectRef: &authenticationv1.BoundObjectReference{
+				Kind:       "Pod",
+				APIVersion: "v1",
+				Name:       pod.Name,
+				UID:        pod.UID,
+			},
+		},
+	}
+	start := t.clock.Now()
+	resp, err := t.client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.ServiceAccount, req, metav1.CreateOptions{})
+	t.metrics.observeUpstream(upstreamTokenRequest, err, t.clock.Since(start))
+	switch {
+	case err == nil && resp.Status.Token == "":
+		return "", &errKubeAPI{err: fmt.Errorf("TokenRequest for %s/%s returned an empty token", pod.Namespace, pod.ServiceAccount)}
+	case err == nil:
+		return exchange.Secret(resp.Status.Token), nil
+	case apierrors.IsNotFound(err), apierrors.IsConflict(err):
+		// The pod (or its UID) is gone: the informer will catch up.
+		return "", fmt.Errorf("TokenRequest for pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
+	default:
+		return "", &errKubeAPI{throttled: apierrors.IsTooManyRequests(err),
+			err: fmt.Errorf("TokenRequest for ServiceAccount %s/%s: %w", pod.Namespace, pod.ServiceAccount, err)}
+	}
+}
