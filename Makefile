@@ -7,3 +7,31 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 .PHONY: build test vet demo bench
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/agent ./cmd/agent
+
+# --- Integration (root only): a real kube-apiserver + etcd built from their
+# Go modules, moto and our own STS on this machine, pods simulated in network
+# namespaces, and the real AWS SDK clients. See integration/harness/doc.go.
+.PHONY: k8sbin integration-deps test-integration
+
+# Builds kube-apiserver and etcd once (about 11 minutes on 2 cores), cached by
+# the hash of integration/k8sbin/go.{mod,sum}; later runs print the path.
+k8sbin:
+	@integration/k8sbin/build.sh
+
+# Everything the integration tests run besides the agent: k8sbin, the JS SDK
+# (npm ci from the committed lock file), and the Python tools that come with
+# the machine image (moto, AWS CLI v1, boto3), checked here.
+integration-deps: k8sbin
+	cd integration/sdk/js && npm ci --no-audit --no-fund --loglevel=error
+	@command -v moto_server >/dev/null || { echo "moto_server not found (pip package moto[server])"; exit 1; }
+	@command -v aws >/dev/null || { echo "aws (AWS CLI v1) not found (pip package awscli)"; exit 1; }
+	@python3 -c 'import boto3' || { echo "python3 cannot import boto3"; exit 1; }
+
+test-integration: build integration-deps
+	$(GO) test -tags integration -count=1 -timeout 20m ./integration/...
+
+# A local control plane, moto, the agent and one simulated pod whose AWS CLI
+# gets its credentials from the agent. Root only; Ctrl-C cleans up.
+demo: build k8sbin
+	$(GO) build -o bin/demo ./integration/demo
+	bin/demo
