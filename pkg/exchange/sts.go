@@ -72,7 +72,7 @@ type STSConfig struct {
 // Guarantees:
 //   - The call is unsigned: the node needs no AWS credentials, and none found
 //     in the environment are ever sent.
-//   - Each Exchange makes exactly one HTTP request; the SDK's own retries are
+//   - Each Exchange makes at most one HTTP request; the SDK's own retries are
 //     off, because the caller owns retries, backoff and rate limiting.
 //   - Every failure is an *Error whose Kind was decided once, from the AWS
 //     error code and the HTTP status, never from message texts.
