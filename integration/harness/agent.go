@@ -1,0 +1,258 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultAgentListen is where pods expect the agent.
+const DefaultAgentListen = "169.254.170.23:80"
+
+// AgentConfig configures StartAgent. Two agents can run at once if they
+// listen on different addresses or ports.
+type AgentConfig struct {
+	// Binary is the agent executable. Default AgentBinary() (bin/agent).
+	Binary string
+	// Dir receives the log (logs/<Name>.log). Required.
+	Dir string
+	// Name names the process and its log. Default "agent".
+	Name string
+	// Kubeconfig is the agent's kubeconfig (see ControlPlane.AgentKubeconfig). Required.
+	Kubeconfig string
+	// NodeName is the node whose pods the agent serves. Required.
+	NodeName string
+	// Listen is the credentials API address. Default 169.254.170.23:80.
+	Listen string
+	// STSEndpoint is the STS URL. Required.
+	STSEndpoint string
+	// STSRegion defaults to us-east-1.
+	STSRegion string
+	// LogLevel defaults to debug.
+	LogLevel string
+	// ExtraArgs are appended to the serve command's flags
+	// (e.g. "--allowed-role-arn=arn:aws:iam::*:role/app-*").
+	ExtraArgs []string
+	// Env is added to the agent's environment, which otherwise holds only
+	// PATH: no AWS_* variable of the test process leaks in.
+	Env []string
+	// ReadyTimeout bounds the wait for /readyz. Default 60s.
+	ReadyTimeout time.Duration
+}
+
+// Agent is a running bin/agent serve.
+type Agent struct {
+	Process *Process
+	// Listen is the credentials API address; URL is its /v1/credentials URL.
+	Listen string
+	URL    string
+	// ProbeURL serves /healthz and /readyz; MetricsURL serves /metrics.
+	ProbeURL   string
+	MetricsURL string
+	Config     AgentConfig
+}
+
+// StartAgent starts the agent and waits until /readyz answers 200. The
+// probe and metrics listeners get free ports on 127.0.0.1.
+func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
+	var err error
+	if cfg.Binary == "" {
+		if cfg.Binary, err = AgentBinary(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Dir == "" || cfg.Kubeconfig == "" || cfg.NodeName == "" || cfg.STSEndpoint == "" {
+		return nil, fmt.Errorf("harness: AgentConfig needs Dir, Kubeconfig, NodeName and STSEndpoint")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "agent"
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultAgentListen
+	}
+	if cfg.STSRegion == "" {
+		cfg.STSRegion = "us-east-1"
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "debug"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 60 * time.Second
+	}
+	probe, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		Listen:     cfg.Listen,
+		URL:        "http://" + cfg.Listen + "/v1/credentials",
+		ProbeURL:   "http://127.0.0.1:" + strconv.Itoa(probe),
+		MetricsURL: "http://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics",
+		Config:     cfg,
+	}
+	args := append([]string{"serve",
+		"--node-name=" + cfg.NodeName,
+		"--kubeconfig=" + cfg.Kubeconfig,
+		"--listen=" + cfg.Listen,
+		"--probe-listen=127.0.0.1:" + strconv.Itoa(probe),
+		"--metrics-listen=127.0.0.1:" + strconv.Itoa(metrics),
+		"--sts-endpoint=" + cfg.STSEndpoint,
+		"--sts-region=" + cfg.STSRegion,
+		"--log-format=json",
+		"--log-level=" + cfg.LogLevel,
+	}, cfg.ExtraArgs...)
+	env := append([]string{"PATH=" + os.Getenv("PATH")}, cfg.Env...)
+	a.Process, err = StartProcess(cfg.Name, filepath.Join(cfg.Dir, "logs", cfg.Name+".log"), env, cfg.Binary, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+		a.Stop()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last string
+	for {
+		code, err := a.probe(ctx, "/readyz")
+		if err == nil && code == http.StatusOK {
+			return nil
+		}
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = strconv.Itoa(code)
+		}
+		select {
+		case <-a.Process.Done():
+			return a.Process.exitError()
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready (last: %s): %w; log tail:\n%s", a.Process.Name, last, ctx.Err(), a.LogTail(20))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Ready reports the status code of /readyz.
+func (a *Agent) Ready(ctx context.Context) (int, error) { return a.probe(ctx, "/readyz") }
+
+func (a *Agent) probe(ctx context.Context, path string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.ProbeURL+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// Stop sends SIGTERM and waits up to 30 s (the agent drains), then kills.
+func (a *Agent) Stop() { a.Process.Stop(30 * time.Second) }
+
+// LogTail returns the last n lines of the agent's log.
+func (a *Agent) LogTail(n int) string { return a.Process.LogTail(n) }
+
+// Metrics returns the agent's /metrics text.
+func (a *Agent) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.MetricsURL, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("fetching metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return "", fmt.Errorf("reading metrics: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("fetching metrics: %s", resp.Status)
+	}
+	return string(b), nil
+}
+
+// MetricSum returns the sum of all samples of the metric name whose labels
+// include every pair in labels (a label given as "" must be absent or
+// empty). A metric that is not exposed sums to 0.
+func MetricSum(text, name string, labels map[string]string) float64 {
+	var sum float64
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		metric, lbls, _ := strings.Cut(series, "{")
+		if metric != name {
+			continue
+		}
+		got := parseLabels(strings.TrimSuffix(lbls, "}"))
+		match := true
+		for k, v := range labels {
+			if got[k] != v {
+				match = false
+				break
+			}
+		}
+		if !match {
+			continue
+		}
+		// A timestamp may follow the value.
+		value, _, _ = strings.Cut(strings.TrimSpace(value), " ")
+		if f, err := strconv.ParseFloat(value, 64); err == nil {
+			sum += f
+		}
+	}
+	return sum
+}
+
+func parseLabels(s string) map[string]string {
+	m := map[string]string{}
+	for s != "" {
+		k, rest, ok := strings.Cut(s, `="`)
+		if !ok {
+			break
+		}
+		var v strings.Builder
+		i := 0
+		for ; i < len(rest); i++ {
+			if rest[i] == '\\' && i+1 < len(rest) {
+				i++
+				v.WriteByte(rest[i])
+				continue
+			}
+			if rest[i] == '"' {
+				break
+			}
+			v.WriteByte(rest[i])
+		}
+		m[strings.TrimSpace(k)] = v.String()
+		s = strings.TrimPrefix(strings.TrimSpace(rest[min(i+1, len(rest)):]), ",")
+	}
+	return m
+}

@@ -1,0 +1,470 @@
+package harness
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// ControlPlaneConfig configures StartControlPlane.
+type ControlPlaneConfig struct {
+	// Dir holds everything: etcd's data, keys, certificates, kubeconfigs and
+	// logs. Required; typically t.TempDir().
+	Dir string
+	// BinDir holds kube-apiserver and etcd. Default: K8sBinDir().
+	BinDir string
+	// ExtraAPIServerFlags are appended to kube-apiserver's flags (a later
+	// flag wins), e.g. "--enable-admission-plugins=...".
+	ExtraAPIServerFlags []string
+	// ReadyTimeout bounds the wait for /readyz. Default 60s.
+	ReadyTimeout time.Duration
+}
+
+// ControlPlane is etcd plus kube-apiserver on 127.0.0.1. No controller
+// manager, scheduler or kubelet runs: nothing creates ServiceAccounts,
+// schedules or runs pods; the harness's helpers do what they would.
+type ControlPlane struct {
+	// URL is the API server's https URL.
+	URL string
+	// Issuer is the ServiceAccount token issuer (equal to URL), whose OIDC
+	// discovery document and JWKS the API server serves.
+	Issuer string
+	// CACert is the PEM of the CA that signed the API server's certificate.
+	CACert []byte
+	// AdminToken authenticates as user "admin" in group system:masters.
+	AdminToken string
+	// AdminKubeconfig is the path of a kubeconfig for the admin.
+	AdminKubeconfig string
+	// Config and Client talk to the API server as the admin.
+	Config *rest.Config
+	Client kubernetes.Interface
+	// Dir is ControlPlaneConfig.Dir.
+	Dir string
+
+	cfg      ControlPlaneConfig
+	etcd     *Process
+	apiArgs  []string
+	mu       sync.Mutex
+	api      *Process
+	stopOnce sync.Once
+}
+
+// StartControlPlane starts etcd and kube-apiserver and waits until the API
+// server's /readyz answers 200. On error everything started is stopped.
+func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlPlane, err error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("harness: ControlPlaneConfig.Dir is required")
+	}
+	if cfg.BinDir == "" {
+		if cfg.BinDir, err = K8sBinDir(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 60 * time.Second
+	}
+	pki := filepath.Join(cfg.Dir, "pki")
+	if err := os.MkdirAll(pki, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", pki, err)
+	}
+	cp := &ControlPlane{Dir: cfg.Dir, cfg: cfg}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+
+	// etcd
+	etcdClient, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	etcdPeer, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	clientURL := "http://127.0.0.1:" + strconv.Itoa(etcdClient)
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(etcdPeer)
+	cp.etcd, err = StartProcess("etcd", filepath.Join(cfg.Dir, "logs/etcd.log"), nil,
+		filepath.Join(cfg.BinDir, "etcd"),
+		"--name=default",
+		"--data-dir="+filepath.Join(cfg.Dir, "etcd"),
+		"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
+		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=default="+peerURL,
+		"--log-level=warn",
+		// Tests churn little data; skip fsync waits and keep the WAL small.
+		"--unsafe-no-fsync", "--quota-backend-bytes=268435456")
+	if err != nil {
+		return nil, err
+	}
+
+	// Keys and certificates.
+	apiPort, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	cp.URL = "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	cp.Issuer = cp.URL
+	ca, err := writePKI(pki)
+	if err != nil {
+		return nil, err
+	}
+	cp.CACert = ca
+	cp.AdminToken = randomHex(24)
+	tokenFile := filepath.Join(pki, "tokens.csv")
+	if err := os.WriteFile(tokenFile, []byte(cp.AdminToken+`,admin,admin-uid,"system:masters"`+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("writing token file: %w", err)
+	}
+	cp.AdminKubeconfig = filepath.Join(cfg.Dir, "admin.kubeconfig")
+	if err := cp.WriteKubeconfig(cp.AdminKubeconfig, "admin", cp.AdminToken); err != nil {
+		return nil, err
+	}
+
+	cp.apiArgs = append([]string{
+		"--etcd-servers=" + clientURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		// A loopback advertise address is refused unless nothing
+		// reconciles the kubernetes Service's endpoints.
+		"--endpoint-reconciler-type=none",
+		"--secure-port=" + strconv.Itoa(apiPort),
+		"--cert-dir=" + pki,
+		"--tls-cert-file=" + filepath.Join(pki, "apiserver.crt"),
+		"--tls-private-key-file=" + filepath.Join(pki, "apiserver.key"),
+		"--service-account-issuer=" + cp.Issuer,
+		"--service-account-key-file=" + filepath.Join(pki, "sa.pub"),
+		"--service-account-signing-key-file=" + filepath.Join(pki, "sa.key"),
+		"--api-audiences=https://kubernetes.default.svc," + cp.Issuer,
+		"--authorization-mode=RBAC",
+		"--token-auth-file=" + tokenFile,
+		"--service-cluster-ip-range=10.96.0.0/12",
+		// No controller manager creates the default ServiceAccounts this
+		// plugin insists on.
+		"--disable-admission-plugins=ServiceAccount",
+		"--profiling=false",
+	}, cfg.ExtraAPIServerFlags...)
+
+	if err := waitTCP(ctx, cp.etcd, "127.0.0.1:"+strconv.Itoa(etcdClient), cfg.ReadyTimeout); err != nil {
+		return nil, fmt.Errorf("waiting for etcd: %w", err)
+	}
+	if err := cp.StartAPIServer(ctx); err != nil {
+		return nil, err
+	}
+
+	cp.Config = &rest.Config{
+		Host:            cp.URL,
+		BearerToken:     cp.AdminToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: cp.CACert},
+		QPS:             200,
+		Burst:           400,
+		Timeout:         30 * time.Second,
+	}
+	if cp.Client, err = kubernetes.NewForConfig(cp.Config); err != nil {
+		return nil, fmt.Errorf("creating client: %w", err)
+	}
+	return cp, nil
+}
+
+// StartAPIServer starts kube-apiserver (again, after StopAPIServer) with the
+// same flags and port, and waits for /readyz.
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.api != nil {
+		if done, _ := cp.api.Exited(); !done {
+			return errors.New("harness: kube-apiserver is already running")
+		}
+	}
+	p, err := StartProcess("kube-apiserver", filepath.Join(cp.Dir, "logs/kube-apiserver.log"), nil,
+		filepath.Join(cp.cfg.BinDir, "kube-apiserver"), cp.apiArgs...)
+	if err != nil {
+		return err
+	}
+	cp.api = p
+	if err := cp.waitReady(ctx, p); err != nil {
+		return err
+	}
+	return nil
+}
+
+// StopAPIServer stops kube-apiserver, leaving etcd running: clients see
+// connection refused until StartAPIServer.
+func (cp *ControlPlane) StopAPIServer() {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.api != nil {
+		cp.api.Stop(15 * time.Second)
+	}
+}
+
+// RestartAPIServer stops and starts kube-apiserver.
+func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
+	cp.StopAPIServer()
+	return cp.StartAPIServer(ctx)
+}
+
+// APIServerLog and EtcdLog return the paths of the processes' logs.
+func (cp *ControlPlane) APIServerLog() string {
+	return filepath.Join(cp.Dir, "logs/kube-apiserver.log")
+}
+
+// EtcdLog returns the path of etcd's log.
+func (cp *ControlPlane) EtcdLog() string { return filepath.Join(cp.Dir, "logs/etcd.log") }
+
+// Stop stops kube-apiserver and etcd. It is idempotent.
+func (cp *ControlPlane) Stop() {
+	cp.stopOnce.Do(func() {
+		cp.mu.Lock()
+		api := cp.api
+		cp.mu.Unlock()
+		if api != nil {
+			api.Stop(10 * time.Second)
+		}
+		if cp.etcd != nil {
+			cp.etcd.Stop(10 * time.Second)
+		}
+	})
+}
+
+func (cp *ControlPlane) waitReady(ctx context.Context, p *Process) error {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(cp.CACert)
+	client := &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+	}
+	defer client.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, cp.cfg.ReadyTimeout)
+	defer cancel()
+	var last string
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cp.URL+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+cp.AdminToken)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-p.Done():
+			return p.exitError()
+		case <-ctx.Done():
+			return fmt.Errorf("kube-apiserver not ready (last: %s): %w; log tail:\n%s", last, ctx.Err(), p.LogTail(20))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WriteKubeconfig writes a kubeconfig for the API server that authenticates
+// with a bearer token, readable by the owner only (it holds the token).
+func (cp *ControlPlane) WriteKubeconfig(path, user, token string) error {
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: %s
+  user:
+    token: %s
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: %s
+current-context: local
+`, cp.URL, base64.StdEncoding.EncodeToString(cp.CACert), user, token, user)
+	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
+		return fmt.Errorf("writing kubeconfig %s: %w", path, err)
+	}
+	return nil
+}
+
+// Kubectl runs kubectl as the admin and returns its combined output.
+func (cp *ControlPlane) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", cp.AdminKubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("kubectl %v: %w: %s", args, err, out)
+	}
+	return out, nil
+}
+
+// EnsureNamespace creates a namespace unless it exists.
+func (cp *ControlPlane) EnsureNamespace(ctx context.Context, name string) error {
+	_, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// ServiceAccountToken asks the API server (as the admin) for a token of the
+// ServiceAccount, valid for ttl, with the API server's own audiences.
+func (cp *ControlPlane) ServiceAccountToken(ctx context.Context, namespace, name string, ttl time.Duration) (string, error) {
+	secs := int64(ttl / time.Second)
+	tr, err := cp.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &secs},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("requesting a token for %s/%s: %w", namespace, name, err)
+	}
+	return tr.Status.Token, nil
+}
+
+// Agent identity as deploy/daemonset/rbac.yaml defines it.
+const (
+	AgentNamespace      = "credbroker-system"
+	AgentServiceAccount = "credbroker-agent"
+)
+
+// AgentKubeconfig gives the agent exactly the identity and RBAC it has in a
+// cluster: it creates the credbroker-system namespace, applies
+// deploy/daemonset/rbac.yaml with kubectl, requests a token for the
+// credbroker-agent ServiceAccount and writes a kubeconfig with it to path.
+// rbacPath empty means <repo>/deploy/daemonset/rbac.yaml.
+func (cp *ControlPlane) AgentKubeconfig(ctx context.Context, rbacPath, path string) error {
+	if rbacPath == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			return err
+		}
+		rbacPath = filepath.Join(root, "deploy/daemonset/rbac.yaml")
+	}
+	if err := cp.EnsureNamespace(ctx, AgentNamespace); err != nil {
+		return err
+	}
+	if _, err := cp.Kubectl(ctx, "apply", "-f", rbacPath); err != nil {
+		return fmt.Errorf("applying agent RBAC: %w", err)
+	}
+	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, AgentServiceAccount, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	return cp.WriteKubeconfig(path, AgentServiceAccount, token)
+}
+
+// writePKI makes a CA, an API server serving certificate for 127.0.0.1 and
+// localhost, and the ServiceAccount signing key pair. It returns the CA PEM.
+func writePKI(dir string) ([]byte, error) {
+	caKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "credbroker-test-ca"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(7 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("creating CA: %w", err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, err
+	}
+	srvKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	srvDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "kube-apiserver"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default.svc"},
+	}, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("creating serving certificate: %w", err)
+	}
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	saPub, err := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	files := map[string][]byte{
+		"ca.crt":        caPEM,
+		"apiserver.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}),
+		"apiserver.key": pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(srvKey)}),
+		"sa.key":        pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
+		"sa.pub":        pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", name, err)
+		}
+	}
+	return caPEM, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// waitTCP waits until addr accepts connections or p exits.
+func waitTCP(ctx context.Context, p *Process, addr string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-p.Done():
+			return p.exitError()
+		case <-ctx.Done():
+			return fmt.Errorf("%s not accepting on %s: %w", p.Name, addr, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

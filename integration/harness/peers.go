@@ -1,0 +1,209 @@
+package harness
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credbroker/agent/integration/oidcsts"
+)
+
+// Moto is a moto_server: STS, IAM and S3 on one port. Unlike oidcsts it can
+// check SigV4 signatures (EnforceAuth), so a signed S3 call proves that the
+// credentials a pod got are the ones STS issued.
+type Moto struct {
+	// URL is http://host:port.
+	URL     string
+	Process *Process
+}
+
+// MotoConfig configures StartMoto.
+type MotoConfig struct {
+	// Dir receives moto's log. Required.
+	Dir string
+	// Host is the address to listen on. Pods reach the host through their
+	// gateway, so use an address on the host that is not loopback, such as
+	// the link-local service address, when pods must call it. Default
+	// 127.0.0.1.
+	Host string
+}
+
+// StartMoto starts moto_server and waits until it answers.
+func StartMoto(ctx context.Context, cfg MotoConfig) (*Moto, error) {
+	bin, err := exec.LookPath("moto_server")
+	if err != nil {
+		return nil, fmt.Errorf("%w: moto_server (pip package moto[server])", ErrNotFound)
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	port, err := FreePort(cfg.Host)
+	if err != nil {
+		return nil, err
+	}
+	env := append(os.Environ(), "MOTO_ALLOW_NONEXISTENT_REGION=true")
+	p, err := StartProcess("moto", filepath.Join(cfg.Dir, "logs/moto.log"), env, bin, "-H", cfg.Host, "-p", strconv.Itoa(port))
+	if err != nil {
+		return nil, err
+	}
+	m := &Moto{URL: "http://" + net.JoinHostPort(cfg.Host, strconv.Itoa(port)), Process: p}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for {
+		if err := m.post(ctx, "/moto-api/reset", "", nil); err == nil {
+			return m, nil
+		}
+		select {
+		case <-p.Done():
+			return nil, p.exitError()
+		case <-ctx.Done():
+			p.Stop(5 * time.Second)
+			return nil, fmt.Errorf("moto not answering on %s: %w", m.URL, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Stop stops moto.
+func (m *Moto) Stop() { m.Process.Stop(5 * time.Second) }
+
+// CreateRole creates an IAM role that allows every action on every
+// resource (moto authorizes signed calls by the role's policies) and returns
+// its ARN. Call it before EnforceAuth: it is unsigned.
+func (m *Moto) CreateRole(ctx context.Context, name string) (string, error) {
+	trust := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"*"},"Action":"sts:AssumeRoleWithWebIdentity"}]}`
+	if err := m.iam(ctx, url.Values{"Action": {"CreateRole"}, "RoleName": {name}, "AssumeRolePolicyDocument": {trust}, "MaxSessionDuration": {"43200"}}); err != nil {
+		return "", err
+	}
+	policy := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}`
+	if err := m.iam(ctx, url.Values{"Action": {"PutRolePolicy"}, "RoleName": {name}, "PolicyName": {"all"}, "PolicyDocument": {policy}}); err != nil {
+		return "", err
+	}
+	return "arn:aws:iam::" + oidcsts.DefaultAccountID + ":role/" + name, nil
+}
+
+// iam sends an IAM Query call. moto routes by the service in the
+// Authorization header's credential scope, so the call carries a dummy one.
+func (m *Moto) iam(ctx context.Context, v url.Values) error {
+	v.Set("Version", "2010-05-08")
+	hdr := http.Header{
+		"Content-Type":  {"application/x-www-form-urlencoded"},
+		"Authorization": {"AWS4-HMAC-SHA256 Credential=AKIDHARNESS/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0"},
+	}
+	return m.do(ctx, http.MethodPost, "/", strings.NewReader(v.Encode()), hdr)
+}
+
+// CreateBucket creates an S3 bucket (unsigned: call before EnforceAuth).
+func (m *Moto) CreateBucket(ctx context.Context, name string) error {
+	return m.do(ctx, http.MethodPut, "/"+name, nil, nil)
+}
+
+// EnforceAuth makes moto check signatures on every request after the next
+// allowance requests (all services at once). Unsigned calls after that fail,
+// including AssumeRoleWithWebIdentity, which is unsigned by design: leave an
+// allowance for each one the agent will make.
+func (m *Moto) EnforceAuth(ctx context.Context, allowance int) error {
+	return m.post(ctx, "/moto-api/reset-auth", strconv.Itoa(allowance), http.Header{"Content-Type": {"text/plain"}})
+}
+
+func (m *Moto) post(ctx context.Context, path, body string, hdr http.Header) error {
+	return m.do(ctx, http.MethodPost, path, strings.NewReader(body), hdr)
+}
+
+func (m *Moto) do(ctx context.Context, method, path string, body io.Reader, hdr http.Header) error {
+	req, err := http.NewRequestWithContext(ctx, method, m.URL+path, body)
+	if err != nil {
+		return err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("moto %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("moto %s %s: %s: %s", method, path, resp.Status, b)
+	}
+	return nil
+}
+
+// STSConfig configures StartSTS.
+type STSConfig struct {
+	// Addr is host:port to listen on; port 0 picks one. Default
+	// 169.254.170.23:0 (reachable from pods and from the host).
+	Addr string
+	// Roles maps role ARN → trusted subject; see oidcsts.Config.
+	Roles map[string]string
+	// Log receives the STS's call log. Default: discard.
+	Log *slog.Logger
+}
+
+// StartSTS starts an oidcsts.Server that trusts this control plane as its
+// OIDC provider (discovery and JWKS fetched from the API server as the
+// admin) and rejects tokens of pods that no longer exist.
+func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.Server, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "169.254.170.23:0"
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(cp.CACert)
+	client := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &bearerTransport{token: cp.AdminToken, base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
+	}
+	s, err := oidcsts.New(oidcsts.Config{
+		Issuer:     cp.Issuer,
+		HTTPClient: client,
+		Roles:      cfg.Roles,
+		Log:        cfg.Log,
+		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
+			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return "", oidcsts.ErrPodNotFound
+			}
+			if err != nil {
+				return "", err
+			}
+			if pod.DeletionTimestamp != nil {
+				return "", oidcsts.ErrPodNotFound
+			}
+			return string(pod.UID), nil
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Start(cfg.Addr); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+type bearerTransport struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (b *bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
+}
