@@ -1,0 +1,78 @@
+// Command agent is the credbroker node agent. It runs on every node of a
+// Kubernetes cluster and serves each pod the cloud credentials of its own
+// ServiceAccount over the container-credentials HTTP API.
+//
+//	agent serve    serve credentials (the DaemonSet's main container)
+//	agent init     put the link-local service addresses on the node (the init container)
+//	agent version  print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], stderr)
+	case "init":
+		err = initNode(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "agent: unknown command %q\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	case err != nil:
+		slog.New(slog.NewJSONHandler(stderr, nil)).Error("agent failed", "command", args[0], "error", err)
+		return 1
+	}
+	return 0
+}
+
+var errUsage = errors.New("usage error")
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: agent <command> [flags]
+
+commands:
+  serve    serve per-pod credentials on the link-local address
+  init     put the link-local service addresses on this node
+  version  print the version
+
+Run "agent <command> -h" for a command's flags.
+`)
+}

@@ -1,0 +1,320 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+	"github.com/credbroker/agent/pkg/reuseport"
+)
+
+// serveConfig is everything `agent serve` is told on its command line.
+type serveConfig struct {
+	nodeName       string
+	kubeconfig     string
+	listen         listFlag
+	probeListen    string
+	metricsListen  string
+	enablePprof    bool
+	logLevel       string
+	logFormat      string
+	shutdownGrace  time.Duration
+	kubeQPS        float64
+	kubeBurst      int
+	stsRegion      string
+	stsEndpoint    string
+	broker         broker.Config
+	allowedRoles   listFlag
+	waitForPod     time.Duration
+}
+
+const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
+
+func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
+	var c serveConfig
+	fs := flag.NewFlagSet("agent serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name; only its pods are watched (default $NODE_NAME)")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "path to a kubeconfig; empty means the in-cluster config")
+	fs.Var(&c.listen, "listen", "comma-separated host:port addresses to serve credentials on; addresses not configured on the node are skipped (default "+defaultListen+")")
+	fs.StringVar(&c.probeListen, "probe-listen", "127.0.0.1:2703", "host:port for /healthz and /readyz")
+	fs.StringVar(&c.metricsListen, "metrics-listen", ":2705", "host:port for Prometheus /metrics")
+	fs.BoolVar(&c.enablePprof, "enable-pprof", false, "serve /debug/pprof on the metrics listener")
+	fs.StringVar(&c.stsRegion, "sts-region", firstEnv("AWS_REGION", "AWS_DEFAULT_REGION"), "STS region, for its regional endpoint (default $AWS_REGION)")
+	fs.StringVar(&c.stsEndpoint, "sts-endpoint", "", "STS endpoint URL overriding the regional one")
+	fs.DurationVar(&c.broker.SessionDuration, "session-duration", time.Hour, "lifetime of the credentials requested from STS (at least 30m)")
+	fs.DurationVar(&c.broker.TokenExpiration, "token-expiration", 10*time.Minute, "lifetime of the pod-bound ServiceAccount token (the API minimum is 10m)")
+	fs.StringVar(&c.broker.Audience, "audience", "sts.amazonaws.com", "audience of the ServiceAccount token")
+	fs.StringVar(&c.broker.RoleAnnotation, "role-annotation", "eks.amazonaws.com/role-arn", "ServiceAccount annotation naming the role")
+	fs.DurationVar(&c.broker.RoleCacheTTL, "role-cache-ttl", 30*time.Second, "how long a ServiceAccount's role annotation is cached; a change takes effect within twice this")
+	fs.BoolVar(&c.broker.AllowDefaultServiceAccount, "allow-default-service-account", false, "serve pods that run as their namespace's default ServiceAccount")
+	fs.Var(&c.allowedRoles, "allowed-role-arn", "glob pattern of role ARNs that may be assumed ('*' matches any characters); repeatable; empty allows all")
+	fs.IntVar(&c.broker.CacheSize, "cache-size", 4096, "maximum number of pods whose credentials are cached")
+	fs.Float64Var(&c.broker.UpstreamQPS, "upstream-qps", 20, "fetches per second (one TokenRequest and one STS call each) across all pods")
+	fs.IntVar(&c.broker.UpstreamBurst, "upstream-burst", 50, "burst of fetches above --upstream-qps")
+	fs.DurationVar(&c.broker.RequestTimeout, "request-timeout", 5*time.Second, "how long a request waits for credentials not yet cached")
+	fs.DurationVar(&c.waitForPod, "wait-for-pod", podresolve.DefaultWaitForPod, "how long a request from an unknown address waits for its pod to appear")
+	fs.Float64Var(&c.kubeQPS, "kube-api-qps", 50, "client-side QPS limit towards the Kubernetes API")
+	fs.IntVar(&c.kubeBurst, "kube-api-burst", 100, "client-side burst towards the Kubernetes API")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "how long in-flight requests may take to finish after SIGTERM")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "agent serve: unexpected arguments %q\n", fs.Args())
+		return c, errUsage
+	}
+	if len(c.listen) == 0 {
+		_ = c.listen.Set(defaultListen)
+	}
+	c.broker.AllowedRoles = c.allowedRoles
+	switch {
+	case c.nodeName == "":
+		return c, errors.New("--node-name (or $NODE_NAME) is required")
+	case c.stsRegion == "" && c.stsEndpoint == "":
+		return c, errors.New("--sts-region (or $AWS_REGION) or --sts-endpoint is required")
+	}
+	return c, nil
+}
+
+func firstEnv(names ...string) string {
+	for _, n := range names {
+		if v := os.Getenv(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := parseServeFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		return err
+	}
+	client, err := kubeClient(cfg)
+	if err != nil {
+		return err
+	}
+	resolver, err := podresolve.New(podresolve.Config{
+		Client: client, NodeName: cfg.nodeName, WaitForPod: cfg.waitForPod, Logger: log.With("component", "podresolve"),
+	})
+	if err != nil {
+		return err
+	}
+	sts, err := exchange.NewSTS(exchange.STSConfig{Region: cfg.stsRegion, Endpoint: cfg.stsEndpoint, Duration: cfg.broker.SessionDuration})
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "credbroker_pods_indexed", Help: "Live pods on this node indexed by address.",
+	}, func() float64 { return float64(resolver.Len()) }))
+
+	bcfg := cfg.broker
+	bcfg.Client, bcfg.Resolver, bcfg.Exchanger = client, resolver, sts
+	bcfg.Registerer, bcfg.Logger = reg, log.With("component", "broker")
+	brk, err := broker.New(bcfg)
+	if err != nil {
+		return err
+	}
+	resolver.AddListener(brk)
+
+	credListeners, err := listenAll(ctx, cfg.listen, log)
+	if err != nil {
+		return err
+	}
+	// Probe and metrics listeners also use SO_REUSEPORT: during a rolling
+	// update the old and the new agent run side by side on the node.
+	probeLn, err := reuseport.Listen(ctx, "tcp", cfg.probeListen)
+	if err != nil {
+		return fmt.Errorf("probe listener: %w", err)
+	}
+	metricsLn, err := reuseport.Listen(ctx, "tcp", cfg.metricsListen)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+
+	var draining atomic.Bool
+	ready := func() bool { return !draining.Load() && resolver.HasSynced() }
+	credServer := newCredentialServer(brk, log)
+	probeServer := newOpsServer(probeHandler(ready))
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if cfg.enablePprof {
+		metricsMux.HandleFunc("/debug/pprof/", pprof.Index)
+		metricsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		metricsMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		metricsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	metricsServer := newOpsServer(metricsMux)
+
+	// The informer and the refresher run under their own context: on SIGTERM
+	// they must keep working while in-flight requests drain.
+	workCtx, stopWork := context.WithCancel(context.Background())
+	defer stopWork()
+	g, gctx := errgroup.WithContext(workCtx)
+	g.Go(func() error { return resolver.Run(gctx) })
+	g.Go(func() error { return brk.Run(gctx) })
+	serveOn := func(srv *http.Server, ln net.Listener) {
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
+			}
+			return nil
+		})
+	}
+	for _, ln := range credListeners {
+		serveOn(credServer, ln)
+	}
+	serveOn(probeServer, probeLn)
+	serveOn(metricsServer, metricsLn)
+	addrs := make([]string, len(credListeners))
+	for i, ln := range credListeners {
+		addrs[i] = ln.Addr().String()
+	}
+	log.Info("agent started", "version", version, "node", cfg.nodeName, "listen", addrs,
+		"probe", probeLn.Addr().String(), "metrics", metricsLn.Addr().String())
+
+	select {
+	case <-ctx.Done():
+		log.Info("signal received; draining")
+	case <-gctx.Done():
+		log.Error("a component stopped; shutting down")
+	}
+	draining.Store(true)
+	// A fresh context: the signal context is already cancelled, and
+	// Shutdown with it would drop in-flight requests instead of draining them.
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+	defer cancel()
+	if err := credServer.Shutdown(sctx); err != nil {
+		log.Warn("draining credential requests", "error", err)
+	}
+	_ = probeServer.Shutdown(sctx)
+	_ = metricsServer.Shutdown(sctx)
+	stopWork()
+	err = g.Wait()
+	log.Info("agent stopped")
+	return err
+}
+
+func kubeClient(cfg serveConfig) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if cfg.kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading Kubernetes client config: %w", err)
+	}
+	rc.QPS, rc.Burst = float32(cfg.kubeQPS), cfg.kubeBurst
+	rc.UserAgent = "credbroker-agent/" + version
+	// Protobuf halves the bytes of the pod watch compared with JSON.
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("building Kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+// listenAll binds every address it can. An address the node does not have
+// (no IPv6, or the init step has not put the address on yet) is skipped
+// with a warning; the agent fails only if nothing could be bound.
+func listenAll(ctx context.Context, addrs []string, log *slog.Logger) ([]net.Listener, error) {
+	var lns []net.Listener
+	var errs []error
+	for _, a := range addrs {
+		ln, err := reuseport.Listen(ctx, "tcp", a)
+		switch {
+		case err == nil:
+			lns = append(lns, ln)
+		case errors.Is(err, syscall.EADDRNOTAVAIL), errors.Is(err, syscall.EAFNOSUPPORT):
+			log.Warn("address not configured on this node; not listening on it", "address", a, "error", err)
+			errs = append(errs, err)
+		default:
+			for _, ln := range lns {
+				ln.Close()
+			}
+			return nil, fmt.Errorf("listening on %s: %w", a, err)
+		}
+	}
+	if len(lns) == 0 {
+		return nil, fmt.Errorf("could not listen on any of %s (run `agent init` first): %w", strings.Join(addrs, ","), errors.Join(errs...))
+	}
+	return lns, nil
+}
+
+// newCredentialServer bounds everything a caller controls: how long it may
+// take to send headers and body, how big the headers are, how long an idle
+// keep-alive connection is kept.
+func newCredentialServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 2 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		// Longer than the broker's request timeout, so that a slow upstream
+		// answer is still written.
+		WriteTimeout:   15 * time.Second,
+		IdleTimeout:    90 * time.Second,
+		MaxHeaderBytes: 8 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+}
+
+func newOpsServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      60 * time.Second, // pprof profiles take 30 s
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+func probeHandler(ready func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready: pod informer not synced, or draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	return mux
+}
