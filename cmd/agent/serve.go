@@ -32,22 +32,22 @@ import (
 
 // serveConfig is everything `agent serve` is told on its command line.
 type serveConfig struct {
-	nodeName       string
-	kubeconfig     string
-	listen         listFlag
-	probeListen    string
-	metricsListen  string
-	enablePprof    bool
-	logLevel       string
-	logFormat      string
-	shutdownGrace  time.Duration
-	kubeQPS        float64
-	kubeBurst      int
-	stsRegion      string
-	stsEndpoint    string
-	broker         broker.Config
-	allowedRoles   listFlag
-	waitForPod     time.Duration
+	nodeName      string
+	kubeconfig    string
+	listen        listFlag
+	probeListen   string
+	metricsListen string
+	enablePprof   bool
+	logLevel      string
+	logFormat     string
+	shutdownGrace time.Duration
+	kubeQPS       float64
+	kubeBurst     int
+	stsRegion     string
+	stsEndpoint   string
+	broker        broker.Config
+	allowedRoles  listFlag
+	waitForPod    time.Duration
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
