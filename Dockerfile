@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+#
+# The credbroker node agent: a static binary on distroless, non-root, no
+# shell. The binary is built by `make build`, the same command as a local
+# build, so the build flags live in the Makefile only.
+#
+#   docker buildx build --build-arg VERSION=$(git describe --tags --always) \
+#     --platform linux/amd64,linux/arm64 -t ghcr.io/credbroker/agent:<tag> .
+
+ARG GO_VERSION=1.26
+
+FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
+# setcap (libcap2-bin) for the file capability below; make is in the image
+# already, installed here too so that a slimmer base cannot break the build.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libcap2-bin make \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY . .
+# .git is not in the build context (.dockerignore), so the version comes in as
+# a build argument; the Makefile's VERSION default would say "dev".
+ARG VERSION=dev
+ARG TARGETOS
+ARG TARGETARCH
+# make passes GOOS and GOARCH through its environment to `go build`.
+# The agent binds port 80 as a non-root user. Kubernetes grants no ambient
+# capabilities, so NET_BIND_SERVICE in the pod's securityContext alone does
+# not reach a non-root process: the binary carries it as a file capability,
+# which the kernel grants on exec as far as the container's bounding set
+# (capabilities.add) allows. getcap fails the build if it did not stick.
+RUN --mount=type=cache,target=/go/pkg/mod \
+    --mount=type=cache,target=/root/.cache/go-build \
+    GOOS=$TARGETOS GOARCH=$TARGETARCH make build VERSION=$VERSION \
+ && setcap cap_net_bind_service=+ep bin/agent \
+ && getcap bin/agent | grep -q cap_net_bind_service
+
+FROM gcr.io/distroless/static-debian12:nonroot
+# BuildKit (Docker 23 and later, buildx, buildah) keeps the
+# security.capability extended attribute across COPY --from; the legacy
+# builder drops it, and the agent then fails to bind port 80 with
+# "permission denied".
+COPY --from=build /src/bin/agent /agent
+USER 65532:65532
+ENTRYPOINT ["/agent"]
