@@ -1,0 +1,312 @@
+package podresolve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// DefaultWaitForPod is how long Resolve waits for an unknown address to
+// appear when Config.WaitForPod is zero.
+const DefaultWaitForPod = 2 * time.Second
+
+// Config configures a Resolver.
+type Config struct {
+	// Client reads pods. Required.
+	Client kubernetes.Interface
+	// NodeName is the node whose pods are indexed. Required.
+	NodeName string
+	// WaitForPod is how long Resolve waits for an unknown address to
+	// appear in the index (a pod that was just created). Zero means
+	// DefaultWaitForPod; negative means do not wait.
+	WaitForPod time.Duration
+	// Logger receives the resolver's logs. Default: discard.
+	Logger *slog.Logger
+	// HostAddrs lists the node's own addresses, which are refused with
+	// ErrHostAddress. Default: InterfaceAddrs. It is called when Run
+	// starts, every minute, and on an unknown address at most once a
+	// second.
+	HostAddrs func() ([]netip.Addr, error)
+}
+
+// Resolver maps source addresses to the pods on this node. Create it with
+// New, register listeners, then call Run.
+type Resolver struct {
+	node string
+	wait time.Duration
+	log  *slog.Logger
+
+	informer cache.SharedIndexInformer
+	reg      cache.ResourceEventHandlerRegistration
+	synced   atomic.Bool // latches reg.HasSynced
+	started  atomic.Bool
+
+	hosts hostAddrs
+
+	listeners atomic.Pointer[[]Listener]
+
+	mu  sync.RWMutex
+	idx index // guarded by mu
+	// changed is closed, and replaced, whenever idx changes; waiters in
+	// Resolve select on it. Guarded by mu.
+	changed chan struct{}
+
+	// testHookHandled, when set, runs after each informer event has been
+	// applied and its listeners called.
+	testHookHandled func()
+	// testHookWaiting, when set, runs each time Resolve starts waiting for
+	// the index to change.
+	testHookWaiting func()
+}
+
+// New returns a Resolver for cfg. It starts no goroutines and makes no API
+// calls; Run does.
+func New(cfg Config) (*Resolver, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("podresolve: Config.Client is required")
+	}
+	if cfg.NodeName == "" {
+		return nil, errors.New("podresolve: Config.NodeName is required")
+	}
+	r := &Resolver{
+		node:    cfg.NodeName,
+		wait:    cfg.WaitForPod,
+		log:     cfg.Logger,
+		idx:     newIndex(),
+		changed: make(chan struct{}),
+	}
+	if r.wait == 0 {
+		r.wait = DefaultWaitForPod
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	r.hosts = hostAddrs{read: cfg.HostAddrs, log: r.log, minAge: hostAddrsMinAge}
+	if r.hosts.read == nil {
+		r.hosts.read = InterfaceAddrs
+	}
+
+	selector := fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
+	// No resync (nothing here reconciles external state) and no extra
+	// indexes: lookups go through the resolver's own address index.
+	r.informer = coreinformers.NewFilteredPodInformer(cfg.Client, metav1.NamespaceAll, 0, cache.Indexers{},
+		func(o *metav1.ListOptions) { o.FieldSelector = selector })
+	if err := r.informer.SetTransform(stripPod); err != nil {
+		return nil, fmt.Errorf("setting pod transform: %w", err)
+	}
+	reg, err := r.informer.AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc:    func(obj any, initial bool) { r.handle(obj, initial) },
+		UpdateFunc: func(_, obj any) { r.handle(obj, false) },
+		DeleteFunc: r.handleDelete,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registering pod event handler: %w", err)
+	}
+	r.reg = reg
+	return r, nil
+}
+
+// AddListener registers l for pod events. Call it before Run: a listener
+// added later only hears events from then on.
+func (r *Resolver) AddListener(l Listener) {
+	for {
+		old := r.listeners.Load()
+		var next []Listener
+		if old != nil {
+			next = append(next, *old...)
+		}
+		next = append(next, l)
+		if r.listeners.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// Run runs the informer until ctx is done, then returns nil once it has
+// stopped. It may be called once.
+func (r *Resolver) Run(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("podresolve: Run called more than once")
+	}
+	r.hosts.refresh(0)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.informer.RunWithContext(ctx) })
+	wg.Go(func() { r.hosts.run(ctx) })
+	r.log.InfoContext(ctx, "pod informer starting", "node", r.node)
+	select {
+	case <-r.reg.HasSyncedChecker().Done():
+		r.log.InfoContext(ctx, "pod informer synced", "node", r.node, "pods", r.Len())
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return nil
+}
+
+// HasSynced reports whether the informer has listed this node's pods and
+// all of them have been indexed. Until then Resolve returns ErrNotSynced.
+func (r *Resolver) HasSynced() bool {
+	if r.synced.Load() {
+		return true
+	}
+	if r.reg.HasSynced() {
+		r.synced.Store(true)
+		return true
+	}
+	return false
+}
+
+// Len returns the number of pods Resolve may currently return one day:
+// live, indexed and not displaced.
+func (r *Resolver) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.resolvable
+}
+
+// Resolve returns the live pod on this node that owns ip. IPv4-mapped IPv6
+// addresses are unmapped first.
+//
+// Errors (test with errors.Is): ErrNotSynced before the informer synced;
+// ErrHostAddress for the node's own addresses; ErrAmbiguous when more than
+// one pod claims ip; ErrNotFound when no pod owns it after waiting up to
+// Config.WaitForPod for one to appear. If ctx ends during that wait, the
+// error matches both ErrNotFound and ctx's error.
+//
+// A hit takes a read lock and a map lookup; it never calls the API.
+func (r *Resolver) Resolve(ctx context.Context, ip netip.Addr) (Pod, error) {
+	ip = ip.Unmap().WithZone("")
+	if !ip.IsValid() {
+		return Pod{}, fmt.Errorf("resolving an invalid address: %w", ErrNotFound)
+	}
+	if !r.HasSynced() {
+		return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrNotSynced)
+	}
+	// SECURITY: checked before the index: an address shared by everything
+	// on the host identifies nobody, whatever a pod object claims.
+	if r.hosts.has(ip) {
+		return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrHostAddress)
+	}
+	var timer *time.Timer
+	for {
+		r.mu.RLock()
+		pod, res := r.idx.lookup(ip)
+		changed := r.changed
+		r.mu.RUnlock()
+
+		switch res {
+		case lookupHit:
+			return pod, nil
+		case lookupAmbiguous:
+			return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrAmbiguous)
+		}
+
+		if timer == nil {
+			// First miss: the node may have gained this address since
+			// the last read.
+			if r.hosts.hasFresh(ip) {
+				return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrHostAddress)
+			}
+			if r.wait < 0 {
+				return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrNotFound)
+			}
+			// One timer per Resolve; the hit path never gets here.
+			timer = time.NewTimer(r.wait)
+			defer timer.Stop()
+		}
+		if r.testHookWaiting != nil {
+			r.testHookWaiting()
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return Pod{}, fmt.Errorf("resolving %s: waited %s: %w", ip, r.wait, ErrNotFound)
+		case <-ctx.Done():
+			return Pod{}, fmt.Errorf("resolving %s: %w: %w", ip, ErrNotFound, context.Cause(ctx))
+		}
+	}
+}
+
+// handle applies an added or updated pod. It runs on the informer's
+// handler goroutine, one event at a time.
+func (r *Resolver) handle(obj any, initial bool) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		r.log.Warn("pod informer delivered an unexpected object", "type", fmt.Sprintf("%T", obj))
+		return
+	}
+	r.apply(podKey{namespace: p.Namespace, name: p.Name}, entryFor(p, r.node), initial)
+}
+
+// handleDelete removes a deleted pod, including one the informer only
+// learned was gone on a relist (a DeletedFinalStateUnknown tombstone, whose
+// object may be stale or missing: the key is what counts).
+func (r *Resolver) handleDelete(obj any) {
+	var key podKey
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		key = podKey{namespace: o.Namespace, name: o.Name}
+	case cache.DeletedFinalStateUnknown:
+		ns, name, err := cache.SplitMetaNamespaceKey(o.Key)
+		if err != nil {
+			r.log.Warn("pod informer delivered a tombstone with a bad key", "key", o.Key, "error", err)
+			return
+		}
+		key = podKey{namespace: ns, name: name}
+	default:
+		r.log.Warn("pod informer delivered an unexpected deleted object", "type", fmt.Sprintf("%T", obj))
+		return
+	}
+	r.apply(key, nil, false)
+}
+
+func (r *Resolver) apply(key podKey, next *entry, initial bool) {
+	r.mu.Lock()
+	evs, changed := r.idx.set(key, next, initial, nil)
+	if changed {
+		close(r.changed)
+		r.changed = make(chan struct{})
+	}
+	r.mu.Unlock()
+
+	// Listeners run outside the lock so they may call Resolve.
+	var ls []Listener
+	if p := r.listeners.Load(); p != nil {
+		ls = *p
+	}
+	for _, ev := range evs {
+		log := r.log.With("namespace", ev.pod.Namespace, "pod", ev.pod.Name, "uid", ev.pod.UID)
+		switch ev.kind {
+		case eventReady:
+			log.Debug("pod indexed", "ips", ev.pod.IPs)
+			for _, l := range ls {
+				l.PodReady(ev.pod)
+			}
+		case eventGone:
+			if ev.by.UID != "" {
+				log.Info("pod's address taken by a newer pod; it will not be served again",
+					"ips", ev.pod.IPs, "newNamespace", ev.by.Namespace, "newPod", ev.by.Name, "newUID", ev.by.UID)
+			} else {
+				log.Debug("pod left the index")
+			}
+			for _, l := range ls {
+				l.PodGone(ev.pod)
+			}
+		}
+	}
+	if r.testHookHandled != nil {
+		r.testHookHandled()
+	}
+}
