@@ -9,9 +9,11 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -145,6 +147,11 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 		return nil, err
 	}
 
+	auditPolicy := filepath.Join(pki, "audit-policy.yaml")
+	if err := os.WriteFile(auditPolicy, []byte(auditPolicyYAML), 0o600); err != nil {
+		return nil, fmt.Errorf("writing audit policy: %w", err)
+	}
+
 	cp.apiArgs = append([]string{
 		"--etcd-servers=" + clientURL,
 		"--bind-address=127.0.0.1",
@@ -167,6 +174,10 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 		// plugin insists on.
 		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
+		"--audit-policy-file=" + auditPolicy,
+		"--audit-log-path=" + cp.AuditLog(),
+		"--audit-log-format=json",
+		"--audit-log-mode=blocking",
 	}, cfg.ExtraAPIServerFlags...)
 
 	if err := waitTCP(ctx, cp.etcd, "127.0.0.1:"+strconv.Itoa(etcdClient), cfg.ReadyTimeout); err != nil {
@@ -226,6 +237,93 @@ func (cp *ControlPlane) StopAPIServer() {
 func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
 	cp.StopAPIServer()
 	return cp.StartAPIServer(ctx)
+}
+
+// auditPolicyYAML records every TokenRequest with its request body (the
+// bound object), and nothing else, so tests can count TokenRequests per pod.
+const auditPolicyYAML = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Request
+  verbs: ["create"]
+  resources:
+  - group: ""
+    resources: ["serviceaccounts/token"]
+- level: None
+`
+
+// AuditLog returns the path of the API server's audit log, which records
+// every TokenRequest (see TokenRequests).
+func (cp *ControlPlane) AuditLog() string { return filepath.Join(cp.Dir, "logs/audit.log") }
+
+// TokenRequest is one TokenRequest the API server answered, from its audit log.
+type TokenRequest struct {
+	User           string // who asked
+	Namespace      string // of the ServiceAccount
+	ServiceAccount string
+	Code           int32 // HTTP status of the answer
+	BoundKind      string
+	BoundName      string
+	BoundUID       string
+	Audiences      []string
+}
+
+// TokenRequests returns every TokenRequest the API server has answered so
+// far, in order.
+func (cp *ControlPlane) TokenRequests() ([]TokenRequest, error) {
+	f, err := os.Open(cp.AuditLog())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening audit log: %w", err)
+	}
+	defer f.Close()
+	var out []TokenRequest
+	dec := json.NewDecoder(f)
+	for {
+		var ev struct {
+			Stage string `json:"stage"`
+			User  struct {
+				Username string `json:"username"`
+			} `json:"user"`
+			ObjectRef struct {
+				Namespace   string `json:"namespace"`
+				Name        string `json:"name"`
+				Subresource string `json:"subresource"`
+			} `json:"objectRef"`
+			ResponseStatus struct {
+				Code int32 `json:"code"`
+			} `json:"responseStatus"`
+			RequestObject struct {
+				Spec struct {
+					Audiences      []string `json:"audiences"`
+					BoundObjectRef *struct {
+						Kind string `json:"kind"`
+						Name string `json:"name"`
+						UID  string `json:"uid"`
+					} `json:"boundObjectRef"`
+				} `json:"spec"`
+			} `json:"requestObject"`
+		}
+		if err := dec.Decode(&ev); err == io.EOF {
+			return out, nil
+		} else if err != nil {
+			return out, fmt.Errorf("decoding audit log: %w", err)
+		}
+		if ev.Stage != "ResponseComplete" || ev.ObjectRef.Subresource != "token" {
+			continue
+		}
+		tr := TokenRequest{
+			User: ev.User.Username, Namespace: ev.ObjectRef.Namespace, ServiceAccount: ev.ObjectRef.Name,
+			Code: ev.ResponseStatus.Code, Audiences: ev.RequestObject.Spec.Audiences,
+		}
+		if b := ev.RequestObject.Spec.BoundObjectRef; b != nil {
+			tr.BoundKind, tr.BoundName, tr.BoundUID = b.Kind, b.Name, b.UID
+		}
+		out = append(out, tr)
+	}
 }
 
 // APIServerLog and EtcdLog return the paths of the processes' logs.

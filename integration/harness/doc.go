@@ -27,7 +27,10 @@
 // roleARN is not empty; CreatePod(ctx, PodSpec) creates a pod with
 // spec.nodeName and then sets phase Running, podIP and podIPs through the
 // status subresource, as a kubelet would; DeletePod deletes with grace 0.
-// APIServerLog and EtcdLog give the log paths.
+// APIServerLog and EtcdLog give the log paths. The API server writes an
+// audit log (AuditLog) of every TokenRequest with its bound object;
+// TokenRequests parses it, so tests can count the agent's TokenRequests per
+// pod.
 //
 // AgentKubeconfig(ctx, rbacPath, path) gives the agent exactly its cluster
 // identity: it creates the credbroker-system namespace, applies

@@ -160,6 +160,22 @@ func TestControlPlaneAgentIdentityAndSTS(t *testing.T) {
 	if _, err := assume(token); errorCode(err) != "InvalidIdentityToken" {
 		t.Errorf("token of a deleted pod: %v, want InvalidIdentityToken", err)
 	}
+	trs, err := cp.TokenRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bound int
+	for _, tr := range trs {
+		if tr.BoundUID == string(pod.UID) {
+			bound++
+			if tr.User != "system:serviceaccount:credbroker-system:credbroker-agent" || tr.Code != 201 || tr.BoundKind != "Pod" {
+				t.Errorf("audited TokenRequest %+v", tr)
+			}
+		}
+	}
+	if bound != 1 {
+		t.Errorf("audit log has %d TokenRequests bound to the pod, want 1 (all: %+v)", bound, trs)
+	}
 	if c := stsSrv.Counts(); c.Issued != 1 {
 		t.Errorf("Issued = %d, want 1", c.Issued)
 	}
