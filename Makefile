@@ -35,3 +35,14 @@ test-integration: build integration-deps
 demo: build k8sbin
 	$(GO) build -o bin/demo ./integration/demo
 	bin/demo
+
+# Benchmark suite (root only, a few minutes; not part of `make test`): the
+# agent against a floor server under the same load generator, cold start,
+# simultaneous first requests, memory per pod and upstream calls. Writes
+# docs/benchmarks.md and its plot; raw results go to bench/out/.
+bench: build k8sbin
+	$(GO) build -o bin/bench ./bench/cmd/bench
+	$(GO) build -o bin/bench-floor ./bench/cmd/floor
+	bin/bench -agent bin/agent -floor bin/bench-floor -out bench/out \
+		-doc docs/benchmarks.md -png docs/benchmarks-latency.png
+	cd bench/plot && $(GO) run . -in ../out/sweep.json -out ../../docs/benchmarks-latency.png

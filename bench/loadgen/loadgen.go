@@ -154,6 +154,9 @@ type Result struct {
 	Elapsed    time.Duration `json:"elapsed_ns"`
 	Throughput float64       `json:"throughput"`
 	Latency    Latency       `json:"latency"`
+	// Total counts every request that got an answer or failed, warm-up
+	// included: what the server handled during the whole run.
+	Total int64 `json:"total"`
 	// BodyBytes is the size of the last successful response body.
 	BodyBytes int `json:"body_bytes"`
 	// ClientCPU and ServerCPU are user+system CPU time over the window.
@@ -242,6 +245,7 @@ type runner struct {
 	pools   []pool
 	dialer  net.Dialer
 	sent    atomic.Int64 // requests started, warm-up included
+	done    atomic.Int64 // requests finished, warm-up included
 	seq     atomic.Int64 // next source in a closed loop
 	// measureFrom and measureTo bound the window; a request counts if it
 	// was due inside it.
@@ -303,6 +307,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		Sources:     len(cfg.Sources),
 		Outcomes:    make(map[string]int64),
 		Unsent:      unsent,
+		Total:       r.done.Load(),
 		Elapsed:     cfg.Duration,
 	}
 	if now := time.Now(); now.Before(r.measureTo) {
@@ -322,7 +327,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		}
 	}
 	res.Throughput = float64(res.OK) / res.Elapsed.Seconds()
-	res.Latency = summarise(all)
+	res.Latency = Summarise(all)
 	if c0 := cpu0.Load(); c0 != nil {
 		res.ClientCPU = cpu1.self - c0.self
 		if cfg.ServerPID > 0 {
@@ -434,6 +439,7 @@ func (r *runner) do(ctx context.Context, w *worker, seq int64, due, begin time.T
 	src := int(seq % int64(len(r.cfg.Sources)))
 	status, body, err := r.roundTrip(ctx, src)
 	lat := time.Since(begin)
+	r.done.Add(1)
 	if due.Before(r.measureFrom) || !due.Before(r.measureTo) {
 		return
 	}
@@ -532,7 +538,8 @@ func (r *runner) closeIdle() {
 	}
 }
 
-func summarise(lat []time.Duration) Latency {
+// Summarise computes the percentiles of lat, which it sorts in place.
+func Summarise(lat []time.Duration) Latency {
 	if len(lat) == 0 {
 		return Latency{}
 	}

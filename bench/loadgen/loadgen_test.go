@@ -70,6 +70,9 @@ func TestClosedLoopKeepAliveStopsAtMaxRequests(t *testing.T) {
 	if res.Sent != 300 || res.OK != 300 || res.Outcomes["200"] != 300 {
 		t.Errorf("sent %d ok %d outcomes %v, want 300 of each", res.Sent, res.OK, res.Outcomes)
 	}
+	if res.Total != 300 {
+		t.Errorf("total %d, want 300", res.Total)
+	}
 	if res.Latency.Count != 300 {
 		t.Errorf("latency samples %d, want 300", res.Latency.Count)
 	}
@@ -228,7 +231,7 @@ func TestQuantileIsNearestRank(t *testing.T) {
 	for i := range lat {
 		lat[i] = time.Duration(1000-i) * time.Microsecond // unsorted on purpose
 	}
-	l := summarise(lat)
+	l := Summarise(lat)
 	for _, c := range []struct {
 		name      string
 		got, want time.Duration

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -28,6 +29,7 @@ func main() {
 func run() error {
 	addr := flag.String("listen", "169.254.170.23:8080", "address to listen on")
 	size := flag.Int("size", 1200, "response body size in bytes (match the agent's)")
+	stats := flag.String("stats-listen", "", "if set, serve GET /stats there: heap allocations so far (objects and bytes)")
 	flag.Parse()
 
 	body, err := floor.Body(*size)
@@ -56,9 +58,33 @@ func run() error {
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
+	if *stats != "" {
+		if err := serveStats(*stats); err != nil {
+			return err
+		}
+	}
 	fmt.Println("ready")
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving: %w", err)
 	}
+	return nil
+}
+
+// serveStats answers with the process's cumulative heap allocations, the
+// same counters the agent exports as go_memstats_mallocs_total and
+// go_memstats_alloc_bytes_total, so the benchmark can compare allocations
+// per request. It runs on its own listener, off the measured path.
+func serveStats(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		fmt.Fprintf(w, "%d %d\n", m.Mallocs, m.TotalAlloc)
+	})
+	go http.Serve(ln, mux)
 	return nil
 }

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/credbroker/agent/bench/loadgen"
+	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/oidcsts"
+)
+
+const (
+	nodeName     = "bench-node"
+	podNamespace = "bench"
+	// serviceAccounts is how many ServiceAccounts the pods share, round
+	// robin: a node runs many pods of few workloads.
+	serviceAccounts = 10
+	// nsPrefix names the benchmark's network namespaces (harness.Pods
+	// appends -N).
+	nsPrefix = "cbb"
+	// agentAddr and floorAddr share the link-local service address, so both
+	// servers are reached over the same path.
+	agentAddr = "169.254.170.23:80"
+	floorAddr = "169.254.170.23:8080"
+)
+
+// env is the benchmark's world: a control plane, an STS, pods in network
+// namespaces, the agent and the floor.
+type env struct {
+	dir             string
+	agentBin        string
+	floorBin        string
+	cp              *harness.ControlPlane
+	apiHTTP         *http.Client
+	sts             *oidcsts.Server
+	agentKubeconfig string
+	pods            *harness.Pods
+
+	mu      sync.Mutex
+	netPods []*harness.Pod      // pods with a network namespace, in creation order
+	sources []loadgen.Dialer    // one per netPod, opened by name
+	apiOnly int                 // pods that exist only in the API (memory scenario)
+	uids    map[string]struct{} // every pod UID created
+}
+
+// podIP gives pod i an address in 198.18.0.0/15, the range RFC 2544 sets
+// aside for benchmarks: nothing else on a machine uses it.
+func podIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18 + byte(i>>16&1), byte(i >> 8), byte(i)})
+}
+
+func roleARN(i int) string { return fmt.Sprintf("arn:aws:iam::123456789012:role/bench-app-%d", i) }
+
+func setupEnv(ctx context.Context, dir, agentBin, floorBin string) (_ *env, err error) {
+	e := &env{dir: dir, agentBin: agentBin, floorBin: floorBin, uids: map[string]struct{}{}}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
+		return nil, err
+	}
+	e.cp, err = harness.StartControlPlane(ctx, harness.ControlPlaneConfig{Dir: filepath.Join(dir, "cp")})
+	if err != nil {
+		return nil, fmt.Errorf("starting control plane: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(e.cp.CACert)
+	e.apiHTTP = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+
+	roles := map[string]string{}
+	for i := range serviceAccounts {
+		roles[roleARN(i)] = fmt.Sprintf("system:serviceaccount:%s:app-%d", podNamespace, i)
+	}
+	// No PodUID check: it would add one API GET per STS call to the counts
+	// this benchmark reports as the agent's cost.
+	e.sts, err = oidcsts.New(oidcsts.Config{
+		Issuer:     e.cp.Issuer,
+		HTTPClient: &http.Client{Timeout: 10 * time.Second, Transport: &bearer{token: e.cp.AdminToken, base: e.apiHTTP.Transport}},
+		Roles:      roles,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.sts.Start("127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	for i := range serviceAccounts {
+		if _, err := e.cp.CreateServiceAccount(ctx, podNamespace, fmt.Sprintf("app-%d", i), roleARN(i)); err != nil {
+			return nil, err
+		}
+	}
+	e.agentKubeconfig = filepath.Join(dir, "agent.kubeconfig")
+	if err := e.cp.AgentKubeconfig(ctx, "", e.agentKubeconfig); err != nil {
+		return nil, err
+	}
+	if e.pods, err = harness.NewPods(ctx, e.cp, nodeName, nsPrefix); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+type bearer struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
+}
+
+// addNetPods creates pods with network namespaces until there are n.
+func (e *env) addNetPods(ctx context.Context, n int) error {
+	e.mu.Lock()
+	have := len(e.netPods)
+	e.mu.Unlock()
+	return parallel(ctx, n-have, 6, func(ctx context.Context, k int) error {
+		i := have + k
+		p, err := e.pods.Start(ctx, harness.PodSpec{
+			Namespace:      podNamespace,
+			Name:           fmt.Sprintf("net-%d", i),
+			ServiceAccount: fmt.Sprintf("app-%d", i%serviceAccounts),
+			IP:             podIP(i),
+		})
+		if err != nil {
+			return err
+		}
+		src, err := loadgen.OpenNamespace(p.NS.Path())
+		if err != nil {
+			return err
+		}
+		e.mu.Lock()
+		e.netPods = append(e.netPods, p)
+		e.sources = append(e.sources, src)
+		e.uids[string(p.Pod.UID)] = struct{}{}
+		e.mu.Unlock()
+		return nil
+	})
+}
+
+// addAPIPods creates pods that exist only in the API, with addresses after
+// the network pods' ones, until there are n pods in all. Nothing sends
+// requests from them: they are there to be indexed and prefetched.
+func (e *env) addAPIPods(ctx context.Context, n int) error {
+	e.mu.Lock()
+	base := len(e.netPods) + e.apiOnly
+	e.mu.Unlock()
+	return parallel(ctx, n-base, 8, func(ctx context.Context, k int) error {
+		// Far above any network pod's index, so addresses never collide.
+		i := 1<<15 + base + k
+		p, err := e.cp.CreatePod(ctx, harness.PodSpec{
+			Namespace:      podNamespace,
+			Name:           fmt.Sprintf("api-%d", base+k),
+			ServiceAccount: fmt.Sprintf("app-%d", i%serviceAccounts),
+			NodeName:       nodeName,
+			IP:             podIP(i),
+		})
+		if err != nil {
+			return err
+		}
+		e.mu.Lock()
+		e.apiOnly++
+		e.uids[string(p.UID)] = struct{}{}
+		e.mu.Unlock()
+		return nil
+	})
+}
+
+func (e *env) podCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.netPods) + e.apiOnly
+}
+
+// firstSources returns the dialers of the first n network pods.
+func (e *env) firstSources(n int) []loadgen.Dialer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]loadgen.Dialer(nil), e.sources[:n]...)
+}
+
+func (e *env) apiMetrics(ctx context.Context) (metricSet, error) {
+	return scrape(ctx, e.apiHTTP, e.cp.URL+"/metrics", e.cp.AdminToken)
+}
+
+// close tears everything down. Namespaces go in parallel: one by one, a
+// thousand take most of a minute.
+func (e *env) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e.mu.Lock()
+	pods := e.netPods
+	e.netPods = nil
+	e.mu.Unlock()
+	_ = parallel(ctx, len(pods), 6, func(ctx context.Context, i int) error {
+		return pods[i].NS.Close()
+	})
+	if e.pods != nil {
+		_ = netns.Cleanup(ctx, nsPrefix)
+	}
+	if e.sts != nil {
+		e.sts.Close()
+	}
+	if e.cp != nil {
+		e.cp.Stop()
+	}
+}
+
+// parallel runs fn(0..n-1) on at most workers goroutines and returns the
+// first error; it stops handing out work after one.
+func parallel(parent context.Context, n, workers int, fn func(ctx context.Context, i int) error) error {
+	if n <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	next := make(chan int)
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for range min(workers, n) {
+		wg.Go(func() {
+			for i := range next {
+				if err := fn(ctx, i); err != nil {
+					once.Do(func() { first = err; cancel() })
+				}
+			}
+		})
+	}
+loop:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	close(next)
+	wg.Wait()
+	if first == nil {
+		return parent.Err()
+	}
+	return first
+}

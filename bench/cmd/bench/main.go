@@ -1,0 +1,417 @@
+// The bench command runs the agent's benchmark suite on this machine and
+// writes docs/benchmarks.md: cache-hit throughput and latency against a floor
+// server under the same generator, a latency-against-load sweep, an agent
+// restart with every credential to fetch, simultaneous first requests, memory
+// per pod, and what the agent asks of the API server and STS.
+//
+// It needs root (network namespaces, the link-local address), kube-apiserver
+// and etcd from `make k8sbin`, bin/agent, and the floor binary. `make bench`
+// builds what is missing and runs it. Every load run is bounded in requests
+// and time, and all traffic stays on this machine: the agent and the floor
+// listen on 169.254.170.23 (on lo), pods are network namespaces made here
+// with addresses from 198.18.0.0/15, and STS and the control plane listen on
+// 127.0.0.1.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/credbroker/agent/bench/loadgen"
+)
+
+type options struct {
+	outDir         string
+	doc            string
+	png            string
+	agentBin       string
+	floorBin       string
+	pods           int
+	podsLarge      int
+	podsMem        int
+	concurrency    int
+	reps           int
+	warmup         time.Duration
+	runTime        time.Duration
+	sweepTime      time.Duration
+	sweepFractions []float64
+	maxRequests    int64
+	profile        bool
+	timeout        time.Duration
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		o         options
+		fractions string
+	)
+	flag.StringVar(&o.outDir, "out", "bench/out", "directory for raw results, logs and profiles")
+	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "Markdown report to write")
+	flag.StringVar(&o.png, "png", "docs/benchmarks-latency.png", "where the plot goes (drawn by bench/plot from <out>/sweep.json)")
+	flag.StringVar(&o.agentBin, "agent", "bin/agent", "agent binary")
+	flag.StringVar(&o.floorBin, "floor", "bin/bench-floor", "floor server binary")
+	flag.IntVar(&o.pods, "pods", 250, "pods for the main scenarios (a large node)")
+	flag.IntVar(&o.podsLarge, "pods-large", 1000, "pods for the large scenario")
+	flag.IntVar(&o.podsMem, "pods-mem", 5000, "pods for the largest memory measurement (API only, no namespaces)")
+	flag.IntVar(&o.concurrency, "c", 64, "requests in flight in closed-loop runs")
+	flag.IntVar(&o.reps, "reps", 2, "repetitions of each closed-loop run per server (best kept)")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unrecorded warm-up before each run")
+	flag.DurationVar(&o.runTime, "run", 4*time.Second, "measured window of each closed-loop run")
+	flag.DurationVar(&o.sweepTime, "sweep-run", 3*time.Second, "measured window of each fixed-rate run")
+	flag.StringVar(&fractions, "sweep", "0.1,0.25,0.5,0.75,0.9", "offered rates as fractions of the floor's closed-loop peak")
+	flag.Int64Var(&o.maxRequests, "max", 2_000_000, "most requests in one run")
+	flag.BoolVar(&o.profile, "profile", true, "take a CPU profile of the agent under closed-loop load")
+	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "the whole suite's time limit")
+	flag.Parse()
+	for _, f := range strings.Split(fractions, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("bad -sweep fraction %q", f)
+		}
+		o.sweepFractions = append(o.sweepFractions, v)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: network namespaces and the link-local service address")
+	}
+	for _, p := range []*string{&o.agentBin, &o.floorBin, &o.outDir} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return err
+		}
+		*p = abs
+	}
+	for _, bin := range []string{o.agentBin, o.floorBin} {
+		if _, err := os.Stat(bin); err != nil {
+			return fmt.Errorf("%s missing (make build; go build -o bin/bench-floor ./bench/cmd/floor): %w", bin, err)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+
+	if err := os.MkdirAll(o.outDir, 0o755); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp(o.outDir, "run-")
+	if err != nil {
+		return err
+	}
+	res, err := suite(ctx, o, dir)
+	if res != nil {
+		if werr := writeResults(o, res); werr != nil {
+			err = errors.Join(err, werr)
+		}
+	}
+	if err == nil {
+		// Logs and etcd data of a good run are of no further use.
+		os.RemoveAll(dir)
+	} else {
+		fmt.Fprintf(os.Stderr, "bench: logs kept in %s\n", dir)
+	}
+	return err
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// suite runs every scenario in an order that reuses what the previous one
+// built. It returns what it measured even when a later scenario fails.
+func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
+	began := time.Now()
+	res := newResults(o)
+	b := &bench{opt: o, res: res, log: logf}
+
+	logf("starting control plane and STS")
+	e, err := setupEnv(ctx, dir, o.agentBin, o.floorBin)
+	if err != nil {
+		return nil, err
+	}
+	b.env = e
+	defer func() {
+		if b.agent != nil {
+			b.agent.stop()
+		}
+		if b.floor != nil {
+			b.floor.proc.Stop(5 * time.Second)
+		}
+		logf("removing network namespaces and the control plane")
+		e.close()
+		res.Elapsed = time.Since(began)
+		res.LoadAfter = loadAvg()
+	}()
+
+	t := time.Now()
+	if err := e.addNetPods(ctx, o.pods); err != nil {
+		return res, fmt.Errorf("creating %d pods: %w", o.pods, err)
+	}
+	logf("created %d pods with network namespaces in %s", o.pods, time.Since(t).Round(time.Millisecond))
+
+	// Fetch fast while setting up: the load scenarios measure cache hits,
+	// and the cold start below runs with the agent's defaults.
+	fast := agentOptions{upstreamQPS: 1000, upstreamBurst: 1000, cacheSize: 2 * o.podsMem}
+	if b.agent, err = e.startAgent(ctx, fast); err != nil {
+		return res, err
+	}
+	if err := b.agent.waitReady(ctx, time.Minute); err != nil {
+		return res, err
+	}
+	if err := b.agent.waitCached(ctx, o.pods, 2*time.Minute); err != nil {
+		return res, err
+	}
+	code, body, err := getOnce(ctx, e.firstSources(1)[0], agentAddr, 5*time.Second)
+	if err != nil || code != 200 {
+		return res, fmt.Errorf("first credential request: status %d: %v", code, err)
+	}
+	res.BodyBytes = len(body)
+	if err := b.startFloor(ctx, len(body)); err != nil {
+		return res, err
+	}
+	logf("agent caches %d pods; answers are %d bytes, and so are the floor's", o.pods, len(body))
+	if err := b.memory(ctx, o.pods); err != nil {
+		return res, err
+	}
+
+	s0, err := b.snapshot(ctx)
+	if err != nil {
+		return res, err
+	}
+	logf("closed loop, %d pods, %d in flight, best of %d × %s", o.pods, o.concurrency, o.reps, o.runTime)
+	for _, m := range []loadgen.Mode{loadgen.KeepAlive, loadgen.NewConn} {
+		p, err := b.closedPair(ctx, fmt.Sprintf("%d pods, %s", o.pods, m), o.pods, m)
+		if err != nil {
+			return res, err
+		}
+		res.Pairs = append(res.Pairs, p)
+	}
+	res.FloorPeak = res.Pairs[0].Floor.Throughput
+	if o.profile {
+		if err := b.profile(ctx); err != nil {
+			logf("profile failed: %v", err)
+		}
+	}
+	logf("fixed rates, fractions of the floor's peak %.0f/s", res.FloorPeak)
+	if res.Sweep, err = b.sweep(ctx, o.pods, res.FloorPeak); err != nil {
+		return res, err
+	}
+	s1, err := b.snapshot(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.Upstream = b.window(s0, s1, o.pods)
+
+	logf("cold start: agent restart, %d pods to fetch, STS answering in 50ms", o.pods)
+	if res.Cold, err = b.coldStart(ctx, o.pods, 50*time.Millisecond, agentOptions{cacheSize: 2 * o.podsMem}); err != nil {
+		return res, err
+	}
+	logf("  every pod served %s after the agent started (ready after %s); first-request p50 %s p99 %s",
+		res.Cold.AllServed.Round(time.Millisecond), res.Cold.Ready.Round(time.Millisecond),
+		res.Cold.FirstLatency.P50.Round(time.Millisecond), res.Cold.FirstLatency.P99.Round(time.Millisecond))
+	logf("100 simultaneous first requests from a new pod")
+	if res.Concurrent, err = b.concurrentFirst(ctx, 100, 50*time.Millisecond); err != nil {
+		return res, err
+	}
+	logf("  %d of %d ok; TokenRequests %.0f, STS calls %.0f (STS saw %d)", res.Concurrent.OK, res.Concurrent.Requests,
+		res.Concurrent.TokenRequests, res.Concurrent.STSCalls, res.Concurrent.STSPodCalls)
+
+	b.agent.stop()
+	if b.agent, err = e.startAgent(ctx, fast); err != nil {
+		return res, err
+	}
+	if err := b.agent.waitReady(ctx, time.Minute); err != nil {
+		return res, err
+	}
+	t = time.Now()
+	if err := e.addNetPods(ctx, o.podsLarge); err != nil {
+		return res, fmt.Errorf("creating %d pods: %w", o.podsLarge, err)
+	}
+	logf("created %d pods with network namespaces in %s", o.podsLarge, time.Since(t).Round(time.Millisecond))
+	if err := b.agent.waitCached(ctx, e.podCount(), 3*time.Minute); err != nil {
+		return res, err
+	}
+	if err := b.memory(ctx, e.podCount()); err != nil {
+		return res, err
+	}
+	logf("closed loop, %d pods", o.podsLarge)
+	for _, m := range []loadgen.Mode{loadgen.KeepAlive, loadgen.NewConn} {
+		p, err := b.closedPair(ctx, fmt.Sprintf("%d pods, %s", o.podsLarge, m), o.podsLarge, m)
+		if err != nil {
+			return res, err
+		}
+		res.Pairs = append(res.Pairs, p)
+	}
+
+	t = time.Now()
+	if err := e.addAPIPods(ctx, o.podsMem); err != nil {
+		return res, fmt.Errorf("creating pods up to %d: %w", o.podsMem, err)
+	}
+	logf("created pods up to %d in the API in %s", o.podsMem, time.Since(t).Round(time.Millisecond))
+	if err := b.agent.waitCached(ctx, e.podCount(), 4*time.Minute); err != nil {
+		return res, err
+	}
+	if err := b.memory(ctx, e.podCount()); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+func (b *bench) memory(ctx context.Context, pods int) error {
+	m, err := b.agent.memory(ctx)
+	if err != nil {
+		return err
+	}
+	m.Pods = pods
+	b.res.Memory = append(b.res.Memory, m)
+	logf("  memory with %d pods (%d cached): heap %.1f MiB, RSS %.1f MiB", pods, m.Cached, mib(m.HeapAlloc), mib(m.RSS))
+	return nil
+}
+
+// profile takes a CPU profile of the agent during a closed keep-alive run.
+func (b *bench) profile(ctx context.Context) error {
+	path := filepath.Join(b.opt.outDir, "agent-cpu.pprof")
+	errc := make(chan error, 1)
+	go func() { errc <- b.agent.profile(ctx, 5*time.Second, path) }()
+	_, err := b.load(ctx, b.agentServer(), loadgen.Config{
+		Sources:     b.env.firstSources(b.opt.pods),
+		Mode:        loadgen.KeepAlive,
+		Concurrency: b.opt.concurrency,
+		Duration:    6 * time.Second,
+		MaxRequests: b.opt.maxRequests,
+	})
+	if perr := <-errc; perr != nil {
+		return perr
+	}
+	if err != nil {
+		return err
+	}
+	top, err := pprofTop(ctx, path, 25)
+	if err != nil {
+		return err
+	}
+	b.res.ProfileTop = top
+	return nil
+}
+
+func writeResults(o options, res *results) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.outDir, "results.json"), b, 0o644); err != nil {
+		return err
+	}
+	if len(res.Sweep) > 0 {
+		if err := writeSweep(filepath.Join(o.outDir, "sweep.json"), res); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(o.doc), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(o.doc, []byte(renderMarkdown(o, res)), 0o644)
+}
+
+func writeSweep(path string, res *results) error {
+	type series struct {
+		Name   string `json:"name"`
+		Points []*measured `json:"points"`
+	}
+	var agent, floor []*measured
+	for _, p := range res.Sweep {
+		agent = append(agent, p.Agent)
+		floor = append(floor, p.Floor)
+	}
+	doc := struct {
+		Title  string   `json:"title"`
+		Series []series `json:"series"`
+	}{
+		Title:  fmt.Sprintf("Cache-hit latency against offered load: %d pods, keep-alive, %s", res.Pairs[0].Pods, res.Date.Format("2006-01-02")),
+		Series: []series{{"agent", agent}, {"floor", floor}},
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		return "unknown"
+	}
+	var sb strings.Builder
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		sb.WriteByte(byte(c))
+	}
+	return sb.String()
+}
+
+func newResults(o options) *results {
+	return &results{
+		Date:       time.Now().UTC(),
+		CPU:        cpuModel(),
+		Cores:      runtime.NumCPU(),
+		Kernel:     kernel(),
+		GoVersion:  runtime.Version(),
+		LoadBefore: loadAvg(),
+		Commit:     gitDescribe(),
+		Options: map[string]string{
+			"concurrency": strconv.Itoa(o.concurrency),
+			"reps":        strconv.Itoa(o.reps),
+			"warmup":      o.warmup.String(),
+			"run":         o.runTime.String(),
+			"sweep_run":   o.sweepTime.String(),
+		},
+	}
+}

@@ -1,0 +1,502 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/credbroker/agent/bench/loadgen"
+	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/oidcsts"
+)
+
+// bench runs the scenarios against one env and collects the results.
+type bench struct {
+	env   *env
+	opt   options
+	agent *agentProc
+	floor *floorProc
+	res   *results
+	log   func(format string, args ...any)
+}
+
+// floorProc is the floor server process.
+type floorProc struct {
+	proc     *harness.Process
+	statsURL string
+}
+
+func (b *bench) startFloor(ctx context.Context, size int) error {
+	port, err := harness.FreePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	p, err := harness.StartProcess("floor", filepath.Join(b.env.dir, "logs/floor.log"), nil, b.env.floorBin,
+		"-listen", floorAddr, "-size", fmt.Sprint(size), "-stats-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return err
+	}
+	b.floor = &floorProc{proc: p, statsURL: fmt.Sprintf("http://127.0.0.1:%d/stats", port)}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", floorAddr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("floor not listening on %s: %w; log:\n%s", floorAddr, err, p.LogTail(10))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// server names one side of a comparison.
+type server struct {
+	name  string
+	addr  string
+	pid   int
+	stats func(ctx context.Context) (mallocs, bytes float64, err error)
+}
+
+func (b *bench) agentServer() server {
+	a := b.agent
+	return server{name: "agent", addr: agentAddr, pid: a.pid(), stats: func(ctx context.Context) (float64, float64, error) {
+		m, err := a.metrics(ctx)
+		if err != nil {
+			return 0, 0, err
+		}
+		return m.get("go_memstats_mallocs_total"), m.get("go_memstats_alloc_bytes_total"), nil
+	}}
+}
+
+func (b *bench) floorServer() server {
+	f := b.floor
+	return server{name: "floor", addr: floorAddr, pid: f.proc.Cmd.Process.Pid, stats: func(ctx context.Context) (float64, float64, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.statsURL, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer resp.Body.Close()
+		var mallocs, bytes float64
+		_, err = fmt.Fscan(resp.Body, &mallocs, &bytes)
+		return mallocs, bytes, err
+	}}
+}
+
+// measured is one load run against one server.
+type measured struct {
+	*loadgen.Result
+	// AllocsPerReq and BytesPerReq are the server's heap allocations per
+	// request over the run, warm-up included (from its own counters).
+	AllocsPerReq float64 `json:"allocs_per_request"`
+	BytesPerReq  float64 `json:"alloc_bytes_per_request"`
+}
+
+func (b *bench) load(ctx context.Context, s server, cfg loadgen.Config) (*measured, error) {
+	cfg.Addr = s.addr
+	cfg.ServerPID = s.pid
+	m0, by0, _ := s.stats(ctx)
+	res, err := loadgen.Run(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	m1, by1, err := s.stats(ctx)
+	r := &measured{Result: res}
+	// Every request of the run, warm-up included, caused the allocations.
+	if err == nil && res.Total > 0 {
+		r.AllocsPerReq = (m1 - m0) / float64(res.Total)
+		r.BytesPerReq = (by1 - by0) / float64(res.Total)
+	}
+	return r, nil
+}
+
+// pair is the agent and the floor under the same load.
+type pair struct {
+	Name  string       `json:"name"`
+	Pods  int          `json:"pods"`
+	Mode  loadgen.Mode `json:"mode"`
+	Agent *measured         `json:"agent"`
+	Floor *measured         `json:"floor"`
+	// Every repetition's throughput, to show the spread.
+	AgentRuns []float64 `json:"agent_runs"`
+	FloorRuns []float64 `json:"floor_runs"`
+}
+
+// closedPair runs a closed loop against the agent and the floor, reps times
+// each, alternating so that a noisy neighbour hits both alike, and keeps
+// each side's best run.
+func (b *bench) closedPair(ctx context.Context, name string, pods int, mode loadgen.Mode) (pair, error) {
+	p := pair{Name: name, Pods: pods, Mode: mode}
+	cfg := loadgen.Config{
+		Sources:     b.env.firstSources(pods),
+		Mode:        mode,
+		Concurrency: b.opt.concurrency,
+		Warmup:      b.opt.warmup,
+		Duration:    b.opt.runTime,
+		MaxRequests: b.opt.maxRequests,
+		Timeout:     2 * time.Second,
+	}
+	for i := range b.opt.reps {
+		order := []server{b.agentServer(), b.floorServer()}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, s := range order {
+			r, err := b.load(ctx, s, cfg)
+			if err != nil {
+				return p, fmt.Errorf("%s against %s: %w", name, s.name, err)
+			}
+			b.log("  %-8s %-5s %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  errors %d  (%s)", mode, s.name, r.Throughput,
+				us(r.Latency.P50), us(r.Latency.P99), r.Sent-r.OK, outcomes(r.Outcomes))
+			if s.name == "agent" {
+				p.AgentRuns = append(p.AgentRuns, r.Throughput)
+				if p.Agent == nil || r.Throughput > p.Agent.Throughput {
+					p.Agent = r
+				}
+			} else {
+				p.FloorRuns = append(p.FloorRuns, r.Throughput)
+				if p.Floor == nil || r.Throughput > p.Floor.Throughput {
+					p.Floor = r
+				}
+			}
+		}
+	}
+	return p, nil
+}
+
+// sweepPoint is the agent and the floor at one offered rate.
+type sweepPoint struct {
+	Fraction float64 `json:"fraction_of_floor_peak"`
+	Rate     float64 `json:"offered_rate"`
+	Agent    *measured    `json:"agent"`
+	Floor    *measured    `json:"floor"`
+}
+
+// sweep offers fixed rates, as fractions of the floor's closed-loop peak,
+// to both servers over keep-alive connections.
+func (b *bench) sweep(ctx context.Context, pods int, floorPeak float64) ([]sweepPoint, error) {
+	var pts []sweepPoint
+	for i, f := range b.opt.sweepFractions {
+		rate := f * floorPeak
+		pt := sweepPoint{Fraction: f, Rate: rate}
+		cfg := loadgen.Config{
+			Sources:     b.env.firstSources(pods),
+			Mode:        loadgen.KeepAlive,
+			Concurrency: 256,
+			Rate:        rate,
+			Warmup:      b.opt.warmup / 2,
+			Duration:    b.opt.sweepTime,
+			MaxRequests: b.opt.maxRequests,
+			Timeout:     2 * time.Second,
+		}
+		order := []server{b.agentServer(), b.floorServer()}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, s := range order {
+			r, err := b.load(ctx, s, cfg)
+			if err != nil {
+				return pts, fmt.Errorf("sweep at %.0f/s against %s: %w", rate, s.name, err)
+			}
+			b.log("  %5.0f%% %7.0f/s %-5s got %7.0f/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  unsent %d errors %d", f*100, rate, s.name,
+				r.Throughput, us(r.Latency.P50), us(r.Latency.P99), us(r.Latency.P999), r.Unsent, r.Sent-r.OK)
+			if s.name == "agent" {
+				pt.Agent = r
+			} else {
+				pt.Floor = r
+			}
+		}
+		pts = append(pts, pt)
+	}
+	return pts, nil
+}
+
+// getOnce sends one GET over a new connection from d.
+func getOnce(ctx context.Context, d loadgen.Dialer, addr string, timeout time.Duration) (int, []byte, error) {
+	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: timeout}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/credentials", nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, body, err
+}
+
+// coldResult is what an agent restart with every credential to fetch costs.
+type coldResult struct {
+	Pods          int             `json:"pods"`
+	STSLatency    time.Duration   `json:"sts_latency_ns"`
+	UpstreamQPS   string          `json:"upstream_qps"`
+	Ready         time.Duration   `json:"ready_after_ns"`        // agent start to /readyz 200
+	AllServed     time.Duration   `json:"all_served_after_ns"`   // agent start to the last pod's first 200
+	FirstOK       int             `json:"first_request_ok"`      // pods whose first accepted request got 200
+	FirstLatency  loadgen.Latency `json:"first_request_latency"` // first accepted request to first 200, per pod
+	Retries       int             `json:"retries"`               // requests answered with something else than 200
+	Refused       int             `json:"refused"`               // connection attempts before the agent listened
+	TokenRequests float64         `json:"token_requests"`
+	STSCalls      int64           `json:"sts_calls"`
+}
+
+// coldStart restarts the agent with every pod's credentials to fetch while
+// STS takes stsLatency per call, with requests from every pod starting at
+// the moment the agent is started. It leaves the new agent running.
+func (b *bench) coldStart(ctx context.Context, pods int, stsLatency time.Duration, o agentOptions) (coldResult, error) {
+	cr := coldResult{Pods: pods, STSLatency: stsLatency, UpstreamQPS: "agent default"}
+	if o.upstreamQPS > 0 {
+		cr.UpstreamQPS = fmt.Sprint(o.upstreamQPS)
+	}
+	b.agent.stop()
+	if err := b.env.sts.SetFault(oidcsts.Fault{Latency: stsLatency}); err != nil {
+		return cr, err
+	}
+	sts0 := b.env.sts.Counts()
+	srcs := b.env.firstSources(pods)
+	a, err := b.env.startAgent(ctx, o)
+	if err != nil {
+		return cr, err
+	}
+	b.agent = a
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+
+	type podResult struct {
+		first, ok       time.Time
+		firstOK         bool
+		retries, refuse int
+	}
+	results := make([]podResult, len(srcs))
+	var wg sync.WaitGroup
+	for i, src := range srcs {
+		wg.Go(func() {
+			r := &results[i]
+			for ctx.Err() == nil {
+				sent := time.Now()
+				code, _, err := getOnce(ctx, src, agentAddr, 10*time.Second)
+				if err != nil && r.first.IsZero() {
+					// Not listening yet (or the request failed before the
+					// agent answered): like an SDK, try again shortly.
+					r.refuse++
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				if r.first.IsZero() {
+					r.first = sent
+					r.firstOK = code == http.StatusOK
+				}
+				if code == http.StatusOK {
+					r.ok = time.Now()
+					return
+				}
+				r.retries++
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	readyErr := a.waitReady(ctx, 60*time.Second)
+	if readyErr == nil {
+		cr.Ready = time.Since(a.started)
+	}
+	wg.Wait()
+	if readyErr != nil {
+		return cr, readyErr
+	}
+	var lat []time.Duration
+	for _, r := range results {
+		if r.ok.IsZero() {
+			return cr, fmt.Errorf("cold start: a pod was not served within the time limit")
+		}
+		cr.AllServed = max(cr.AllServed, r.ok.Sub(a.started))
+		lat = append(lat, r.ok.Sub(r.first))
+		if r.firstOK {
+			cr.FirstOK++
+		}
+		cr.Retries += r.retries
+		cr.Refused += r.refuse
+	}
+	cr.FirstLatency = loadgen.Summarise(lat)
+	m, err := a.metrics(ctx)
+	if err != nil {
+		return cr, err
+	}
+	cr.TokenRequests = m.get("credbroker_upstream_calls_total", `upstream="kubernetes_token"`)
+	cr.STSCalls = b.env.sts.Counts().AssumeRole - sts0.AssumeRole
+	return cr, nil
+}
+
+// concResult is N simultaneous first requests from one new pod.
+type concResult struct {
+	Requests      int            `json:"requests"`
+	OK            int            `json:"ok"`
+	Outcomes      map[string]int `json:"outcomes"`
+	TokenRequests float64        `json:"token_requests"`
+	STSCalls      float64        `json:"sts_calls"`
+	STSPodCalls   int64          `json:"sts_calls_seen_by_sts"`
+	STSLatency    time.Duration  `json:"sts_latency_ns"`
+}
+
+// concurrentFirst sends n requests at once from a pod the agent has never
+// seen: they are in flight before the pod exists in the API, so all of them
+// wait for it to appear and then for its first fetch.
+func (b *bench) concurrentFirst(ctx context.Context, n int, stsLatency time.Duration) (concResult, error) {
+	cr := concResult{Requests: n, Outcomes: map[string]int{}, STSLatency: stsLatency}
+	if err := b.env.sts.SetFault(oidcsts.Fault{Latency: stsLatency}); err != nil {
+		return cr, err
+	}
+	ns, err := netns.Create(ctx, netns.Spec{Name: nsPrefix + "one", IP: podIP(4000)})
+	if err != nil {
+		return cr, err
+	}
+	defer ns.Close()
+	src, err := loadgen.OpenNamespace(ns.Path())
+	if err != nil {
+		return cr, err
+	}
+	defer src.Close()
+	m0, err := b.agent.metrics(ctx)
+	if err != nil {
+		return cr, err
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		start = make(chan struct{})
+	)
+	for range n {
+		wg.Go(func() {
+			<-start
+			code, _, err := getOnce(ctx, src, agentAddr, 10*time.Second)
+			key := fmt.Sprint(code)
+			if err != nil {
+				key = "error"
+			}
+			mu.Lock()
+			cr.Outcomes[key]++
+			if code == http.StatusOK {
+				cr.OK++
+			}
+			mu.Unlock()
+		})
+	}
+	close(start)
+	// The requests are now waiting for the pod (the agent holds an unknown
+	// caller for up to --wait-for-pod); create it as a kubelet would.
+	time.Sleep(100 * time.Millisecond)
+	pod, err := b.env.cp.CreatePod(ctx, harness.PodSpec{
+		Namespace: podNamespace, Name: "first-100", ServiceAccount: "app-0", NodeName: nodeName, IP: podIP(4000),
+	})
+	if err != nil {
+		return cr, err
+	}
+	b.env.mu.Lock()
+	b.env.apiOnly++
+	b.env.mu.Unlock()
+	wg.Wait()
+	m1, err := b.agent.metrics(ctx)
+	if err != nil {
+		return cr, err
+	}
+	cr.TokenRequests = delta(m0, m1, "credbroker_upstream_calls_total", `upstream="kubernetes_token"`)
+	cr.STSCalls = delta(m0, m1, "credbroker_upstream_calls_total", `upstream="exchange"`)
+	cr.STSPodCalls = b.env.sts.PodCalls(string(pod.UID))
+	return cr, b.env.sts.SetFault(oidcsts.Fault{})
+}
+
+// upstreamWindow is what the agent asked of the API server and STS while
+// it served cached credentials.
+type upstreamWindow struct {
+	Pods            int                `json:"pods"`
+	ServiceAccounts int                `json:"service_accounts"`
+	Window          time.Duration      `json:"window_ns"`
+	Requests        float64            `json:"credential_requests"`
+	Agent           map[string]float64 `json:"agent_upstream_calls"`
+	APIServer       map[string]float64 `json:"apiserver_requests"`
+	STSCalls        int64              `json:"sts_calls"`
+	Watches         float64            `json:"open_pod_watches"`
+}
+
+type snapshot struct {
+	at    time.Time
+	agent metricSet
+	api   metricSet
+	sts   oidcsts.Counts
+}
+
+func (b *bench) snapshot(ctx context.Context) (snapshot, error) {
+	s := snapshot{at: time.Now(), sts: b.env.sts.Counts()}
+	var err error
+	if s.agent, err = b.agent.metrics(ctx); err != nil {
+		return s, err
+	}
+	if s.api, err = b.env.apiMetrics(ctx); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+func (b *bench) window(s0, s1 snapshot, pods int) upstreamWindow {
+	w := upstreamWindow{
+		Pods:            pods,
+		ServiceAccounts: serviceAccounts,
+		Window:          s1.at.Sub(s0.at),
+		Requests:        delta(s0.agent, s1.agent, "credbroker_requests_total"),
+		Agent:           map[string]float64{},
+		APIServer:       map[string]float64{},
+		STSCalls:        s1.sts.AssumeRole - s0.sts.AssumeRole,
+		Watches:         s1.api.get("apiserver_longrunning_requests", `resource="pods"`, `verb="WATCH"`),
+	}
+	for _, u := range []string{"kubernetes_token", "kubernetes_serviceaccount", "exchange"} {
+		w.Agent[u] = delta(s0.agent, s1.agent, "credbroker_upstream_calls_total", `upstream="`+u+`"`)
+	}
+	for _, k := range []struct{ key, verb, resource, sub string }{
+		{"TokenRequest (create serviceaccounts/token)", "POST", "serviceaccounts", "token"},
+		{"GET serviceaccounts", "GET", "serviceaccounts", ""},
+		{"LIST pods", "LIST", "pods", ""},
+		{"WATCH pods (ended)", "WATCH", "pods", ""},
+	} {
+		labels := []string{`verb="` + k.verb + `"`, `resource="` + k.resource + `"`, `subresource="` + k.sub + `"`}
+		w.APIServer[k.key] = delta(s0.api, s1.api, "apiserver_request_total", labels...)
+	}
+	return w
+}
+
+// pprofTop renders the hottest functions of a CPU profile.
+func pprofTop(ctx context.Context, profile string, n int) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", fmt.Sprintf("-nodecount=%d", n), profile).Output()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func outcomes(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s:%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+func us(d time.Duration) float64 { return float64(d) / 1e3 }
