@@ -1,0 +1,316 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+var t0 = time.Date(2026, 11, 27, 6, 0, 0, 0, time.UTC)
+
+const roleAnnotation = "eks.amazonaws.com/role-arn"
+
+// fakeResolver maps addresses to pods or errors; tests change it to model
+// pods coming and going.
+type fakeResolver struct {
+	mu   sync.Mutex
+	pods map[netip.Addr]podresolve.Pod
+	errs map[netip.Addr]error
+}
+
+func (r *fakeResolver) Resolve(_ context.Context, addr netip.Addr) (podresolve.Pod, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err, ok := r.errs[addr]; ok {
+		return podresolve.Pod{}, err
+	}
+	if p, ok := r.pods[addr]; ok {
+		return p, nil
+	}
+	return podresolve.Pod{}, podresolve.ErrNotFound
+}
+
+func (r *fakeResolver) set(addr string, p podresolve.Pod) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pods[netip.MustParseAddr(addr)] = p
+}
+
+func (r *fakeResolver) fail(addr string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs[netip.MustParseAddr(addr)] = err
+}
+
+// fakeExchanger mints distinct, recognisable credentials per call. Its
+// behaviour can be swapped with fn; calls are counted.
+type fakeExchanger struct {
+	clock  *clocktesting.FakeClock
+	calls  atomic.Int64
+	mu     sync.Mutex
+	fn     func(exchange.Request) (exchange.Credentials, error)
+	tokens []string // tokens received, to check the wiring
+}
+
+func (x *fakeExchanger) Exchange(ctx context.Context, req exchange.Request) (exchange.Credentials, error) {
+	n := x.calls.Add(1)
+	x.mu.Lock()
+	fn := x.fn
+	x.tokens = append(x.tokens, req.Token.Reveal())
+	x.mu.Unlock()
+	if fn != nil {
+		return fn(req)
+	}
+	return x.mint(req, n, time.Hour), nil
+}
+
+func (x *fakeExchanger) mint(req exchange.Request, n int64, life time.Duration) exchange.Credentials {
+	return exchange.Credentials{
+		Kind:            exchange.KindAWS,
+		AccessKeyID:     fmt.Sprintf("ASIA-%s-%d", req.SessionName, n),
+		SecretAccessKey: exchange.Secret(fmt.Sprintf("SECRETKEY-%s-%d", req.SessionName, n)),
+		SessionToken:    exchange.Secret(fmt.Sprintf("SESSIONTOKEN-%s-%d", req.SessionName, n)),
+		Expiration:      x.clock.Now().Add(life),
+	}
+}
+
+func (x *fakeExchanger) setFn(fn func(exchange.Request) (exchange.Credentials, error)) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.fn = fn
+}
+
+type testEnv struct {
+	t         testing.TB
+	clock     *clocktesting.FakeClock
+	client    *fake.Clientset
+	resolver  *fakeResolver
+	exchanger *fakeExchanger
+	broker    *Broker
+	reg       *prometheus.Registry
+	logs      *syncBuffer
+	tokenReqs atomic.Int64
+	saGets    atomic.Int64
+	tokenErr  atomic.Pointer[error]
+	// bodies collects every response body, to check none carries a secret.
+	bodiesMu sync.Mutex
+	bodies   []string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
+	t.Helper()
+	e := &testEnv{t: t, clock: clocktesting.NewFakeClock(t0), client: fake.NewClientset(),
+		resolver: &fakeResolver{pods: map[netip.Addr]podresolve.Pod{}, errs: map[netip.Addr]error{}},
+		reg:      prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e.exchanger = &fakeExchanger{clock: e.clock}
+	e.client.PrependReactor("get", "serviceaccounts", func(k8stesting.Action) (bool, runtime.Object, error) {
+		e.saGets.Add(1)
+		return false, nil, nil // fall through to the tracker
+	})
+	e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "token" {
+			return false, nil, nil
+		}
+		n := e.tokenReqs.Add(1)
+		if errp := e.tokenErr.Load(); errp != nil {
+			return true, nil, *errp
+		}
+		tr := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenRequest)
+		if tr.Spec.BoundObjectRef == nil || tr.Spec.BoundObjectRef.Kind != "Pod" {
+			t.Errorf("TokenRequest not bound to a pod: %+v", tr.Spec.BoundObjectRef)
+		}
+		out := tr.DeepCopy()
+		out.Status.Token = fmt.Sprintf("SATOKEN-%s-%d", tr.Spec.BoundObjectRef.UID, n)
+		out.Status.ExpirationTimestamp = metav1.NewTime(e.clock.Now().Add(10 * time.Minute))
+		return true, out, nil
+	})
+	cfg := Config{
+		Client: e.client, Resolver: e.resolver, Exchanger: e.exchanger,
+		Registerer: e.reg, Clock: e.clock,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.broker = b
+	t.Cleanup(func() { e.assertNoSecretsLeaked() })
+	return e
+}
+
+// serviceAccount creates a ServiceAccount, annotated with role when role is
+// not empty.
+func (e *testEnv) serviceAccount(ns, name, role string) {
+	e.t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if role != "" {
+		sa.Annotations = map[string]string{roleAnnotation: role}
+	}
+	if _, err := e.client.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *testEnv) setRole(ns, name, role string) {
+	e.t.Helper()
+	sa, err := e.client.CoreV1().ServiceAccounts(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sa.Annotations = map[string]string{roleAnnotation: role}
+	if _, err := e.client.CoreV1().ServiceAccounts(ns).Update(context.Background(), sa, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// pod places a pod with its ServiceAccount at addr.
+func (e *testEnv) pod(addr, ns, name, sa string) podresolve.Pod {
+	p := podresolve.Pod{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name), ServiceAccount: sa,
+		IPs: []netip.Addr{netip.MustParseAddr(addr)}}
+	e.resolver.set(addr, p)
+	return p
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   string
+	creds  awsCredentials
+	errObj map[string]string
+}
+
+func (e *testEnv) get(addr string) response {
+	return e.do(http.MethodGet, "/v1/credentials", addr, nil)
+}
+
+func (e *testEnv) do(method, path, addr string, hdr http.Header) response {
+	e.t.Helper()
+	req := httptest.NewRequest(method, path, nil)
+	req.RemoteAddr = netip.AddrPortFrom(netip.MustParseAddr(addr), 40000).String()
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	rec := httptest.NewRecorder()
+	e.broker.ServeHTTP(rec, req)
+	r := response{status: rec.Code, header: rec.Header(), body: rec.Body.String()}
+	e.bodiesMu.Lock()
+	e.bodies = append(e.bodies, r.body)
+	e.bodiesMu.Unlock()
+	if r.status == http.StatusOK && method == http.MethodGet {
+		if err := json.Unmarshal(rec.Body.Bytes(), &r.creds); err != nil {
+			e.t.Fatalf("200 with a body that is not credentials JSON: %v: %q", err, r.body)
+		}
+	} else if r.body != "" {
+		if err := json.Unmarshal(rec.Body.Bytes(), &r.errObj); err != nil {
+			e.t.Fatalf("error body is not JSON: %v: %q", err, r.body)
+		}
+	}
+	return r
+}
+
+func (e *testEnv) counter(name string, labels map[string]string) float64 {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
+					continue next
+				}
+			}
+			if m.Counter != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+// assertNoSecretsLeaked checks every log line, response body of a failure
+// and metric for anything that looks like a token or a secret the fakes
+// minted. Successful bodies are the one place secrets belong.
+func (e *testEnv) assertNoSecretsLeaked() {
+	e.t.Helper()
+	var haystack strings.Builder
+	haystack.WriteString(e.logs.String())
+	e.bodiesMu.Lock()
+	defer e.bodiesMu.Unlock()
+	for _, b := range e.bodies {
+		if !strings.Contains(b, "SecretAccessKey") {
+			haystack.WriteString(b)
+		}
+	}
+	mfs, _ := e.reg.Gather()
+	for _, mf := range mfs {
+		haystack.WriteString(mf.String())
+	}
+	for _, marker := range []string{"SATOKEN-", "SECRETKEY-", "SESSIONTOKEN-"} {
+		if strings.Contains(haystack.String(), marker) {
+			e.t.Errorf("a secret (%s...) leaked into logs, an error body or metrics", marker)
+		}
+	}
+}
+
+// eventually polls cond; it asserts an outcome, not a duration: the bound
+// is generous and only stops a broken test from hanging.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
