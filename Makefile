@@ -8,6 +8,18 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/agent ./cmd/agent
 
+# gofmt and go vet, over the integration-tagged files too.
+vet:
+	@out=$$(gofmt -l cmd pkg integration bench); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./integration/...
+
+# Unit tests with the race detector, then the integration suite (root only:
+# network namespaces; under CI=true it fails rather than skips without them).
+test: vet
+	$(GO) test -race -count=1 ./...
+	$(MAKE) test-integration
+
 # --- Integration (root only): a real kube-apiserver + etcd built from their
 # Go modules, moto and our own STS on this machine, pods simulated in network
 # namespaces, and the real AWS SDK clients. See integration/harness/doc.go.
