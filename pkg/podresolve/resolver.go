@@ -199,32 +199,43 @@ func (r *Resolver) Resolve(ctx context.Context, ip netip.Addr) (Pod, error) {
 	if r.hosts.has(ip) {
 		return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrHostAddress)
 	}
-	var timer *time.Timer
+	r.mu.RLock()
+	pod, res := r.idx.lookup(ip)
+	r.mu.RUnlock()
+	switch res {
+	case lookupHit:
+		return pod, nil
+	case lookupAmbiguous:
+		return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrAmbiguous)
+	}
+	return r.await(ctx, ip)
+}
+
+// await is Resolve's slow path, for an address nobody owns yet: it waits
+// for the index to change until a pod owns ip, the wait is over, or ctx is
+// done. It is kept apart so the hit path carries no timer or defer.
+func (r *Resolver) await(ctx context.Context, ip netip.Addr) (Pod, error) {
+	// The node may have gained this address since the last read.
+	if r.hosts.hasFresh(ip) {
+		return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrHostAddress)
+	}
+	if r.wait < 0 {
+		return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrNotFound)
+	}
+	timer := time.NewTimer(r.wait)
+	defer timer.Stop()
 	for {
 		r.mu.RLock()
 		pod, res := r.idx.lookup(ip)
+		// Taken under the same lock as the lookup, so no change between
+		// the two goes unnoticed.
 		changed := r.changed
 		r.mu.RUnlock()
-
 		switch res {
 		case lookupHit:
 			return pod, nil
 		case lookupAmbiguous:
 			return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrAmbiguous)
-		}
-
-		if timer == nil {
-			// First miss: the node may have gained this address since
-			// the last read.
-			if r.hosts.hasFresh(ip) {
-				return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrHostAddress)
-			}
-			if r.wait < 0 {
-				return Pod{}, fmt.Errorf("resolving %s: %w", ip, ErrNotFound)
-			}
-			// One timer per Resolve; the hit path never gets here.
-			timer = time.NewTimer(r.wait)
-			defer timer.Stop()
 		}
 		if r.testHookWaiting != nil {
 			r.testHookWaiting()

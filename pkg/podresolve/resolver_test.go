@@ -70,9 +70,9 @@ func ips(addrs ...string) podOpt {
 }
 
 func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
-func uid(u string) podOpt            { return func(p *corev1.Pod) { p.UID = types.UID(u) } }
-func onNode(n string) podOpt         { return func(p *corev1.Pod) { p.Spec.NodeName = n } }
-func hostNet() podOpt                { return func(p *corev1.Pod) { p.Spec.HostNetwork = true } }
+func uid(u string) podOpt             { return func(p *corev1.Pod) { p.UID = types.UID(u) } }
+func onNode(n string) podOpt          { return func(p *corev1.Pod) { p.Spec.NodeName = n } }
+func hostNet() podOpt                 { return func(p *corev1.Pod) { p.Spec.HostNetwork = true } }
 func deleting() podOpt {
 	return func(p *corev1.Pod) { ts := metav1.NewTime(t0.Add(time.Hour)); p.DeletionTimestamp = &ts }
 }
@@ -112,8 +112,11 @@ type harness struct {
 	wake    chan struct{}
 	// watches receives one value per watch the informer opens.
 	watches chan struct{}
-	// hostAddrs is what Config.HostAddrs returns.
+	// hostAddrs is what Config.HostAddrs returns, or hostErr if set;
+	// hostReads counts the calls.
 	hostAddrs atomic.Pointer[[]netip.Addr]
+	hostErr   atomic.Bool
+	hostReads atomic.Int32
 }
 
 type harnessOpts struct {
@@ -127,7 +130,7 @@ type harnessOpts struct {
 	beforeRun func(*harness)
 }
 
-func newHarness(t *testing.T, o harnessOpts, objs ...*corev1.Pod) *harness {
+func newHarness(t testing.TB, o harnessOpts, objs ...*corev1.Pod) *harness {
 	t.Helper()
 	robjs := make([]runtime.Object, len(objs))
 	for i, p := range objs {
@@ -162,7 +165,13 @@ func newHarness(t *testing.T, o harnessOpts, objs ...*corev1.Pod) *harness {
 		Client:     h.client,
 		NodeName:   testNode,
 		WaitForPod: o.wait,
-		HostAddrs:  func() ([]netip.Addr, error) { return *h.hostAddrs.Load(), nil },
+		HostAddrs: func() ([]netip.Addr, error) {
+			h.hostReads.Add(1)
+			if h.hostErr.Load() {
+				return nil, errors.New("injected failure")
+			}
+			return *h.hostAddrs.Load(), nil
+		},
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -182,15 +191,7 @@ func newHarness(t *testing.T, o harnessOpts, objs ...*corev1.Pod) *harness {
 	if o.noRun {
 		return h
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	h.run(t)
 	h.waitSynced(t)
 	// The fake's watch does not replay what happened between list and
 	// watch, so act only once the watch is open.
@@ -198,20 +199,40 @@ func newHarness(t *testing.T, o harnessOpts, objs ...*corev1.Pod) *harness {
 	return h
 }
 
-func (h *harness) waitSynced(t *testing.T) {
+// run starts Run and stops it when the test ends.
+func (h *harness) run(t testing.TB) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// waitUntil waits until cond holds, re-checking after every handled
+// informer event.
+func (h *harness) waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.After(eventTimeout)
-	for !h.r.HasSynced() {
+	for !cond() {
 		select {
 		case <-h.wake:
 		case <-time.After(10 * time.Millisecond):
 		case <-deadline:
-			t.Fatal("resolver did not sync")
+			t.Fatalf("timed out waiting until %s", what)
 		}
 	}
 }
 
-func (h *harness) waitWatch(t *testing.T) {
+func (h *harness) waitSynced(t testing.TB) {
+	t.Helper()
+	h.waitUntil(t, "the resolver synced", h.r.HasSynced)
+}
+
+func (h *harness) waitWatch(t testing.TB) {
 	t.Helper()
 	select {
 	case <-h.watches:
@@ -253,11 +274,17 @@ type podClient interface {
 }
 
 func create(p *corev1.Pod) func(context.Context, podClient) error {
-	return func(ctx context.Context, c podClient) error { _, err := c.Create(ctx, p, metav1.CreateOptions{}); return err }
+	return func(ctx context.Context, c podClient) error {
+		_, err := c.Create(ctx, p, metav1.CreateOptions{})
+		return err
+	}
 }
 
 func update(p *corev1.Pod) func(context.Context, podClient) error {
-	return func(ctx context.Context, c podClient) error { _, err := c.Update(ctx, p, metav1.UpdateOptions{}); return err }
+	return func(ctx context.Context, c podClient) error {
+		_, err := c.Update(ctx, p, metav1.UpdateOptions{})
+		return err
+	}
 }
 
 func del(name string) func(context.Context, podClient) error {
