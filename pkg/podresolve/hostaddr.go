@@ -78,7 +78,7 @@ func (h *hostAddrs) refresh(maxAge time.Duration) {
 	addrs, err := h.read()
 	now := time.Now()
 	if err != nil {
-		h.log.Warn("reading the node's addresses failed; keeping the previous list", "error", err)
+		h.log.Warn("reading the node's addresses failed; keeping the previous list", logKeyError, err)
 		next := &hostAddrSet{at: now}
 		if prev != nil {
 			next.addrs = prev.addrs

@@ -14,7 +14,10 @@ type Pod struct {
 	Name           string
 	UID            types.UID
 	ServiceAccount string
-	IPs            []netip.Addr
+	// IPs are the pod's addresses (every status.podIPs entry, IPv4-mapped
+	// forms unmapped). The slice is shared by every copy handed out for
+	// this pod: read it, never modify it.
+	IPs []netip.Addr
 }
 
 // Errors Resolve returns. Callers branch on them with errors.Is.
@@ -38,9 +41,10 @@ var (
 // on the informer's goroutine: implementations must return quickly.
 type Listener interface {
 	// PodReady is called when a live pod with at least one IP enters the
-	// index, or when its IPs change.
+	// index, or when its IPs change (then after PodGone with the old IPs).
 	PodReady(Pod)
 	// PodGone is called when a pod leaves the index: deleted, terminal,
-	// being deleted, or one of its IPs given to another pod.
+	// being deleted, its IPs changed, or one of its IPs given to another
+	// pod. It is only called for a pod that had a PodReady.
 	PodGone(Pod)
 }

@@ -18,6 +18,19 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
+// Log attribute keys.
+const (
+	logKeyNode      = "node"
+	logKeyNamespace = "namespace"
+	logKeyPod       = "pod"
+	logKeyUID       = "uid"
+	logKeyIPs       = "ips"
+	logKeyPods      = "pods"
+	logKeyType      = "type"
+	logKeyKey       = "key"
+	logKeyError     = "error"
+)
+
 // DefaultWaitForPod is how long Resolve waits for an unknown address to
 // appear when Config.WaitForPod is zero.
 const DefaultWaitForPod = 2 * time.Second
@@ -59,8 +72,8 @@ type Resolver struct {
 
 	mu  sync.RWMutex
 	idx index // guarded by mu
-	// changed is closed, and replaced, whenever idx changes; waiters in
-	// Resolve select on it. Guarded by mu.
+	// changed is closed, and replaced, whenever idx changes; await
+	// selects on it. Guarded by mu.
 	changed chan struct{}
 
 	// testHookHandled, when set, runs after each informer event has been
@@ -144,10 +157,10 @@ func (r *Resolver) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { r.informer.RunWithContext(ctx) })
 	wg.Go(func() { r.hosts.run(ctx) })
-	r.log.InfoContext(ctx, "pod informer starting", "node", r.node)
+	r.log.InfoContext(ctx, "pod informer starting", logKeyNode, r.node)
 	select {
 	case <-r.reg.HasSyncedChecker().Done():
-		r.log.InfoContext(ctx, "pod informer synced", "node", r.node, "pods", r.Len())
+		r.log.InfoContext(ctx, "pod informer synced", logKeyNode, r.node, logKeyPods, r.Len())
 	case <-ctx.Done():
 	}
 	<-ctx.Done()
@@ -168,8 +181,10 @@ func (r *Resolver) HasSynced() bool {
 	return false
 }
 
-// Len returns the number of pods Resolve may currently return one day:
-// live, indexed and not displaced.
+// Len returns the number of indexed pods: live, with an IP, and not
+// displaced by a pod that took one of their addresses. Pods sharing an
+// address with another live pod count, though Resolve refuses that
+// address.
 func (r *Resolver) Len() int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -255,7 +270,7 @@ func (r *Resolver) await(ctx context.Context, ip netip.Addr) (Pod, error) {
 func (r *Resolver) handle(obj any, initial bool) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
-		r.log.Warn("pod informer delivered an unexpected object", "type", fmt.Sprintf("%T", obj))
+		r.log.Warn("pod informer delivered an unexpected object", logKeyType, fmt.Sprintf("%T", obj))
 		return
 	}
 	r.apply(podKey{namespace: p.Namespace, name: p.Name}, entryFor(p, r.node), initial)
@@ -272,12 +287,12 @@ func (r *Resolver) handleDelete(obj any) {
 	case cache.DeletedFinalStateUnknown:
 		ns, name, err := cache.SplitMetaNamespaceKey(o.Key)
 		if err != nil {
-			r.log.Warn("pod informer delivered a tombstone with a bad key", "key", o.Key, "error", err)
+			r.log.Warn("pod informer delivered a tombstone with a bad key", logKeyKey, o.Key, logKeyError, err)
 			return
 		}
 		key = podKey{namespace: ns, name: name}
 	default:
-		r.log.Warn("pod informer delivered an unexpected deleted object", "type", fmt.Sprintf("%T", obj))
+		r.log.Warn("pod informer delivered an unexpected deleted object", logKeyType, fmt.Sprintf("%T", obj))
 		return
 	}
 	r.apply(key, nil, false)
@@ -298,17 +313,17 @@ func (r *Resolver) apply(key podKey, next *entry, initial bool) {
 		ls = *p
 	}
 	for _, ev := range evs {
-		log := r.log.With("namespace", ev.pod.Namespace, "pod", ev.pod.Name, "uid", ev.pod.UID)
+		log := r.log.With(logKeyNamespace, ev.pod.Namespace, logKeyPod, ev.pod.Name, logKeyUID, ev.pod.UID)
 		switch ev.kind {
 		case eventReady:
-			log.Debug("pod indexed", "ips", ev.pod.IPs)
+			log.Debug("pod indexed", logKeyIPs, ev.pod.IPs)
 			for _, l := range ls {
 				l.PodReady(ev.pod)
 			}
 		case eventGone:
 			if ev.by.UID != "" {
 				log.Info("pod's address taken by a newer pod; it will not be served again",
-					"ips", ev.pod.IPs, "newNamespace", ev.by.Namespace, "newPod", ev.by.Name, "newUID", ev.by.UID)
+					logKeyIPs, ev.pod.IPs, "newNamespace", ev.by.Namespace, "newPod", ev.by.Name, "newUID", ev.by.UID)
 			} else {
 				log.Debug("pod left the index")
 			}
