@@ -13,7 +13,10 @@ import (
 	"time"
 )
 
-// DefaultAgentListen is where pods expect the agent.
+// DefaultAgentListen is where pods expect the agent. Tests that may run
+// next to other users of this machine (another test package, a benchmark,
+// the demo) should rather take a free port on 169.254.170.23: the SDKs
+// accept any port in AWS_CONTAINER_CREDENTIALS_FULL_URI.
 const DefaultAgentListen = "169.254.170.23:80"
 
 // AgentConfig configures StartAgent. Two agents can run at once if they

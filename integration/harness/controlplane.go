@@ -174,6 +174,10 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 		// plugin insists on.
 		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
+		// Without it a graceful stop waits for open watches (the agent's
+		// informer) until the process is killed; with it, watches are
+		// closed after a second, as clients must cope with anyway.
+		"--shutdown-watch-termination-grace-period=1s",
 		"--audit-policy-file=" + auditPolicy,
 		"--audit-log-path=" + cp.AuditLog(),
 		"--audit-log-format=json",

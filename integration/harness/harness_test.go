@@ -220,7 +220,7 @@ func TestPodsAndMoto(t *testing.T) {
 	}
 	// A process inside gets exactly the environment given.
 	home := t.TempDir()
-	out, err := p.Exec(ctx, harness.PodEnv(home, nil), "env").Output()
+	out, err := p.Exec(ctx, harness.PodEnv(home, "", nil), "env").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -219,14 +219,21 @@ func (ps *Pods) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// DefaultCredentialsURL is what pods set AWS_CONTAINER_CREDENTIALS_FULL_URI to.
+const DefaultCredentialsURL = "http://169.254.170.23/v1/credentials"
+
 // PodEnv is the environment a pod's SDK client gets: the container
-// credentials URI, region, endpoints and an empty HOME, so that nothing but
-// the agent can supply credentials.
-func PodEnv(home string, endpoints map[string]string, extra ...string) []string {
+// credentials URI (DefaultCredentialsURL when credentialsURL is empty; the
+// SDKs accept any port on 169.254.170.23), region, endpoints and an empty
+// HOME, so that nothing but the agent can supply credentials.
+func PodEnv(home, credentialsURL string, endpoints map[string]string, extra ...string) []string {
+	if credentialsURL == "" {
+		credentialsURL = DefaultCredentialsURL
+	}
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + home,
-		"AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.23/v1/credentials",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI=" + credentialsURL,
 		"AWS_REGION=us-east-1",
 		"AWS_DEFAULT_REGION=us-east-1",
 		"AWS_CONFIG_FILE=" + home + "/.aws/config",

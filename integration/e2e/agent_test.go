@@ -1,0 +1,325 @@
+//go:build integration
+
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/oidcsts"
+)
+
+func newGet(ctx context.Context, url string) (*http.Request, error) {
+	return http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+}
+
+func readAll(r io.Reader) ([]byte, error) { return io.ReadAll(io.LimitReader(r, 1<<20)) }
+
+// TestAgent is the suite: one control plane, one STS, one agent, scenarios
+// in order. The S3 scenario runs a second agent against moto.
+func TestAgent(t *testing.T) {
+	w := setupWorld(t)
+	// Each scenario stops the suite on failure only for itself.
+	t.Run("SDKClients", w.testSDKClients)
+	t.Run("TwoPodsTwoRoles", w.testTwoPodsTwoRoles)
+	t.Run("Refusals", w.testRefusals)
+	t.Run("IPReusedByNewPod", w.testIPReused)
+	t.Run("ConcurrentFirstRequests", w.testConcurrentFirst)
+	t.Run("S3WithMoto", w.testS3WithMoto)
+	t.Run("STSDown", w.testSTSDown)
+	t.Run("APIServerRestart", w.testAPIServerRestart)
+}
+
+// Every SDK, with nothing but AWS_CONTAINER_CREDENTIALS_FULL_URI, gets
+// credentials from the agent and uses them; STS says it is the pod's role.
+func (w *world) testSDKClients(t *testing.T) {
+	w.serviceAccount(t, "shop", "checkout", "checkout")
+	p := w.pod(t, "shop", "checkout-7d9f", "checkout")
+	want := assumedPrefix("checkout", "shop", "checkout-7d9f")
+	js := filepath.Join(w.root, "integration/sdk/js/caller-identity.mjs")
+
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"aws-cli-v1", []string{w.tools.aws, "sts", "get-caller-identity", "--output", "json"}},
+		{"boto3", []string{w.python, "-c", "import boto3, json; r = boto3.client('sts').get_caller_identity(); print(json.dumps({'Arn': r['Arn']}))"}},
+		{"aws-sdk-go-v2", []string{w.tools.callerid}},
+		{"js-v3-default-chain", []string{w.tools.node, js}},
+		{"js-v3-fromHttp", []string{w.tools.node, js, "--provider=http"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := w.sts.Counts().GetCallerIdentity
+			arn := w.runSDK(t, p, w.podEnv(), c.args...)
+			if !strings.HasPrefix(arn, want) {
+				t.Errorf("caller identity %q, want the pod's role session %s…", arn, want)
+			}
+			if got := w.sts.Counts().GetCallerIdentity - before; got != 1 {
+				t.Errorf("STS saw %d GetCallerIdentity calls, want 1", got)
+			}
+		})
+	}
+	// All five clients were served from one exchange.
+	if got := w.stsCallsFor(p.Pod); got != 1 {
+		t.Errorf("AssumeRoleWithWebIdentity calls for the pod = %d, want 1", got)
+	}
+}
+
+// Two pods on one node with different ServiceAccounts each get only their
+// own role, however often they ask.
+func (w *world) testTwoPodsTwoRoles(t *testing.T) {
+	w.serviceAccount(t, "team-a", "reader", "reader")
+	w.serviceAccount(t, "team-b", "writer", "writer")
+	a := w.pod(t, "team-a", "reader-1", "reader")
+	b := w.pod(t, "team-b", "writer-1", "writer")
+	for i := 0; i < 5; i++ {
+		for _, c := range []struct {
+			p    *harness.Pod
+			role string
+		}{{a, "reader"}, {b, "writer"}} {
+			r := w.fetch(t, c.p)
+			if r.status != http.StatusOK {
+				t.Fatalf("pod %s: %d %s", c.p.Pod.Name, r.status, r.body)
+			}
+			id := w.identity(t, r.creds(t))
+			if id.RoleArn != roleARN(c.role) || id.PodUID != string(c.p.Pod.UID) {
+				t.Fatalf("pod %s got role %s of pod %s, want %s of itself", c.p.Pod.Name, id.RoleArn, id.PodUID, roleARN(c.role))
+			}
+		}
+	}
+	// And the CLI in pod b confirms it.
+	if arn := w.runSDK(t, b, w.podEnv(), w.tools.aws, "sts", "get-caller-identity", "--output", "json"); !strings.HasPrefix(arn, assumedPrefix("writer", "team-b", "writer-1")) {
+		t.Errorf("CLI in pod b: %s", arn)
+	}
+}
+
+// Refused callers get 403 with a JSON message saying why.
+func (w *world) testRefusals(t *testing.T) {
+	t.Run("DefaultServiceAccount", func(t *testing.T) {
+		// Even annotated, "default" is refused unless the operator opts in.
+		w.serviceAccount(t, "lazy", "default", "lazy-default")
+		p := w.pod(t, "lazy", "app-1", "default")
+		r := w.fetch(t, p)
+		if r.status != http.StatusForbidden {
+			t.Fatalf("status %d %s, want 403", r.status, r.body)
+		}
+		if e := r.apiError(t); !strings.Contains(strings.ToLower(e.Message), "default") {
+			t.Errorf("message %q does not mention the default ServiceAccount", e.Message)
+		}
+		if got := w.stsCallsFor(p.Pod); got != 0 {
+			t.Errorf("STS calls for a refused pod = %d", got)
+		}
+	})
+	t.Run("NoRoleAnnotation", func(t *testing.T) {
+		w.serviceAccount(t, "plain", "no-role-sa", "")
+		p := w.pod(t, "plain", "app-1", "no-role-sa")
+		r := w.fetch(t, p)
+		if r.status != http.StatusForbidden {
+			t.Fatalf("status %d %s, want 403", r.status, r.body)
+		}
+		e := r.apiError(t)
+		if !strings.Contains(e.Message, harness.RoleAnnotation) || !strings.Contains(e.Message, "no-role-sa") {
+			t.Errorf("message %q does not name the annotation %s and the ServiceAccount no-role-sa", e.Message, harness.RoleAnnotation)
+		}
+	})
+	t.Run("HostNetworkCaller", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		code, body, err := harness.HostGet(ctx, w.agent.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := response{status: code, body: body}
+		if code != http.StatusForbidden {
+			t.Fatalf("status %d %s, want 403", code, body)
+		}
+		if e := r.apiError(t); !strings.Contains(strings.ToLower(e.Message), "host") {
+			t.Errorf("message %q does not say host network", e.Message)
+		}
+	})
+}
+
+// A pod deleted and a new one given its IP: the new pod gets its own role
+// and never the old one's, not even in the gap between the two.
+func (w *world) testIPReused(t *testing.T) {
+	ctx := context.Background()
+	w.serviceAccount(t, "churn", "old-sa", "old-role")
+	w.serviceAccount(t, "churn", "new-sa", "new-role")
+	old := w.pod(t, "churn", "job-1", "old-sa")
+	ip := old.NS.IP()
+	if id := w.identity(t, w.fetchUntil200(t, old, 10*time.Second, nil)); id.RoleArn != roleARN("old-role") {
+		t.Fatalf("old pod got %s", id.RoleArn)
+	}
+	if err := old.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The address comes back before any pod owns it again.
+	ns, err := netns.Create(ctx, netns.Spec{Name: nsPrefix + "-reuse", IP: ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	orphan := &harness.Pod{Pod: old.Pod, NS: ns}
+	neverOld := func(r response) {
+		if r.status == http.StatusOK {
+			if id := w.identity(t, r.creds(t)); id.RoleArn != roleARN("new-role") || id.PodUID == string(old.Pod.UID) {
+				t.Fatalf("address %s was served role %s of pod %s after the old pod was deleted", ip, id.RoleArn, id.PodUID)
+			}
+		}
+	}
+	r := w.fetch(t, orphan)
+	neverOld(r)
+	if r.status == http.StatusOK {
+		t.Fatalf("address of a deleted pod served before a new pod exists")
+	}
+	if r.status != http.StatusServiceUnavailable {
+		t.Errorf("address without a pod: status %d %s, want 503 (retryable)", r.status, r.body)
+	}
+
+	newPod, err := w.cp.CreatePod(ctx, harness.PodSpec{Namespace: "churn", Name: "job-2", ServiceAccount: "new-sa", NodeName: node, IP: ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.cp.DeletePod(context.Background(), "churn", "job-2")
+	c := w.fetchUntil200(t, orphan, 10*time.Second, neverOld)
+	if id := w.identity(t, c); id.PodUID != string(newPod.UID) {
+		t.Errorf("served credentials of pod %s, want the new pod %s", id.PodUID, newPod.UID)
+	}
+}
+
+// 50 concurrent first requests from one pod share one TokenRequest and one
+// STS call.
+func (w *world) testConcurrentFirst(t *testing.T) {
+	w.serviceAccount(t, "burst", "api", "api")
+	// A slow STS keeps the first fetch in flight while all 50 arrive.
+	if err := w.sts.SetFault(oidcsts.Fault{Latency: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	defer w.sts.SetFault(oidcsts.Fault{})
+	before := w.sts.Counts().AssumeRole
+	p := w.pod(t, "burst", "api-1", "api")
+
+	const n = 50
+	var wg sync.WaitGroup
+	results := make([]response, n)
+	for i := range n {
+		wg.Go(func() { results[i] = w.fetch(t, p) })
+	}
+	wg.Wait()
+	keys := map[string]int{}
+	for _, r := range results {
+		if r.status != http.StatusOK {
+			t.Errorf("status %d %s", r.status, r.body)
+			continue
+		}
+		keys[r.creds(t).AccessKeyID]++
+	}
+	if len(keys) != 1 {
+		t.Errorf("%d different access keys served, want 1: %v", len(keys), keys)
+	}
+	if got := w.sts.Counts().AssumeRole - before; got != 1 {
+		t.Errorf("AssumeRoleWithWebIdentity calls = %d, want 1", got)
+	}
+	if got := w.stsCallsFor(p.Pod); got != 1 {
+		t.Errorf("AssumeRoleWithWebIdentity calls for the pod = %d, want 1", got)
+	}
+	if got := w.tokenRequestsFor(t, p.Pod); got != 1 {
+		t.Errorf("TokenRequests bound to the pod = %d, want 1", got)
+	}
+}
+
+// STS down: a cached pod keeps its credentials, a new pod gets a retryable
+// 503, and once STS is back the new pod is served.
+func (w *world) testSTSDown(t *testing.T) {
+	w.serviceAccount(t, "outage", "svc", "svc")
+	cached := w.pod(t, "outage", "cached-1", "svc")
+	first := w.fetchUntil200(t, cached, 10*time.Second, nil)
+
+	if err := w.sts.SetFault(oidcsts.Fault{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	defer func() {
+		if !restored {
+			w.sts.SetFault(oidcsts.Fault{})
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		r := w.fetch(t, cached)
+		if r.status != http.StatusOK {
+			t.Fatalf("cached pod during STS outage: %d %s", r.status, r.body)
+		}
+		if got := r.creds(t).AccessKeyID; got != first.AccessKeyID {
+			t.Errorf("cached pod got access key %s during the outage, want its cached %s", got, first.AccessKeyID)
+		}
+	}
+	fresh := w.pod(t, "outage", "fresh-1", "svc")
+	r := w.fetch(t, fresh)
+	if r.status != http.StatusServiceUnavailable {
+		t.Fatalf("new pod during STS outage: %d %s, want 503", r.status, r.body)
+	}
+	r.apiError(t)
+	if r.header["Retry-After"] == nil {
+		t.Errorf("503 without Retry-After")
+	}
+
+	if err := w.sts.SetFault(oidcsts.Fault{}); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	c := w.fetchUntil200(t, fresh, 60*time.Second, nil)
+	if id := w.identity(t, c); id.PodUID != string(fresh.Pod.UID) || id.RoleArn != roleARN("svc") {
+		t.Errorf("new pod after recovery got %+v", id)
+	}
+}
+
+// kube-apiserver restarted: cached pods keep being served while it is down,
+// and the informer recovers, so a pod created afterwards is served.
+func (w *world) testAPIServerRestart(t *testing.T) {
+	ctx := context.Background()
+	w.serviceAccount(t, "restart", "svc", "restart-role")
+	before := w.pod(t, "restart", "before-1", "svc")
+	first := w.fetchUntil200(t, before, 10*time.Second, nil)
+
+	t0 := time.Now()
+	w.cp.StopAPIServer()
+	t.Logf("kube-apiserver stopped in %v", time.Since(t0).Round(time.Millisecond))
+	started := false
+	defer func() {
+		if !started {
+			_ = w.cp.StartAPIServer(context.Background())
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		r := w.fetch(t, before)
+		if r.status != http.StatusOK || r.creds(t).AccessKeyID != first.AccessKeyID {
+			t.Fatalf("cached pod while the API server is down: %d %s", r.status, r.body)
+		}
+	}
+	t0 = time.Now()
+	if err := w.cp.StartAPIServer(ctx); err != nil {
+		t.Fatalf("StartAPIServer: %v", err)
+	}
+	started = true
+	t.Logf("kube-apiserver ready again in %v", time.Since(t0).Round(time.Millisecond))
+
+	t0 = time.Now()
+	after := w.pod(t, "restart", "after-1", "svc")
+	c := w.fetchUntil200(t, after, 60*time.Second, nil)
+	t.Logf("pod created after the restart served in %v", time.Since(t0).Round(time.Millisecond))
+	if id := w.identity(t, c); id.PodUID != string(after.Pod.UID) {
+		t.Errorf("pod created after the restart got credentials of %s", id.PodUID)
+	}
+	if r := w.fetch(t, before); r.status != http.StatusOK {
+		t.Errorf("cached pod after the restart: %d %s", r.status, r.body)
+	}
+}

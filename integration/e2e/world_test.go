@@ -1,0 +1,339 @@
+//go:build integration
+
+// Package e2e runs the agent binary against a real kube-apiserver and etcd,
+// real STS peers (our token-verifying oidcsts, and moto for signed S3
+// calls) and real AWS SDK clients inside simulated pods. One control plane
+// and one agent are shared by all scenarios; they run in order, and the
+// disruptive ones (STS down, API server restart) last.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/oidcsts"
+	"github.com/credbroker/agent/integration/testenv"
+)
+
+const (
+	node      = "node-1"
+	account   = oidcsts.DefaultAccountID
+	nsPrefix  = "cbe2e"
+	podSubnet = "10.244.1.%d" // this suite's /24; others use other ones
+)
+
+// world is what every scenario shares.
+type world struct {
+	root   string
+	dir    string
+	cp     *harness.ControlPlane
+	sts    *oidcsts.Server
+	agent  *harness.Agent
+	pods   *harness.Pods
+	kc     string // the agent's kubeconfig
+	home   string // empty HOME for SDK clients
+	python string // the real interpreter, not a pyenv shim
+	tools  tools
+
+	mu     sync.Mutex
+	nextIP int
+}
+
+// tools are the SDK clients, resolved once.
+type tools struct {
+	aws, node, callerid string
+}
+
+func setupWorld(t *testing.T) *world {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip", "kubectl", "moto_server", "aws", "python3", "node")
+	binDir, err := harness.K8sBinDir()
+	if err != nil {
+		testenv.Unavailable(t, "%v", err)
+	}
+	agentBin, err := harness.AgentBinary()
+	if err != nil {
+		testenv.Unavailable(t, "%v", err)
+	}
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "integration/sdk/js/node_modules/@aws-sdk/client-sts")); err != nil {
+		testenv.Unavailable(t, "JS SDK not installed; run `make integration-deps`")
+	}
+	ctx := context.Background()
+	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
+		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
+	}
+	// Not port 80: a demo, a benchmark or another test package may hold it.
+	port, err := harness.FreePort(netns.ServiceAddr4.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	w := &world{root: root, dir: t.TempDir(), home: t.TempDir(), nextIP: 10}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs are in %s (kept only with -test.v and a debugger; tails follow)", w.dir)
+			if w.agent != nil {
+				t.Logf("agent log tail:\n%s", w.agent.LogTail(40))
+			}
+		}
+	})
+
+	w.python = strings.TrimSpace(string(must(exec.Command("python3", "-c", "import sys; print(sys.executable)").Output())))
+	w.tools.aws, _ = exec.LookPath("aws")
+	w.tools.node, _ = exec.LookPath("node")
+	w.tools.callerid = filepath.Join(w.dir, "callerid")
+	build := exec.Command("go", "build", "-o", w.tools.callerid, "./integration/sdk/go/callerid")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the Go SDK client: %v\n%s", err, out)
+	}
+
+	w.cp, err = harness.StartControlPlane(ctx, harness.ControlPlaneConfig{Dir: w.dir, BinDir: binDir})
+	if err != nil {
+		t.Fatalf("StartControlPlane: %v", err)
+	}
+	t.Cleanup(w.cp.Stop)
+
+	w.sts, err = w.cp.StartSTS(ctx, harness.STSConfig{})
+	if err != nil {
+		t.Fatalf("StartSTS: %v", err)
+	}
+	t.Cleanup(func() { w.sts.Close() })
+
+	w.kc = filepath.Join(w.dir, "agent.kubeconfig")
+	if err := w.cp.AgentKubeconfig(ctx, filepath.Join(root, "deploy/daemonset/rbac.yaml"), w.kc); err != nil {
+		t.Fatalf("AgentKubeconfig: %v", err)
+	}
+	w.pods, err = harness.NewPods(ctx, w.cp, node, nsPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := w.pods.Close(context.Background()); err != nil {
+			t.Errorf("removing pods: %v", err)
+		}
+	})
+
+	w.agent, err = harness.StartAgent(ctx, harness.AgentConfig{
+		Binary:      agentBin,
+		Dir:         w.dir,
+		Kubeconfig:  w.kc,
+		NodeName:    node,
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
+		STSEndpoint: w.sts.URL(),
+		ExtraArgs:   strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS")),
+	})
+	if err != nil {
+		t.Fatalf("StartAgent: %v", err)
+	}
+	t.Cleanup(w.agent.Stop)
+	return w
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// ip hands out this suite's pod addresses.
+func (w *world) ip() netip.Addr {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.nextIP++
+	if w.nextIP > 250 {
+		panic("e2e: out of pod addresses")
+	}
+	return netip.MustParseAddr(fmt.Sprintf(podSubnet, w.nextIP))
+}
+
+// roleARN is the IAM role ARN for a role name.
+func roleARN(name string) string { return "arn:aws:iam::" + account + ":role/" + name }
+
+// assumedPrefix is how the ARN of a session of role for pod ns/name starts:
+// the agent names sessions <namespace>.<pod>.<hash>.
+func assumedPrefix(role, ns, pod string) string {
+	return "arn:aws:sts::" + account + ":assumed-role/" + role + "/" + ns + "." + pod + "."
+}
+
+// serviceAccount creates ns/name annotated with role (none if ""), and makes
+// the STS trust role for exactly that ServiceAccount.
+func (w *world) serviceAccount(t *testing.T, ns, name, role string) {
+	t.Helper()
+	arn := ""
+	if role != "" {
+		arn = roleARN(role)
+		w.sts.TrustRole(arn, "system:serviceaccount:"+ns+":"+name)
+	}
+	if _, err := w.cp.CreateServiceAccount(context.Background(), ns, name, arn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pod starts a simulated pod with a fresh IP.
+func (w *world) pod(t *testing.T, ns, name, sa string) *harness.Pod {
+	t.Helper()
+	p, err := w.pods.Start(context.Background(), harness.PodSpec{Namespace: ns, Name: name, ServiceAccount: sa, IP: w.ip()})
+	if err != nil {
+		t.Fatalf("starting pod %s/%s: %v", ns, name, err)
+	}
+	return p
+}
+
+// creds is the container credentials response.
+type creds struct {
+	AccessKeyID     string `json:"AccessKeyId"`
+	SecretAccessKey string
+	Token           string
+	Expiration      string
+	AccountID       string `json:"AccountId"`
+}
+
+// apiError is the agent's error body; it carries both spellings.
+type apiError struct {
+	LowerCode    string `json:"code"`
+	LowerMessage string `json:"message"`
+	Code         string `json:"Code"`
+	Message      string `json:"Message"`
+}
+
+// response is one answer of the agent.
+type response struct {
+	status int
+	header map[string][]string
+	body   []byte
+}
+
+func (r response) creds(t *testing.T) creds {
+	t.Helper()
+	var c creds
+	if err := json.Unmarshal(r.body, &c); err != nil {
+		t.Fatalf("decoding credentials %q: %v", r.body, err)
+	}
+	return c
+}
+
+func (r response) apiError(t *testing.T) apiError {
+	t.Helper()
+	var e apiError
+	if err := json.Unmarshal(r.body, &e); err != nil {
+		t.Fatalf("status %d with a body that is not JSON: %q: %v", r.status, r.body, err)
+	}
+	if e.Code == "" || e.Code != e.LowerCode || e.Message == "" || e.Message != e.LowerMessage {
+		t.Errorf("error body %s lacks matching code/Code and message/Message", r.body)
+	}
+	return e
+}
+
+// fetch asks the agent for credentials from inside p.
+func (w *world) fetch(t *testing.T, p *harness.Pod) response {
+	t.Helper()
+	return w.fetchURL(t, p, w.agent.URL)
+}
+
+func (w *world) fetchURL(t *testing.T, p *harness.Pod, url string) response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	req := must(newGet(ctx, url))
+	resp, err := p.HTTPClient().Do(req)
+	if err != nil {
+		t.Fatalf("GET %s from %s: %v", url, p.Pod.Name, err)
+	}
+	defer resp.Body.Close()
+	return response{status: resp.StatusCode, header: resp.Header, body: must(readAll(resp.Body))}
+}
+
+// fetchUntil200 polls from p until the agent answers 200 or timeout passes;
+// every answer must satisfy check (e.g. never someone else's role).
+func (w *world) fetchUntil200(t *testing.T, p *harness.Pod, timeout time.Duration, check func(response)) creds {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		r := w.fetch(t, p)
+		if check != nil {
+			check(r)
+		}
+		if r.status == 200 {
+			return r.creds(t)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s not served within %v; last answer %d %s", p.Pod.Name, timeout, r.status, r.body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// identity returns the STS identity behind credentials the agent served.
+func (w *world) identity(t *testing.T, c creds) oidcsts.Identity {
+	t.Helper()
+	id, ok := w.sts.Lookup(c.AccessKeyID)
+	if !ok {
+		t.Fatalf("access key %s was not issued by the STS", c.AccessKeyID)
+	}
+	return id
+}
+
+// runSDK runs a client inside the pod and returns the Arn it printed.
+func (w *world) runSDK(t *testing.T, p *harness.Pod, env []string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := p.Exec(ctx, env, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%v in pod %s: %v\nstdout: %s\nstderr: %s", args, p.Pod.Name, err, out, stderr.String())
+	}
+	var id struct{ Arn string }
+	if err := json.Unmarshal(out, &id); err != nil {
+		t.Fatalf("%v printed %q, not JSON with an Arn: %v", args, out, err)
+	}
+	return id.Arn
+}
+
+// podEnv is the environment of an SDK client in a pod talking to our STS.
+func (w *world) podEnv(extra ...string) []string {
+	return harness.PodEnv(w.home, w.agent.URL, map[string]string{"AWS_ENDPOINT_URL_STS": w.sts.URL()}, extra...)
+}
+
+// stsCallsFor counts AssumeRoleWithWebIdentity calls for a pod.
+func (w *world) stsCallsFor(p *corev1.Pod) int64 { return w.sts.PodCalls(string(p.UID)) }
+
+// tokenRequestsFor counts the agent's TokenRequests bound to a pod.
+func (w *world) tokenRequestsFor(t *testing.T, p *corev1.Pod) int {
+	t.Helper()
+	trs, err := w.cp.TokenRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, tr := range trs {
+		if tr.BoundUID == string(p.UID) {
+			n++
+		}
+	}
+	return n
+}
