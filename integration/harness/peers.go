@@ -66,6 +66,14 @@ func StartMoto(ctx context.Context, cfg MotoConfig) (*Moto, error) {
 	defer cancel()
 	for {
 		if err := m.post(ctx, "/moto-api/reset", "", nil); err == nil {
+			// moto loads each service on its first request, which takes
+			// seconds on a busy machine; do it now for STS rather than in
+			// the agent's first, time-limited, exchange.
+			warm := url.Values{"Action": {"GetCallerIdentity"}, "Version": {"2011-06-15"}}
+			_ = m.do(ctx, http.MethodPost, "/", strings.NewReader(warm.Encode()), http.Header{
+				"Content-Type":  {"application/x-www-form-urlencoded"},
+				"Authorization": {"AWS4-HMAC-SHA256 Credential=AKIDHARNESS/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=0"},
+			})
 			return m, nil
 		}
 		select {
