@@ -6,7 +6,9 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +35,8 @@ func TestAgent(t *testing.T) {
 	t.Run("Refusals", w.testRefusals)
 	t.Run("IPReusedByNewPod", w.testIPReused)
 	t.Run("ConcurrentFirstRequests", w.testConcurrentFirst)
+	t.Run("DualStackPod", w.testDualStack)
+	t.Run("UpstreamErrors", w.testUpstreamErrors)
 	t.Run("S3WithMoto", w.testS3WithMoto)
 	t.Run("STSDown", w.testSTSDown)
 	t.Run("APIServerRestart", w.testAPIServerRestart)
@@ -321,5 +325,75 @@ func (w *world) testAPIServerRestart(t *testing.T) {
 	}
 	if r := w.fetch(t, before); r.status != http.StatusOK {
 		t.Errorf("cached pod after the restart: %d %s", r.status, r.body)
+	}
+}
+
+// A dual-stack pod is the same pod on both addresses: same role, same cached
+// credentials, and the CLI works over IPv6 too.
+func (w *world) testDualStack(t *testing.T) {
+	w.serviceAccount(t, "dual", "svc", "dual")
+	v4 := w.ip()
+	v6 := netip.MustParseAddr("fd00:244:1::" + strconv.Itoa(int(v4.As4()[3])))
+	p, err := w.pods.Start(context.Background(), harness.PodSpec{Namespace: "dual", Name: "ds-1", ServiceAccount: "svc", IP: v4, IPv6: v6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c4 := w.fetchUntil200(t, p, 10*time.Second, nil)
+	r6 := w.fetchURL(t, p, w.agentURL6)
+	if r6.status != http.StatusOK {
+		t.Fatalf("over IPv6: %d %s", r6.status, r6.body)
+	}
+	c6 := r6.creds(t)
+	if c6.AccessKeyID != c4.AccessKeyID {
+		t.Errorf("IPv6 got access key %s, IPv4 %s: one pod, one cache entry expected", c6.AccessKeyID, c4.AccessKeyID)
+	}
+	if id := w.identity(t, c6); id.PodUID != string(p.Pod.UID) {
+		t.Errorf("IPv6 caller got credentials of pod %s", id.PodUID)
+	}
+	env := harness.PodEnv(w.home, w.agentURL6, map[string]string{"AWS_ENDPOINT_URL_STS": w.sts.URL()})
+	if arn := w.runSDK(t, p, env, w.tools.aws, "sts", "get-caller-identity", "--output", "json"); !strings.HasPrefix(arn, assumedPrefix("dual", "dual", "ds-1")) {
+		t.Errorf("CLI over IPv6: %s", arn)
+	}
+}
+
+// STS errors reach the pod as the caller contract says: throttling as 429,
+// a refusal as 403, both as JSON. Once STS stops throttling, the pod is
+// served (a denial is remembered for a while by design, so the suite does
+// not wait for that one).
+func (w *world) testUpstreamErrors(t *testing.T) {
+	w.serviceAccount(t, "errs", "svc", "errs")
+	for _, c := range []struct {
+		fault   oidcsts.FaultCode
+		want    int
+		recover bool
+	}{
+		{oidcsts.FaultThrottling, http.StatusTooManyRequests, true},
+		{oidcsts.FaultAccessDenied, http.StatusForbidden, false},
+	} {
+		t.Run(string(c.fault), func(t *testing.T) {
+			if err := w.sts.SetFault(oidcsts.Fault{Code: c.fault}); err != nil {
+				t.Fatal(err)
+			}
+			defer w.sts.SetFault(oidcsts.Fault{})
+			p := w.pod(t, "errs", "err-"+strings.ToLower(string(c.fault)), "svc")
+			r := w.fetch(t, p)
+			t.Logf("first answer: %d %s", r.status, r.body)
+			if r.status != c.want {
+				t.Fatalf("status %d %s, want %d", r.status, r.body, c.want)
+			}
+			r.apiError(t)
+			if !c.recover {
+				return
+			}
+			if err := w.sts.SetFault(oidcsts.Fault{}); err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			creds := w.fetchUntil200(t, p, 60*time.Second, nil)
+			t.Logf("served %v after STS recovered", time.Since(t0).Round(time.Millisecond))
+			if id := w.identity(t, creds); id.PodUID != string(p.Pod.UID) {
+				t.Errorf("got credentials of pod %s", id.PodUID)
+			}
+		})
 	}
 }

@@ -49,6 +49,8 @@ type world struct {
 	home   string // empty HOME for SDK clients
 	python string // the real interpreter, not a pyenv shim
 	tools  tools
+	// agentURL6 is the agent's credentials URL on its IPv6 address.
+	agentURL6 string
 
 	mu     sync.Mutex
 	nextIP int
@@ -82,6 +84,9 @@ func setupWorld(t *testing.T) *world {
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
 		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
 	}
+	if err := netns.AddHostAddr(ctx, netns.ServiceAddr6); err != nil {
+		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr6, err)
+	}
 	// Not port 80: a demo, a benchmark or another test package may hold it.
 	port, err := harness.FreePort(netns.ServiceAddr4.String())
 	if err != nil {
@@ -89,9 +94,9 @@ func setupWorld(t *testing.T) *world {
 	}
 
 	w := &world{root: root, dir: t.TempDir(), home: t.TempDir(), nextIP: 10}
+	w.agentURL6 = "http://" + net.JoinHostPort(netns.ServiceAddr6.String(), strconv.Itoa(port)) + "/v1/credentials"
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("logs are in %s (kept only with -test.v and a debugger; tails follow)", w.dir)
 			if w.agent != nil {
 				t.Logf("agent log tail:\n%s", w.agent.LogTail(40))
 			}
@@ -140,6 +145,7 @@ func setupWorld(t *testing.T) *world {
 		Kubeconfig:  w.kc,
 		NodeName:    node,
 		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
+		ExtraListen: []string{net.JoinHostPort(netns.ServiceAddr6.String(), strconv.Itoa(port))},
 		STSEndpoint: w.sts.URL(),
 		ExtraArgs:   strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS")),
 	})

@@ -34,6 +34,9 @@ type AgentConfig struct {
 	NodeName string
 	// Listen is the credentials API address. Default 169.254.170.23:80.
 	Listen string
+	// ExtraListen are further credentials API addresses (e.g. the IPv6
+	// [fd00:ec2::23]:80), passed in the same --listen flag.
+	ExtraListen []string
 	// STSEndpoint is the STS URL. Required.
 	STSEndpoint string
 	// STSRegion defaults to us-east-1.
@@ -107,7 +110,7 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	args := append([]string{"serve",
 		"--node-name=" + cfg.NodeName,
 		"--kubeconfig=" + cfg.Kubeconfig,
-		"--listen=" + cfg.Listen,
+		"--listen=" + strings.Join(append([]string{cfg.Listen}, cfg.ExtraListen...), ","),
 		"--probe-listen=127.0.0.1:" + strconv.Itoa(probe),
 		"--metrics-listen=127.0.0.1:" + strconv.Itoa(metrics),
 		"--sts-endpoint=" + cfg.STSEndpoint,
