@@ -48,6 +48,9 @@ type serveConfig struct {
 	broker        broker.Config
 	allowedRoles  listFlag
 	waitForPod    time.Duration
+	// startupPrefetchWait bounds how long a starting agent prefetches the
+	// node's pods before it binds its credential listeners.
+	startupPrefetchWait time.Duration
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
@@ -76,6 +79,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.IntVar(&c.broker.UpstreamBurst, "upstream-burst", 50, "burst of fetches above --upstream-qps")
 	fs.DurationVar(&c.broker.RequestTimeout, "request-timeout", 5*time.Second, "how long a request waits for credentials not yet cached")
 	fs.DurationVar(&c.waitForPod, "wait-for-pod", podresolve.DefaultWaitForPod, "how long a request from an unknown address waits for its pod to appear")
+	fs.DurationVar(&c.startupPrefetchWait, "startup-prefetch-wait", 10*time.Second, "at start, how long to prefetch credentials of the node's pods before serving")
 	fs.Float64Var(&c.kubeQPS, "kube-api-qps", 50, "client-side QPS limit towards the Kubernetes API")
 	fs.IntVar(&c.kubeBurst, "kube-api-burst", 100, "client-side burst towards the Kubernetes API")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "how long in-flight requests may take to finish after SIGTERM")
@@ -148,12 +152,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	resolver.AddListener(brk)
 
-	credListeners, err := listenAll(ctx, cfg.listen, log)
-	if err != nil {
-		return err
-	}
-	// Probe and metrics listeners also use SO_REUSEPORT: during a rolling
-	// update the old and the new agent run side by side on the node.
+	// Probe and metrics listeners use SO_REUSEPORT like the credential
+	// listeners: during a rolling update the old and the new agent run side
+	// by side on the node.
 	probeLn, err := reuseport.Listen(ctx, "tcp", cfg.probeListen)
 	if err != nil {
 		return fmt.Errorf("probe listener: %w", err)
@@ -163,8 +164,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 
-	var draining atomic.Bool
-	ready := func() bool { return !draining.Load() && resolver.HasSynced() }
+	var draining, serving atomic.Bool
+	ready := func() bool { return !draining.Load() && serving.Load() }
 	credServer := newCredentialServer(brk, log)
 	probeServer := newOpsServer(probeHandler(ready))
 	metricsMux := http.NewServeMux()
@@ -192,17 +193,40 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return nil
 		})
 	}
+	serveOn(probeServer, probeLn)
+	serveOn(metricsServer, metricsLn)
+	log.Info("agent starting", "version", version, "node", cfg.nodeName,
+		"probe", probeLn.Addr().String(), "metrics", metricsLn.Addr().String())
+
+	// The credential listeners are bound only once the pod informer has
+	// synced and the pods already on the node have been prefetched (or
+	// startupPrefetchWait has passed). During a rolling update the old agent
+	// keeps answering on the shared SO_REUSEPORT address until then, so no
+	// caller meets an agent that cannot identify it yet or has nothing cached.
+	startCtx, cancelStart := context.WithCancel(gctx)
+	defer cancelStart()
+	defer context.AfterFunc(ctx, cancelStart)()
+	if !waitUntil(startCtx, resolver.HasSynced, 0) {
+		return shutdownBeforeServing(probeServer, metricsServer, stopWork, g, log)
+	}
+	waitUntil(startCtx, brk.Prefetched, cfg.startupPrefetchWait)
+	credListeners, err := listenAll(gctx, cfg.listen, log)
+	if err != nil {
+		stopWork()
+		_ = probeServer.Close()
+		_ = metricsServer.Close()
+		_ = g.Wait()
+		return err
+	}
 	for _, ln := range credListeners {
 		serveOn(credServer, ln)
 	}
-	serveOn(probeServer, probeLn)
-	serveOn(metricsServer, metricsLn)
+	serving.Store(true)
 	addrs := make([]string, len(credListeners))
 	for i, ln := range credListeners {
 		addrs[i] = ln.Addr().String()
 	}
-	log.Info("agent started", "version", version, "node", cfg.nodeName, "listen", addrs,
-		"probe", probeLn.Addr().String(), "metrics", metricsLn.Addr().String())
+	log.Info("serving credentials", "listen", addrs, "pods_indexed", resolver.Len())
 
 	select {
 	case <-ctx.Done():
@@ -215,15 +239,47 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// Shutdown with it would drop in-flight requests instead of draining them.
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
 	defer cancel()
+	// The probe listener goes first: during a surge rollout the probe port is
+	// shared, and the new agent's kubelet probe must reach the new agent.
+	_ = probeServer.Shutdown(sctx)
 	if err := credServer.Shutdown(sctx); err != nil {
 		log.Warn("draining credential requests", "error", err)
 	}
-	_ = probeServer.Shutdown(sctx)
 	_ = metricsServer.Shutdown(sctx)
 	stopWork()
 	err = g.Wait()
 	log.Info("agent stopped")
 	return err
+}
+
+// waitUntil polls cond until it holds or ctx ends; a positive limit bounds
+// the wait. It reports whether cond held.
+func waitUntil(ctx context.Context, cond func() bool, limit time.Duration) bool {
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return cond()
+		case <-t.C:
+		}
+	}
+	return true
+}
+
+// shutdownBeforeServing stops an agent that was told to stop (or whose
+// informer failed) before it ever bound a credential listener.
+func shutdownBeforeServing(probe, metrics *http.Server, stopWork context.CancelFunc, g *errgroup.Group, log *slog.Logger) error {
+	log.Info("stopping before serving")
+	_ = probe.Close()
+	_ = metrics.Close()
+	stopWork()
+	return g.Wait()
 }
 
 func kubeClient(cfg serveConfig) (kubernetes.Interface, error) {

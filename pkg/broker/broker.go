@@ -25,6 +25,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -148,6 +149,8 @@ type Broker struct {
 	limiter   *rate.Limiter
 	inflight  singleflight.Group
 	queue     workqueue.TypedRateLimitingInterface[types.UID]
+	// processing counts queue items being worked on, for Prefetched.
+	processing atomic.Int64
 
 	cache    *lru.Cache[types.UID, *entry]
 	failures *lru.Cache[types.UID, fetchFailure]

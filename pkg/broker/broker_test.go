@@ -492,6 +492,7 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 
 	e.broker.PodReady(p)
 	eventually(t, "prefetch", func() bool { return e.broker.cache.Contains(p.UID) })
+	eventually(t, "the prefetch queue to drain", e.broker.Prefetched)
 	if r := e.get("10.0.0.20"); r.status != 200 || e.counter("credbroker_cache_hits_total", nil) != 1 {
 		t.Fatalf("first request after prefetch was not a hit: %d", r.status)
 	}

@@ -31,6 +31,8 @@ func (b *Broker) processNext(ctx context.Context) bool {
 	if shutdown {
 		return false
 	}
+	b.processing.Add(1)
+	defer b.processing.Add(-1)
 	defer b.queue.Done(uid)
 	retry, err := b.sync(ctx, uid)
 	switch {
@@ -94,6 +96,13 @@ func (b *Broker) sync(ctx context.Context, uid types.UID) (retry bool, err error
 		return true, err
 	}
 	return false, nil
+}
+
+// Prefetched reports whether no prefetch or refresh is queued or running
+// right now. At start-up, once the resolver has announced the node's pods,
+// it turns true when all of them have been fetched (or have failed).
+func (b *Broker) Prefetched() bool {
+	return b.queue.Len() == 0 && b.processing.Load() == 0
 }
 
 func (b *Broker) evict(uid types.UID, reason string) {

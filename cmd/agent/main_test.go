@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVersionAndUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"version"}, &out, &errOut); code != 0 || strings.TrimSpace(out.String()) != version {
+		t.Fatalf("version: exit %d, %q", code, out.String())
+	}
+	if code := run(nil, &out, &errOut); code != 2 {
+		t.Fatalf("no command: exit %d", code)
+	}
+	if code := run([]string{"frobnicate"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "unknown command") {
+		t.Fatalf("unknown command: exit %d, %q", code, errOut.String())
+	}
+}
+
+func TestServeFlags(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-a")
+	t.Setenv("AWS_REGION", "eu-west-1")
+	c, err := parseServeFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.nodeName != "node-a" || c.stsRegion != "eu-west-1" || strings.Join(c.listen, ",") != defaultListen ||
+		c.probeListen != "127.0.0.1:2703" || c.metricsListen != ":2705" || c.broker.SessionDuration != time.Hour ||
+		c.broker.TokenExpiration != 10*time.Minute || c.broker.Audience != "sts.amazonaws.com" ||
+		c.broker.RoleAnnotation != "eks.amazonaws.com/role-arn" || c.broker.CacheSize != 4096 || c.broker.AllowDefaultServiceAccount {
+		t.Fatalf("defaults: %+v", c)
+	}
+	c, err = parseServeFlags([]string{"--allowed-role-arn", "arn:a:*", "--allowed-role-arn=arn:b:*,arn:c:*", "--listen", "127.0.0.1:1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.broker.AllowedRoles, " "); got != "arn:a:* arn:b:* arn:c:*" {
+		t.Fatalf("allowed roles %q", got)
+	}
+	if strings.Join(c.listen, ",") != "127.0.0.1:1" {
+		t.Fatalf("listen %v", c.listen)
+	}
+
+	t.Setenv("NODE_NAME", "")
+	if _, err := parseServeFlags(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "--node-name") {
+		t.Fatalf("missing node name: %v", err)
+	}
+	t.Setenv("NODE_NAME", "n")
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	if _, err := parseServeFlags(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "--sts-region") {
+		t.Fatalf("missing region: %v", err)
+	}
+}
+
+func TestListenAllSkipsAddressesTheNodeLacks(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	// 192.0.2.1 (TEST-NET-1) is on no interface of this machine.
+	lns, err := listenAll(context.Background(), []string{"192.0.2.1:0", "127.0.0.1:0"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lns[0].Close()
+	if len(lns) != 1 || !strings.HasPrefix(lns[0].Addr().String(), "127.0.0.1:") {
+		t.Fatalf("listeners %v", lns)
+	}
+	if _, err := listenAll(context.Background(), []string{"192.0.2.1:0"}, log); err == nil {
+		t.Fatal("no listener could be bound, yet no error")
+	}
+}
+
+func TestProbes(t *testing.T) {
+	ready := false
+	h := probeHandler(func() bool { return ready })
+	get := func(path string) int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code
+	}
+	if get("/healthz") != 200 || get("/readyz") != 503 {
+		t.Fatal("before ready: want healthz 200, readyz 503")
+	}
+	ready = true
+	if get("/readyz") != 200 {
+		t.Fatal("ready: readyz not 200")
+	}
+}
