@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -16,87 +15,68 @@ import (
 	"github.com/credbroker/agent/integration/harness"
 )
 
-// agentProc is one run of bin/agent serve.
+// agentProc is one run of bin/agent serve, started by the harness with the
+// flags the DaemonSet uses plus the benchmark's.
 type agentProc struct {
-	proc       *harness.Process
-	started    time.Time
-	probeURL   string
-	metricsURL string
-	http       *http.Client
+	*harness.Agent
+	started time.Time
+	// base is the metrics listener's root, where --enable-pprof serves
+	// /debug/pprof.
+	base string
+	http *http.Client
 }
 
 // agentOptions are the flags that differ between scenarios.
 type agentOptions struct {
 	upstreamQPS   float64 // 0: the agent's default
 	upstreamBurst int     // 0: the agent's default
+	kubeQPS       float64 // 0: the agent's default
+	kubeBurst     int     // 0: the agent's default
 	cacheSize     int
 }
 
+// startAgent starts the agent and returns once /readyz answers 200.
 func (e *env) startAgent(ctx context.Context, o agentOptions) (*agentProc, error) {
-	probePort, err := harness.FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	metricsPort, err := harness.FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	args := []string{"serve",
-		"--node-name", nodeName,
-		"--kubeconfig", e.agentKubeconfig,
-		"--listen", agentAddr,
-		"--probe-listen", "127.0.0.1:" + strconv.Itoa(probePort),
-		"--metrics-listen", "127.0.0.1:" + strconv.Itoa(metricsPort),
-		"--sts-endpoint", e.sts.URL(),
-		"--sts-region", "us-east-1",
-		"--log-level", "warn",
-		"--enable-pprof",
-	}
+	args := []string{"--enable-pprof"}
 	if o.cacheSize > 0 {
-		args = append(args, "--cache-size", strconv.Itoa(o.cacheSize))
+		args = append(args, "--cache-size="+strconv.Itoa(o.cacheSize))
 	}
 	if o.upstreamQPS > 0 {
-		args = append(args, "--upstream-qps", strconv.FormatFloat(o.upstreamQPS, 'f', -1, 64))
+		args = append(args, "--upstream-qps="+strconv.FormatFloat(o.upstreamQPS, 'f', -1, 64))
 	}
 	if o.upstreamBurst > 0 {
-		args = append(args, "--upstream-burst", strconv.Itoa(o.upstreamBurst))
+		args = append(args, "--upstream-burst="+strconv.Itoa(o.upstreamBurst))
 	}
-	a := &agentProc{
-		started:    time.Now(),
-		probeURL:   fmt.Sprintf("http://127.0.0.1:%d", probePort),
-		metricsURL: fmt.Sprintf("http://127.0.0.1:%d", metricsPort),
-		http:       &http.Client{Timeout: 40 * time.Second},
+	if o.kubeQPS > 0 {
+		args = append(args, "--kube-api-qps="+strconv.FormatFloat(o.kubeQPS, 'f', -1, 64))
 	}
-	a.proc, err = harness.StartProcess("agent", filepath.Join(e.dir, "logs/agent.log"), os.Environ(), e.agentBin, args...)
+	if o.kubeBurst > 0 {
+		args = append(args, "--kube-api-burst="+strconv.Itoa(o.kubeBurst))
+	}
+	started := time.Now()
+	a, err := harness.StartAgent(ctx, harness.AgentConfig{
+		Binary:      e.agentBin,
+		Dir:         e.dir,
+		Kubeconfig:  e.agentKubeconfig,
+		NodeName:    nodeName,
+		Listen:      agentAddr,
+		STSEndpoint: e.sts.URL(),
+		// Production level: the hot path must not pay for debug logging.
+		LogLevel:  "warn",
+		ExtraArgs: args,
+	})
 	if err != nil {
 		return nil, err
 	}
-	return a, nil
+	return &agentProc{
+		Agent:   a,
+		started: started,
+		base:    strings.TrimSuffix(a.MetricsURL, "/metrics"),
+		http:    &http.Client{Timeout: 40 * time.Second},
+	}, nil
 }
 
-func (a *agentProc) pid() int { return a.proc.Cmd.Process.Pid }
-
-// waitReady polls /readyz until it answers 200.
-func (a *agentProc) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.probeURL+"/readyz", nil)
-		if resp, err := a.http.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-a.proc.Done():
-			return fmt.Errorf("agent exited before it was ready; log tail:\n%s", a.proc.LogTail(20))
-		case <-ctx.Done():
-			return fmt.Errorf("agent not ready: %w; log tail:\n%s", ctx.Err(), a.proc.LogTail(20))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
+func (a *agentProc) pid() int { return a.Process.Cmd.Process.Pid }
 
 // waitCached waits until the agent holds credentials for at least n pods.
 func (a *agentProc) waitCached(ctx context.Context, n int, timeout time.Duration) error {
@@ -112,8 +92,8 @@ func (a *agentProc) waitCached(ctx context.Context, n int, timeout time.Duration
 			}
 		}
 		select {
-		case <-a.proc.Done():
-			return fmt.Errorf("agent exited; log tail:\n%s", a.proc.LogTail(20))
+		case <-a.Process.Done():
+			return fmt.Errorf("agent exited; log tail:\n%s", a.LogTail(20))
 		case <-ctx.Done():
 			return fmt.Errorf("agent caches %.0f of %d pods: %w", have, n, ctx.Err())
 		case <-time.After(250 * time.Millisecond):
@@ -122,14 +102,14 @@ func (a *agentProc) waitCached(ctx context.Context, n int, timeout time.Duration
 }
 
 func (a *agentProc) metrics(ctx context.Context) (metricSet, error) {
-	return scrape(ctx, a.http, a.metricsURL+"/metrics", "")
+	return scrape(ctx, a.http, a.MetricsURL, "")
 }
 
 // memory forces a garbage collection (pprof's heap endpoint with gc=1 runs
 // one before writing the profile) and then reads the heap in use and the
 // resident set size.
 func (a *agentProc) memory(ctx context.Context) (memSample, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.metricsURL+"/debug/pprof/heap?gc=1", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/debug/pprof/heap?gc=1", nil)
 	resp, err := a.http.Do(req)
 	if err != nil {
 		return memSample{}, fmt.Errorf("forcing a GC in the agent: %w", err)
@@ -154,15 +134,19 @@ func (a *agentProc) memory(ctx context.Context) (memSample, error) {
 
 // profile fetches a CPU profile of d from the agent.
 func (a *agentProc) profile(ctx context.Context, d time.Duration, path string) error {
-	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", a.metricsURL, int(d.Seconds()))
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	return a.fetch(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), path)
+}
+
+// fetch saves what the metrics listener serves at path (pprof) to file.
+func (a *agentProc) fetch(ctx context.Context, urlPath, path string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+urlPath, nil)
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("fetching CPU profile: %w", err)
+		return fmt.Errorf("fetching %s: %w", urlPath, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("fetching CPU profile: %s", resp.Status)
+		return fmt.Errorf("fetching %s: %s", urlPath, resp.Status)
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -170,12 +154,12 @@ func (a *agentProc) profile(ctx context.Context, d time.Duration, path string) e
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		f.Close()
-		return fmt.Errorf("writing CPU profile: %w", err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return f.Close()
 }
 
-func (a *agentProc) stop() { a.proc.Stop(10 * time.Second) }
+func (a *agentProc) stop() { a.Stop() }
 
 type memSample struct {
 	Pods      int   `json:"pods"`
@@ -201,75 +185,44 @@ func vmRSS(pid int) (int64, error) {
 	return 0, errors.New("no VmRSS line")
 }
 
-// metricSet holds one scrape of a Prometheus text exposition: series name
-// with its label set as written, and value.
-type metricSet map[string]float64
+// metricSet is one scrape of a Prometheus text exposition.
+type metricSet string
 
 // scrape reads a text exposition. bearer, when set, authenticates.
 func scrape(ctx context.Context, c *http.Client, url, bearer string) (metricSet, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
-	req.Header.Set("Accept", "text/plain; version=0.0.4")
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("scraping %s: %w", url, err)
+		return "", fmt.Errorf("scraping %s: %w", url, err)
 	}
 	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return "", fmt.Errorf("scraping %s: %w", url, err)
+	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scraping %s: %s", url, resp.Status)
+		return "", fmt.Errorf("scraping %s: %s", url, resp.Status)
 	}
-	m := metricSet{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[line[:i]] = v
-	}
-	return m, sc.Err()
+	return metricSet(b), nil
 }
 
-// get sums every series of name whose labels include all of want, each
-// written as name="value".
-func (m metricSet) get(name string, want ...string) float64 {
-	var sum float64
-	for series, v := range m {
-		base, labels, _ := strings.Cut(series, "{")
-		if base != name {
-			continue
-		}
-		ok := true
-		for _, w := range want {
-			// Anchored at a label boundary: resource="pods" must not
-			// match subresource="pods".
-			if !strings.HasPrefix(labels, w) && !strings.Contains(labels, ","+w) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			sum += v
-		}
+// get sums every series of name whose labels include the pairs given as
+// "label", "value", ...
+func (m metricSet) get(name string, labelValues ...string) float64 {
+	want := make(map[string]string, len(labelValues)/2)
+	for i := 0; i+1 < len(labelValues); i += 2 {
+		want[labelValues[i]] = labelValues[i+1]
 	}
-	return sum
+	return harness.MetricSum(string(m), name, want)
 }
 
 // delta is the change of a counter between two scrapes.
-func delta(before, after metricSet, name string, want ...string) float64 {
-	return after.get(name, want...) - before.get(name, want...)
+func delta(before, after metricSet, name string, labelValues ...string) float64 {
+	return after.get(name, labelValues...) - before.get(name, labelValues...)
 }

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +46,11 @@ type env struct {
 	sts             *oidcsts.Server
 	agentKubeconfig string
 	pods            *harness.Pods
+	// neighSaved holds the neighbour-table limits to restore on close.
+	neighSaved map[string]string
+	// apiWatches is how many pod watches the API server has open before any
+	// agent runs (its own informers hold some).
+	apiWatches float64
 
 	mu      sync.Mutex
 	netPods []*harness.Pod      // pods with a network namespace, in creation order
@@ -67,6 +75,9 @@ func setupEnv(ctx context.Context, dir, agentBin, floorBin string) (_ *env, err 
 		}
 	}()
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
+		return nil, err
+	}
+	if e.neighSaved, err = raiseNeighbourLimits(); err != nil {
 		return nil, err
 	}
 	e.cp, err = harness.StartControlPlane(ctx, harness.ControlPlaneConfig{Dir: filepath.Join(dir, "cp")})
@@ -106,6 +117,11 @@ func setupEnv(ctx context.Context, dir, agentBin, floorBin string) (_ *env, err 
 	if e.pods, err = harness.NewPods(ctx, e.cp, nodeName, nsPrefix); err != nil {
 		return nil, err
 	}
+	m, err := e.apiMetrics(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.apiWatches = m.get("apiserver_longrunning_requests", "resource", "pods", "verb", "WATCH")
 	return e, nil
 }
 
@@ -215,6 +231,34 @@ func (e *env) close() {
 	if e.cp != nil {
 		e.cp.Stop()
 	}
+	for path, v := range e.neighSaved {
+		_ = os.WriteFile(path, []byte(v), 0o644)
+	}
+}
+
+// raiseNeighbourLimits lifts the host's IPv4 neighbour (ARP) table limits.
+// Every simulated pod is a neighbour of the host on its own veth link; past
+// the default hard limit of 1024 entries the kernel drops neighbours
+// ("neighbor table overflow") and connections from pods beyond that fail.
+// Kubernetes nodes with many pods raise the same limits. It returns the old
+// values, which close puts back.
+func raiseNeighbourLimits() (map[string]string, error) {
+	saved := map[string]string{}
+	for name, v := range map[string]int{"gc_thresh1": 4096, "gc_thresh2": 8192, "gc_thresh3": 16384} {
+		path := "/proc/sys/net/ipv4/neigh/default/" + name
+		old, err := os.ReadFile(path)
+		if err != nil {
+			return saved, fmt.Errorf("reading %s: %w", path, err)
+		}
+		if cur, err := strconv.Atoi(strings.TrimSpace(string(old))); err == nil && cur >= v {
+			continue
+		}
+		if err := os.WriteFile(path, []byte(strconv.Itoa(v)), 0o644); err != nil {
+			return saved, fmt.Errorf("raising %s: %w", path, err)
+		}
+		saved[path] = string(old)
+	}
+	return saved, nil
 }
 
 // parallel runs fn(0..n-1) on at most workers goroutines and returns the

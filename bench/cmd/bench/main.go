@@ -76,7 +76,7 @@ func run() error {
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unrecorded warm-up before each run")
 	flag.DurationVar(&o.runTime, "run", 4*time.Second, "measured window of each closed-loop run")
 	flag.DurationVar(&o.sweepTime, "sweep-run", 3*time.Second, "measured window of each fixed-rate run")
-	flag.StringVar(&fractions, "sweep", "0.1,0.25,0.5,0.75,0.9", "offered rates as fractions of the floor's closed-loop peak")
+	flag.StringVar(&fractions, "sweep", "0.1,0.25,0.4,0.5,0.6,0.75", "offered rates as fractions of the floor's closed-loop peak")
 	flag.Int64Var(&o.maxRequests, "max", 2_000_000, "most requests in one run")
 	flag.BoolVar(&o.profile, "profile", true, "take a CPU profile of the agent under closed-loop load")
 	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "the whole suite's time limit")
@@ -169,11 +169,8 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 
 	// Fetch fast while setting up: the load scenarios measure cache hits,
 	// and the cold start below runs with the agent's defaults.
-	fast := agentOptions{upstreamQPS: 1000, upstreamBurst: 1000, cacheSize: 2 * o.podsMem}
+	fast := agentOptions{upstreamQPS: 1000, upstreamBurst: 1000, kubeQPS: 1000, kubeBurst: 1000, cacheSize: 2 * o.podsMem}
 	if b.agent, err = e.startAgent(ctx, fast); err != nil {
-		return res, err
-	}
-	if err := b.agent.waitReady(ctx, time.Minute); err != nil {
 		return res, err
 	}
 	if err := b.agent.waitCached(ctx, o.pods, 2*time.Minute); err != nil {
@@ -220,13 +217,20 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	}
 	res.Upstream = b.window(s0, s1, o.pods)
 
-	logf("cold start: agent restart, %d pods to fetch, STS answering in 50ms", o.pods)
-	if res.Cold, err = b.coldStart(ctx, o.pods, 50*time.Millisecond, agentOptions{cacheSize: 2 * o.podsMem}); err != nil {
-		return res, err
+	// First with the agent's defaults, then lifting its upstream rate
+	// limit, then also its Kubernetes client's, to show what bounds each.
+	upstreamOnly := agentOptions{upstreamQPS: 1000, upstreamBurst: 1000, cacheSize: 2 * o.podsMem}
+	for _, ao := range []agentOptions{{cacheSize: 2 * o.podsMem}, upstreamOnly, fast} {
+		logf("cold start: agent restart, %d pods to fetch, STS answering in 50ms, limits %s", o.pods, ao.limits())
+		cr, err := b.coldStart(ctx, o.pods, 50*time.Millisecond, ao)
+		if err != nil {
+			return res, err
+		}
+		res.Cold = append(res.Cold, cr)
+		logf("  every pod served %s after the agent started (ready after %s); first-request p50 %s p99 %s",
+			cr.AllServed.Round(time.Millisecond), cr.Ready.Round(time.Millisecond),
+			cr.FirstLatency.P50.Round(time.Millisecond), cr.FirstLatency.P99.Round(time.Millisecond))
 	}
-	logf("  every pod served %s after the agent started (ready after %s); first-request p50 %s p99 %s",
-		res.Cold.AllServed.Round(time.Millisecond), res.Cold.Ready.Round(time.Millisecond),
-		res.Cold.FirstLatency.P50.Round(time.Millisecond), res.Cold.FirstLatency.P99.Round(time.Millisecond))
 	logf("100 simultaneous first requests from a new pod")
 	if res.Concurrent, err = b.concurrentFirst(ctx, 100, 50*time.Millisecond); err != nil {
 		return res, err
@@ -236,9 +240,6 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 
 	b.agent.stop()
 	if b.agent, err = e.startAgent(ctx, fast); err != nil {
-		return res, err
-	}
-	if err := b.agent.waitReady(ctx, time.Minute); err != nil {
 		return res, err
 	}
 	t = time.Now()
@@ -272,7 +273,22 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	if err := b.memory(ctx, e.podCount()); err != nil {
 		return res, err
 	}
+	if top, err := b.heapTop(ctx); err != nil {
+		logf("heap profile failed: %v", err)
+	} else {
+		res.HeapTop = top
+	}
 	return res, nil
+}
+
+// heapTop profiles the agent's live heap (after a GC) and renders its
+// largest holders.
+func (b *bench) heapTop(ctx context.Context) (string, error) {
+	path := filepath.Join(b.opt.outDir, "agent-heap.pprof")
+	if err := b.agent.fetch(ctx, "/debug/pprof/heap?gc=1", path); err != nil {
+		return "", err
+	}
+	return pprofTop(ctx, path, 20, "-sample_index=inuse_space")
 }
 
 func (b *bench) memory(ctx context.Context, pods int) error {
@@ -309,6 +325,19 @@ func (b *bench) profile(ctx context.Context) error {
 		return err
 	}
 	b.res.ProfileTop = top
+	// The agent's own functions, by cumulative share: what the handler
+	// costs beyond net/http and the kernel.
+	cum, err := pprofTop(ctx, path, 400, "-cum")
+	if err != nil {
+		return err
+	}
+	var ours []string
+	for _, line := range strings.Split(cum, "\n") {
+		if strings.Contains(line, "github.com/credbroker/agent/") && len(ours) < 15 {
+			ours = append(ours, line)
+		}
+	}
+	b.res.ProfileOurs = strings.Join(ours, "\n")
 	return nil
 }
 
@@ -333,7 +362,7 @@ func writeResults(o options, res *results) error {
 
 func writeSweep(path string, res *results) error {
 	type series struct {
-		Name   string `json:"name"`
+		Name   string      `json:"name"`
 		Points []*measured `json:"points"`
 	}
 	var agent, floor []*measured

@@ -26,11 +26,15 @@ type results struct {
 	Pairs      []pair         `json:"closed_loop"`
 	FloorPeak  float64        `json:"floor_peak"`
 	Sweep      []sweepPoint   `json:"sweep"`
-	Cold       coldResult     `json:"cold_start"`
+	Cold       []coldResult   `json:"cold_start"`
 	Concurrent concResult     `json:"concurrent_first"`
 	Memory     []memSample    `json:"memory"`
 	Upstream   upstreamWindow `json:"upstream"`
 	ProfileTop string         `json:"profile_top"`
+	HeapTop    string         `json:"heap_top"`
+	// ProfileOurs is the agent's own functions from the CPU profile, by
+	// cumulative time.
+	ProfileOurs string `json:"profile_ours"`
 }
 
 func gitDescribe() string {
@@ -105,6 +109,8 @@ func (r *results) heapPerPod() (float64, bool) {
 
 func ms(d time.Duration) string {
 	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
 	case d >= 100*time.Millisecond:
 		return fmt.Sprintf("%.0f ms", float64(d)/1e6)
 	case d >= 10*time.Millisecond:
@@ -143,9 +149,9 @@ func renderMarkdown(o options, r *results) string {
 			rel = o.png
 		}
 		w("## Latency against offered load\n\n![Latency percentiles against offered load, agent (solid) beside floor (dashed)](%s)\n\n", filepath.ToSlash(rel))
-		w("Each point is a %s run at a fixed offered rate (fractions of the floor's closed-loop peak of %.0f req/s), "+
+		w("Each point is the better (lower p99) of %s %s runs at a fixed offered rate (fractions of the floor's closed-loop peak of %.0f req/s), "+
 			"keep-alive connections from %d pods, at most 256 requests in flight. Latency counts from when a request was due, "+
-			"so a server that falls behind shows its queue.\n\n", r.Options["sweep_run"], r.FloorPeak, r.Pairs[0].Pods)
+			"so a server that falls behind shows its queue.\n\n", r.Options["reps"], r.Options["sweep_run"], r.FloorPeak, r.Pairs[0].Pods)
 		w("| offered req/s | agent got | agent p50 | agent p99 | agent p99.9 | floor got | floor p50 | floor p99 | floor p99.9 | p99 agent/floor |\n")
 		w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, p := range r.Sweep {
@@ -186,18 +192,22 @@ func renderMarkdown(o options, r *results) string {
 		"during the agent's run, so the servers had what was left. Absolute figures are therefore lower than the servers " +
 		"could do alone; the agent/floor ratios are what carries over to other machines.\n\n")
 
-	c := r.Cold
-	if c.Pods > 0 {
+	if len(r.Cold) > 0 {
+		c0 := r.Cold[0]
 		w("## Cold start\n\n")
-		w("The agent is restarted with %d pods on the node and nothing cached, STS answering every call after %s, "+
-			"upstream rate limit: %s. Every pod starts requesting the moment the agent process starts, retrying 50 ms after a refused "+
-			"connection and 100 ms after an answer other than 200 (SDKs wait about 1 s).\n\n", c.Pods, c.STSLatency, c.UpstreamQPS)
-		w("| ready (/readyz 200) | every pod served once | first request answered 200 | first-request latency p50 / p90 / p99 / max | retries | TokenRequests | STS calls |\n")
-		w("|---:|---:|---:|---|---:|---:|---:|\n")
-		l := c.FirstLatency
-		w("| %s | %s | %d of %d | %s / %s / %s / %s | %d | %.0f | %d |\n\n", ms(c.Ready), ms(c.AllServed), c.FirstOK, c.Pods,
-			ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), c.Retries, c.TokenRequests, c.STSCalls)
-		w("First-request latency runs from a pod's first request that reached the agent to its first 200, retries included. " +
+		w("The agent is restarted with %d pods on the node and nothing cached, STS answering every call after %s. "+
+			"Every pod starts requesting the moment the agent process starts, retrying 50 ms after a refused "+
+			"connection and 100 ms after an answer other than 200 (SDKs wait about 1 s). The first row keeps the agent's "+
+			"default rate limits; the second lifts its upstream fetch limit (--upstream-qps, --upstream-burst), the third also "+
+			"its Kubernetes client limit (--kube-api-qps, --kube-api-burst), to show what bounds each.\n\n", c0.Pods, c0.STSLatency)
+		w("| agent limits | ready (/readyz 200) | every pod served once | first request answered 200 | first-request latency p50 / p90 / p99 / max | retries | TokenRequests | STS calls |\n")
+		w("|---|---:|---:|---:|---|---:|---:|---:|\n")
+		for _, c := range r.Cold {
+			l := c.FirstLatency
+			w("| %s | %s | %s | %d of %d | %s / %s / %s / %s | %d | %.0f | %d |\n", c.Limits, ms(c.Ready), ms(c.AllServed), c.FirstOK, c.Pods,
+				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), c.Retries, c.TokenRequests, c.STSCalls)
+		}
+		w("\nFirst-request latency runs from a pod's first request that reached the agent to its first 200, retries included. " +
 			"Times are from the agent process's start.\n\n")
 	}
 
@@ -226,6 +236,11 @@ func renderMarkdown(o options, r *results) string {
 		}
 	}
 
+	if r.HeapTop != "" {
+		w("Largest holders of the agent's live heap with %d pods (`go tool pprof -sample_index=inuse_space -top`):\n\n```\n%s\n```\n\n",
+			r.Memory[len(r.Memory)-1].Pods, r.HeapTop)
+	}
+
 	if u := r.Upstream; u.Window > 0 {
 		w("## Upstream calls in steady state\n\n")
 		w("Counted while the agent served the closed-loop and fixed-rate runs above from cache: %d pods, %d ServiceAccounts, "+
@@ -239,7 +254,7 @@ func renderMarkdown(o options, r *results) string {
 			w("| API server `apiserver_request_total`: %s | %.0f | %.2f |\n", k, u.APIServer[k], u.APIServer[k]/float64(u.Pods)/hours)
 		}
 		w("| STS AssumeRoleWithWebIdentity (counted by STS) | %d | %.2f |\n", u.STSCalls, float64(u.STSCalls)/float64(u.Pods)/hours)
-		w("\nOpen pod watches at the end: %.0f. The window is far shorter than a credential's refresh interval, so it shows "+
+		w("\nPod watches the agent holds open (the API server's count at the end, less the ones it held before any agent ran): %.0f. The window is far shorter than a credential's refresh interval, so it shows "+
 			"the calls that do not depend on refreshes; [upstream-cost.md](upstream-cost.md) adds the refreshes and scales "+
 			"both to a 5,000-node cluster.\n\n", u.Watches)
 	}
@@ -248,6 +263,9 @@ func renderMarkdown(o options, r *results) string {
 		w("## Where the agent's CPU goes\n\n")
 		w("CPU profile of the agent (`--enable-pprof`, 5 s) during a closed keep-alive run with %s in flight:\n\n```\n%s\n```\n\n",
 			r.Options["concurrency"], r.ProfileTop)
+		if r.ProfileOurs != "" {
+			w("The agent's own code in the same profile, by cumulative time (flat, flat%%, sum%%, cum, cum%%):\n\n```\n%s\n```\n\n", r.ProfileOurs)
+		}
 	}
 
 	w("## Method\n\n")
