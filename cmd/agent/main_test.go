@@ -93,3 +93,27 @@ func TestProbes(t *testing.T) {
 		t.Fatal("ready: readyz not 200")
 	}
 }
+
+// The credential server bounds what a caller controls: an oversized header
+// is refused before the handler runs.
+func TestCredentialServerRefusesHugeHeaders(t *testing.T) {
+	handled := false
+	srv := newCredentialServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { handled = true }), slog.New(slog.DiscardHandler))
+	if srv.ReadHeaderTimeout == 0 || srv.ReadTimeout == 0 || srv.WriteTimeout == 0 || srv.IdleTimeout == 0 {
+		t.Fatalf("a server timeout is unset: %+v", srv)
+	}
+	ts := httptest.NewUnstartedServer(srv.Handler)
+	ts.Config = srv
+	ts.Start()
+	defer ts.Close()
+	req, _ := http.NewRequest(http.MethodGet, ts.URL+"/v1/credentials", nil)
+	req.Header.Set("X-Padding", strings.Repeat("a", 64<<10))
+	resp, err := ts.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || handled {
+		t.Fatalf("status %d, handled %t; want 431 before the handler", resp.StatusCode, handled)
+	}
+}

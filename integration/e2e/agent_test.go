@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -40,6 +41,39 @@ func TestAgent(t *testing.T) {
 	t.Run("S3WithMoto", w.testS3WithMoto)
 	t.Run("STSDown", w.testSTSDown)
 	t.Run("APIServerRestart", w.testAPIServerRestart)
+	t.Run("NoSecretInLogsOrMetrics", w.testNoSecretLeaked)
+}
+
+// After every scenario above (refusals, upstream failures, outages), the
+// agent's whole debug-level log and its metrics hold none of the tokens it
+// exchanged nor any secret key or session token it was issued.
+func (w *world) testNoSecretLeaked(t *testing.T) {
+	secrets := w.sts.Secrets()
+	if len(secrets) < 10 {
+		t.Fatalf("only %d secrets recorded by the STS; the suite did not exercise the agent", len(secrets))
+	}
+	logs, err := os.ReadFile(w.agent.Process.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := w.agent.Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(logs) == 0 {
+		t.Fatal("the agent wrote no log at all")
+	}
+	for i, s := range secrets {
+		// A JWT's header is the same for every token; look for its signature
+		// part and for the whole of every other secret.
+		needle := s
+		if parts := strings.Split(s, "."); len(parts) == 3 {
+			needle = parts[2]
+		}
+		if strings.Contains(string(logs), needle) || strings.Contains(metrics, needle) {
+			t.Errorf("secret #%d (of %d) appears in the agent's log or metrics", i, len(secrets))
+		}
+	}
 }
 
 // Every SDK, with nothing but AWS_CONTAINER_CREDENTIALS_FULL_URI, gets

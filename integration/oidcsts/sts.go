@@ -152,11 +152,15 @@ type Server struct {
 
 	assumeRole, issued, denied, invalid, faulted, gci atomic.Int64
 
-	mu        sync.Mutex
-	roles     map[string]string
-	fault     Fault
-	byKey     map[string]*Identity // access key id → identity
-	podCalls  map[string]int64     // pod UID → AssumeRoleWithWebIdentity calls
+	mu       sync.Mutex
+	roles    map[string]string
+	fault    Fault
+	byKey    map[string]*Identity // access key id → identity
+	podCalls map[string]int64     // pod UID → AssumeRoleWithWebIdentity calls
+	// secrets are every web identity token received and every secret key
+	// and session token issued, so that tests can prove none of them shows
+	// up where it must not (the agent's logs and metrics).
+	secrets   []string
 	addr      string
 	srv       *http.Server
 	listening bool
@@ -280,6 +284,14 @@ func (s *Server) PodCalls(podUID string) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.podCalls[podUID]
+}
+
+// Secrets returns every web identity token received and every secret key
+// and session token issued so far.
+func (s *Server) Secrets() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.secrets...)
 }
 
 // Lookup returns the identity behind an access key id this server issued.
@@ -407,6 +419,11 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 		duration = d
 	}
 
+	if token != "" {
+		s.mu.Lock()
+		s.secrets = append(s.secrets, token)
+		s.mu.Unlock()
+	}
 	c, err := s.verify(r.Context(), token)
 	if err != nil {
 		return nil, err
@@ -449,6 +466,9 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 	resp.Result.Credentials.AccessKeyId = id.accessKeyID
 	resp.Result.Credentials.SecretAccessKey = randomString(40, base64ish)
 	resp.Result.Credentials.SessionToken = id.token
+	s.mu.Lock()
+	s.secrets = append(s.secrets, resp.Result.Credentials.SecretAccessKey, id.token)
+	s.mu.Unlock()
 	resp.Result.Credentials.Expiration = id.Expiration.Format(time.RFC3339)
 	resp.Result.Provider = s.cfg.Issuer
 	resp.Metadata.RequestId = requestID()
