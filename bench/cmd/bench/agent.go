@@ -33,6 +33,7 @@ type agentOptions struct {
 	kubeQPS       float64 // 0: the agent's default
 	kubeBurst     int     // 0: the agent's default
 	cacheSize     int
+	extra         []string // more flags
 }
 
 // startAgent starts the agent and returns once /readyz answers 200.
@@ -53,6 +54,7 @@ func (e *env) startAgent(ctx context.Context, o agentOptions) (*agentProc, error
 	if o.kubeBurst > 0 {
 		args = append(args, "--kube-api-burst="+strconv.Itoa(o.kubeBurst))
 	}
+	args = append(args, o.extra...)
 	started := time.Now()
 	a, err := harness.StartAgent(ctx, harness.AgentConfig{
 		Binary:      e.agentBin,

@@ -49,6 +49,8 @@ type options struct {
 	maxRequests    int64
 	profile        bool
 	timeout        time.Duration
+	soak           time.Duration
+	soakSession    time.Duration
 }
 
 func main() {
@@ -80,6 +82,8 @@ func run() error {
 	flag.Int64Var(&o.maxRequests, "max", 2_000_000, "most requests in one run")
 	flag.BoolVar(&o.profile, "profile", true, "take a CPU profile of the agent under closed-loop load")
 	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "the whole suite's time limit")
+	flag.DurationVar(&o.soak, "soak", 0, "instead of the suite, count upstream calls over this long a window with real refreshes (writes <out>/soak.json only)")
+	flag.DurationVar(&o.soakSession, "soak-session", 30*time.Minute, "credential lifetime the agent asks for during -soak (the agent's minimum is 30m)")
 	flag.Parse()
 	for _, f := range strings.Split(fractions, ",") {
 		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
@@ -104,6 +108,9 @@ func run() error {
 		}
 	}
 
+	if o.soak > 0 {
+		o.timeout = o.soak + 8*time.Minute
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
@@ -114,6 +121,18 @@ func run() error {
 	}
 	dir, err := os.MkdirTemp(o.outDir, "run-")
 	if err != nil {
+		return err
+	}
+	if o.soak > 0 {
+		if o.soak > time.Hour {
+			return errors.New("-soak is bounded to 1h")
+		}
+		sctx, scancel := context.WithTimeout(ctx, o.soak+5*time.Minute)
+		defer scancel()
+		_, err := soak(sctx, o, dir, o.soak, o.soakSession)
+		if err == nil {
+			os.RemoveAll(dir)
+		}
 		return err
 	}
 	res, err := suite(ctx, o, dir)

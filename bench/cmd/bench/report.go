@@ -196,7 +196,7 @@ func renderMarkdown(o options, r *results) string {
 		c0 := r.Cold[0]
 		w("## Cold start\n\n")
 		w("The agent is restarted with %d pods on the node and nothing cached, STS answering every call after %s. "+
-			"Every pod starts requesting the moment the agent process starts, retrying 50 ms after a refused "+
+			"Every pod starts requesting the moment the agent process starts, retrying 100 ms after a refused "+
 			"connection and 100 ms after an answer other than 200 (SDKs wait about 1 s). The first row keeps the agent's "+
 			"default rate limits; the second lifts its upstream fetch limit (--upstream-qps, --upstream-burst), the third also "+
 			"its Kubernetes client limit (--kube-api-qps, --kube-api-burst), to show what bounds each.\n\n", c0.Pods, c0.STSLatency)
