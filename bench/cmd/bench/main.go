@@ -42,6 +42,7 @@ type options struct {
 	podsMem        int
 	concurrency    int
 	reps           int
+	sweepReps      int
 	warmup         time.Duration
 	runTime        time.Duration
 	sweepTime      time.Duration
@@ -75,10 +76,11 @@ func run() error {
 	flag.IntVar(&o.podsMem, "pods-mem", 5000, "pods for the largest memory measurement (API only, no namespaces)")
 	flag.IntVar(&o.concurrency, "c", 64, "requests in flight in closed-loop runs")
 	flag.IntVar(&o.reps, "reps", 2, "repetitions of each closed-loop run per server (best kept)")
+	flag.IntVar(&o.sweepReps, "sweep-reps", 3, "repetitions of each fixed-rate run per server (lowest p99 kept)")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unrecorded warm-up before each run")
 	flag.DurationVar(&o.runTime, "run", 4*time.Second, "measured window of each closed-loop run")
 	flag.DurationVar(&o.sweepTime, "sweep-run", 3*time.Second, "measured window of each fixed-rate run")
-	flag.StringVar(&fractions, "sweep", "0.1,0.25,0.4,0.5,0.6,0.75", "offered rates as fractions of the floor's closed-loop peak")
+	flag.StringVar(&fractions, "sweep", "0.1,0.2,0.3,0.4,0.5,0.6,0.7", "offered rates as fractions of the floor's closed-loop peak")
 	flag.Int64Var(&o.maxRequests, "max", 2_000_000, "most requests in one run")
 	flag.BoolVar(&o.profile, "profile", true, "take a CPU profile of the agent under closed-loop load")
 	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "the whole suite's time limit")
@@ -159,7 +161,8 @@ func logf(format string, args ...any) {
 func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	began := time.Now()
 	res := newResults(o)
-	b := &bench{opt: o, res: res, log: logf}
+	b := &bench{opt: o, res: res, log: logf, defaults: flagDefaults(ctx, o.agentBin)}
+	res.AgentDefaults = b.defaults
 
 	logf("starting control plane and STS")
 	e, err := setupEnv(ctx, dir, o.agentBin, o.floorBin)
@@ -240,7 +243,7 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	// limit, then also its Kubernetes client's, to show what bounds each.
 	upstreamOnly := agentOptions{upstreamQPS: 1000, upstreamBurst: 1000, cacheSize: 2 * o.podsMem}
 	for _, ao := range []agentOptions{{cacheSize: 2 * o.podsMem}, upstreamOnly, fast} {
-		logf("cold start: agent restart, %d pods to fetch, STS answering in 50ms, limits %s", o.pods, ao.limits())
+		logf("cold start: agent restart, %d pods to fetch, STS answering in 50ms, limits %s", o.pods, ao.limits(b.defaults))
 		cr, err := b.coldStart(ctx, o.pods, 50*time.Millisecond, ao)
 		if err != nil {
 			return res, err
@@ -457,6 +460,7 @@ func newResults(o options) *results {
 		Options: map[string]string{
 			"concurrency": strconv.Itoa(o.concurrency),
 			"reps":        strconv.Itoa(o.reps),
+			"sweep_reps":  strconv.Itoa(o.sweepReps),
 			"warmup":      o.warmup.String(),
 			"run":         o.runTime.String(),
 			"sweep_run":   o.sweepTime.String(),

@@ -32,6 +32,8 @@ type results struct {
 	Upstream   upstreamWindow `json:"upstream"`
 	ProfileTop string         `json:"profile_top"`
 	HeapTop    string         `json:"heap_top"`
+	// AgentDefaults are the agent's flag defaults, from its help text.
+	AgentDefaults map[string]string `json:"agent_defaults"`
 	// ProfileOurs is the agent's own functions from the CPU profile, by
 	// cumulative time.
 	ProfileOurs string `json:"profile_ours"`
@@ -151,7 +153,7 @@ func renderMarkdown(o options, r *results) string {
 		w("## Latency against offered load\n\n![Latency percentiles against offered load, agent (solid) beside floor (dashed)](%s)\n\n", filepath.ToSlash(rel))
 		w("Each point is the better (lower p99) of %s %s runs at a fixed offered rate (fractions of the floor's closed-loop peak of %.0f req/s), "+
 			"keep-alive connections from %d pods, at most 256 requests in flight. Latency counts from when a request was due, "+
-			"so a server that falls behind shows its queue.\n\n", r.Options["reps"], r.Options["sweep_run"], r.FloorPeak, r.Pairs[0].Pods)
+			"so a server that falls behind shows its queue.\n\n", r.Options["sweep_reps"], r.Options["sweep_run"], r.FloorPeak, r.Pairs[0].Pods)
 		w("| offered req/s | agent got | agent p50 | agent p99 | agent p99.9 | floor got | floor p50 | floor p99 | floor p99.9 | p99 agent/floor |\n")
 		w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, p := range r.Sweep {
@@ -199,13 +201,15 @@ func renderMarkdown(o options, r *results) string {
 			"Every pod starts requesting the moment the agent process starts, retrying 100 ms after a refused "+
 			"connection and 100 ms after an answer other than 200 (SDKs wait about 1 s). The first row keeps the agent's "+
 			"default rate limits; the second lifts its upstream fetch limit (--upstream-qps, --upstream-burst), the third also "+
-			"its Kubernetes client limit (--kube-api-qps, --kube-api-burst), to show what bounds each.\n\n", c0.Pods, c0.STSLatency)
-		w("| agent limits | ready (/readyz 200) | every pod served once | first request answered 200 | first-request latency p50 / p90 / p99 / max | retries | TokenRequests | STS calls |\n")
-		w("|---|---:|---:|---:|---|---:|---:|---:|\n")
+			"its Kubernetes client limit (--kube-api-qps, --kube-api-burst), to show what bounds each. The agent prefetches "+
+			"the node's pods before it binds its listener (--startup-prefetch-wait %s), so early requests see a refused "+
+			"connection rather than a slow answer.\n\n", c0.Pods, c0.STSLatency, r.AgentDefaults["startup-prefetch-wait"])
+		w("| agent limits | ready (/readyz 200) | every pod served once | first request answered 200 | first-request latency p50 / p90 / p99 / max | refused connects | retries | TokenRequests | STS calls |\n")
+		w("|---|---:|---:|---:|---|---:|---:|---:|---:|\n")
 		for _, c := range r.Cold {
 			l := c.FirstLatency
-			w("| %s | %s | %s | %d of %d | %s / %s / %s / %s | %d | %.0f | %d |\n", c.Limits, ms(c.Ready), ms(c.AllServed), c.FirstOK, c.Pods,
-				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), c.Retries, c.TokenRequests, c.STSCalls)
+			w("| %s | %s | %s | %d of %d | %s / %s / %s / %s | %d | %d | %.0f | %d |\n", c.Limits, ms(c.Ready), ms(c.AllServed), c.FirstOK, c.Pods,
+				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), c.Refused, c.Retries, c.TokenRequests, c.STSCalls)
 		}
 		w("\nFirst-request latency runs from a pod's first request that reached the agent to its first 200, retries included. " +
 			"Times are from the agent process's start.\n\n")
@@ -283,6 +287,9 @@ func renderMarkdown(o options, r *results) string {
 	w("- **Upstreams.** kube-apiserver and etcd built from their Go modules (integration/k8sbin); STS is integration/oidcsts, " +
 		"which verifies every token against the API server's keys and counts calls. The agent runs with --upstream-qps 1000 " +
 		"while pods are set up, and with its defaults in the cold-start scenario.\n")
+	w("- **Answer size.** integration/oidcsts issues session tokens shorter than AWS's, so answers here are %d bytes; "+
+		"AWS session tokens typically run from several hundred to over a thousand characters. The agent caches one rendered "+
+		"answer per pod, so with AWS the heap per pod grows by the difference, and both servers write a little more per request.\n", r.BodyBytes)
 	w("- **Allocations per request** come from each server's own cumulative heap counters (the agent's `/metrics`, the floor's " +
 		"`/stats`) over the whole run, divided by the requests it handled. **Server CPU** is the process's user+system time from " +
 		"`/proc/PID/stat` over the measured window, divided by the requests answered in it.\n")

@@ -27,6 +27,8 @@ type bench struct {
 	floor *floorProc
 	res   *results
 	log   func(format string, args ...any)
+	// defaults are the agent's flag defaults, from its help text.
+	defaults map[string]string
 }
 
 // floorProc is the floor server process.
@@ -200,7 +202,7 @@ func (b *bench) sweep(ctx context.Context, pods int, floorPeak float64) ([]sweep
 			MaxRequests: b.opt.maxRequests,
 			Timeout:     2 * time.Second,
 		}
-		for rep := range b.opt.reps {
+		for rep := range b.opt.sweepReps {
 			order := []server{b.agentServer(), b.floorServer()}
 			if (i+rep)%2 == 1 {
 				order[0], order[1] = order[1], order[0]
@@ -255,9 +257,17 @@ func getOnce(ctx context.Context, d loadgen.Dialer, addr string, timeout time.Du
 	return resp.StatusCode, body, err
 }
 
-// limits describes the agent's rate limits for a report.
-func (o agentOptions) limits() string {
-	up, kube := "upstream 20/s burst 50 (default)", "Kubernetes client 50/s burst 100 (default)"
+// limits describes the agent's rate limits for a report; defaults are read
+// from the agent's own help text, so the report never states stale ones.
+func (o agentOptions) limits(defaults map[string]string) string {
+	def := func(flag string) string {
+		if v, ok := defaults[flag]; ok {
+			return v
+		}
+		return "?"
+	}
+	up := fmt.Sprintf("upstream %s/s burst %s (default)", def("upstream-qps"), def("upstream-burst"))
+	kube := fmt.Sprintf("Kubernetes client %s/s burst %s (default)", def("kube-api-qps"), def("kube-api-burst"))
 	if o.upstreamQPS > 0 {
 		up = fmt.Sprintf("upstream %v/s burst %d", o.upstreamQPS, o.upstreamBurst)
 	}
@@ -265,6 +275,24 @@ func (o agentOptions) limits() string {
 		kube = fmt.Sprintf("Kubernetes client %v/s burst %d", o.kubeQPS, o.kubeBurst)
 	}
 	return up + "; " + kube
+}
+
+// flagDefaults reads "(default X)" of every flag from `agent serve -h`.
+func flagDefaults(ctx context.Context, agentBin string) map[string]string {
+	out, _ := exec.CommandContext(ctx, agentBin, "serve", "-h").CombinedOutput()
+	m := map[string]string{}
+	var flag string
+	for _, line := range strings.Split(string(out), "\n") {
+		t := strings.TrimSpace(line)
+		if strings.HasPrefix(t, "-") {
+			flag = strings.TrimPrefix(strings.Fields(t)[0], "-")
+			continue
+		}
+		if i := strings.LastIndex(t, "(default "); i >= 0 && flag != "" {
+			m[flag] = strings.TrimSuffix(t[i+len("(default "):], ")")
+		}
+	}
+	return m
 }
 
 // coldResult is what an agent restart with every credential to fetch costs.
@@ -286,7 +314,7 @@ type coldResult struct {
 // STS takes stsLatency per call, with requests from every pod starting at
 // the moment the agent is started. It leaves the new agent running.
 func (b *bench) coldStart(ctx context.Context, pods int, stsLatency time.Duration, o agentOptions) (coldResult, error) {
-	cr := coldResult{Pods: pods, STSLatency: stsLatency, Limits: o.limits()}
+	cr := coldResult{Pods: pods, STSLatency: stsLatency, Limits: o.limits(b.defaults)}
 	b.agent.stop()
 	if err := b.env.sts.SetFault(oidcsts.Fault{Latency: stsLatency}); err != nil {
 		return cr, err
