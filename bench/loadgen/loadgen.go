@@ -121,6 +121,8 @@ type Config struct {
 	// ServerPID, if set, is a process whose CPU time over the window is
 	// reported beside the generator's own.
 	ServerPID int
+	// KeepSamples keeps every latency in Result.Samples, for Merge.
+	KeepSamples bool
 }
 
 // Latency summarises the latencies of successful requests.
@@ -162,6 +164,51 @@ type Result struct {
 	// ClientCPU and ServerCPU are user+system CPU time over the window.
 	ClientCPU time.Duration `json:"client_cpu_ns"`
 	ServerCPU time.Duration `json:"server_cpu_ns,omitempty"`
+	// Samples are the sorted latencies of the successful requests, kept
+	// when Config.KeepSamples is set.
+	Samples []time.Duration `json:"-"`
+}
+
+// Merge pools runs of the same load into one result, as if they were one
+// run whose window is the sum of theirs. Latency percentiles are exact when
+// every run kept its samples; otherwise the result has none.
+func Merge(runs ...*Result) *Result {
+	if len(runs) == 0 {
+		return nil
+	}
+	m := &Result{
+		Mode: runs[0].Mode, Rate: runs[0].Rate, Concurrency: runs[0].Concurrency, Sources: runs[0].Sources,
+		Outcomes: make(map[string]int64),
+	}
+	var all []time.Duration
+	exact := true
+	for _, r := range runs {
+		m.Sent += r.Sent
+		m.OK += r.OK
+		m.Unsent += r.Unsent
+		m.Total += r.Total
+		m.Elapsed += r.Elapsed
+		m.ClientCPU += r.ClientCPU
+		m.ServerCPU += r.ServerCPU
+		for k, v := range r.Outcomes {
+			m.Outcomes[k] += v
+		}
+		if r.BodyBytes > 0 {
+			m.BodyBytes = r.BodyBytes
+		}
+		if int64(len(r.Samples)) != r.Latency.Count {
+			exact = false
+		}
+		all = append(all, r.Samples...)
+	}
+	if m.Elapsed > 0 {
+		m.Throughput = float64(m.OK) / m.Elapsed.Seconds()
+	}
+	if exact {
+		m.Latency = Summarise(all)
+		m.Samples = all
+	}
+	return m
 }
 
 // ErrorRate is the share of requests that did not get a 200.
@@ -328,6 +375,9 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	}
 	res.Throughput = float64(res.OK) / res.Elapsed.Seconds()
 	res.Latency = Summarise(all)
+	if cfg.KeepSamples {
+		res.Samples = all
+	}
 	if c0 := cpu0.Load(); c0 != nil {
 		res.ClientCPU = cpu1.self - c0.self
 		if cfg.ServerPID > 0 {

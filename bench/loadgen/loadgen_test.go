@@ -265,3 +265,32 @@ func TestConfigRejectsUnboundedOrMalformed(t *testing.T) {
 		})
 	}
 }
+
+func TestMergePoolsSamplesExactly(t *testing.T) {
+	s := newServer(t, 4)
+	var runs []*Result
+	for range 3 {
+		r, err := Run(context.Background(), Config{
+			Addr:        s.addr(),
+			Concurrency: 2,
+			Duration:    time.Minute,
+			MaxRequests: 40,
+			KeepSamples: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, r)
+	}
+	m := Merge(runs...)
+	if m.Sent != 120 || m.OK != 90 || m.Outcomes["503"] != 30 {
+		t.Errorf("merged sent %d ok %d outcomes %v, want 120, 90, 30 of 503", m.Sent, m.OK, m.Outcomes)
+	}
+	var all []time.Duration
+	for _, r := range runs {
+		all = append(all, r.Samples...)
+	}
+	if want := Summarise(all); m.Latency != want {
+		t.Errorf("merged latency %+v, want the percentiles of all samples %+v", m.Latency, want)
+	}
+}

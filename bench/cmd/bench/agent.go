@@ -66,6 +66,7 @@ func (e *env) startAgent(ctx context.Context, o agentOptions) (*agentProc, error
 		// Production level: the hot path must not pay for debug logging.
 		LogLevel:  "warn",
 		ExtraArgs: args,
+		Env:       e.agentEnv,
 	})
 	if err != nil {
 		return nil, err

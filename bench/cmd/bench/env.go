@@ -41,6 +41,7 @@ type env struct {
 	dir             string
 	agentBin        string
 	floorBin        string
+	agentEnv        []string
 	cp              *harness.ControlPlane
 	apiHTTP         *http.Client
 	sts             *oidcsts.Server

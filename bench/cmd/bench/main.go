@@ -50,6 +50,8 @@ type options struct {
 	maxRequests    int64
 	profile        bool
 	timeout        time.Duration
+	skip           map[string]bool
+	agentEnv       []string
 	soak           time.Duration
 	soakSession    time.Duration
 }
@@ -76,17 +78,31 @@ func run() error {
 	flag.IntVar(&o.podsMem, "pods-mem", 5000, "pods for the largest memory measurement (API only, no namespaces)")
 	flag.IntVar(&o.concurrency, "c", 64, "requests in flight in closed-loop runs")
 	flag.IntVar(&o.reps, "reps", 2, "repetitions of each closed-loop run per server (best kept)")
-	flag.IntVar(&o.sweepReps, "sweep-reps", 3, "repetitions of each fixed-rate run per server (lowest p99 kept)")
+	flag.IntVar(&o.sweepReps, "sweep-reps", 6, "slices of each fixed-rate point per server, alternating with the other server and pooled")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unrecorded warm-up before each run")
 	flag.DurationVar(&o.runTime, "run", 4*time.Second, "measured window of each closed-loop run")
-	flag.DurationVar(&o.sweepTime, "sweep-run", 3*time.Second, "measured window of each fixed-rate run")
+	flag.DurationVar(&o.sweepTime, "sweep-run", 1500*time.Millisecond, "measured window of each fixed-rate slice")
 	flag.StringVar(&fractions, "sweep", "0.1,0.2,0.3,0.4,0.5,0.6,0.7", "offered rates as fractions of the floor's closed-loop peak")
 	flag.Int64Var(&o.maxRequests, "max", 2_000_000, "most requests in one run")
 	flag.BoolVar(&o.profile, "profile", true, "take a CPU profile of the agent under closed-loop load")
 	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "the whole suite's time limit")
 	flag.DurationVar(&o.soak, "soak", 0, "instead of the suite, count upstream calls over this long a window with real refreshes (writes <out>/soak.json only)")
 	flag.DurationVar(&o.soakSession, "soak-session", 30*time.Minute, "credential lifetime the agent asks for during -soak (the agent's minimum is 30m)")
+	var skip, agentEnv string
+	flag.StringVar(&skip, "skip", "", "comma-separated scenarios to leave out: sweep, cold (which ends the run there), large (ends it after cold), mem; for quick experiments, the report then lacks them")
+	flag.StringVar(&agentEnv, "agent-env", "", "comma-separated VAR=value pairs for the agent's environment (e.g. GOGC=200), for experiments")
 	flag.Parse()
+	o.skip = map[string]bool{}
+	for _, s := range strings.Split(skip, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.skip[s] = true
+		}
+	}
+	for _, kv := range strings.Split(agentEnv, ",") {
+		if kv = strings.TrimSpace(kv); kv != "" {
+			o.agentEnv = append(o.agentEnv, kv)
+		}
+	}
 	for _, f := range strings.Split(fractions, ",") {
 		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
 		if err != nil || v <= 0 {
@@ -169,6 +185,7 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	if err != nil {
 		return nil, err
 	}
+	e.agentEnv = o.agentEnv
 	b.env = e
 	defer func() {
 		if b.agent != nil {
@@ -229,9 +246,11 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 			logf("profile failed: %v", err)
 		}
 	}
-	logf("fixed rates, fractions of the floor's peak %.0f/s", res.FloorPeak)
-	if res.Sweep, err = b.sweep(ctx, o.pods, res.FloorPeak); err != nil {
-		return res, err
+	if !o.skip["sweep"] {
+		logf("fixed rates, fractions of the floor's peak %.0f/s", res.FloorPeak)
+		if res.Sweep, err = b.sweep(ctx, o.pods, res.FloorPeak); err != nil {
+			return res, err
+		}
 	}
 	s1, err := b.snapshot(ctx)
 	if err != nil {
@@ -242,7 +261,11 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	// First with the agent's defaults, then lifting its upstream rate
 	// limit, then also its Kubernetes client's, to show what bounds each.
 	upstreamOnly := agentOptions{upstreamQPS: 1000, upstreamBurst: 1000, cacheSize: 2 * o.podsMem}
-	for _, ao := range []agentOptions{{cacheSize: 2 * o.podsMem}, upstreamOnly, fast} {
+	coldRuns := []agentOptions{{cacheSize: 2 * o.podsMem}, upstreamOnly, fast}
+	if o.skip["cold"] {
+		coldRuns = nil
+	}
+	for _, ao := range coldRuns {
 		logf("cold start: agent restart, %d pods to fetch, STS answering in 50ms, limits %s", o.pods, ao.limits(b.defaults))
 		cr, err := b.coldStart(ctx, o.pods, 50*time.Millisecond, ao)
 		if err != nil {
@@ -253,12 +276,18 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 			cr.AllServed.Round(time.Millisecond), cr.Ready.Round(time.Millisecond),
 			cr.FirstLatency.P50.Round(time.Millisecond), cr.FirstLatency.P99.Round(time.Millisecond))
 	}
+	if o.skip["cold"] {
+		return res, nil
+	}
 	logf("100 simultaneous first requests from a new pod")
 	if res.Concurrent, err = b.concurrentFirst(ctx, 100, 50*time.Millisecond); err != nil {
 		return res, err
 	}
 	logf("  %d of %d ok; TokenRequests %.0f, STS calls %.0f (STS saw %d)", res.Concurrent.OK, res.Concurrent.Requests,
 		res.Concurrent.TokenRequests, res.Concurrent.STSCalls, res.Concurrent.STSPodCalls)
+	if o.skip["large"] {
+		return res, nil
+	}
 
 	b.agent.stop()
 	if b.agent, err = e.startAgent(ctx, fast); err != nil {
@@ -284,6 +313,9 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 		res.Pairs = append(res.Pairs, p)
 	}
 
+	if o.skip["mem"] {
+		return res, nil
+	}
 	t = time.Now()
 	if err := e.addAPIPods(ctx, o.podsMem); err != nil {
 		return res, fmt.Errorf("creating pods up to %d: %w", o.podsMem, err)
@@ -324,34 +356,46 @@ func (b *bench) memory(ctx context.Context, pods int) error {
 	return nil
 }
 
-// profile takes a CPU profile of the agent during a closed keep-alive run.
+// profile takes CPU profiles of the agent during closed keep-alive and
+// new-connection runs.
 func (b *bench) profile(ctx context.Context) error {
-	path := filepath.Join(b.opt.outDir, "agent-cpu.pprof")
+	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.NewConn} {
+		p, err := b.profileOne(ctx, mode)
+		if err != nil {
+			return err
+		}
+		b.res.Profiles = append(b.res.Profiles, p)
+	}
+	return nil
+}
+
+func (b *bench) profileOne(ctx context.Context, mode loadgen.Mode) (profileResult, error) {
+	pr := profileResult{Mode: mode}
+	path := filepath.Join(b.opt.outDir, "agent-cpu-"+mode.String()+".pprof")
 	errc := make(chan error, 1)
 	go func() { errc <- b.agent.profile(ctx, 5*time.Second, path) }()
-	_, err := b.load(ctx, b.agentServer(), loadgen.Config{
+	r, err := b.load(ctx, b.agentServer(), loadgen.Config{
 		Sources:     b.env.firstSources(b.opt.pods),
-		Mode:        loadgen.KeepAlive,
+		Mode:        mode,
 		Concurrency: b.opt.concurrency,
 		Duration:    6 * time.Second,
 		MaxRequests: b.opt.maxRequests,
 	})
 	if perr := <-errc; perr != nil {
-		return perr
+		return pr, perr
 	}
 	if err != nil {
-		return err
+		return pr, err
 	}
-	top, err := pprofTop(ctx, path, 25)
-	if err != nil {
-		return err
+	pr.Throughput = r.Throughput
+	if pr.Top, err = pprofTop(ctx, path, 25); err != nil {
+		return pr, err
 	}
-	b.res.ProfileTop = top
-	// The agent's own functions, by cumulative share: what the handler
-	// costs beyond net/http and the kernel.
+	// The agent's own functions, by cumulative share: what its code costs
+	// beyond net/http and the kernel.
 	cum, err := pprofTop(ctx, path, 400, "-cum")
 	if err != nil {
-		return err
+		return pr, err
 	}
 	var ours []string
 	for _, line := range strings.Split(cum, "\n") {
@@ -359,8 +403,8 @@ func (b *bench) profile(ctx context.Context) error {
 			ours = append(ours, line)
 		}
 	}
-	b.res.ProfileOurs = strings.Join(ours, "\n")
-	return nil
+	pr.Ours = strings.Join(ours, "\n")
+	return pr, nil
 }
 
 func writeResults(o options, res *results) error {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/credbroker/agent/bench/loadgen"
 )
 
 // results is everything one suite run measured; it is written as
@@ -22,21 +24,18 @@ type results struct {
 	Options    map[string]string `json:"options"`
 	Elapsed    time.Duration     `json:"elapsed_ns"`
 
-	BodyBytes  int            `json:"body_bytes"`
-	Pairs      []pair         `json:"closed_loop"`
-	FloorPeak  float64        `json:"floor_peak"`
-	Sweep      []sweepPoint   `json:"sweep"`
-	Cold       []coldResult   `json:"cold_start"`
-	Concurrent concResult     `json:"concurrent_first"`
-	Memory     []memSample    `json:"memory"`
-	Upstream   upstreamWindow `json:"upstream"`
-	ProfileTop string         `json:"profile_top"`
-	HeapTop    string         `json:"heap_top"`
+	BodyBytes  int             `json:"body_bytes"`
+	Pairs      []pair          `json:"closed_loop"`
+	FloorPeak  float64         `json:"floor_peak"`
+	Sweep      []sweepPoint    `json:"sweep"`
+	Cold       []coldResult    `json:"cold_start"`
+	Concurrent concResult      `json:"concurrent_first"`
+	Memory     []memSample     `json:"memory"`
+	Upstream   upstreamWindow  `json:"upstream"`
+	Profiles   []profileResult `json:"profiles"`
+	HeapTop    string          `json:"heap_top"`
 	// AgentDefaults are the agent's flag defaults, from its help text.
 	AgentDefaults map[string]string `json:"agent_defaults"`
-	// ProfileOurs is the agent's own functions from the CPU profile, by
-	// cumulative time.
-	ProfileOurs string `json:"profile_ours"`
 }
 
 func gitDescribe() string {
@@ -53,6 +52,14 @@ const (
 	goalP99Ratio        = 2.0
 	goalHeapPerPod      = 4096.0
 )
+
+// profileResult is one CPU profile of the agent under load.
+type profileResult struct {
+	Mode       loadgen.Mode `json:"mode"`
+	Throughput float64      `json:"throughput"`
+	Top        string       `json:"top"`
+	Ours       string       `json:"ours"`
+}
 
 type goal struct {
 	name, target, measured string
@@ -151,7 +158,8 @@ func renderMarkdown(o options, r *results) string {
 			rel = o.png
 		}
 		w("## Latency against offered load\n\n![Latency percentiles against offered load, agent (solid) beside floor (dashed)](%s)\n\n", filepath.ToSlash(rel))
-		w("Each point is the better (lower p99) of %s %s runs at a fixed offered rate (fractions of the floor's closed-loop peak of %.0f req/s), "+
+		w("Each point pools %s slices of %s per server at a fixed offered rate (fractions of the floor's closed-loop peak of %.0f req/s), "+
+			"the slices alternating between agent and floor so that a neighbour's burst on this shared machine lands on both alike; "+
 			"keep-alive connections from %d pods, at most 256 requests in flight. Latency counts from when a request was due, "+
 			"so a server that falls behind shows its queue.\n\n", r.Options["sweep_reps"], r.Options["sweep_run"], r.FloorPeak, r.Pairs[0].Pods)
 		w("| offered req/s | agent got | agent p50 | agent p99 | agent p99.9 | floor got | floor p50 | floor p99 | floor p99.9 | p99 agent/floor |\n")
@@ -263,13 +271,14 @@ func renderMarkdown(o options, r *results) string {
 			"both to a 5,000-node cluster.\n\n", u.Watches)
 	}
 
-	if r.ProfileTop != "" {
+	if len(r.Profiles) > 0 {
 		w("## Where the agent's CPU goes\n\n")
-		w("CPU profile of the agent (`--enable-pprof`, 5 s) during a closed keep-alive run with %s in flight:\n\n```\n%s\n```\n\n",
-			r.Options["concurrency"], r.ProfileTop)
-		if r.ProfileOurs != "" {
-			w("The agent's own code in the same profile, by cumulative time (flat, flat%%, sum%%, cum, cum%%):\n\n```\n%s\n```\n\n", r.ProfileOurs)
+		for _, p := range r.Profiles {
+			w("CPU profile of the agent (`--enable-pprof`, 5 s) during a closed %s run with %s in flight (%.0f req/s), "+
+				"its own code by cumulative time (flat, flat%%, sum%%, cum, cum%%); the rest is net/http, the runtime and the kernel:\n\n```\n%s\n```\n\n",
+				p.Mode, r.Options["concurrency"], p.Throughput, p.Ours)
 		}
+		w("<details><summary>Hottest functions overall (%s)</summary>\n\n```\n%s\n```\n\n</details>\n\n", r.Profiles[0].Mode, r.Profiles[0].Top)
 	}
 
 	w("## Method\n\n")

@@ -186,7 +186,10 @@ type sweepPoint struct {
 }
 
 // sweep offers fixed rates, as fractions of the floor's closed-loop peak,
-// to both servers over keep-alive connections.
+// to both servers over keep-alive connections. Each point is cut into short
+// slices that alternate between the servers, and each server's slices are
+// pooled: on a shared machine a neighbour's burst then lands on both alike,
+// instead of on whichever server happened to run at that moment.
 func (b *bench) sweep(ctx context.Context, pods int, floorPeak float64) ([]sweepPoint, error) {
 	var pts []sweepPoint
 	for i, f := range b.opt.sweepFractions {
@@ -197,14 +200,17 @@ func (b *bench) sweep(ctx context.Context, pods int, floorPeak float64) ([]sweep
 			Mode:        loadgen.KeepAlive,
 			Concurrency: 256,
 			Rate:        rate,
-			Warmup:      b.opt.warmup / 2,
+			Warmup:      300 * time.Millisecond,
 			Duration:    b.opt.sweepTime,
 			MaxRequests: b.opt.maxRequests,
 			Timeout:     2 * time.Second,
+			KeepSamples: true,
 		}
-		for rep := range b.opt.sweepReps {
+		var agent, floor []*loadgen.Result
+		var agentAllocs, floorAllocs [2]float64 // allocations, requests
+		for slice := range b.opt.sweepReps {
 			order := []server{b.agentServer(), b.floorServer()}
-			if (i+rep)%2 == 1 {
+			if (i+slice)%2 == 1 {
 				order[0], order[1] = order[1], order[0]
 			}
 			for _, s := range order {
@@ -212,31 +218,29 @@ func (b *bench) sweep(ctx context.Context, pods int, floorPeak float64) ([]sweep
 				if err != nil {
 					return pts, fmt.Errorf("sweep at %.0f/s against %s: %w", rate, s.name, err)
 				}
-				b.log("  %5.0f%% %7.0f/s %-5s got %7.0f/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  unsent %d errors %d", f*100, rate, s.name,
-					r.Throughput, us(r.Latency.P50), us(r.Latency.P99), us(r.Latency.P999), r.Unsent, r.Sent-r.OK)
-				// Keep each side's run with the lower p99: a neighbour on
-				// this shared machine only ever adds latency.
-				best := &pt.Floor
+				acc := &floorAllocs
 				if s.name == "agent" {
-					best = &pt.Agent
+					agent = append(agent, r.Result)
+					acc = &agentAllocs
+				} else {
+					floor = append(floor, r.Result)
 				}
-				if *best == nil || better(r, *best) {
-					*best = r
-				}
+				acc[0] += r.AllocsPerReq * float64(r.Total)
+				acc[1] += float64(r.Total)
 			}
+		}
+		pt.Agent = &measured{Result: loadgen.Merge(agent...), AllocsPerReq: agentAllocs[0] / max(agentAllocs[1], 1)}
+		pt.Floor = &measured{Result: loadgen.Merge(floor...), AllocsPerReq: floorAllocs[0] / max(floorAllocs[1], 1)}
+		for _, x := range []struct {
+			name string
+			r    *measured
+		}{{"agent", pt.Agent}, {"floor", pt.Floor}} {
+			b.log("  %5.0f%% %7.0f/s %-5s got %7.0f/s  p50 %6.0fµs  p99 %6.0fµs  p99.9 %6.0fµs  unsent %d errors %d", f*100, rate, x.name,
+				x.r.Throughput, us(x.r.Latency.P50), us(x.r.Latency.P99), us(x.r.Latency.P999), x.r.Unsent, x.r.Sent-x.r.OK)
 		}
 		pts = append(pts, pt)
 	}
 	return pts, nil
-}
-
-// better reports whether r beat o at a fixed rate: fewer requests left
-// unsent, then a lower p99.
-func better(r, o *measured) bool {
-	if r.Unsent != o.Unsent {
-		return r.Unsent < o.Unsent
-	}
-	return r.Latency.P99 < o.Latency.P99
 }
 
 // getOnce sends one GET over a new connection from d.
