@@ -88,7 +88,8 @@ func run() error {
 	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "the whole suite's time limit")
 	flag.DurationVar(&o.soak, "soak", 0, "instead of the suite, count upstream calls over this long a window with real refreshes (writes <out>/soak.json only)")
 	flag.DurationVar(&o.soakSession, "soak-session", 30*time.Minute, "credential lifetime the agent asks for during -soak (the agent's minimum is 30m)")
-	var skip, agentEnv string
+	var skip, agentEnv, render string
+	flag.StringVar(&render, "render", "", "only rewrite -doc from this results.json of an earlier run")
 	flag.StringVar(&skip, "skip", "", "comma-separated scenarios to leave out: sweep, cold (which ends the run there), large (ends it after cold), mem; for quick experiments, the report then lacks them")
 	flag.StringVar(&agentEnv, "agent-env", "", "comma-separated VAR=value pairs for the agent's environment (e.g. GOGC=200), for experiments")
 	flag.Parse()
@@ -109,6 +110,17 @@ func run() error {
 			return fmt.Errorf("bad -sweep fraction %q", f)
 		}
 		o.sweepFractions = append(o.sweepFractions, v)
+	}
+	if render != "" {
+		b, err := os.ReadFile(render)
+		if err != nil {
+			return err
+		}
+		var res results
+		if err := json.Unmarshal(b, &res); err != nil {
+			return fmt.Errorf("reading %s: %w", render, err)
+		}
+		return os.WriteFile(o.doc, []byte(renderMarkdown(o, &res)), 0o644)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: network namespaces and the link-local service address")

@@ -198,6 +198,11 @@ func renderMarkdown(o options, r *results) string {
 			a.ClientCPU.Seconds()/a.Elapsed.Seconds(),
 			errText(a), errText(f), joinRates(p.AgentRuns), joinRates(p.FloorRuns))
 	}
+	if p := r.Pairs[0]; p.Agent != nil && p.Floor != nil && p.Floor.OK > 0 && p.Agent.OK > 0 {
+		a, f := cpuPerReq(p.Agent), cpuPerReq(p.Floor)
+		w("\nPer cache hit (%s), the agent used %.0f µs of CPU and the floor %.0f µs: the agent's own work costs about %.0f µs "+
+			"(%.0f%%) on top of what net/http and the kernel cost any server.\n", p.Name, a, f, a-f, 100*(a-f)/f)
+	}
 	w("\nThe generator runs on the same 2 cores as the server it measures: *generator CPU* is how much of them it used " +
 		"during the agent's run, so the servers had what was left. Absolute figures are therefore lower than the servers " +
 		"could do alone; the agent/floor ratios are what carries over to other machines.\n\n")
@@ -220,7 +225,13 @@ func renderMarkdown(o options, r *results) string {
 				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), c.Refused, c.Retries, c.TokenRequests, c.STSCalls)
 		}
 		w("\nFirst-request latency runs from a pod's first request that reached the agent to its first 200, retries included. " +
-			"Times are from the agent process's start.\n\n")
+			"Times are from the agent process's start.")
+		if last := r.Cold[len(r.Cold)-1]; last.AllServed > 0 {
+			w(" With no rate limit binding, %d fetches of at least %s each took %s: about %.1f fetches in flight on average, "+
+				"which is what bounds a restart once the limits are out of the way.", last.Pods, last.STSLatency, ms(last.AllServed),
+				float64(last.Pods)*last.STSLatency.Seconds()/last.AllServed.Seconds())
+		}
+		w("\n\n")
 	}
 
 	if cc := r.Concurrent; cc.Requests > 0 {
