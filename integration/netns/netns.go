@@ -39,11 +39,8 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
-
-	"golang.org/x/sys/unix"
 )
 
 // Gateway addresses every host end of a veth pair carries. Pods route
@@ -87,8 +84,7 @@ type Namespace struct {
 	spec     Spec
 	hostLink string
 
-	mu sync.RWMutex // guards fd: dials hold it shared, Close exclusively
-	fd int          // open handle on /var/run/netns/NAME, for setns; -1 once closed
+	handle *Handle // open on /var/run/netns/NAME, for dials
 
 	closeOnce sync.Once
 	closeErr  error
@@ -107,7 +103,7 @@ func Create(ctx context.Context, spec Spec) (*Namespace, error) {
 	if spec.IPv6.IsValid() && !spec.IPv6.Is6() {
 		return nil, fmt.Errorf("netns %s: IPv6 %v is not an IPv6 address", spec.Name, spec.IPv6)
 	}
-	n := &Namespace{spec: spec, hostLink: spec.Name + "h", fd: -1}
+	n := &Namespace{spec: spec, hostLink: spec.Name + "h"}
 	if err := n.remove(ctx); err != nil {
 		return nil, fmt.Errorf("removing leftovers of netns %s: %w", spec.Name, err)
 	}
@@ -115,12 +111,12 @@ func Create(ctx context.Context, spec Spec) (*Namespace, error) {
 		_ = n.remove(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	fd, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	h, err := Open(n.Path())
 	if err != nil {
 		_ = n.remove(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("opening %s: %w", n.Path(), err)
+		return nil, err
 	}
-	n.fd = fd
+	n.handle = h
 	return n, nil
 }
 
@@ -183,81 +179,17 @@ func (n *Namespace) Exec(ctx context.Context, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.spec.Name}, args...)...)
 }
 
-// DialContext opens a connection from inside the namespace, so that the peer
-// sees the pod's address as the source. Use it as an http.Transport's
-// DialContext to make Go clients behave like a process in the pod. Only
-// literal IP addresses are dialled: a name would be resolved with the host's
-// resolver, which is not what a pod would see.
+// DialContext opens a connection from inside the namespace; see
+// Handle.DialContext.
 func (n *Namespace) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("netns %s: dialing %s: %w", n.spec.Name, addr, err)
-	}
-	if _, err := netip.ParseAddr(host); err != nil {
-		return nil, fmt.Errorf("netns %s: dialing %s: only IP addresses are supported: %w", n.spec.Name, addr, err)
-	}
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	done := make(chan result, 1)
-	// A fresh goroutine owns the switched thread, so the caller's goroutine
-	// is never locked and a thread whose namespace cannot be restored dies
-	// with the goroutine (the runtime terminates threads that exit locked).
-	go func() {
-		runtime.LockOSThread()
-		conn, restored, err := n.dialLocked(ctx, network, addr)
-		if restored {
-			runtime.UnlockOSThread()
-		}
-		done <- result{conn, err}
-	}()
-	r := <-done
-	return r.conn, r.err
-}
-
-// dialLocked must run on a locked OS thread. restored reports whether the
-// thread is back in its original namespace and may be reused.
-func (n *Namespace) dialLocked(ctx context.Context, network, addr string) (conn net.Conn, restored bool, err error) {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	if n.fd < 0 {
-		return nil, true, fmt.Errorf("netns %s: closed", n.spec.Name)
-	}
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, true, fmt.Errorf("netns %s: opening own namespace: %w", n.spec.Name, err)
-	}
-	defer unix.Close(orig)
-	if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
-		return nil, true, fmt.Errorf("netns %s: entering: %w", n.spec.Name, err)
-	}
-	// The socket belongs to the namespace it was created in; connect and
-	// all later I/O may happen anywhere.
-	var d net.Dialer
-	conn, dialErr := d.DialContext(ctx, network, addr)
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		if conn != nil {
-			conn.Close()
-		}
-		return nil, false, fmt.Errorf("netns %s: returning to own namespace: %w", n.spec.Name, err)
-	}
-	if dialErr != nil {
-		return nil, true, fmt.Errorf("netns %s: %w", n.spec.Name, dialErr)
-	}
-	return conn, true, nil
+	return n.handle.DialContext(ctx, network, addr)
 }
 
 // Close removes the namespace and the veth pair. It is idempotent. Processes
 // still running inside keep the namespace alive but cut off from the host.
 func (n *Namespace) Close() error {
 	n.closeOnce.Do(func() {
-		n.mu.Lock()
-		if n.fd >= 0 {
-			unix.Close(n.fd)
-			n.fd = -1
-		}
-		n.mu.Unlock()
+		_ = n.handle.Close()
 		n.closeErr = n.remove(context.Background())
 	})
 	return n.closeErr
@@ -294,7 +226,7 @@ func Cleanup(ctx context.Context, prefix string) error {
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix) {
-			n := &Namespace{spec: Spec{Name: e.Name()}, hostLink: e.Name() + "h", fd: -1}
+			n := &Namespace{spec: Spec{Name: e.Name()}, hostLink: e.Name() + "h"}
 			errs = append(errs, n.remove(ctx))
 		}
 	}
