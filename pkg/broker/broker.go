@@ -88,7 +88,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// FetchTimeout bounds one fetch. Default 15s.
 	FetchTimeout time.Duration
-	// Workers fetch for prefetches and refreshes. Default 4.
+	// Workers fetch for prefetches and refreshes. Default 16: a restarted
+	// agent prefetches its node's pods before serving, and each fetch mostly
+	// waits on the API server and STS.
 	Workers int
 
 	Registerer prometheus.Registerer // default: a private registry
@@ -123,7 +125,7 @@ func (c *Config) setDefaults() {
 		c.UpstreamBurst = 100
 	}
 	if c.Workers == 0 {
-		c.Workers = 4
+		c.Workers = 16
 	}
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
@@ -258,21 +260,31 @@ func (b *Broker) credentials(ctx context.Context, addr netip.Addr) ([]byte, podr
 		return nil, pod, err
 	}
 
-	now := b.clock.Now()
 	cached, ok := b.cache.Get(pod.UID)
-	if ok && cached.role != role {
-		ok = false
-	}
-	if ok && cached.expiration.Sub(now) >= FreshnessFloor {
+	if ok && cached.role == role && cached.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
 		b.metrics.cacheHits.Inc()
 		return cached.body, pod, nil
 	}
-	if f, failing := b.failures.Get(pod.UID); failing && f.role == role && now.Before(f.until) {
-		if ok && cached.expiration.Sub(now) >= staleServeFloor {
+	if !ok || cached.role != role {
+		cached = nil
+	}
+	body, err := b.credentialsNotFresh(ctx, pod, role, cached)
+	return body, pod, err
+}
+
+// credentialsNotFresh is the path for a pod with no fresh credential
+// cached: back off after a recent failure, else fetch, and fall back to a
+// still valid cached credential while upstream fails. It is kept apart from
+// credentials so that the cache-hit path stays small (on a new connection's
+// goroutine a larger frame costs a stack growth per request).
+func (b *Broker) credentialsNotFresh(ctx context.Context, pod podresolve.Pod, role string, cached *entry) ([]byte, error) {
+	usable := func() bool { return cached != nil && cached.expiration.Sub(b.clock.Now()) >= staleServeFloor }
+	if f, failing := b.failures.Get(pod.UID); failing && f.role == role && b.clock.Now().Before(f.until) {
+		if usable() {
 			b.metrics.cacheStale.Inc()
-			return cached.body, pod, nil
+			return cached.body, nil
 		}
-		return nil, pod, f.err
+		return nil, f.err
 	}
 
 	b.metrics.cacheMisses.Inc()
@@ -280,13 +292,13 @@ func (b *Broker) credentials(ctx context.Context, addr netip.Addr) ([]byte, podr
 	defer cancel()
 	fresh, err := b.fetchShared(ctx, pod, role)
 	if err == nil {
-		return fresh.body, pod, nil
+		return fresh.body, nil
 	}
-	if ok && cached.expiration.Sub(b.clock.Now()) >= staleServeFloor {
+	if usable() {
 		b.metrics.cacheStale.Inc()
-		return cached.body, pod, nil
+		return cached.body, nil
 	}
-	return nil, pod, err
+	return nil, err
 }
 
 // roleFor applies the operator's policy and returns the role the pod's
