@@ -600,3 +600,23 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// All fetches pass one rate limiter: with the budget spent, a fetch that
+// would have to wait past its deadline is refused with 429 at once, without
+// an upstream call.
+func TestUpstreamRateLimit(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.UpstreamQPS, c.UpstreamBurst = 0.001, 1 })
+	e.serviceAccount("ns", "sa", roleA)
+	e.pod("10.0.2.1", "ns", "first", "sa")
+	e.pod("10.0.2.2", "ns", "second", "sa")
+	if r := e.get("10.0.2.1"); r.status != http.StatusOK {
+		t.Fatalf("first fetch within the burst: %d %s", r.status, r.body)
+	}
+	r := e.get("10.0.2.2")
+	if r.status != http.StatusTooManyRequests || r.errObj["code"] != CodeThrottled || r.header.Get("Retry-After") == "" {
+		t.Fatalf("fetch beyond the rate limit: %d %v", r.status, r.errObj)
+	}
+	if e.tokenReqs.Load() != 1 || e.exchanger.calls.Load() != 1 {
+		t.Fatalf("TokenRequests %d, exchanges %d; want 1 and 1", e.tokenReqs.Load(), e.exchanger.calls.Load())
+	}
+}
