@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/oidcsts"
 )
 
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
@@ -65,4 +67,22 @@ func redact(body []byte) string {
 		return "<credentials redacted>"
 	}
 	return string(body)
+}
+
+// appRole is the role the ServiceAccount team/app names in these tests.
+const appRole = "arn:aws:iam::123456789012:role/app"
+
+// startAppRole creates the ServiceAccount team/app annotated with appRole
+// and an STS that trusts it for that role.
+func startAppRole(ctx context.Context, t *testing.T, cp *harness.ControlPlane) *oidcsts.Server {
+	t.Helper()
+	if _, err := cp.CreateServiceAccount(ctx, "team", "app", appRole); err != nil {
+		t.Fatal(err)
+	}
+	sts, err := cp.StartSTS(ctx, harness.STSConfig{Roles: map[string]string{appRole: "system:serviceaccount:team:app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sts.Close() })
+	return sts
 }

@@ -184,15 +184,7 @@ func TestRolloutZeroDowntime(t *testing.T) {
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
 		t.Fatal(err)
 	}
-	const role = "arn:aws:iam::123456789012:role/app"
-	if _, err := cp.CreateServiceAccount(ctx, "team", "app", role); err != nil {
-		t.Fatal(err)
-	}
-	sts, err := cp.StartSTS(ctx, harness.STSConfig{Roles: map[string]string{role: "system:serviceaccount:team:app"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sts.Close() })
+	sts := startAppRole(ctx, t, cp)
 	ps, err := harness.NewPods(ctx, cp, testNodeName, "cbdpr")
 	if err != nil {
 		t.Fatal(err)

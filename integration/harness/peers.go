@@ -175,7 +175,7 @@ func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.S
 	pool.AppendCertsFromPEM(cp.CACert)
 	client := &http.Client{
 		Timeout:   10 * time.Second,
-		Transport: &bearerTransport{token: cp.AdminToken, base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
+		Transport: &BearerTransport{Token: cp.AdminToken, Base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
 	}
 	s, err := oidcsts.New(oidcsts.Config{
 		Issuer:     cp.Issuer,
@@ -205,13 +205,16 @@ func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.S
 	return s, nil
 }
 
-type bearerTransport struct {
-	token string
-	base  http.RoundTripper
+// BearerTransport adds "Authorization: Bearer Token" to every request, for
+// clients of the API server that are not client-go (raw metrics, OIDC).
+type BearerTransport struct {
+	Token string
+	Base  http.RoundTripper
 }
 
-func (b *bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+// RoundTrip implements http.RoundTripper.
+func (b *BearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.base.RoundTrip(r)
+	r.Header.Set("Authorization", "Bearer "+b.Token)
+	return b.Base.RoundTrip(r)
 }

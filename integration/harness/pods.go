@@ -267,16 +267,17 @@ func (p *Pod) HTTPClient() *http.Client {
 
 // Get fetches url from inside the pod and returns the status and the body.
 func (p *Pod) Get(ctx context.Context, url string) (int, []byte, error) {
-	return get(ctx, p.HTTPClient(), url)
+	return Get(ctx, p.HTTPClient(), url)
 }
 
 // HostGet fetches url from the host's own network namespace: the caller is
 // what a hostNetwork pod would be.
 func HostGet(ctx context.Context, url string) (int, []byte, error) {
-	return get(ctx, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, url)
+	return Get(ctx, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, url)
 }
 
-func get(ctx context.Context, c *http.Client, url string) (int, []byte, error) {
+// Get sends one GET with c and returns the status and up to 1 MiB of body.
+func Get(ctx context.Context, c *http.Client, url string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, nil, err

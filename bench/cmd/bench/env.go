@@ -97,7 +97,7 @@ func setupEnv(ctx context.Context, dir, agentBin, floorBin string) (_ *env, err 
 	// this benchmark reports as the agent's cost.
 	e.sts, err = oidcsts.New(oidcsts.Config{
 		Issuer:     e.cp.Issuer,
-		HTTPClient: &http.Client{Timeout: 10 * time.Second, Transport: &bearer{token: e.cp.AdminToken, base: e.apiHTTP.Transport}},
+		HTTPClient: &http.Client{Timeout: 10 * time.Second, Transport: &harness.BearerTransport{Token: e.cp.AdminToken, Base: e.apiHTTP.Transport}},
 		Roles:      roles,
 	})
 	if err != nil {
@@ -124,17 +124,6 @@ func setupEnv(ctx context.Context, dir, agentBin, floorBin string) (_ *env, err 
 	}
 	e.apiWatches = m.get("apiserver_longrunning_requests", "resource", "pods", "verb", "WATCH")
 	return e, nil
-}
-
-type bearer struct {
-	token string
-	base  http.RoundTripper
-}
-
-func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.base.RoundTrip(r)
 }
 
 // addNetPods creates pods with network namespaces until there are n.

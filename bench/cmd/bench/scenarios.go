@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os/exec"
@@ -247,18 +246,7 @@ func (b *bench) sweep(ctx context.Context, pods int, floorPeak float64) ([]sweep
 func getOnce(ctx context.Context, d loadgen.Dialer, addr string, timeout time.Duration) (int, []byte, error) {
 	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: timeout}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/credentials", nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp.StatusCode, body, err
+	return harness.Get(ctx, &http.Client{Transport: tr, Timeout: timeout}, "http://"+addr+"/v1/credentials")
 }
 
 // limits describes the agent's rate limits for a report; defaults are read
