@@ -87,22 +87,6 @@ func docs(t *testing.T, rendered []byte) map[string][]byte {
 	return out
 }
 
-func startControlPlane(t *testing.T) *harness.ControlPlane {
-	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "ip", "kubectl")
-	if _, err := harness.K8sBinDir(); err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	ctx := context.Background()
-	cp, err := harness.StartControlPlane(ctx, harness.ControlPlaneConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("StartControlPlane: %v", err)
-	}
-	t.Cleanup(cp.Stop)
-	return cp
-}
-
 // applyBase applies the rendered base for real (server-side) and returns a
 // client that acts as the agent's ServiceAccount, with its kubeconfig path.
 func applyBase(t *testing.T, cp *harness.ControlPlane) (kubernetes.Interface, string) {
@@ -273,7 +257,7 @@ func TestRenderedBase(t *testing.T) {
 // dry-run mode: schemas, defaulting, validation of every object and the
 // compilation of the policy's CEL expressions, with nothing persisted.
 func TestServerSideDryRun(t *testing.T) {
-	cp := startControlPlane(t)
+	cp := testenv.StartControlPlane(t)
 	ctx := context.Background()
 	path := filepath.Join(cp.Dir, "base.yaml")
 	if err := os.WriteFile(path, render(t), 0o644); err != nil {
@@ -307,7 +291,7 @@ func TestServerSideDryRun(t *testing.T) {
 
 // TestAgentRBAC asks the API server what the agent's identity may do.
 func TestAgentRBAC(t *testing.T) {
-	cp := startControlPlane(t)
+	cp := testenv.StartControlPlane(t)
 	applyBase(t, cp)
 	ctx := context.Background()
 	if err := cp.EnsureNamespace(ctx, "team"); err != nil {
@@ -424,7 +408,7 @@ func TestAgentRBAC(t *testing.T) {
 
 // TestAdmissionPolicy makes TokenRequests with the agent's own identity.
 func TestAdmissionPolicy(t *testing.T) {
-	cp := startControlPlane(t)
+	cp := testenv.StartControlPlane(t)
 	agent, _ := applyBase(t, cp)
 	ctx := context.Background()
 	if _, err := cp.CreateServiceAccount(ctx, "team", "app", "arn:aws:iam::123456789012:role/app"); err != nil {
@@ -491,7 +475,7 @@ func TestAdmissionPolicy(t *testing.T) {
 // TestAdmissionPolicyAdmitsTheAgent runs the agent binary under the policy:
 // its real TokenRequests pass, and a pod gets credentials.
 func TestAdmissionPolicyAdmitsTheAgent(t *testing.T) {
-	cp := startControlPlane(t)
+	cp := testenv.StartControlPlane(t)
 	_, kc := applyBase(t, cp)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -168,7 +168,7 @@ func served(ctx context.Context, a *harness.Agent) float64 {
 // error or a 5xx) must see no failed request; what clients without a retry
 // see is logged, with tcp_migrate_req off and on.
 func TestRolloutZeroDowntime(t *testing.T) {
-	cp := startControlPlane(t)
+	cp := testenv.StartControlPlane(t)
 	_, kc := applyBase(t, cp)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -27,17 +27,8 @@ import (
 
 func startControlPlane(t *testing.T) *harness.ControlPlane {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "ip", "kubectl")
-	if _, err := harness.K8sBinDir(); err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
 	ctx := context.Background()
-	cp, err := harness.StartControlPlane(ctx, harness.ControlPlaneConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("StartControlPlane: %v", err)
-	}
-	t.Cleanup(cp.Stop)
+	cp := testenv.StartControlPlane(t)
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
 		t.Fatal(err)
 	}

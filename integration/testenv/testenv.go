@@ -5,9 +5,12 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/credbroker/agent/integration/harness"
 )
 
 // CI reports whether the tests run under CI, where missing prerequisites are
@@ -48,4 +51,21 @@ func RequireCommand(tb testing.TB, names ...string) string {
 		}
 	}
 	return first
+}
+
+// StartControlPlane starts etcd and kube-apiserver for one test (stopped at
+// its end), or reports them unavailable (a skip, a failure under CI).
+func StartControlPlane(tb testing.TB) *harness.ControlPlane {
+	tb.Helper()
+	RequireRoot(tb)
+	RequireCommand(tb, "ip", "kubectl")
+	if _, err := harness.K8sBinDir(); err != nil {
+		Unavailable(tb, "%v", err)
+	}
+	cp, err := harness.StartControlPlane(context.Background(), harness.ControlPlaneConfig{Dir: tb.TempDir()})
+	if err != nil {
+		tb.Fatalf("StartControlPlane: %v", err)
+	}
+	tb.Cleanup(cp.Stop)
+	return cp
 }
