@@ -14,8 +14,9 @@
 //     for bound tokens and what catches a credential leaking to the wrong pod.
 //
 // It also injects faults on demand (latency, throttling, 5xx, AccessDenied,
-// refused connections) and counts calls atomically, so tests can assert how
-// many upstream calls the agent made.
+// refused or reset connections), can issue credentials shorter-lived than
+// asked for (SetLifetime), and counts calls atomically, so tests can assert
+// how many upstream calls the agent made.
 //
 // Credentials it issues are random and work only against this server's
 // GetCallerIdentity, which identifies the caller by the access key id in the
@@ -111,6 +112,10 @@ type Fault struct {
 	// are refused until the fault is cleared, when the server listens on the
 	// same address again.
 	Refuse bool
+	// Reset reads each AssumeRoleWithWebIdentity request and then resets
+	// the connection (TCP RST, no answer). Such calls are counted in
+	// AssumeRole and Faulted, unlike refused ones.
+	Reset bool
 }
 
 // Counts are call counters, read atomically.
@@ -155,6 +160,7 @@ type Server struct {
 	mu       sync.Mutex
 	roles    map[string]string
 	fault    Fault
+	lifetime time.Duration        // SetLifetime; 0: as DurationSeconds asks
 	byKey    map[string]*Identity // access key id → identity
 	podCalls map[string]int64     // pod UID → AssumeRoleWithWebIdentity calls
 	// secrets are every web identity token received and every secret key
@@ -266,6 +272,16 @@ func (s *Server) SetFault(f Fault) error {
 	return nil
 }
 
+// SetLifetime makes credentials issued from now on expire d after issue,
+// whatever DurationSeconds asked for; 0 restores the asked duration. Real
+// STS never grants less than 15 minutes: this exists so that a test can
+// outlive a session in seconds.
+func (s *Server) SetLifetime(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lifetime = d
+}
+
 // Counts returns the call counters.
 func (s *Server) Counts() Counts {
 	return Counts{
@@ -327,6 +343,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	action := r.Form.Get("Action")
 	switch action {
 	case "AssumeRoleWithWebIdentity":
+		if s.resetFault() {
+			s.assumeRole.Add(1)
+			s.faulted.Add(1)
+			s.log.Info("sts call", "action", action, "fault", "connection reset")
+			resetConnection(w)
+			return
+		}
 		body, err = s.assumeRoleWithWebIdentity(r)
 	case "GetCallerIdentity":
 		body, err = s.getCallerIdentity(r)
@@ -347,6 +370,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Amzn-Requestid", requestID())
 	_, _ = w.Write([]byte(xml.Header))
 	_ = xml.NewEncoder(w).Encode(body)
+}
+
+func (s *Server) resetFault() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fault.Reset
+}
+
+// resetConnection closes the request's connection with SO_LINGER 0, so the
+// client reads a TCP RST instead of an answer.
+func resetConnection(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
 }
 
 var (
@@ -439,6 +485,11 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 		return nil, &stsError{http.StatusForbidden, "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity"}
 	}
 
+	s.mu.Lock()
+	if s.lifetime > 0 {
+		duration = s.lifetime
+	}
+	s.mu.Unlock()
 	now := s.cfg.Now().UTC()
 	id := &Identity{
 		Arn:         fmt.Sprintf("arn:aws:sts::%s:assumed-role/%s/%s", m[1], m[2], session),

@@ -328,3 +328,49 @@ func TestFaults(t *testing.T) {
 		t.Errorf("Counts = %+v, want 4 faulted, 1 issued, 5 received", got)
 	}
 }
+
+func TestResetFault(t *testing.T) {
+	is := newIssuer(t)
+	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
+	s := start(t, is, p)
+	ctx := context.Background()
+	tok := is.token(t, tokenOpts{})
+	if err := s.SetFault(oidcsts.Fault{Reset: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := assume(ctx, client(s.URL(), nil), tok); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("while resetting: %v, want connection reset", err)
+	}
+	if err := s.SetFault(oidcsts.Fault{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := assume(ctx, client(s.URL(), nil), tok); err != nil {
+		t.Errorf("after recovery: %v", err)
+	}
+	if got := s.Counts(); got.AssumeRole != 2 || got.Faulted != 1 || got.Issued != 1 {
+		t.Errorf("Counts = %+v, want 2 received, 1 faulted (the reset), 1 issued", got)
+	}
+}
+
+func TestSetLifetime(t *testing.T) {
+	is := newIssuer(t)
+	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
+	s := start(t, is, p)
+	ctx := context.Background()
+	s.SetLifetime(90 * time.Second)
+	out, err := assume(ctx, client(s.URL(), nil), is.token(t, tokenOpts{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(aws.ToTime(out.Credentials.Expiration)); left < 80*time.Second || left > 91*time.Second {
+		t.Errorf("with a 90s lifetime, credentials expire in %v", left)
+	}
+	s.SetLifetime(0)
+	out, err = assume(ctx, client(s.URL(), nil), is.token(t, tokenOpts{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(aws.ToTime(out.Credentials.Expiration)); left < 59*time.Minute {
+		t.Errorf("lifetime cleared: credentials expire in %v, want the hour asked for", left)
+	}
+}
