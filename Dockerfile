@@ -42,5 +42,11 @@ FROM gcr.io/distroless/static-debian12:nonroot
 # builder drops it, and the agent then fails to bind port 80 with
 # "permission denied".
 COPY --from=build /src/bin/agent /agent
-USER 65532:65532
+# The DaemonSet runs the agent as this UID (deploy/daemonset/daemonset.yaml:
+# one dedicated UID for every agent, so that old and new agents can share
+# their SO_REUSEPORT sockets during a rollout).
+USER 64023:64023
+# distroless keeps its CA roots here; the image that `make image` writes
+# (tools/image) puts them at the same path.
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 ENTRYPOINT ["/agent"]

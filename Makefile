@@ -4,9 +4,17 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build test vet demo bench
+.PHONY: build test vet demo bench image
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/agent ./cmd/agent
+
+# The agent's image archive, bin/agent-image.tar, named as
+# deploy/daemonset/kustomization.yaml deploys it, without Docker or a
+# registry: the binary above on an empty base with its cap_net_bind_service
+# file capability, UID 64023 and CA roots (tools/image; the Dockerfile builds
+# the same image with Docker). Import with `ctr -n k8s.io images import`.
+image: build
+	$(GO) run ./tools/image -kind agent -binary bin/agent -out bin/agent-image.tar
 
 # gofmt and go vet, over the integration-tagged files too.
 vet:
