@@ -92,17 +92,3 @@ func BenchmarkHeapPerPod(b *testing.B) {
 	}
 	b.ReportMetric(sum/float64(b.N), "heap-B/pod")
 }
-
-// TestHeapPerPod holds the memory goal: well under 4 KiB per indexed pod,
-// informer store included.
-func TestHeapPerPod(t *testing.T) {
-	if testing.Short() {
-		t.Skip("indexes 5000 pods")
-	}
-	const limit = 3072
-	got := heapPerPod(t, 5000)
-	t.Logf("heap per indexed pod: %.0f B", got)
-	if got > limit {
-		t.Errorf("heap per indexed pod = %.0f B, want at most %d", got, limit)
-	}
-}

@@ -19,8 +19,8 @@ type entry struct {
 	pod     Pod
 	created time.Time
 	// displaced is set once another pod claims one of this pod's
-	// addresses and wins the claim (see index.add). It never clears while
-	// the entry exists.
+	// addresses and wins the claim (see index.add). It clears only when
+	// the pod's own addresses change (see index.readdress).
 	displaced bool
 }
 
@@ -91,28 +91,67 @@ func (ix *index) set(key podKey, next *entry, initial bool, evs []event) ([]even
 	case old != nil && next == nil:
 		return ix.remove(key, old, evs), true
 	case old == nil:
-		return ix.add(key, next, nil, initial, evs), true
+		return ix.add(key, next, initial, evs), true
 	case old.pod.UID != next.pod.UID:
 		// The informer missed a delete and a pod with the same name
 		// replaced it: two different pods.
 		evs = ix.remove(key, old, evs)
-		return ix.add(key, next, nil, initial, evs), true
+		return ix.add(key, next, initial, evs), true
 	case slices.Equal(old.pod.IPs, next.pod.IPs):
 		// Nothing the index uses can change for a pod except its
 		// addresses and liveness (namespace, name, UID and
 		// ServiceAccount are immutable).
 		return evs, false
 	default:
-		// Same pod, new addresses. Listeners drop whatever they hold for
-		// the old state before hearing of the new one. Addresses it kept
-		// are not new claims.
-		next.displaced = old.displaced
-		evs = ix.remove(key, old, evs)
-		return ix.add(key, next, old.pod.IPs, initial, evs), true
+		return ix.readdress(key, old, next, initial, evs), true
 	}
 }
 
-func (ix *index) remove(key podKey, e *entry, evs []event) []event {
+// readdress applies new addresses to a pod that is still the same pod (its
+// sandbox was recreated, or it gained or lost an address family). Its
+// credentials stay its own, so listeners hear no PodGone while it stays
+// resolvable, only a PodReady with the new addresses.
+//
+// Whether it is displaced is settled afresh: a displacement was about an
+// address, and a pod that moved off every contested address (two pods
+// swapping addresses, their statuses updated one at a time) is live and
+// owns its new ones. It stays displaced only while it still sits on an
+// address it already had that another pod also claims.
+func (ix *index) readdress(key podKey, old, next *entry, initial bool, evs []event) []event {
+	ix.unlink(key, old)
+	if old.displaced {
+		for _, ip := range next.pod.IPs {
+			if slices.Contains(old.pod.IPs, ip) && len(ix.byIP[ip]) > 0 {
+				next.displaced = true
+				break
+			}
+		}
+	}
+	ix.byKey[key] = next
+	for _, ip := range next.pod.IPs {
+		others := ix.byIP[ip]
+		if !slices.Contains(old.pod.IPs, ip) {
+			for _, o := range others {
+				evs = ix.settle(o, next, initial, evs)
+			}
+		}
+		ix.byIP[ip] = append(others, next)
+	}
+	switch {
+	case !old.displaced && next.displaced:
+		ix.resolvable--
+		evs = append(evs, event{kind: eventGone, pod: old.pod})
+	case old.displaced && !next.displaced:
+		ix.resolvable++
+		evs = append(evs, event{kind: eventReady, pod: next.pod})
+	case !next.displaced:
+		evs = append(evs, event{kind: eventReady, pod: next.pod})
+	}
+	return evs
+}
+
+// unlink takes e out of the maps without counting or announcing anything.
+func (ix *index) unlink(key podKey, e *entry) {
 	delete(ix.byKey, key)
 	for _, ip := range e.pod.IPs {
 		rest := slices.DeleteFunc(ix.byIP[ip], func(c *entry) bool { return c == e })
@@ -122,6 +161,10 @@ func (ix *index) remove(key podKey, e *entry, evs []event) []event {
 			ix.byIP[ip] = rest
 		}
 	}
+}
+
+func (ix *index) remove(key podKey, e *entry, evs []event) []event {
+	ix.unlink(key, e)
 	if !e.displaced {
 		ix.resolvable--
 		evs = append(evs, event{kind: eventGone, pod: e.pod})
@@ -129,17 +172,14 @@ func (ix *index) remove(key podKey, e *entry, evs []event) []event {
 	return evs
 }
 
-// add enters e under key. Addresses in kept were already claimed by this
-// pod; every other address is a new claim, which settles who owns it
-// against the pods already claiming it.
-func (ix *index) add(key podKey, e *entry, kept []netip.Addr, initial bool, evs []event) []event {
+// add enters e under key. Each of its addresses is a new claim, which
+// settles who owns it against the pods already claiming it.
+func (ix *index) add(key podKey, e *entry, initial bool, evs []event) []event {
 	ix.byKey[key] = e
 	for _, ip := range e.pod.IPs {
 		others := ix.byIP[ip]
-		if !slices.Contains(kept, ip) {
-			for _, o := range others {
-				evs = ix.settle(o, e, initial, evs)
-			}
+		for _, o := range others {
+			evs = ix.settle(o, e, initial, evs)
 		}
 		ix.byIP[ip] = append(others, e)
 	}

@@ -41,10 +41,13 @@ var (
 // on the informer's goroutine: implementations must return quickly.
 type Listener interface {
 	// PodReady is called when a live pod with at least one IP enters the
-	// index, or when its IPs change (then after PodGone with the old IPs).
+	// index, when it comes back (same UID: its sandbox was recreated, it
+	// stopped being displaced), and when its IPs change while it stays
+	// resolvable (with no PodGone before: it is the same pod).
 	PodReady(Pod)
-	// PodGone is called when a pod leaves the index: deleted, terminal,
-	// being deleted, its IPs changed, or one of its IPs given to another
-	// pod. It is only called for a pod that had a PodReady.
+	// PodGone is called when a pod stops being resolvable: deleted,
+	// terminal, being deleted, left without IPs, or one of its IPs given to
+	// another pod. It is only called for a pod that had a PodReady, and the
+	// same pod may have a PodReady again later.
 	PodGone(Pod)
 }

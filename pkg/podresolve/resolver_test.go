@@ -497,12 +497,49 @@ func TestResolve(t *testing.T) {
 		initEvents: []string{ev("ready", "new", "10.0.0.1")},
 		len:        1,
 	}, {
-		name:       "IP change: gone with the old IPs, ready with the new",
+		name:       "IP change: the same pod, ready with the new IPs and never gone",
 		initial:    []*corev1.Pod{mkPod("a", ips("10.0.0.1"))},
 		actions:    []action{{what: "IP changes", fn: update(mkPod("a", ips("10.0.0.2")))}},
 		want:       []want{{ip: "10.0.0.1", err: ErrNotFound}, {ip: "10.0.0.2", pod: "a"}},
 		initEvents: []string{ev("ready", "a", "10.0.0.1")},
-		events:     []string{ev("gone", "a", "10.0.0.1"), ev("ready", "a", "10.0.0.2")},
+		events:     []string{ev("ready", "a", "10.0.0.2")},
+		len:        1,
+	}, {
+		// The kubelet clears podIPs while it recreates a sandbox and sets
+		// them again, the same or new, once the new one runs.
+		name:    "sandbox recreated: IPs cleared, then set again; the same pod comes back",
+		initial: []*corev1.Pod{mkPod("a", ips("10.0.0.1"))},
+		actions: []action{
+			{what: "IPs cleared", fn: update(mkPod("a", phase(corev1.PodPending))),
+				check: []want{{ip: "10.0.0.1", err: ErrNotFound}}},
+			{what: "same IP again", fn: update(mkPod("a", ips("10.0.0.1")))},
+		},
+		want:       []want{{ip: "10.0.0.1", pod: "a"}},
+		initEvents: []string{ev("ready", "a", "10.0.0.1")},
+		events:     []string{ev("gone", "a", "10.0.0.1"), ev("ready", "a", "10.0.0.1")},
+		len:        1,
+	}, {
+		name:    "two live pods swap addresses, statuses updated one at a time: both resolvable after",
+		initial: []*corev1.Pod{mkPod("p", ips("10.0.0.1")), mkPod("q", createdAfter(time.Minute), ips("10.0.0.2"))},
+		actions: []action{
+			{what: "q takes p's address", fn: update(mkPod("q", createdAfter(time.Minute), ips("10.0.0.1"))),
+				check: []want{{ip: "10.0.0.1", err: ErrAmbiguous}}},
+			{what: "p takes q's old address", fn: update(mkPod("p", ips("10.0.0.2")))},
+		},
+		want:       []want{{ip: "10.0.0.1", pod: "q"}, {ip: "10.0.0.2", pod: "p"}},
+		initEvents: []string{ev("ready", "p", "10.0.0.1"), ev("ready", "q", "10.0.0.2")},
+		events:     []string{ev("gone", "p", "10.0.0.1"), ev("ready", "q", "10.0.0.1"), ev("ready", "p", "10.0.0.2")},
+		len:        2,
+	}, {
+		name:    "a displaced pod that keeps the contested address stays displaced",
+		initial: []*corev1.Pod{mkPod("old", ips("10.0.0.1"))},
+		actions: []action{
+			{what: "new pod takes the IP", fn: create(mkPod("new", createdAfter(time.Minute), ips("10.0.0.1")))},
+			{what: "old pod gains an IPv6 address", fn: update(mkPod("old", ips("10.0.0.1", "fd00:1::1")))},
+		},
+		want:       []want{{ip: "10.0.0.1", err: ErrAmbiguous}, {ip: "fd00:1::1", err: ErrNotFound}},
+		initEvents: []string{ev("ready", "old", "10.0.0.1")},
+		events:     []string{ev("gone", "old", "10.0.0.1"), ev("ready", "new", "10.0.0.1")},
 		len:        1,
 	}, {
 		name:    "an update that changes nothing indexed is silent",
