@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -34,7 +35,12 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (b *Broker) serve(w http.ResponseWriter, r *http.Request) int {
-	if r.URL.Path != CredentialsPath {
+	// Only the exact bytes of CredentialsPath: URL.Path is the decoded path,
+	// so "/v1%2Fcredentials" would match it; RawPath is set whenever the
+	// request spelled the path with escapes. No SDK escapes this path, and a
+	// single spelling keeps the agent's idea of "the credentials URL" equal to
+	// that of any proxy or filter in front of it.
+	if r.URL.Path != CredentialsPath || r.URL.RawPath != "" {
 		return writeError(w, failure{status: http.StatusNotFound, code: CodeNotFound,
 			message: "no such path; credentials are served at " + CredentialsPath})
 	}
@@ -64,7 +70,14 @@ func (b *Broker) serve(w http.ResponseWriter, r *http.Request) int {
 	return http.StatusOK
 }
 
-// logFailure writes one line per refused or failed request. The error may
+// LogKeyRemoteAddr is the log attribute holding the caller's address on
+// every per-request line. The agent limits such lines per address with
+// guard.LogLimiter, which looks for exactly this key.
+const LogKeyRemoteAddr = "remote_addr"
+
+// logFailure writes one line per refused or failed request; the logger the
+// agent passes in caps them per caller address (LogKeyRemoteAddr), so a pod
+// hammering with a refused identity cannot flood the node's logs. The error may
 // name the pod, role and upstream error code; it never holds a secret
 // (tokens and keys are exchange.Secret values, which redact themselves).
 func (b *Broker) logFailure(r *http.Request, addr netip.Addr, pod podresolve.Pod, f failure, err error) {
@@ -77,7 +90,7 @@ func (b *Broker) logFailure(r *http.Request, addr netip.Addr, pod podresolve.Pod
 		return
 	}
 	attrs := []slog.Attr{
-		slog.String("remote_addr", addr.String()),
+		slog.String(LogKeyRemoteAddr, addr.String()),
 		slog.Int("status", f.status),
 		slog.String("reason", f.code),
 		slog.String("error", err.Error()),
@@ -99,14 +112,24 @@ type errorBody struct {
 }
 
 func writeError(w http.ResponseWriter, f failure) int {
-	body, _ := json.Marshal(errorBody{LowerCode: f.code, LowerMessage: f.message, Code: f.code, Message: f.message})
+	return WriteError(w, f.status, f.code, f.message, f.retryAfter)
+}
+
+// WriteError answers with the container-credentials error JSON that every
+// SDK reads (both the code/message and the Code/Message pair), so that
+// refusals made in front of the broker (package guard) look exactly like the
+// broker's own. A positive retryAfter adds Retry-After in whole seconds
+// (at least 1). code and message go to the caller verbatim: never put a
+// secret or anything the caller sent into them. It returns status.
+func WriteError(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int {
+	body, _ := json.Marshal(errorBody{LowerCode: code, LowerMessage: message, Code: code, Message: message})
 	h := w.Header()
 	h["Content-Type"] = contentTypeJSON
 	h["Cache-Control"] = noStore
-	if f.retryAfter > 0 {
-		h.Set("Retry-After", retryAfterSeconds(f.retryAfter))
+	if retryAfter > 0 {
+		h.Set("Retry-After", retryAfterSeconds(retryAfter))
 	}
-	w.WriteHeader(f.status)
+	w.WriteHeader(status)
 	_, _ = w.Write(body)
-	return f.status
+	return status
 }
