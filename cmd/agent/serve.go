@@ -51,6 +51,7 @@ type serveConfig struct {
 	// startupPrefetchWait bounds how long a starting agent prefetches the
 	// node's pods before it binds its credential listeners.
 	startupPrefetchWait time.Duration
+	guard               guardConfig
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
@@ -71,7 +72,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.broker.TokenExpiration, "token-expiration", 10*time.Minute, "lifetime of the pod-bound ServiceAccount token (the API minimum is 10m)")
 	fs.StringVar(&c.broker.Audience, "audience", "sts.amazonaws.com", "audience of the ServiceAccount token")
 	fs.StringVar(&c.broker.RoleAnnotation, "role-annotation", "eks.amazonaws.com/role-arn", "ServiceAccount annotation naming the role")
-	fs.DurationVar(&c.broker.RoleCacheTTL, "role-cache-ttl", 30*time.Second, "how long a ServiceAccount's role annotation is cached; a change takes effect within twice this")
+	fs.IntVar(&c.broker.PodFetchBurst, "pod-fetch-burst", 10, "credential fetches one pod's requests may cause at once (cache misses); background refreshes are not counted")
+	fs.DurationVar(&c.broker.PodFetchInterval, "pod-fetch-interval", 6*time.Second, "after --pod-fetch-burst, one more request-driven fetch per pod per this interval")
 	fs.BoolVar(&c.broker.AllowDefaultServiceAccount, "allow-default-service-account", false, "serve pods that run as their namespace's default ServiceAccount")
 	fs.Var(&c.allowedRoles, "allowed-role-arn", "glob pattern of role ARNs that may be assumed ('*' matches any characters); repeatable; empty allows all")
 	fs.IntVar(&c.broker.CacheSize, "cache-size", 4096, "maximum number of pods whose credentials are cached")
@@ -85,6 +87,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "how long in-flight requests may take to finish after SIGTERM")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
+	c.guard.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -97,10 +100,19 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	}
 	c.broker.AllowedRoles = c.allowedRoles
 	switch {
+	case c.waitForPod >= c.broker.RequestTimeout:
+		return c, fmt.Errorf("--wait-for-pod (%s) must be shorter than --request-timeout (%s): a request waits at most --request-timeout in all", c.waitForPod, c.broker.RequestTimeout)
+	case c.broker.TokenExpiration < 10*time.Minute:
+		return c, fmt.Errorf("--token-expiration %s is below the API server's minimum of 10m", c.broker.TokenExpiration)
+	case c.broker.SessionDuration < 2*broker.FreshnessFloor:
+		return c, fmt.Errorf("--session-duration %s leaves no room to refresh before the %s freshness floor; use at least %s", c.broker.SessionDuration, broker.FreshnessFloor, 2*broker.FreshnessFloor)
 	case c.nodeName == "":
 		return c, errors.New("--node-name (or $NODE_NAME) is required")
 	case c.stsRegion == "" && c.stsEndpoint == "":
 		return c, errors.New("--sts-region (or $AWS_REGION) or --sts-endpoint is required")
+	}
+	if err := c.guard.validate(); err != nil {
+		return c, err
 	}
 	return c, nil
 }
@@ -145,7 +157,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	bcfg := cfg.broker
 	bcfg.Client, bcfg.Resolver, bcfg.Exchanger = client, resolver, sts
-	bcfg.Registerer, bcfg.Logger = reg, log.With("component", "broker")
+	grd, err := newGuards(cfg.guard, reg, log.Handler())
+	if err != nil {
+		return err
+	}
+	bcfg.Registerer, bcfg.Logger = reg, grd.brokerLogger()
 	brk, err := broker.New(bcfg)
 	if err != nil {
 		return err
@@ -166,7 +182,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	credServer := newCredentialServer(brk, log)
+	credHandler, err := grd.handler(brk)
+	if err != nil {
+		return err
+	}
+	credServer := newCredentialServer(credHandler, log)
 	probeServer := newOpsServer(probeHandler(ready))
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -185,6 +205,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	g, gctx := errgroup.WithContext(workCtx)
 	g.Go(func() error { return resolver.Run(gctx) })
 	g.Go(func() error { return brk.Run(gctx) })
+	g.Go(func() error { return grd.logs.Run(gctx) })
 	serveOn := func(srv *http.Server, ln net.Listener) {
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -206,10 +227,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	startCtx, cancelStart := context.WithCancel(gctx)
 	defer cancelStart()
 	defer context.AfterFunc(ctx, cancelStart)()
-	if !waitUntil(startCtx, resolver.HasSynced, 0) {
+	synced := func() bool { return resolver.HasSynced() && brk.HasSynced() }
+	if !waitUntil(startCtx, synced, 0) {
 		return shutdownBeforeServing(probeServer, metricsServer, stopWork, g, log)
 	}
 	waitUntil(startCtx, brk.Prefetched, cfg.startupPrefetchWait)
+	if startCtx.Err() != nil {
+		// SIGTERM (or a failed component) during the prefetch wait: an
+		// agent told to stop must not start serving.
+		return shutdownBeforeServing(probeServer, metricsServer, stopWork, g, log)
+	}
 	credListeners, err := listenAll(gctx, cfg.listen, log)
 	if err != nil {
 		stopWork()
@@ -219,7 +246,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	for _, ln := range credListeners {
-		serveOn(credServer, ln)
+		serveOn(credServer, grd.listener(ln))
 	}
 	serving.Store(true)
 	addrs := make([]string, len(credListeners))

@@ -25,7 +25,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -62,17 +61,14 @@ const staleServeFloor = time.Minute
 
 // Config configures a Broker. Zero values take the documented defaults.
 type Config struct {
-	Client    kubernetes.Interface // required: TokenRequest and ServiceAccount GET
+	Client    kubernetes.Interface // required: TokenRequest and the ServiceAccount watch
 	Resolver  PodResolver          // required
 	Exchanger Exchanger            // required
 
 	Audience        string        // token audience; default "sts.amazonaws.com"
-	TokenExpiration time.Duration // TokenRequest lifetime; default 10m (the API's minimum)
+	TokenExpiration time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
 	SessionDuration time.Duration // requested credential lifetime; default 1h
 	RoleAnnotation  string        // default "eks.amazonaws.com/role-arn"
-	// RoleCacheTTL is how long a ServiceAccount's annotation is trusted; a
-	// change takes effect within twice this. Default 30s.
-	RoleCacheTTL               time.Duration
 	AllowDefaultServiceAccount bool
 	AllowedRoles               []string // glob patterns; empty allows every role
 	CacheSize                  int      // credentials cached; default 4096
@@ -92,6 +88,14 @@ type Config struct {
 	// agent prefetches its node's pods before serving, and each fetch mostly
 	// waits on the API server and STS.
 	Workers int
+	// PodFetchBurst and PodFetchInterval limit the fetches one pod's
+	// requests may cause (a cache miss each), so that a pod cannot spend
+	// the node's upstream budget: PodFetchBurst at once, then one per
+	// PodFetchInterval. A well-behaved pod causes one fetch per refresh
+	// span (about 25 minutes); background prefetches and refreshes are not
+	// counted. Defaults 10 and 6s.
+	PodFetchBurst    int
+	PodFetchInterval time.Duration
 
 	Registerer prometheus.Registerer // default: a private registry
 	Logger     *slog.Logger          // default: discard
@@ -112,7 +116,10 @@ func (c *Config) setDefaults() {
 	}
 	setDefault(&c.TokenExpiration, 10*time.Minute)
 	setDefault(&c.SessionDuration, time.Hour)
-	setDefault(&c.RoleCacheTTL, 30*time.Second)
+	setDefault(&c.PodFetchInterval, 6*time.Second)
+	if c.PodFetchBurst == 0 {
+		c.PodFetchBurst = 10
+	}
 	setDefault(&c.RequestTimeout, 5*time.Second)
 	setDefault(&c.FetchTimeout, 15*time.Second)
 	if c.CacheSize == 0 {
@@ -145,7 +152,7 @@ type Broker struct {
 	resolver  PodResolver
 	exchanger Exchanger
 	tokens    *tokenSource
-	roles     *roleLookup
+	accounts  *serviceAccounts
 	policy    rolePolicy
 	clock     clock.WithTicker
 	log       *slog.Logger
@@ -153,18 +160,28 @@ type Broker struct {
 	limiter   *rate.Limiter
 	inflight  singleflight.Group
 	queue     workqueue.TypedRateLimitingInterface[types.UID]
-	// processing counts queue items being worked on, for Prefetched.
-	processing atomic.Int64
 
 	cache    *lru.Cache[types.UID, *entry]
 	failures *lru.Cache[types.UID, fetchFailure]
+	// podFetches holds each pod's budget of request-driven fetches.
+	podFetches *lru.Cache[types.UID, *rate.Limiter]
 
 	// mu makes "is the pod still here? then cache its credentials" atomic
-	// with PodGone, so that a fetch finishing after its pod left can never
-	// put a credential back.
+	// with PodGone and markDead, so that a fetch finishing after its pod
+	// left can never put a credential back.
 	mu    sync.Mutex
 	known map[types.UID]podresolve.Pod // pods the resolver announced; guarded by mu
-	gone  *lru.Cache[types.UID, struct{}]
+	// pending holds pods announced but not yet fetched once, for
+	// Prefetched. Guarded by mu.
+	pending map[types.UID]struct{}
+	// gone holds pods that left the index. A pod that comes back (its
+	// sandbox was recreated, same UID) leaves it again with PodReady.
+	gone *lru.Cache[types.UID, struct{}]
+	// dead holds pods the API server says no longer exist (a TokenRequest
+	// answered NotFound or Conflict for their UID). UIDs are never reused,
+	// so nothing is served, fetched or cached for them again, whatever the
+	// informer still shows. Guarded by mu for writes.
+	dead *lru.Cache[types.UID, struct{}]
 }
 
 // entry is one pod's cached credential. It is immutable: a refresh replaces
@@ -185,15 +202,29 @@ type fetchFailure struct {
 	err      error
 	until    time.Time
 	failures int
+	// firstDenied is when upstream first denied this pod the role, in the
+	// current run of denials; zero otherwise.
+	firstDenied time.Time
 }
 
-// negativeTTL is how long a permanent refusal from upstream (AccessDenied,
-// an invalid token) is remembered.
+// negativeTTL is how long a permanent refusal (by the operator's policy,
+// the API server or the identity provider) is remembered.
 const negativeTTL = 30 * time.Second
 
 // maxTransientBackoff caps the per-pod backoff after transient failures, so
 // that a new pod is served within this long once upstream recovers.
 const maxTransientBackoff = 10 * time.Second
+
+// deniedRetryWindow is how long upstream denials (AccessDenied, an invalid
+// token) are treated as possibly transient, retried with backoff and
+// answered with a retryable status. IAM is eventually consistent: a role or
+// trust policy created seconds ago is denied for a while, and STS answers
+// InvalidIdentityToken when it could not fetch the issuer's keys. After the
+// window the denial is final (403), which SDKs do not retry.
+const deniedRetryWindow = 2 * time.Minute
+
+// maxDeniedBackoff caps the backoff between fetches during the window.
+const maxDeniedBackoff = 30 * time.Second
 
 // New validates cfg and builds a Broker. It starts nothing.
 func New(cfg Config) (*Broker, error) {
@@ -207,6 +238,12 @@ func New(cfg Config) (*Broker, error) {
 		return nil, errors.New("broker: Exchanger is required")
 	case cfg.CacheSize < 0:
 		return nil, fmt.Errorf("broker: cache size %d must be positive", cfg.CacheSize)
+	case cfg.TokenExpiration < 10*time.Minute:
+		return nil, fmt.Errorf("broker: token expiration %s is below the 10m the API server accepts for a TokenRequest", cfg.TokenExpiration)
+	case cfg.RequestTimeout < 0, cfg.FetchTimeout < 0, cfg.PodFetchInterval < 0, cfg.PodFetchBurst < 0:
+		return nil, errors.New("broker: timeouts and limits must not be negative")
+	case cfg.UpstreamQPS < 0 || cfg.UpstreamBurst < 1:
+		return nil, fmt.Errorf("broker: upstream rate %v/s burst %d must be positive", cfg.UpstreamQPS, cfg.UpstreamBurst)
 	case cfg.SessionDuration < 2*FreshnessFloor:
 		return nil, fmt.Errorf("broker: session duration %s leaves no room to refresh before the %s freshness floor; use at least %s",
 			cfg.SessionDuration, FreshnessFloor, 2*FreshnessFloor)
@@ -225,6 +262,7 @@ func New(cfg Config) (*Broker, error) {
 		log:       cfg.Logger,
 		limiter:   rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
 		known:     make(map[types.UID]podresolve.Pod),
+		pending:   make(map[types.UID]struct{}),
 	}
 	var err error
 	if b.cache, err = lru.New[types.UID, *entry](cfg.CacheSize); err != nil {
@@ -236,13 +274,21 @@ func New(cfg Config) (*Broker, error) {
 	if b.gone, err = lru.New[types.UID, struct{}](cfg.CacheSize); err != nil {
 		return nil, fmt.Errorf("broker: departed pods: %w", err)
 	}
+	if b.dead, err = lru.New[types.UID, struct{}](cfg.CacheSize); err != nil {
+		return nil, fmt.Errorf("broker: deleted pods: %w", err)
+	}
+	if b.podFetches, err = lru.New[types.UID, *rate.Limiter](cfg.CacheSize); err != nil {
+		return nil, fmt.Errorf("broker: per-pod fetch budgets: %w", err)
+	}
+	if b.accounts, err = newServiceAccounts(cfg.Client, cfg.RoleAnnotation); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 	if b.metrics, err = newMetrics(cfg.Registerer, b.cache.Len); err != nil {
 		return nil, fmt.Errorf("broker: registering metrics: %w", err)
 	}
 	b.tokens = &tokenSource{client: cfg.Client, audience: cfg.Audience, expiration: cfg.TokenExpiration, clock: cfg.Clock, metrics: b.metrics}
-	b.roles = newRoleLookup(cfg.Client, cfg.RoleAnnotation, cfg.RoleCacheTTL, cfg.Clock, cfg.Logger, b.metrics)
 	b.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[types.UID](time.Second, 2*time.Minute),
+		jittered[types.UID]{workqueue.NewTypedItemExponentialFailureRateLimiter[types.UID](time.Second, 2*time.Minute)},
 		workqueue.TypedRateLimitingQueueConfig[types.UID]{Name: "credbroker_refresh", Clock: cfg.Clock},
 	)
 	return b, nil
@@ -251,11 +297,12 @@ func New(cfg Config) (*Broker, error) {
 // credentials returns the JSON answer for the pod at addr, and the pod when
 // it was identified (for logging).
 func (b *Broker) credentials(ctx context.Context, addr netip.Addr) ([]byte, podresolve.Pod, error) {
+	start := b.clock.Now()
 	pod, err := b.resolver.Resolve(ctx, addr)
 	if err != nil {
 		return nil, pod, fmt.Errorf("identifying caller: %w", err)
 	}
-	role, err := b.roleFor(ctx, pod)
+	role, err := b.roleFor(pod)
 	if err != nil {
 		return nil, pod, err
 	}
@@ -268,7 +315,7 @@ func (b *Broker) credentials(ctx context.Context, addr netip.Addr) ([]byte, podr
 	if !ok || cached.role != role {
 		cached = nil
 	}
-	body, err := b.credentialsNotFresh(ctx, pod, role, cached)
+	body, err := b.credentialsNotFresh(ctx, start, pod, role, cached)
 	return body, pod, err
 }
 
@@ -277,37 +324,57 @@ func (b *Broker) credentials(ctx context.Context, addr netip.Addr) ([]byte, podr
 // still valid cached credential while upstream fails. It is kept apart from
 // credentials so that the cache-hit path stays small (on a new connection's
 // goroutine a larger frame costs a stack growth per request).
-func (b *Broker) credentialsNotFresh(ctx context.Context, pod podresolve.Pod, role string, cached *entry) ([]byte, error) {
-	usable := func() bool { return cached != nil && cached.expiration.Sub(b.clock.Now()) >= staleServeFloor }
+func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod podresolve.Pod, role string, cached *entry) ([]byte, error) {
+	usable := func(err error) bool {
+		return cached != nil && cached.expiration.Sub(b.clock.Now()) >= staleServeFloor && !endsStaleServing(err)
+	}
 	if f, failing := b.failures.Get(pod.UID); failing && f.role == role && b.clock.Now().Before(f.until) {
-		if usable() {
+		if usable(f.err) {
 			b.metrics.cacheStale.Inc()
 			return cached.body, nil
 		}
 		return nil, f.err
 	}
+	if b.dead.Contains(pod.UID) {
+		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
+	}
 
 	b.metrics.cacheMisses.Inc()
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout)
+	// One deadline for the whole request, the time spent identifying the
+	// caller included.
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout-b.clock.Since(start))
 	defer cancel()
-	fresh, err := b.fetchShared(ctx, pod, role)
+	fresh, err := b.fetchShared(ctx, pod, role, true)
 	if err == nil {
 		return fresh.body, nil
 	}
-	if usable() {
+	if usable(err) {
 		b.metrics.cacheStale.Inc()
 		return cached.body, nil
 	}
 	return nil, err
 }
 
+// allowPodFetch spends one of the pod's request-driven fetches.
+func (b *Broker) allowPodFetch(uid types.UID) bool {
+	lim, ok := b.podFetches.Get(uid)
+	if !ok {
+		lim = rate.NewLimiter(rate.Every(b.cfg.PodFetchInterval), b.cfg.PodFetchBurst)
+		if prev, found, _ := b.podFetches.PeekOrAdd(uid, lim); found {
+			lim = prev
+		}
+	}
+	return lim.Allow()
+}
+
 // roleFor applies the operator's policy and returns the role the pod's
-// ServiceAccount names.
-func (b *Broker) roleFor(ctx context.Context, pod podresolve.Pod) (string, error) {
+// ServiceAccount names. It reads the ServiceAccount watch and makes no API
+// call.
+func (b *Broker) roleFor(pod podresolve.Pod) (string, error) {
 	if err := b.policy.checkServiceAccount(pod.Namespace, pod.ServiceAccount); err != nil {
 		return "", err
 	}
-	role, err := b.roles.Role(ctx, pod.Namespace, pod.ServiceAccount)
+	role, err := b.accounts.Role(pod.Namespace, pod.ServiceAccount)
 	if err != nil {
 		return "", err
 	}
@@ -321,13 +388,19 @@ func (b *Broker) roleFor(ctx context.Context, pod podresolve.Pod) (string, error
 // pod and role. The fetch runs under its own timeout, detached from the
 // first caller, so that a caller giving up neither fails the others nor
 // wastes the upstream call: its result still lands in the cache.
-func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, role string) (*entry, error) {
+//
+// A fetch a request starts spends one of the pod's request-driven fetches
+// (callers joining it spend nothing); background fetches spend none.
+func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, role string, requestDriven bool) (*entry, error) {
 	ch := b.inflight.DoChan(string(pod.UID)+"\x00"+role, func() (any, error) {
+		if requestDriven && !b.allowPodFetch(pod.UID) {
+			b.metrics.podFetchLimited.Inc()
+			return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodFetchLimited)
+		}
 		fctx, cancel := context.WithTimeout(context.Background(), b.cfg.FetchTimeout)
 		defer cancel()
 		e, err := b.fetch(fctx, pod, role)
-		b.record(pod, role, e, err)
-		return e, err
+		return e, b.record(pod, role, e, err)
 	})
 	select {
 	case r := <-ch:
@@ -341,6 +414,9 @@ func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, role strin
 }
 
 func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, role string) (*entry, error) {
+	if b.dead.Contains(pod.UID) {
+		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
+	}
 	if err := b.limiter.Wait(ctx); err != nil {
 		return nil, fmt.Errorf("fetching for pod %s/%s: %w", pod.Namespace, pod.Name, errUpstreamBusy)
 	}
@@ -368,34 +444,104 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, role string) (*e
 	return e, nil
 }
 
-// record caches a fetch's outcome and schedules the next refresh.
-func (b *Broker) record(pod podresolve.Pod, role string, e *entry, err error) {
+// record caches a fetch's outcome and schedules the next refresh. It returns
+// the error callers are to see: during the denied-retry window a denial
+// comes back marked as provisional.
+func (b *Broker) record(pod podresolve.Pod, role string, e *entry, err error) error {
 	now := b.clock.Now()
 	if err != nil {
-		prev, _ := b.failures.Peek(pod.UID)
-		n := prev.failures + 1
-		var xe *exchange.Error
-		backoff := negativeTTL
-		if !errors.As(err, &xe) || xe.Retryable() {
-			backoff = min(time.Duration(1<<min(n-1, 10))*time.Second, maxTransientBackoff)
-		}
-		b.mu.Lock()
-		if !b.gone.Contains(pod.UID) {
-			b.failures.Add(pod.UID, fetchFailure{role: role, err: err, until: now.Add(backoff), failures: n})
-		}
-		b.mu.Unlock()
-		return
+		return b.recordFailure(pod, role, err, now)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.gone.Contains(pod.UID) {
-		return
+	if b.gone.Contains(pod.UID) || b.dead.Contains(pod.UID) {
+		return nil
 	}
 	if b.cache.Add(pod.UID, e) {
 		b.metrics.evictions.WithLabelValues(evictCapacity).Inc()
 	}
 	b.failures.Remove(pod.UID)
 	b.queue.AddAfter(pod.UID, max(e.refreshAt.Sub(now), 0))
+	return nil
+}
+
+func (b *Broker) recordFailure(pod podresolve.Pod, role string, err error, now time.Time) error {
+	if errors.Is(err, errPodGone) {
+		b.markDead(pod)
+		return err
+	}
+	prev, _ := b.failures.Peek(pod.UID)
+	if prev.role != role {
+		prev = fetchFailure{}
+	}
+	f := fetchFailure{role: role, err: err, failures: prev.failures + 1}
+	var xe *exchange.Error
+	var refusal *Refusal
+	switch {
+	case errors.As(err, &xe) && (xe.Kind == exchange.Denied || xe.Kind == exchange.InvalidToken):
+		f.firstDenied = prev.firstDenied
+		if f.firstDenied.IsZero() {
+			f.firstDenied = now
+		}
+		if xe.Kind == exchange.Denied {
+			// The role's trust policy no longer admits the pod: what is
+			// cached for that role must not be served on.
+			b.evictRole(pod.UID, role, evictDenied)
+		}
+		if now.Sub(f.firstDenied) < deniedRetryWindow {
+			f.err = &provisionalDenial{err: err}
+			f.until = now.Add(backoff(f.failures, 2*time.Second, maxDeniedBackoff))
+		} else {
+			f.until = now.Add(negativeTTL)
+		}
+	case errors.As(err, &refusal), errors.As(err, &xe) && !xe.Retryable():
+		f.until = now.Add(negativeTTL)
+	default:
+		f.until = now.Add(backoff(f.failures, time.Second, maxTransientBackoff))
+	}
+	b.mu.Lock()
+	if !b.gone.Contains(pod.UID) && !b.dead.Contains(pod.UID) {
+		b.failures.Add(pod.UID, f)
+	}
+	b.mu.Unlock()
+	return f.err
+}
+
+// backoff doubles from base with every failure up to limit, with +-20%
+// jitter, so that pods failing together (an outage) do not retry together.
+func backoff(failures int, base, limit time.Duration) time.Duration {
+	d := min(base<<min(failures-1, 16), limit)
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// endsStaleServing reports whether err is an authoritative refusal that
+// ends serving what was cached before it: the identity provider denied the
+// role. A transient failure, a provisional one included, does not: serving
+// a still valid credential through an outage is what stale serving is for.
+func endsStaleServing(err error) bool {
+	var xe *exchange.Error
+	return errors.As(err, &xe) && xe.Kind == exchange.Denied
+}
+
+// markDead records that the API server no longer knows the pod: it is
+// evicted and never fetched or served again.
+func (b *Broker) markDead(pod podresolve.Pod) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dead.Add(pod.UID, struct{}{})
+	b.forgetLocked(pod.UID, evictPodDeleted)
+	b.log.Info("the API server says the pod no longer exists; nothing is served for it again",
+		"namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.UID)
+}
+
+// forgetLocked drops everything held for a pod. b.mu must be held.
+func (b *Broker) forgetLocked(uid types.UID, reason string) {
+	delete(b.known, uid)
+	delete(b.pending, uid)
+	b.gone.Add(uid, struct{}{})
+	b.failures.Remove(uid)
+	b.podFetches.Remove(uid)
+	b.evict(uid, reason)
 }
 
 // refreshTime picks when to refresh: at 40-60% of the span during which the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -113,7 +114,6 @@ type testEnv struct {
 	reg       *prometheus.Registry
 	logs      *syncBuffer
 	tokenReqs atomic.Int64
-	saGets    atomic.Int64
 	tokenErr  atomic.Pointer[error]
 	// bodies collects every response body, to check none carries a secret.
 	bodiesMu sync.Mutex
@@ -143,10 +143,6 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 		resolver: &fakeResolver{pods: map[netip.Addr]podresolve.Pod{}, errs: map[netip.Addr]error{}},
 		reg:      prometheus.NewRegistry(), logs: &syncBuffer{}}
 	e.exchanger = &fakeExchanger{clock: e.clock}
-	e.client.PrependReactor("get", "serviceaccounts", func(k8stesting.Action) (bool, runtime.Object, error) {
-		e.saGets.Add(1)
-		return false, nil, nil // fall through to the tracker
-	})
 	e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		if a.GetSubresource() != "token" {
 			return false, nil, nil
@@ -177,8 +173,29 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 		t.Fatal(err)
 	}
 	e.broker = b
+	// The ServiceAccount watch runs for every test; Run, where a test
+	// calls it, does not start it twice.
+	ctx, cancel := context.WithCancel(context.Background())
+	informerDone := make(chan struct{})
+	go func() { defer close(informerDone); b.accounts.run(ctx) }()
+	t.Cleanup(func() { cancel(); <-informerDone })
+	waitFor(t, "the ServiceAccount watch to list", b.HasSynced)
 	t.Cleanup(func() { e.assertNoSecretsLeaked() })
 	return e
+}
+
+// waitForRole waits until the broker's ServiceAccount watch shows the
+// annotation as the test last set it.
+func (e *testEnv) waitForRole(ns, name, role string) {
+	e.t.Helper()
+	waitFor(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
+		got, err := e.broker.accounts.Role(ns, name)
+		if role == "" {
+			var refusal *Refusal
+			return errors.As(err, &refusal)
+		}
+		return err == nil && got == role
+	})
 }
 
 // serviceAccount creates a ServiceAccount, annotated with role when role is
@@ -192,6 +209,7 @@ func (e *testEnv) serviceAccount(ns, name, role string) {
 	if _, err := e.client.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
+	e.waitForRole(ns, name, role)
 }
 
 func (e *testEnv) setRole(ns, name, role string) {
@@ -204,6 +222,7 @@ func (e *testEnv) setRole(ns, name, role string) {
 	if _, err := e.client.CoreV1().ServiceAccounts(ns).Update(context.Background(), sa, metav1.UpdateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
+	e.waitForRole(ns, name, role)
 }
 
 // pod places a pod with its ServiceAccount at addr.
@@ -305,6 +324,11 @@ func (e *testEnv) assertNoSecretsLeaked() {
 // eventually polls cond; it asserts an outcome, not a duration: the bound
 // is generous and only stops a broken test from hanging.
 func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	waitFor(t, what, cond)
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {

@@ -29,6 +29,7 @@ const (
 	CodeNoRole                = "NoRoleAnnotation"
 	CodeRoleNotAllowed        = "RoleNotAllowed"
 	CodeServiceAccountMissing = "ServiceAccountNotFound"
+	CodeTokenRequestRefused   = "TokenRequestRefused"
 	CodeUpstreamDenied        = "AccessDenied"
 	CodeInvalidRole           = "InvalidRole"
 	CodePodNotIdentified      = "PodNotIdentified"
@@ -49,8 +50,28 @@ var errUpstreamBusy = errors.New("broker: upstream rate limit reached")
 var errStillFetching = errors.New("broker: credentials are still being fetched")
 
 // errPodGone means the API server no longer knows the pod the token was to
-// be bound to: it is being deleted, or our informer is behind.
+// be bound to (NotFound, or Conflict: another pod now has its name): it was
+// deleted, whatever our informer still shows.
 var errPodGone = errors.New("broker: pod no longer exists")
+
+// errServiceAccountMissing means the ServiceAccount a live pod runs as does
+// not exist: it is being replaced, or was deleted.
+var errServiceAccountMissing = errors.New("broker: ServiceAccount does not exist")
+
+// errServiceAccountsNotSynced means the ServiceAccount watch has not listed
+// yet.
+var errServiceAccountsNotSynced = errors.New("broker: ServiceAccounts not listed yet")
+
+// errPodFetchLimited means one pod's requests caused more fetches than its
+// budget allows.
+var errPodFetchLimited = errors.New("broker: this pod's fetch budget is spent")
+
+// provisionalDenial is an upstream denial inside deniedRetryWindow: it may
+// be IAM's eventual consistency, so callers are told to retry.
+type provisionalDenial struct{ err error }
+
+func (e *provisionalDenial) Error() string { return "provisional: " + e.err.Error() }
+func (e *provisionalDenial) Unwrap() error { return e.err }
 
 // errKubeAPI is a Kubernetes API failure (TokenRequest or ServiceAccount GET).
 type errKubeAPI struct {
@@ -77,7 +98,15 @@ func classify(err error) failure {
 	var refusal *Refusal
 	var xe *exchange.Error
 	var te *errKubeAPI
+	var pd *provisionalDenial
 	switch {
+	case errors.As(err, &pd):
+		code := CodeUpstreamDenied
+		if errors.As(err, &xe) && xe.Code != "" {
+			code = xe.Code
+		}
+		return failure{status: http.StatusServiceUnavailable, code: CodeUpstreamDenied, retryAfter: 2 * time.Second,
+			message: "the identity provider refused this pod's ServiceAccount for the role (" + code + "); retrying for a while in case the role or its trust policy was just created, then this becomes final: check the role's trust policy"}
 	case errors.As(err, &refusal):
 		return failure{status: http.StatusForbidden, code: refusal.Code, message: refusal.Message}
 	case errors.Is(err, podresolve.ErrHostAddress):
@@ -89,9 +118,21 @@ func classify(err error) failure {
 	case errors.Is(err, podresolve.ErrAmbiguous):
 		return failure{status: http.StatusServiceUnavailable, code: CodePodNotIdentified, retryAfter: time.Second,
 			message: "more than one pod on this node claims the caller's address; retry once the old pod is gone"}
-	case errors.Is(err, podresolve.ErrNotFound), errors.Is(err, errPodGone):
+	case errors.Is(err, podresolve.ErrNotFound):
 		return failure{status: http.StatusServiceUnavailable, code: CodePodNotIdentified, retryAfter: time.Second,
 			message: "no running pod on this node has the caller's address (yet)"}
+	case errors.Is(err, errPodGone):
+		return failure{status: http.StatusServiceUnavailable, code: CodePodNotIdentified, retryAfter: time.Second,
+			message: "the API server says the pod that had the caller's address no longer exists; a new pod at this address is served once the agent sees it"}
+	case errors.Is(err, errServiceAccountMissing):
+		return failure{status: http.StatusServiceUnavailable, code: CodeServiceAccountMissing, retryAfter: 2 * time.Second,
+			message: "the pod's ServiceAccount does not exist (being replaced, or deleted); retry later"}
+	case errors.Is(err, errServiceAccountsNotSynced):
+		return failure{status: http.StatusServiceUnavailable, code: CodeUnavailable, retryAfter: time.Second,
+			message: "the agent is starting and has not listed ServiceAccounts yet"}
+	case errors.Is(err, errPodFetchLimited):
+		return failure{status: http.StatusTooManyRequests, code: CodeThrottled, retryAfter: 5 * time.Second,
+			message: "this pod has caused too many credential fetches recently; retry later"}
 	case errors.As(err, &xe):
 		switch xe.Kind {
 		case exchange.Denied, exchange.InvalidToken:

@@ -16,7 +16,6 @@ import (
 // or anything a caller controls, so the number of series stays bounded.
 const (
 	upstreamTokenRequest   = "kubernetes_token"
-	upstreamServiceAccount = "kubernetes_serviceaccount"
 	upstreamSTS            = "exchange"
 
 	resultOK        = "ok"
@@ -26,7 +25,9 @@ const (
 
 	evictCapacity    = "capacity"
 	evictPodGone     = "pod_gone"
+	evictPodDeleted  = "pod_deleted"
 	evictRoleChanged = "role_changed"
+	evictDenied      = "denied"
 	evictExpired     = "expired"
 )
 
@@ -50,6 +51,7 @@ type metrics struct {
 	upstreamCalls   *prometheus.CounterVec
 	upstreamLatency *prometheus.HistogramVec
 	refreshFailures prometheus.Counter
+	podFetchLimited prometheus.Counter
 	cached          prometheus.GaugeFunc
 }
 
@@ -93,13 +95,17 @@ func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, erro
 			Name: "credbroker_refresh_failures_total",
 			Help: "Background refreshes and prefetches that failed.",
 		}),
+		podFetchLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credbroker_pod_fetch_limited_total",
+			Help: "Requests refused because their pod had spent its budget of request-driven fetches.",
+		}),
 		cached: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "credbroker_cached_credentials",
 			Help: "Credentials currently cached.",
 		}, func() float64 { return float64(cachedLen()) }),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.requestDuration, m.cacheHits, m.cacheMisses,
-		m.cacheStale, m.evictions, m.upstreamCalls, m.upstreamLatency, m.refreshFailures, m.cached} {
+		m.cacheStale, m.evictions, m.upstreamCalls, m.upstreamLatency, m.refreshFailures, m.podFetchLimited, m.cached} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -111,7 +117,7 @@ func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, erro
 		m.requestsByCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	m.requestsOther = m.requests.WithLabelValues("other")
-	for _, r := range []string{evictCapacity, evictPodGone, evictRoleChanged, evictExpired} {
+	for _, r := range []string{evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired} {
 		m.evictions.WithLabelValues(r)
 	}
 	return m, nil

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -49,11 +50,34 @@ func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod) (exchange.S
 		return "", &errKubeAPI{err: fmt.Errorf("TokenRequest for %s/%s returned an empty token", pod.Namespace, pod.ServiceAccount)}
 	case err == nil:
 		return exchange.Secret(resp.Status.Token), nil
+	case apierrors.IsNotFound(err) && notFoundKind(err) == "serviceaccounts":
+		return "", fmt.Errorf("TokenRequest for pod %s/%s: ServiceAccount %s: %w", pod.Namespace, pod.Name, pod.ServiceAccount, errServiceAccountMissing)
 	case apierrors.IsNotFound(err), apierrors.IsConflict(err):
-		// The pod (or its UID) is gone: the informer will catch up.
+		// The API server read the pod from storage: it no longer exists
+		// under this UID (NotFound), or its name belongs to a new pod
+		// (Conflict). This is authoritative, whatever the informer shows.
 		return "", fmt.Errorf("TokenRequest for pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
+	case apierrors.IsForbidden(err):
+		// Admission (the agent's own policy, or another one) or RBAC: the
+		// same request will be refused again until an operator acts.
+		return "", fmt.Errorf("TokenRequest for pod %s/%s: %w: %w", pod.Namespace, pod.Name, &Refusal{Code: CodeTokenRequestRefused,
+			Message: fmt.Sprintf("the API server refused the agent a token for ServiceAccount %s/%s bound to this pod (forbidden by RBAC or an admission policy); the agent's logs have the detail", pod.Namespace, pod.ServiceAccount)}, err)
+	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err):
+		return "", fmt.Errorf("TokenRequest for pod %s/%s: %w: %w", pod.Namespace, pod.Name, &Refusal{Code: CodeTokenRequestRefused,
+			Message: fmt.Sprintf("the API server rejected the agent's TokenRequest for ServiceAccount %s/%s as invalid (check --audience and --token-expiration against the API server's limits); the agent's logs have the detail", pod.Namespace, pod.ServiceAccount)}, err)
 	default:
 		return "", &errKubeAPI{throttled: apierrors.IsTooManyRequests(err),
 			err: fmt.Errorf("TokenRequest for ServiceAccount %s/%s: %w", pod.Namespace, pod.ServiceAccount, err)}
 	}
+}
+
+// notFoundKind returns which resource a NotFound is about: a TokenRequest
+// answers NotFound for its ServiceAccount ("serviceaccounts") or for the
+// pod it is to be bound to ("pods").
+func notFoundKind(err error) string {
+	var status apierrors.APIStatus
+	if errors.As(err, &status) && status.Status().Details != nil {
+		return status.Status().Details.Kind
+	}
+	return ""
 }
