@@ -65,10 +65,10 @@ type Config struct {
 	Resolver  PodResolver          // required
 	Exchanger Exchanger            // required
 
-	Audience        string        // token audience; default "sts.amazonaws.com"
-	TokenExpiration time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
-	SessionDuration time.Duration // requested credential lifetime; default 1h
-	RoleAnnotation  string        // default "eks.amazonaws.com/role-arn"
+	Audience                   string        // token audience; default "sts.amazonaws.com"
+	TokenExpiration            time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
+	SessionDuration            time.Duration // requested credential lifetime; default 1h
+	RoleAnnotation             string        // default "eks.amazonaws.com/role-arn"
 	AllowDefaultServiceAccount bool
 	AllowedRoles               []string // glob patterns; empty allows every role
 	CacheSize                  int      // credentials cached; default 4096

@@ -15,8 +15,8 @@ import (
 // Label values come only from the fixed sets below: never a pod name, an IP
 // or anything a caller controls, so the number of series stays bounded.
 const (
-	upstreamTokenRequest   = "kubernetes_token"
-	upstreamSTS            = "exchange"
+	upstreamTokenRequest = "kubernetes_token"
+	upstreamSTS          = "exchange"
 
 	resultOK        = "ok"
 	resultDenied    = "denied"
