@@ -151,7 +151,7 @@ func TestRenderedBase(t *testing.T) {
 	}
 	wantRules := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
 	}
 	if len(role.Rules) != len(wantRules) {
@@ -305,7 +305,8 @@ func TestAgentRBAC(t *testing.T) {
 		{"get", "pods", "", true},
 		{"list", "pods", "", true},
 		{"watch", "pods", "", true},
-		{"get", "serviceaccounts", "", true},
+		{"list", "serviceaccounts", "", true},
+		{"watch", "serviceaccounts", "", true},
 		{"create", "serviceaccounts", "token", true},
 		// What it must not have.
 		{"get", "secrets", "", false},
@@ -323,8 +324,7 @@ func TestAgentRBAC(t *testing.T) {
 		{"delete", "pods", "", false},
 		{"deletecollection", "pods", "", false},
 		{"update", "pods", "status", false},
-		{"list", "serviceaccounts", "", false},
-		{"watch", "serviceaccounts", "", false},
+		{"get", "serviceaccounts", "", false},
 		{"create", "serviceaccounts", "", false},
 		{"update", "serviceaccounts", "", false},
 		{"patch", "serviceaccounts", "", false},
@@ -393,7 +393,7 @@ func TestAgentRBAC(t *testing.T) {
 	}
 	wantList := map[string]string{
 		"pods":                  "[get list watch]",
-		"serviceaccounts":       "[get]",
+		"serviceaccounts":       "[list watch]",
 		"serviceaccounts/token": "[create]",
 	}
 	if len(got) != len(wantList) {
