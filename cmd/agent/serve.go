@@ -26,6 +26,7 @@ import (
 
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/nodetaint"
 	"github.com/credbroker/agent/pkg/podresolve"
 	"github.com/credbroker/agent/pkg/reuseport"
 )
@@ -52,6 +53,9 @@ type serveConfig struct {
 	// node's pods before it binds its credential listeners.
 	startupPrefetchWait time.Duration
 	guard               guardConfig
+	// removeStartupTaint is a taint key to remove from the node once the
+	// credential listeners serve (pkg/nodetaint); empty: none.
+	removeStartupTaint string
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
@@ -82,6 +86,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.broker.RequestTimeout, "request-timeout", 5*time.Second, "how long a request waits for credentials not yet cached")
 	fs.DurationVar(&c.waitForPod, "wait-for-pod", podresolve.DefaultWaitForPod, "how long a request from an unknown address waits for its pod to appear")
 	fs.DurationVar(&c.startupPrefetchWait, "startup-prefetch-wait", 10*time.Second, "at start, how long to prefetch credentials of the node's pods before serving")
+	fs.StringVar(&c.removeStartupTaint, "remove-startup-taint", "", "taint key to remove from this node once credentials are served (the node registers with it, so workloads wait for the agent); needs the RBAC and admission policy in deploy/daemonset/startup-taint")
 	fs.Float64Var(&c.kubeQPS, "kube-api-qps", 50, "client-side QPS limit towards the Kubernetes API")
 	fs.IntVar(&c.kubeBurst, "kube-api-burst", 100, "client-side burst towards the Kubernetes API")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "how long in-flight requests may take to finish after SIGTERM")
@@ -254,6 +259,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		addrs[i] = ln.Addr().String()
 	}
 	log.Info("serving credentials", "listen", addrs, "pods_indexed", resolver.Len())
+	if cfg.removeStartupTaint != "" {
+		// Not fatal: an agent that cannot untaint its node still serves the
+		// pods already there; Remove retries until it succeeds or the
+		// agent stops.
+		g.Go(func() error {
+			err := nodetaint.Remove(gctx, nodetaint.Config{Client: client, NodeName: cfg.nodeName, Key: cfg.removeStartupTaint, Log: log.With("component", "nodetaint")})
+			if err != nil && gctx.Err() == nil {
+				log.Error("startup taint not removed", "err", err)
+			}
+			return nil
+		})
+	}
 
 	select {
 	case <-ctx.Done():
