@@ -226,7 +226,9 @@ const deniedRetryWindow = 2 * time.Minute
 // maxDeniedBackoff caps the backoff between fetches during the window.
 const maxDeniedBackoff = 30 * time.Second
 
-// New validates cfg and builds a Broker. It starts nothing.
+// New validates cfg and builds a Broker. It makes no API call; the one
+// goroutine it starts is the refresh queue's timer (client-go's delaying
+// queue starts it on construction), which Run stops when it returns.
 func New(cfg Config) (*Broker, error) {
 	cfg.setDefaults()
 	switch {

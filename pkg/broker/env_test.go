@@ -178,7 +178,9 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	ctx, cancel := context.WithCancel(context.Background())
 	informerDone := make(chan struct{})
 	go func() { defer close(informerDone); b.accounts.run(ctx) }()
-	t.Cleanup(func() { cancel(); <-informerDone })
+	// ShutDown stops the delaying queue's goroutine in tests that never
+	// call Run (it is idempotent for those that do).
+	t.Cleanup(func() { cancel(); <-informerDone; b.queue.ShutDown() })
 	waitFor(t, "the ServiceAccount watch to list", b.HasSynced)
 	t.Cleanup(func() { e.assertNoSecretsLeaked() })
 	return e
@@ -259,12 +261,13 @@ func (e *testEnv) do(method, path, addr string, hdr http.Header) response {
 	e.bodies = append(e.bodies, r.body)
 	e.bodiesMu.Unlock()
 	if r.status == http.StatusOK && method == http.MethodGet {
+		// Errorf, not Fatalf: tests call get from their own goroutines.
 		if err := json.Unmarshal(rec.Body.Bytes(), &r.creds); err != nil {
-			e.t.Fatalf("200 with a body that is not credentials JSON: %v: %q", err, r.body)
+			e.t.Errorf("200 with a body that is not credentials JSON: %v: %q", err, r.body)
 		}
 	} else if r.body != "" {
 		if err := json.Unmarshal(rec.Body.Bytes(), &r.errObj); err != nil {
-			e.t.Fatalf("error body is not JSON: %v: %q", err, r.body)
+			e.t.Errorf("error body is not JSON: %v: %q", err, r.body)
 		}
 	}
 	return r
