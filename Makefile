@@ -27,6 +27,7 @@ vet:
 test: vet
 	$(GO) test -race -count=1 ./...
 	$(MAKE) test-integration
+	$(MAKE) test-node
 
 # --- Integration (root only): a real kube-apiserver + etcd built from their
 # Go modules, moto and our own STS on this machine, pods simulated in network
@@ -47,8 +48,26 @@ integration-deps: k8sbin
 	@command -v aws >/dev/null || { echo "aws (AWS CLI v1) not found (pip package awscli)"; exit 1; }
 	@python3 -c 'import boto3' || { echo "python3 cannot import boto3"; exit 1; }
 
+# The node suite (integration/node) runs on its own after this one, in
+# test-node: both would otherwise compete for the same 2 cores.
 test-integration: build integration-deps
-	$(GO) test -tags integration -count=1 -timeout 20m ./integration/...
+	$(GO) test -tags integration -count=1 -timeout 20m $$($(GO) list -tags integration ./integration/... | grep -v /integration/node)
+
+# --- The node suite (root only): a real kubelet, containerd, runc and CNI
+# bridge in a network namespace of their own, the DaemonSet applied with
+# kubectl apply -k and real workload containers. See integration/node.
+.PHONY: node-images test-node
+
+# The pause (sandbox) and workload images the node suite imports, packed
+# like the agent's.
+node-images: image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/pause ./tools/pause
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/workload ./integration/node/workload
+	$(GO) run ./tools/image -kind pause -binary bin/pause -name localhost/credbroker/pause:test -out bin/pause-image.tar
+	$(GO) run ./tools/image -kind workload -binary bin/workload -name localhost/credbroker/workload:test -out bin/workload-image.tar
+
+test-node: node-images k8sbin
+	$(GO) test -tags integration -count=1 -timeout 15m -v ./integration/node/
 
 # A local control plane, moto, the agent and one simulated pod whose AWS CLI
 # gets its credentials from the agent. Root only; Ctrl-C cleans up.

@@ -44,6 +44,13 @@ type ControlPlaneConfig struct {
 	ExtraAPIServerFlags []string
 	// ReadyTimeout bounds the wait for /readyz. Default 60s.
 	ReadyTimeout time.Duration
+	// AuthorizationModes is --authorization-mode. Default "RBAC"; a real
+	// node (integration/node) needs "Node,RBAC".
+	AuthorizationModes string
+	// ServiceAccountAdmission keeps the ServiceAccount admission plugin on,
+	// for a cluster whose controller manager creates the default
+	// ServiceAccounts and whose pods mount their tokens (integration/node).
+	ServiceAccountAdmission bool
 }
 
 // ControlPlane is etcd plus kube-apiserver on 127.0.0.1. No controller
@@ -88,6 +95,15 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 60 * time.Second
+	}
+	if cfg.AuthorizationModes == "" {
+		cfg.AuthorizationModes = "RBAC"
+	}
+	// No controller manager creates the default ServiceAccounts the
+	// ServiceAccount admission plugin insists on, unless the caller runs one.
+	var admission []string
+	if !cfg.ServiceAccountAdmission {
+		admission = []string{"--disable-admission-plugins=ServiceAccount"}
 	}
 	pki := filepath.Join(cfg.Dir, "pki")
 	if err := os.MkdirAll(pki, 0o700); err != nil {
@@ -167,12 +183,9 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 		"--service-account-key-file=" + filepath.Join(pki, "sa.pub"),
 		"--service-account-signing-key-file=" + filepath.Join(pki, "sa.key"),
 		"--api-audiences=https://kubernetes.default.svc," + cp.Issuer,
-		"--authorization-mode=RBAC",
+		"--authorization-mode=" + cfg.AuthorizationModes,
 		"--token-auth-file=" + tokenFile,
 		"--service-cluster-ip-range=10.96.0.0/12",
-		// No controller manager creates the default ServiceAccounts this
-		// plugin insists on.
-		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
 		// Without it a graceful stop waits for open watches (the agent's
 		// informer) until the process is killed; with it, watches are
@@ -182,7 +195,7 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 		"--audit-log-path=" + cp.AuditLog(),
 		"--audit-log-format=json",
 		"--audit-log-mode=blocking",
-	}, cfg.ExtraAPIServerFlags...)
+	}, append(admission, cfg.ExtraAPIServerFlags...)...)
 
 	if err := waitTCP(ctx, cp.etcd, "127.0.0.1:"+strconv.Itoa(etcdClient), cfg.ReadyTimeout); err != nil {
 		return nil, fmt.Errorf("waiting for etcd: %w", err)
@@ -514,8 +527,11 @@ func writePKI(dir string) ([]byte, error) {
 		NotAfter:     now.Add(7 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default.svc"},
+		// 10.96.0.1 is the kubernetes Service's IP (first of
+		// --service-cluster-ip-range), which pods on a real node
+		// (integration/node) use through in-cluster config.
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)},
+		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default.svc"},
 	}, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {
 		return nil, fmt.Errorf("creating serving certificate: %w", err)

@@ -1,0 +1,120 @@
+// Command workload is the node suite's workload container: a static
+// aws-sdk-go-v2 client that gets credentials through the SDK's default chain
+// (only AWS_CONTAINER_CREDENTIALS_FULL_URI points it at the agent) and asks
+// STS who it is.
+//
+// Each round loads a fresh SDK configuration, so every round fetches
+// credentials from the agent (the SDK would otherwise cache them for hours),
+// with the SDK's own retries. Each round also makes one plain GET of the
+// credentials URL without retries, to show what a client without retries
+// would see. Every round prints one JSON line; the last line is a summary.
+//
+//	workload -rounds 1                    # one call, for a Job or a check
+//	workload -duration 60s -interval 200ms
+//
+// The exit status is 1 if any SDK call failed.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+)
+
+type round struct {
+	N         int    `json:"n"`
+	Time      string `json:"time"`
+	Arn       string `json:"arn,omitempty"`
+	SDKError  string `json:"sdk_error,omitempty"`
+	RawStatus int    `json:"raw_status"`
+	RawError  string `json:"raw_error,omitempty"`
+}
+
+type summary struct {
+	Summary   bool           `json:"summary"`
+	Rounds    int            `json:"rounds"`
+	SDKOK     int            `json:"sdk_ok"`
+	SDKFailed int            `json:"sdk_failed"`
+	RawOK     int            `json:"raw_ok"`
+	RawFailed map[string]int `json:"raw_failed"` // by status code or "error"
+	Arns      map[string]int `json:"arns"`
+}
+
+func main() {
+	rounds := flag.Int("rounds", 0, "stop after this many rounds (0: run for -duration)")
+	duration := flag.Duration("duration", 0, "stop after this long")
+	interval := flag.Duration("interval", 200*time.Millisecond, "pause between rounds")
+	flag.Parse()
+	if *rounds == 0 && *duration == 0 {
+		*rounds = 1
+	}
+	enc := json.NewEncoder(os.Stdout)
+	sum := summary{Summary: true, RawFailed: map[string]int{}, Arns: map[string]int{}}
+	end := time.Now().Add(*duration)
+	raw := &http.Client{Timeout: 2 * time.Second}
+	for i := 1; ; i++ {
+		r := round{N: i, Time: time.Now().UTC().Format(time.RFC3339Nano)}
+		arn, err := callerArn()
+		if err != nil {
+			r.SDKError = err.Error()
+			sum.SDKFailed++
+		} else {
+			r.Arn = arn
+			sum.SDKOK++
+			sum.Arns[arn]++
+		}
+		r.RawStatus, err = rawGet(raw, os.Getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+		switch {
+		case err != nil:
+			r.RawError = err.Error()
+			sum.RawFailed["error"]++
+		case r.RawStatus != http.StatusOK:
+			sum.RawFailed[fmt.Sprint(r.RawStatus)]++
+		default:
+			sum.RawOK++
+		}
+		_ = enc.Encode(r)
+		sum.Rounds = i
+		if (*rounds > 0 && i >= *rounds) || (*rounds == 0 && time.Now().After(end)) {
+			break
+		}
+		time.Sleep(*interval) // pacing between rounds, not a wait for a condition
+	}
+	_ = enc.Encode(sum)
+	if sum.SDKFailed > 0 {
+		os.Exit(1)
+	}
+}
+
+func callerArn() (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return "", fmt.Errorf("loading config: %w", err)
+	}
+	out, err := sts.NewFromConfig(cfg).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+	if err != nil {
+		return "", fmt.Errorf("GetCallerIdentity: %w", err)
+	}
+	return aws.ToString(out.Arn), nil
+}
+
+func rawGet(c *http.Client, url string) (int, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
