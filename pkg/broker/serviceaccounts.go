@@ -9,7 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
@@ -27,95 +28,118 @@ import (
 // unreachable nobody can change the annotation through it, and what is
 // served is bounded by the lifetime of credentials already issued.
 //
-// The transform keeps only what the broker reads, so a node holds a few
-// hundred bytes per ServiceAccount of the cluster.
+// client-go's Reflector does the list, watch, relist and backoff; its store
+// is this type, which keeps only (namespace, name) -> role. An informer
+// would keep a copy of every object besides, about 700 bytes per
+// ServiceAccount of the cluster even stripped; this keeps about a quarter
+// of that.
 type serviceAccounts struct {
-	informer   cache.SharedIndexInformer
-	reg        cache.ResourceEventHandlerRegistration
+	reflector  *cache.Reflector
 	annotation string
 	started    atomic.Bool
+	synced     atomic.Bool
 
 	mu sync.RWMutex
-	// roles is keyed by a struct, not the store's "namespace/name" string,
-	// so that a lookup on the cache-hit path allocates nothing. Guarded by mu.
+	// roles is keyed by a struct, not a "namespace/name" string, so that a
+	// lookup on the cache-hit path allocates nothing. Guarded by mu.
 	roles map[saKey]string
+	// namespaces interns namespace names: thousands of accounts share a
+	// few hundred. Guarded by mu.
+	namespaces map[string]string
 }
 
 type saKey struct{ namespace, name string }
 
 func newServiceAccounts(client kubernetes.Interface, annotation string) (*serviceAccounts, error) {
-	s := &serviceAccounts{annotation: annotation, roles: make(map[saKey]string)}
-	s.informer = coreinformers.NewServiceAccountInformer(client, metav1.NamespaceAll, 0, cache.Indexers{})
-	if err := s.informer.SetTransform(s.strip); err != nil {
-		return nil, fmt.Errorf("setting ServiceAccount transform: %w", err)
+	s := &serviceAccounts{annotation: annotation, roles: make(map[saKey]string), namespaces: make(map[string]string)}
+	sas := client.CoreV1().ServiceAccounts(metav1.NamespaceAll)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return sas.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return sas.Watch(ctx, o)
+		},
 	}
-	reg, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    s.set,
-		UpdateFunc: func(_, obj any) { s.set(obj) },
-		DeleteFunc: s.remove,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("registering ServiceAccount event handler: %w", err)
-	}
-	s.reg = reg
+	// The wrapper tells the reflector whether the client can stream the
+	// initial list (a real API server can; client-go's fake cannot, and
+	// the reflector then lists instead), as informers do.
+	s.reflector = cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client),
+		&corev1.ServiceAccount{}, s, cache.ReflectorOptions{Name: "credbroker-serviceaccounts"})
 	return s, nil
 }
 
-// run runs the informer until ctx is done. Only the first call runs it.
+// run runs the reflector until ctx is done. Only the first call runs it.
 func (s *serviceAccounts) run(ctx context.Context) {
 	if s.started.CompareAndSwap(false, true) {
-		s.informer.RunWithContext(ctx)
+		s.reflector.RunWithContext(ctx)
 	}
 }
 
 // hasSynced reports whether the first list has been applied.
-func (s *serviceAccounts) hasSynced() bool { return s.reg.HasSynced() }
+func (s *serviceAccounts) hasSynced() bool { return s.synced.Load() }
 
-// strip keeps the identity of a ServiceAccount and its identity
-// annotation; everything else (managed fields, labels, secrets) is dropped
-// before it reaches the store.
-func (s *serviceAccounts) strip(obj any) (any, error) {
+// The methods below make serviceAccounts the reflector's store
+// (cache.ReflectorStore). They run on the reflector's goroutine.
+
+func (s *serviceAccounts) Add(obj any) error { return s.Update(obj) }
+func (s *serviceAccounts) Resync() error     { return nil }
+func (s *serviceAccounts) Update(obj any) error {
 	sa, ok := obj.(*corev1.ServiceAccount)
 	if !ok {
-		return obj, nil // a tombstone: its key is what counts
+		return fmt.Errorf("ServiceAccount watch delivered a %T", obj)
 	}
-	out := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
-		Namespace: sa.Namespace, Name: sa.Name, UID: sa.UID, ResourceVersion: sa.ResourceVersion,
-	}}
-	if v, ok := sa.Annotations[s.annotation]; ok {
-		out.Annotations = map[string]string{s.annotation: v}
-	}
-	return out, nil
-}
-
-func (s *serviceAccounts) set(obj any) {
-	sa, ok := obj.(*corev1.ServiceAccount)
-	if !ok {
-		return
-	}
-	role := strings.TrimSpace(sa.Annotations[s.annotation])
 	s.mu.Lock()
-	s.roles[saKey{sa.Namespace, sa.Name}] = role
+	s.roles[s.keyLocked(sa)] = s.roleOf(sa)
 	s.mu.Unlock()
+	return nil
 }
 
-func (s *serviceAccounts) remove(obj any) {
-	var key saKey
-	switch o := obj.(type) {
-	case *corev1.ServiceAccount:
-		key = saKey{o.Namespace, o.Name}
-	case cache.DeletedFinalStateUnknown:
-		ns, name, err := cache.SplitMetaNamespaceKey(o.Key)
-		if err != nil {
-			return
+func (s *serviceAccounts) Delete(obj any) error {
+	sa, ok := obj.(*corev1.ServiceAccount)
+	if !ok {
+		return fmt.Errorf("ServiceAccount watch delivered a %T", obj)
+	}
+	s.mu.Lock()
+	delete(s.roles, saKey{sa.Namespace, sa.Name})
+	s.mu.Unlock()
+	return nil
+}
+
+// Replace installs a complete list (the first one, or a relist after the
+// watch could not resume): accounts deleted meanwhile disappear with it.
+func (s *serviceAccounts) Replace(list []any, _ string) error {
+	roles := make(map[saKey]string, len(list))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.namespaces = make(map[string]string)
+	for _, obj := range list {
+		sa, ok := obj.(*corev1.ServiceAccount)
+		if !ok {
+			return fmt.Errorf("ServiceAccount list delivered a %T", obj)
 		}
-		key = saKey{ns, name}
-	default:
-		return
+		roles[s.keyLocked(sa)] = s.roleOf(sa)
 	}
-	s.mu.Lock()
-	delete(s.roles, key)
-	s.mu.Unlock()
+	s.roles = roles
+	s.synced.Store(true)
+	return nil
+}
+
+func (s *serviceAccounts) roleOf(sa *corev1.ServiceAccount) string {
+	// A copy, so that the decoded object (managed fields, labels, the
+	// last-applied configuration) is not kept alive by a substring.
+	return strings.Clone(strings.TrimSpace(sa.Annotations[s.annotation]))
+}
+
+// keyLocked returns the key for sa with an interned namespace. s.mu must
+// be held.
+func (s *serviceAccounts) keyLocked(sa *corev1.ServiceAccount) saKey {
+	ns, ok := s.namespaces[sa.Namespace]
+	if !ok {
+		ns = strings.Clone(sa.Namespace)
+		s.namespaces[ns] = ns
+	}
+	return saKey{ns, strings.Clone(sa.Name)}
 }
 
 // Role returns the role the ServiceAccount names. A ServiceAccount that has
