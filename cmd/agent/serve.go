@@ -233,13 +233,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer cancelStart()
 	defer context.AfterFunc(ctx, cancelStart)()
 	synced := func() bool { return resolver.HasSynced() && brk.HasSynced() }
-	if !waitUntil(startCtx, synced, 0) {
-		return shutdownBeforeServing(probeServer, metricsServer, stopWork, g, log)
-	}
-	waitUntil(startCtx, brk.Prefetched, cfg.startupPrefetchWait)
-	if startCtx.Err() != nil {
-		// SIGTERM (or a failed component) during the prefetch wait: an
-		// agent told to stop must not start serving.
+	if !awaitStartup(startCtx, synced, brk.Prefetched, cfg.startupPrefetchWait) {
 		return shutdownBeforeServing(probeServer, metricsServer, stopWork, g, log)
 	}
 	credListeners, err := listenAll(gctx, cfg.listen, log)
@@ -294,6 +288,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	err = g.Wait()
 	log.Info("agent stopped")
 	return err
+}
+
+// awaitStartup waits until the informers have synced, then until the
+// node's pods are prefetched or prefetchWait has passed. It reports whether
+// the agent may start serving: not when ctx ended (SIGTERM, a failed
+// component) at any point of the wait, the prefetch wait included.
+func awaitStartup(ctx context.Context, synced, prefetched func() bool, prefetchWait time.Duration) bool {
+	if !waitUntil(ctx, synced, 0) {
+		return false
+	}
+	waitUntil(ctx, prefetched, prefetchWait)
+	return ctx.Err() == nil
 }
 
 // waitUntil polls cond until it holds or ctx ends; a positive limit bounds
