@@ -1,0 +1,51 @@
+package broker
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/agent/pkg/guard"
+)
+
+// BenchmarkCacheHitGuarded is BenchmarkCacheHit behind the agent's request
+// guard (per-address token bucket, forwarding-header check, Authorization
+// required and present), as cmd/agent wires it. Run both in one invocation
+// to compare: go test -run='^$' -bench='CacheHit' ./pkg/broker
+//
+// The guard uses the real clock and a rate it never refuses at, so every
+// request still takes a token: what is measured is the accepting path.
+func BenchmarkCacheHitGuarded(b *testing.B) {
+	e := newEnv(b, nil)
+	e.serviceAccount("ns", "sa", roleA)
+	e.pod("10.0.0.1", "ns", "p", "sa")
+	m, err := guard.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := guard.NewHandler(guard.HandlerConfig{Next: e.broker, WriteError: WriteError, Metrics: m,
+		RequestQPS: 1e12, RequestBurst: 1 << 30, RequireAuthorization: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, CredentialsPath, nil)
+	req.RemoteAddr = "10.0.0.1:40000"
+	req.Header.Set("Authorization", "any")
+	req.Header.Set("User-Agent", "aws-sdk-go-v2/1.0")
+	w := &discardWriter{h: http.Header{}}
+	h.ServeHTTP(w, req)
+	if w.code != http.StatusOK {
+		b.Fatalf("warm-up request: %d", w.code)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, req)
+	}
+	if w.code != http.StatusOK {
+		b.Fatalf("status %d", w.code)
+	}
+}
