@@ -26,8 +26,17 @@ vet:
 # network namespaces; under CI=true it fails rather than skips without them).
 test: vet
 	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz
 	$(MAKE) test-integration
 	$(MAKE) test-node
+
+# A bounded fuzzing run of the request path (raw bytes on a connection to
+# the answer; cmd/agent/fuzz_test.go). New failures land in
+# cmd/agent/testdata/fuzz as regression seeds. FUZZTIME=0 skips it.
+FUZZTIME ?= 20s
+.PHONY: fuzz
+fuzz:
+	@if [ "$(FUZZTIME)" != 0 ]; then $(GO) test -run='^$$' -fuzz=FuzzRequestPath -fuzztime=$(FUZZTIME) ./cmd/agent; fi
 
 # --- Integration (root only): a real kube-apiserver + etcd built from their
 # Go modules, moto and our own STS on this machine, pods simulated in network
