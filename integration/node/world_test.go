@@ -378,6 +378,26 @@ type summaryLine struct {
 	Arns      map[string]int `json:"arns"`
 }
 
+// firstSDKError describes the SDK errors the client printed, for the test
+// log: the first, the last, and how many rounds failed.
+func (r result) firstSDKError() string {
+	var first, last string
+	var n int
+	for _, rl := range r.rounds {
+		if rl.SDKError != "" {
+			n++
+			if first == "" {
+				first = fmt.Sprintf("round %d at %s: %s", rl.N, rl.Time, rl.SDKError)
+			}
+			last = fmt.Sprintf("round %d at %s: %s", rl.N, rl.Time, rl.SDKError)
+		}
+	}
+	if n == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d rounds; first %s; last %s", n, first, last)
+}
+
 // logs reads a container's log through the API server (which asks the
 // kubelet); previous selects the last terminated instance.
 func (w *world) logs(ctx context.Context, t *testing.T, ns, name string, previous bool) result {

@@ -3,9 +3,12 @@
 // (only AWS_CONTAINER_CREDENTIALS_FULL_URI points it at the agent) and asks
 // STS who it is.
 //
-// Each round loads a fresh SDK configuration, so every round fetches
-// credentials from the agent (the SDK would otherwise cache them for hours),
-// with the SDK's own retries. Each round also makes one plain GET of the
+// One SDK configuration serves every round, as in a long-lived program;
+// each round invalidates its credentials cache, so every round fetches
+// credentials from the agent (the SDK would otherwise keep them for hours),
+// with the SDK's own retries. (A configuration per round opens a new
+// connection per round and never closes the old ones, and the agent limits
+// the connections one pod may hold.) Each round also makes one plain GET of the
 // credentials URL without retries, to show what a client without retries
 // would see. Every round prints one JSON line; the last line is a summary.
 //
@@ -61,9 +64,21 @@ func main() {
 	sum := summary{Summary: true, RawFailed: map[string]int{}, Arns: map[string]int{}}
 	end := time.Now().Add(*duration)
 	raw := &http.Client{Timeout: 2 * time.Second}
+	cfg, err := config.LoadDefaultConfig(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "workload: loading config:", err)
+		os.Exit(2)
+	}
+	client := sts.NewFromConfig(cfg)
+	cache, ok := cfg.Credentials.(*aws.CredentialsCache)
+	if !ok {
+		fmt.Fprintf(os.Stderr, "workload: credentials provider is a %T, not a cache\n", cfg.Credentials)
+		os.Exit(2)
+	}
 	for i := 1; ; i++ {
 		r := round{N: i, Time: time.Now().UTC().Format(time.RFC3339Nano)}
-		arn, err := callerArn()
+		cache.Invalidate()
+		arn, err := callerArn(client)
 		if err != nil {
 			r.SDKError = err.Error()
 			sum.SDKFailed++
@@ -95,14 +110,10 @@ func main() {
 	}
 }
 
-func callerArn() (string, error) {
+func callerArn(c *sts.Client) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cfg, err := config.LoadDefaultConfig(ctx)
-	if err != nil {
-		return "", fmt.Errorf("loading config: %w", err)
-	}
-	out, err := sts.NewFromConfig(cfg).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+	out, err := c.GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
 	if err != nil {
 		return "", fmt.Errorf("GetCallerIdentity: %w", err)
 	}
