@@ -32,6 +32,15 @@
 // TokenRequests parses it, so tests can count the agent's TokenRequests per
 // pod.
 //
+// Faults (faults.go): FreezeAPIServer and ThawAPIServer (SIGSTOP/SIGCONT:
+// connections accepted, nothing answered), KillAPIServer (SIGKILL, frozen or
+// not; StartAPIServer brings it back); UpdatePodStatus, SetPodIPs (a sandbox
+// recreated: addresses cleared or changed, same UID), SetPodPhase and
+// BeginDeletePod (objects that keep their address in the API after the pod
+// left). Agent.Goroutines reads go_goroutines; Agent.CountGoroutines splits
+// the pprof goroutine profile (--enable-pprof) into connection goroutines
+// and the rest.
+//
 // AgentKubeconfig(ctx, rbacPath, path) gives the agent exactly its cluster
 // identity: it creates the credbroker-system namespace, applies
 // deploy/daemonset/rbac.yaml with kubectl, requests a token for the
