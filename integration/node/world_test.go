@@ -265,6 +265,7 @@ type workloadSpec struct {
 	args         []string
 	hostNetwork  bool
 	restart      corev1.RestartPolicy
+	grace        int64 // terminationGracePeriodSeconds
 }
 
 func (w *world) createWorkload(ctx context.Context, t *testing.T, s workloadSpec) *corev1.Pod {
@@ -273,7 +274,7 @@ func (w *world) createWorkload(ctx context.Context, t *testing.T, s workloadSpec
 		s.restart = corev1.RestartPolicyNever
 	}
 	no := false
-	zero := int64(0)
+	grace := s.grace
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: s.ns, Name: s.name, Labels: map[string]string{"app": "workload"}},
 		Spec: corev1.PodSpec{
@@ -281,7 +282,7 @@ func (w *world) createWorkload(ctx context.Context, t *testing.T, s workloadSpec
 			AutomountServiceAccountToken:  &no,
 			RestartPolicy:                 s.restart,
 			HostNetwork:                   s.hostNetwork,
-			TerminationGracePeriodSeconds: &zero,
+			TerminationGracePeriodSeconds: &grace,
 			Containers: []corev1.Container{{
 				Name:  "client",
 				Image: workloadImage,
@@ -360,12 +361,13 @@ type result struct {
 }
 
 type roundLine struct {
-	N         int    `json:"n"`
-	Time      string `json:"time"`
-	Arn       string `json:"arn"`
-	SDKError  string `json:"sdk_error"`
-	RawStatus int    `json:"raw_status"`
-	RawError  string `json:"raw_error"`
+	N           int    `json:"n"`
+	Time        string `json:"time"`
+	Terminating bool   `json:"terminating"`
+	Arn         string `json:"arn"`
+	SDKError    string `json:"sdk_error"`
+	RawStatus   int    `json:"raw_status"`
+	RawError    string `json:"raw_error"`
 }
 
 type summaryLine struct {
@@ -402,13 +404,22 @@ func (r result) firstSDKError() string {
 // kubelet); previous selects the last terminated instance.
 func (w *world) logs(ctx context.Context, t *testing.T, ns, name string, previous bool) result {
 	t.Helper()
+	r, err := w.tryLogs(ctx, ns, name, previous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// tryLogs is logs returning an error, also for a log with no output yet.
+func (w *world) tryLogs(ctx context.Context, ns, name string, previous bool) (result, error) {
+	var r result
 	rc, err := w.node.CP.Client.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{Previous: previous}).Stream(ctx)
 	if err != nil {
-		t.Fatalf("logs of %s/%s: %v", ns, name, err)
+		return r, fmt.Errorf("logs of %s/%s: %w", ns, name, err)
 	}
 	defer rc.Close()
 	raw, _ := io.ReadAll(rc)
-	var r result
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	for sc.Scan() {
 		line := sc.Bytes()
@@ -422,9 +433,9 @@ func (w *world) logs(ctx context.Context, t *testing.T, ns, name string, previou
 		}
 	}
 	if !r.summary.Summary && len(r.rounds) == 0 {
-		t.Fatalf("no output from %s/%s:\n%s", ns, name, raw)
+		return r, fmt.Errorf("no output from %s/%s:\n%s", ns, name, raw)
 	}
-	return r
+	return r, nil
 }
 
 // probe GETs a URL from inside the node's network namespace (as the

@@ -26,6 +26,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -34,12 +37,13 @@ import (
 )
 
 type round struct {
-	N         int    `json:"n"`
-	Time      string `json:"time"`
-	Arn       string `json:"arn,omitempty"`
-	SDKError  string `json:"sdk_error,omitempty"`
-	RawStatus int    `json:"raw_status"`
-	RawError  string `json:"raw_error,omitempty"`
+	N           int    `json:"n"`
+	Time        string `json:"time"`
+	Terminating bool   `json:"terminating,omitempty"`
+	Arn         string `json:"arn,omitempty"`
+	SDKError    string `json:"sdk_error,omitempty"`
+	RawStatus   int    `json:"raw_status"`
+	RawError    string `json:"raw_error,omitempty"`
 }
 
 type summary struct {
@@ -56,7 +60,15 @@ func main() {
 	rounds := flag.Int("rounds", 0, "stop after this many rounds (0: run for -duration)")
 	duration := flag.Duration("duration", 0, "stop after this long")
 	interval := flag.Duration("interval", 200*time.Millisecond, "pause between rounds")
+	termGrace := flag.Duration("term-grace", 0, "on SIGTERM, go on for this long (a pod being deleted with a grace period), then stop")
 	flag.Parse()
+	var terminating atomic.Int64 // unix nanos of the deadline after SIGTERM; 0: none
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		terminating.Store(time.Now().Add(*termGrace).UnixNano())
+	}()
 	if *rounds == 0 && *duration == 0 {
 		*rounds = 1
 	}
@@ -76,7 +88,7 @@ func main() {
 		os.Exit(2)
 	}
 	for i := 1; ; i++ {
-		r := round{N: i, Time: time.Now().UTC().Format(time.RFC3339Nano)}
+		r := round{N: i, Time: time.Now().UTC().Format(time.RFC3339Nano), Terminating: terminating.Load() != 0}
 		cache.Invalidate()
 		arn, err := callerArn(client)
 		if err != nil {
@@ -99,6 +111,9 @@ func main() {
 		}
 		_ = enc.Encode(r)
 		sum.Rounds = i
+		if d := terminating.Load(); d != 0 && time.Now().UnixNano() >= d {
+			break
+		}
 		if (*rounds > 0 && i >= *rounds) || (*rounds == 0 && time.Now().After(end)) {
 			break
 		}
@@ -111,7 +126,7 @@ func main() {
 }
 
 func callerArn(c *sts.Client) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	out, err := c.GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
 	if err != nil {
