@@ -37,6 +37,7 @@ func FuzzRequestPath(f *testing.F) {
 	f.Add([]byte(req("GET", "/v1/credentials")+req("HEAD", "/v1/credentials")+req("GET", "/v1/credentials", "Via: x")), byte(0))
 	f.Add([]byte(req("GET", "/v1/credentials")), byte(1))
 	f.Add([]byte(req("GET", "/v1/credentials", "Authorization: x")), byte(4))
+	f.Add([]byte(req("GET", "/v1/credentials")), byte(4)) // must be 401
 
 	h := newFuzzHarness(f)
 	f.Fuzz(func(t *testing.T, input []byte, mode byte) {
