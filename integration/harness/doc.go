@@ -18,7 +18,10 @@
 // scheduler or kubelet runs. Fields: URL, Issuer, CACert, AdminToken,
 // AdminKubeconfig (a file), Config (*rest.Config), Client
 // (kubernetes.Interface), Dir. ControlPlaneConfig.ExtraAPIServerFlags
-// appends flags (e.g. admission plugins).
+// appends flags (e.g. admission plugins); AuthorizationModes (default
+// "RBAC") and ServiceAccountAdmission are for a cluster with a real node
+// (integration/node), whose controller manager creates the default
+// ServiceAccounts.
 //
 // Methods: StopAPIServer, StartAPIServer, RestartAPIServer (same port, data
 // and keys); Kubectl(ctx, args...) as the admin; WriteKubeconfig(path, user,
