@@ -106,13 +106,16 @@ type Node struct {
 	procArgs  map[string][]string
 	mu        sync.Mutex
 	stopOnce  sync.Once
-	netnsSeen map[string]bool // /var/run/netns entries before containerd ran
+	netnsSeen map[string]bool // /var/run/netns entries before the run
 }
 
 // state is what Stop (or the next Start) must undo on the host.
 type state struct {
 	Dir     string            `json:"dir"`
 	Sysctls map[string]string `json:"sysctls"`
+	// NetNS are the /var/run/netns entries that existed before the run:
+	// the pod namespaces containerd makes are the cni-* ones not listed.
+	NetNS map[string]bool `json:"netns"`
 }
 
 // kubeletSysctls are the host-wide sysctls the kubelet sets without asking.
@@ -142,7 +145,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	st := state{Dir: dir, Sysctls: map[string]string{}}
+	st := state{Dir: dir, Sysctls: map[string]string{}, NetNS: map[string]bool{}}
+	if es, err := os.ReadDir("/var/run/netns"); err == nil {
+		for _, e := range es {
+			st.NetNS[e.Name()] = true
+		}
+	}
 	for _, s := range kubeletSysctls {
 		v, err := os.ReadFile("/proc/sys/" + s)
 		if err != nil {
@@ -153,7 +161,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := writeState(st); err != nil {
 		return nil, err
 	}
-	n := &Node{Name: cfg.Name, Dir: dir, cfg: cfg, procs: map[string]*harness.Process{}, procArgs: map[string][]string{}}
+	n := &Node{Name: cfg.Name, Dir: dir, cfg: cfg, procs: map[string]*harness.Process{}, procArgs: map[string][]string{}, netnsSeen: st.NetNS}
 	defer func() {
 		if err != nil {
 			n.Stop()
@@ -410,12 +418,6 @@ evictionHard: {"memory.available": "100Mi"}
 }
 
 func (n *Node) startContainerd(ctx context.Context) error {
-	n.netnsSeen = map[string]bool{}
-	if es, err := os.ReadDir("/var/run/netns"); err == nil {
-		for _, e := range es {
-			n.netnsSeen[e.Name()] = true
-		}
-	}
 	if err := n.startNS("containerd", "containerd", "--config", n.path("containerd.toml")); err != nil {
 		return err
 	}
@@ -581,7 +583,7 @@ func undoStale(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", stateFile, err)
 	}
-	teardown(ctx, st.Dir, nil)
+	teardown(ctx, st.Dir, st.NetNS)
 	unmountUnder(st.Dir)
 	removeCgroupRoot()
 	_ = netns.Cleanup(ctx, netnsName)
