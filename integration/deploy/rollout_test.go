@@ -212,7 +212,10 @@ func rollout(ctx context.Context, t *testing.T, cp *harness.ControlPlane, kc, ag
 	}
 	start := func(name string) *harness.Agent {
 		a, err := harness.StartAgent(ctx, harness.AgentConfig{Binary: agentBin, Dir: cp.Dir, Name: name, Kubeconfig: kc,
-			NodeName: testNodeName, STSEndpoint: stsURL, Listen: listen, LogLevel: "info"})
+			NodeName: testNodeName, STSEndpoint: stsURL, Listen: listen, LogLevel: "info",
+			// The clients loop as fast as they can from one pod, far beyond
+			// the per-pod request limit; this test is about the rollout.
+			ExtraArgs: []string{"--pod-request-qps=100000", "--pod-request-burst=100000"}})
 		if err != nil {
 			t.Fatalf("starting agent %s on %s: %v", name, listen, err)
 		}

@@ -402,7 +402,10 @@ func (w *world) testUpstreamErrors(t *testing.T) {
 		recover bool
 	}{
 		{oidcsts.FaultThrottling, http.StatusTooManyRequests, true},
-		{oidcsts.FaultAccessDenied, http.StatusForbidden, false},
+		// A fresh denial is provisional (IAM is eventually consistent):
+		// retryable for deniedRetryWindow, final (403) after it; the
+		// broker's unit tests step through the window with a fake clock.
+		{oidcsts.FaultAccessDenied, http.StatusServiceUnavailable, false},
 	} {
 		t.Run(string(c.fault), func(t *testing.T) {
 			if err := w.sts.SetFault(oidcsts.Fault{Code: c.fault}); err != nil {

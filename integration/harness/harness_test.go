@@ -61,7 +61,8 @@ func TestControlPlaneAgentIdentityAndSTS(t *testing.T) {
 	}{
 		{"list", "pods", "", "yes"},
 		{"watch", "pods", "", "yes"},
-		{"get", "serviceaccounts", "", "yes"},
+		{"list", "serviceaccounts", "", "yes"},
+		{"watch", "serviceaccounts", "", "yes"},
 		{"create", "serviceaccounts", "token", "yes"},
 		{"list", "secrets", "", "no"},
 		{"create", "pods", "", "no"},

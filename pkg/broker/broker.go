@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
@@ -493,6 +494,20 @@ func (b *Broker) recordFailure(pod podresolve.Pod, role string, err error, now t
 		if now.Sub(f.firstDenied) < deniedRetryWindow {
 			f.err = &provisionalDenial{err: err}
 			f.until = now.Add(backoff(f.failures, 2*time.Second, maxDeniedBackoff))
+		} else {
+			f.until = now.Add(negativeTTL)
+		}
+	case errors.As(err, &refusal) && refusal.Code == CodeTokenRequestRefused && apierrors.IsForbidden(err):
+		// A restarting API server answers 403 for a moment, before its
+		// RBAC cache has synced; an admission denial is answered the same
+		// way. Like an upstream denial, it is retried for a while first.
+		f.firstDenied = prev.firstDenied
+		if f.firstDenied.IsZero() {
+			f.firstDenied = now
+		}
+		if now.Sub(f.firstDenied) < deniedRetryWindow {
+			f.err = &provisionalDenial{err: err}
+			f.until = now.Add(backoff(f.failures, time.Second, maxDeniedBackoff))
 		} else {
 			f.until = now.Add(negativeTTL)
 		}

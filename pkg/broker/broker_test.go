@@ -378,7 +378,7 @@ func TestUpstreamErrorClasses(t *testing.T) {
 		{name: "throttled", xerr: &exchange.Error{Kind: exchange.Throttled, Code: "Throttling", Err: errors.New("slow")}, status: 429, code: CodeThrottled},
 		{name: "transient", xerr: &exchange.Error{Kind: exchange.Transient, Err: errors.New("503")}, status: 503, code: CodeUnavailable},
 		{name: "token request throttled", tokenErr: apierrors.NewTooManyRequests("slow", 1), status: 429, code: CodeThrottled},
-		{name: "token request forbidden by admission", tokenErr: apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "sa", errors.New("denied by ValidatingAdmissionPolicy")), status: 403, code: CodeTokenRequestRefused},
+		{name: "token request forbidden by admission", tokenErr: apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "sa", errors.New("denied by ValidatingAdmissionPolicy")), status: 503, code: CodeTokenRequestRefused},
 		{name: "token request invalid", tokenErr: apierrors.NewInvalid(schema.GroupKind{Group: "authentication.k8s.io", Kind: "TokenRequest"}, "sa", nil), status: 403, code: CodeTokenRequestRefused},
 		{name: "ServiceAccount missing at TokenRequest", tokenErr: apierrors.NewNotFound(schema.GroupResource{Resource: "serviceaccounts"}, "sa"), status: 503, code: CodeServiceAccountMissing},
 		{name: "pod gone at the API", tokenErr: apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "p"), status: 503, code: CodePodNotIdentified},

@@ -100,6 +100,9 @@ func classify(err error) failure {
 	var te *errKubeAPI
 	var pd *provisionalDenial
 	switch {
+	case errors.As(err, &pd) && errors.As(err, &refusal):
+		return failure{status: http.StatusServiceUnavailable, code: refusal.Code, retryAfter: 2 * time.Second,
+			message: refusal.Message + "; retrying for a while (a restarting API server refuses briefly), then this becomes final"}
 	case errors.As(err, &pd):
 		code := CodeUpstreamDenied
 		if errors.As(err, &xe) && xe.Code != "" {

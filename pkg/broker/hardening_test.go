@@ -441,3 +441,28 @@ func TestBackoffHasJitter(t *testing.T) {
 		t.Fatalf("20 first retries of different pods took only %d distinct delays", len(delays))
 	}
 }
+
+// A TokenRequest forbidden (a restarting API server whose RBAC cache has
+// not synced answers 403 for a moment; so does an admission denial) is
+// retried for deniedRetryWindow, answered 503, and only then final.
+func TestTokenRequestForbiddenIsRetriedThenFinal(t *testing.T) {
+	e := newEnv(t, nil)
+	e.serviceAccount("ns", "sa", roleA)
+	e.pod("10.0.7.11", "ns", "p", "sa")
+	forbidden := error(apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "sa", errors.New("RBAC: not yet")))
+	e.tokenErr.Store(&forbidden)
+	if r := e.get("10.0.7.11"); r.status != http.StatusServiceUnavailable || r.errObj["code"] != CodeTokenRequestRefused || r.header.Get("Retry-After") == "" {
+		t.Fatalf("first forbidden TokenRequest: %d %s, want a retryable 503", r.status, r.body)
+	}
+	var last response
+	for e.clock.Since(t0) < deniedRetryWindow+maxDeniedBackoff {
+		e.clock.Step(time.Second)
+		last = e.get("10.0.7.11")
+	}
+	if last.status != http.StatusForbidden || last.errObj["code"] != CodeTokenRequestRefused {
+		t.Fatalf("after the window: %d %s, want a final 403", last.status, last.body)
+	}
+	if n := e.tokenReqs.Load(); n > 14 {
+		t.Fatalf("%d TokenRequests in the window, want backoff", n)
+	}
+}
