@@ -482,35 +482,17 @@ func (b *Broker) recordFailure(pod podresolve.Pod, role string, err error, now t
 	var refusal *Refusal
 	switch {
 	case errors.As(err, &xe) && (xe.Kind == exchange.Denied || xe.Kind == exchange.InvalidToken):
-		f.firstDenied = prev.firstDenied
-		if f.firstDenied.IsZero() {
-			f.firstDenied = now
-		}
 		if xe.Kind == exchange.Denied {
 			// The role's trust policy no longer admits the pod: what is
 			// cached for that role must not be served on.
 			b.evictRole(pod.UID, role, evictDenied)
 		}
-		if now.Sub(f.firstDenied) < deniedRetryWindow {
-			f.err = &provisionalDenial{err: err}
-			f.until = now.Add(backoff(f.failures, 2*time.Second, maxDeniedBackoff))
-		} else {
-			f.until = now.Add(negativeTTL)
-		}
+		f.deny(prev, now, 2*time.Second)
 	case errors.As(err, &refusal) && refusal.Code == CodeTokenRequestRefused && apierrors.IsForbidden(err):
 		// A restarting API server answers 403 for a moment, before its
 		// RBAC cache has synced; an admission denial is answered the same
 		// way. Like an upstream denial, it is retried for a while first.
-		f.firstDenied = prev.firstDenied
-		if f.firstDenied.IsZero() {
-			f.firstDenied = now
-		}
-		if now.Sub(f.firstDenied) < deniedRetryWindow {
-			f.err = &provisionalDenial{err: err}
-			f.until = now.Add(backoff(f.failures, time.Second, maxDeniedBackoff))
-		} else {
-			f.until = now.Add(negativeTTL)
-		}
+		f.deny(prev, now, time.Second)
 	case errors.As(err, &refusal), errors.As(err, &xe) && !xe.Retryable():
 		f.until = now.Add(negativeTTL)
 	default:
@@ -522,6 +504,22 @@ func (b *Broker) recordFailure(pod podresolve.Pod, role string, err error, now t
 	}
 	b.mu.Unlock()
 	return f.err
+}
+
+// deny records a denial: provisional (retryable, backing off from base)
+// until deniedRetryWindow after the first of an unbroken run of them, final
+// after.
+func (f *fetchFailure) deny(prev fetchFailure, now time.Time, base time.Duration) {
+	f.firstDenied = prev.firstDenied
+	if f.firstDenied.IsZero() {
+		f.firstDenied = now
+	}
+	if now.Sub(f.firstDenied) < deniedRetryWindow {
+		f.err = &provisionalDenial{err: f.err}
+		f.until = now.Add(backoff(f.failures, base, maxDeniedBackoff))
+		return
+	}
+	f.until = now.Add(negativeTTL)
 }
 
 // backoff doubles from base with every failure up to limit, with +-20%
