@@ -38,7 +38,10 @@ type agentOptions struct {
 
 // startAgent starts the agent and returns once /readyz answers 200.
 func (e *env) startAgent(ctx context.Context, o agentOptions) (*agentProc, error) {
-	args := []string{"--enable-pprof"}
+	// The load generator drives thousands of requests a second from a few
+	// pods, far past the per-pod request and connection limits. The guard stays on the hit
+	// path (its cost is what is measured) with a limit the load never meets.
+	args := []string{"--enable-pprof", "--pod-request-qps=1000000", "--pod-request-burst=1000000", "--pod-max-connections=100000"}
 	if o.cacheSize > 0 {
 		args = append(args, "--cache-size="+strconv.Itoa(o.cacheSize))
 	}
