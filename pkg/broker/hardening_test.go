@@ -232,7 +232,9 @@ func TestDenialIsRetriedThenFinal(t *testing.T) {
 				return exchange.Credentials{}, &exchange.Error{Kind: kind, Code: "AccessDenied", Err: errors.New("not yet")}
 			})
 			var statuses []int
-			for e.clock.Since(t0) < deniedRetryWindow+maxDeniedBackoff {
+			// Past the window by the longest backoff with its +20% jitter,
+			// so the last provisional answer has expired.
+			for e.clock.Since(t0) < deniedRetryWindow+maxDeniedBackoff*6/5+time.Second {
 				r := e.get("10.0.7.2")
 				if r.status == http.StatusServiceUnavailable && r.header.Get("Retry-After") == "" {
 					t.Fatal("a provisional denial without Retry-After")
@@ -455,7 +457,7 @@ func TestTokenRequestForbiddenIsRetriedThenFinal(t *testing.T) {
 		t.Fatalf("first forbidden TokenRequest: %d %s, want a retryable 503", r.status, r.body)
 	}
 	var last response
-	for e.clock.Since(t0) < deniedRetryWindow+maxDeniedBackoff {
+	for e.clock.Since(t0) < deniedRetryWindow+maxDeniedBackoff*6/5+time.Second {
 		e.clock.Step(time.Second)
 		last = e.get("10.0.7.11")
 	}
