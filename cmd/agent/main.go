@@ -4,6 +4,7 @@
 //
 //	agent serve    serve credentials (the DaemonSet's main container)
 //	agent init     put the link-local service addresses on the node (the init container)
+//	agent audit    report the cluster's identity misconfigurations (read-only)
 //	agent version  print the version
 package main
 
@@ -38,6 +39,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = serve(ctx, args[1:], stderr)
+	case "audit":
+		// Its own exit codes: 1 means findings, 2 an error (audit.go).
+		return runAudit(ctx, args[1:], stdout, stderr)
 	case "init":
 		err = initNode(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
@@ -71,6 +75,7 @@ func usage(w io.Writer) {
 commands:
   serve    serve per-pod credentials on the link-local address
   init     put the link-local service addresses on this node
+  audit    report a cluster's identity misconfigurations (read-only; docs/audit.md)
   version  print the version
 
 Run "agent <command> -h" for a command's flags.

@@ -1,0 +1,259 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/gentype"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
+)
+
+// The audit's own scheme: exactly the groups whose objects it reads whole.
+// Jobs and ReplicaSets are only read for their owners, as metadata (the
+// metadata client needs no API types; batch/v1 would also link
+// scheduling/v1alpha3). The generated
+// clientset (k8s.io/client-go/kubernetes) would register every API group,
+// and the linker would keep all of their code in the agent binary, which
+// every node runs (see pkg/kube for the same reasoning).
+var (
+	scheme         = runtime.NewScheme()
+	codecs         = serializer.NewCodecFactory(scheme)
+	parameterCodec = runtime.NewParameterCodec(scheme)
+)
+
+func init() {
+	utilruntime.Must(corev1.AddToScheme(scheme))
+	utilruntime.Must(rbacv1.AddToScheme(scheme))
+	utilruntime.Must(appsv1.AddToScheme(scheme))
+}
+
+// DefaultPageSize is the number of objects asked for per list request.
+const DefaultPageSize = 500
+
+// Client lists what the audit reads, a page at a time (limit/continue), so
+// that at most one page of each kind is in memory at once. It implements
+// Lister.
+type Client struct {
+	core, rbac, apps rest.Interface
+	meta             metadata.Interface
+	// PageSize is the limit of each list request; 0 means DefaultPageSize.
+	PageSize int64
+}
+
+// NewClient builds a Client from cfg (copied, not changed).
+func NewClient(cfg *rest.Config) (*Client, error) {
+	c := &Client{}
+	var err error
+	if c.core, err = restClient(cfg, corev1.SchemeGroupVersion, "/api"); err != nil {
+		return nil, err
+	}
+	if c.rbac, err = restClient(cfg, rbacv1.SchemeGroupVersion, "/apis"); err != nil {
+		return nil, err
+	}
+	if c.apps, err = restClient(cfg, appsv1.SchemeGroupVersion, "/apis"); err != nil {
+		return nil, err
+	}
+	mc := rest.CopyConfig(cfg)
+	if mc.UserAgent == "" {
+		mc.UserAgent = rest.DefaultKubernetesUserAgent() + " audit"
+	}
+	if c.meta, err = metadata.NewForConfig(mc); err != nil {
+		return nil, fmt.Errorf("building metadata client: %w", err)
+	}
+	return c, nil
+}
+
+func restClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string) (rest.Interface, error) {
+	c := rest.CopyConfig(cfg)
+	c.GroupVersion = &gv
+	c.APIPath = apiPath
+	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(scheme, codecs).WithoutConversion()
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent() + " audit"
+	}
+	// Protobuf pages are smaller to read and cheaper to decode than JSON.
+	if c.ContentType == "" {
+		c.ContentType = "application/vnd.kubernetes.protobuf"
+		c.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	}
+	rc, err := rest.RESTClientFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("building %s REST client: %w", gv, err)
+	}
+	return rc, nil
+}
+
+// lister is what gentype's list clients offer; pages walks any of them.
+type lister[L any] interface {
+	List(ctx context.Context, opts metav1.ListOptions) (L, error)
+}
+
+// continuer is every list type (their embedded ListMeta).
+type continuer interface{ GetContinue() string }
+
+// pages calls fn on each page of l. A continue token that expires
+// mid-walk (410 Gone on a large, busy cluster) is an error rather than the
+// full unpaged list client-go's pager would fall back to: that fallback is
+// exactly the unbounded memory paging exists to avoid.
+func pages[L continuer](ctx context.Context, l lister[L], what string, limit int64, opts metav1.ListOptions, fn func(L) error) error {
+	if limit <= 0 {
+		limit = DefaultPageSize
+	}
+	opts.Limit = limit
+	for {
+		page, err := l.List(ctx, opts)
+		if err != nil {
+			return fmt.Errorf("listing %s: %w", what, err)
+		}
+		if err := fn(page); err != nil {
+			return err
+		}
+		next := page.GetContinue()
+		if next == "" {
+			return nil
+		}
+		opts.Continue = next
+	}
+}
+
+// object is gentype's constraint on the objects its clients handle.
+type object interface {
+	runtime.Object
+	metav1.Object
+}
+
+func listClient[T object, L runtime.Object](rc rest.Interface, resource, namespace string, newObject func() T, newList func() L) *gentype.ClientWithList[T, L] {
+	return gentype.NewClientWithList(resource, rc, parameterCodec, namespace, newObject, newList, gentype.PrefersProtobuf[T]())
+}
+
+// ServiceAccounts implements Lister.
+func (c *Client) ServiceAccounts(ctx context.Context, namespace string, each func(*corev1.ServiceAccount) error) error {
+	l := listClient(c.core, "serviceaccounts", namespace,
+		func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
+		func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} })
+	return pages(ctx, l, "serviceaccounts", c.PageSize, metav1.ListOptions{}, func(p *corev1.ServiceAccountList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Pods implements Lister.
+func (c *Client) Pods(ctx context.Context, namespace string, each func(*corev1.Pod) error) error {
+	l := listClient(c.core, "pods", namespace,
+		func() *corev1.Pod { return &corev1.Pod{} },
+		func() *corev1.PodList { return &corev1.PodList{} })
+	return pages(ctx, l, "pods", c.PageSize, metav1.ListOptions{}, func(p *corev1.PodList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DaemonSets implements Lister: the DaemonSets of namespace called name
+// (a field selector, so that the ClusterRole needs list and not get).
+func (c *Client) DaemonSets(ctx context.Context, namespace, name string, each func(*appsv1.DaemonSet) error) error {
+	l := listClient(c.apps, "daemonsets", namespace,
+		func() *appsv1.DaemonSet { return &appsv1.DaemonSet{} },
+		func() *appsv1.DaemonSetList { return &appsv1.DaemonSetList{} })
+	opts := metav1.ListOptions{FieldSelector: "metadata.name=" + name}
+	return pages(ctx, l, "daemonsets", c.PageSize, opts, func(p *appsv1.DaemonSetList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Roles implements Lister.
+func (c *Client) Roles(ctx context.Context, namespace string, each func(*rbacv1.Role) error) error {
+	l := listClient(c.rbac, "roles", namespace,
+		func() *rbacv1.Role { return &rbacv1.Role{} },
+		func() *rbacv1.RoleList { return &rbacv1.RoleList{} })
+	return pages(ctx, l, "roles", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.RoleList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// RoleBindings implements Lister.
+func (c *Client) RoleBindings(ctx context.Context, namespace string, each func(*rbacv1.RoleBinding) error) error {
+	l := listClient(c.rbac, "rolebindings", namespace,
+		func() *rbacv1.RoleBinding { return &rbacv1.RoleBinding{} },
+		func() *rbacv1.RoleBindingList { return &rbacv1.RoleBindingList{} })
+	return pages(ctx, l, "rolebindings", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.RoleBindingList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ClusterRoles implements Lister.
+func (c *Client) ClusterRoles(ctx context.Context, each func(*rbacv1.ClusterRole) error) error {
+	l := listClient(c.rbac, "clusterroles", "",
+		func() *rbacv1.ClusterRole { return &rbacv1.ClusterRole{} },
+		func() *rbacv1.ClusterRoleList { return &rbacv1.ClusterRoleList{} })
+	return pages(ctx, l, "clusterroles", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.ClusterRoleList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ClusterRoleBindings implements Lister.
+func (c *Client) ClusterRoleBindings(ctx context.Context, each func(*rbacv1.ClusterRoleBinding) error) error {
+	l := listClient(c.rbac, "clusterrolebindings", "",
+		func() *rbacv1.ClusterRoleBinding { return &rbacv1.ClusterRoleBinding{} },
+		func() *rbacv1.ClusterRoleBindingList { return &rbacv1.ClusterRoleBindingList{} })
+	return pages(ctx, l, "clusterrolebindings", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.ClusterRoleBindingList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Metadata implements Lister: the metadata of each object of resource.
+func (c *Client) Metadata(ctx context.Context, resource schema.GroupVersionResource, namespace string, each func(*metav1.PartialObjectMetadata) error) error {
+	var l lister[*metav1.PartialObjectMetadataList] = c.meta.Resource(resource)
+	if namespace != "" {
+		l = c.meta.Resource(resource).Namespace(namespace)
+	}
+	return pages(ctx, l, resource.Resource, c.PageSize, metav1.ListOptions{}, func(p *metav1.PartialObjectMetadataList) error {
+		for i := range p.Items {
+			if err := each(&p.Items[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
