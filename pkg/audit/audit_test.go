@@ -122,7 +122,11 @@ func seeded() *objects {
 			pod("team", "cloudy", "cloudy", "", nil, agentEnv),
 			pod("team", "typo", "typo", "", ptr.To(false)), pod("team", "outside", "outside", "", ptr.To(false)),
 			pod("other", "copy-1-a", "copy", "copy-1", ptr.To(false)),
-			func() corev1.Pod { p := pod("team", "done", "", "", nil); p.Status.Phase = corev1.PodSucceeded; return p }(),
+			func() corev1.Pod {
+				p := pod("team", "done", "", "", nil)
+				p.Status.Phase = corev1.PodSucceeded
+				return p
+			}(),
 		},
 		ds: []appsv1.DaemonSet{{ObjectMeta: om("credbroker-system", "credbroker-agent"), Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{
 			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Args: []string{"serve", "--allowed-role-arn=arn:aws:iam::111122223333:role/team/*"}}}}}}}},

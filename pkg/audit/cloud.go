@@ -103,7 +103,9 @@ func (a *auditor) serviceAccountFindings() {
 	}
 }
 
-func saObject(k saKey) Object { return Object{Kind: "ServiceAccount", Namespace: k.namespace, Name: k.name} }
+func saObject(k saKey) Object {
+	return Object{Kind: "ServiceAccount", Namespace: k.namespace, Name: k.name}
+}
 
 func capList(s []string) []string {
 	if len(s) <= maxDetails {

@@ -20,9 +20,9 @@ const (
 // public version info, and the issuer discovery document. They are not
 // drift; anything else on such a binding is.
 var bootstrapGroupBindings = map[string][]string{
-	"system:basic-user":                      {groupAuthenticated},
-	"system:discovery":                       {groupAuthenticated},
-	"system:public-info-viewer":              {groupAuthenticated, groupUnauthenticated},
+	"system:basic-user":                       {groupAuthenticated},
+	"system:discovery":                        {groupAuthenticated},
+	"system:public-info-viewer":               {groupAuthenticated, groupUnauthenticated},
 	"system:service-account-issuer-discovery": {groupAllServiceAccounts},
 }
 

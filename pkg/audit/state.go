@@ -55,7 +55,9 @@ type roleKey struct{ kind, namespace, name string }
 
 type bindingRef struct{ kind, namespace, name string }
 
-func (b bindingRef) object() Object { return Object{Kind: b.kind, Namespace: b.namespace, Name: b.name} }
+func (b bindingRef) object() Object {
+	return Object{Kind: b.kind, Namespace: b.namespace, Name: b.name}
+}
 
 type grant struct {
 	role    roleKey
