@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -179,4 +180,11 @@ func mint(t testing.TB, key crypto.Signer, alg jose.SignatureAlgorithm, kid stri
 		t.Fatalf("signing: %v", err)
 	}
 	return tok
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// certPEM is the PEM of an httptest TLS server's certificate (its own CA).
+func certPEM(srv *httptest.Server) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 }

@@ -142,4 +142,3 @@ func scrub(msg, token string) string {
 	}
 	return msg
 }
-
