@@ -185,7 +185,9 @@ func TestTokenReview(t *testing.T) {
 			"authentication.kubernetes.io/pod-uid": {"another-pod"},
 		}}},
 	} {
-		f.setReview(func(*authenticationv1.TokenReview) (int, authenticationv1.TokenReviewStatus) { return http.StatusCreated, st })
+		f.setReview(func(*authenticationv1.TokenReview) (int, authenticationv1.TokenReviewStatus) {
+			return http.StatusCreated, st
+		})
 		clk.SetTime(clk.Now().Add(10 * time.Second))
 		if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrRevoked) {
 			t.Fatalf("%s: Verify = %v, want ErrRevoked", name, err)
