@@ -20,12 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/kube"
 	"github.com/credbroker/agent/pkg/nodetaint"
 	"github.com/credbroker/agent/pkg/podresolve"
 	"github.com/credbroker/agent/pkg/reuseport"
@@ -145,7 +145,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	resolver, err := podresolve.New(podresolve.Config{
-		Client: client, NodeName: cfg.nodeName, WaitForPod: cfg.waitForPod, Logger: log.With("component", "podresolve"),
+		Pods: client.Pods(), NodeName: cfg.nodeName, WaitForPod: cfg.waitForPod, Logger: log.With("component", "podresolve"),
 	})
 	if err != nil {
 		return err
@@ -161,7 +161,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}, func() float64 { return float64(resolver.Len()) }))
 
 	bcfg := cfg.broker
-	bcfg.Client, bcfg.Resolver, bcfg.Exchanger = client, resolver, sts
+	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Exchanger = client.ServiceAccounts(), resolver, sts
 	grd, err := newGuards(cfg.guard, reg, log.Handler())
 	if err != nil {
 		return err
@@ -258,7 +258,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		// pods already there; Remove retries until it succeeds or the
 		// agent stops.
 		g.Go(func() error {
-			err := nodetaint.Remove(gctx, nodetaint.Config{Client: client, NodeName: cfg.nodeName, Key: cfg.removeStartupTaint, Log: log.With("component", "nodetaint")})
+			err := nodetaint.Remove(gctx, nodetaint.Config{Nodes: client.Nodes(), NodeName: cfg.nodeName, Key: cfg.removeStartupTaint, Log: log.With("component", "nodetaint")})
 			if err != nil && gctx.Err() == nil {
 				log.Error("startup taint not removed", "err", err)
 			}
@@ -332,7 +332,7 @@ func shutdownBeforeServing(probe, metrics *http.Server, stopWork context.CancelF
 	return g.Wait()
 }
 
-func kubeClient(cfg serveConfig) (kubernetes.Interface, error) {
+func kubeClient(cfg serveConfig) (*kube.Client, error) {
 	var rc *rest.Config
 	var err error
 	if cfg.kubeconfig != "" {
@@ -348,7 +348,7 @@ func kubeClient(cfg serveConfig) (kubernetes.Interface, error) {
 	// Protobuf halves the bytes of the pod watch compared with JSON.
 	rc.ContentType = "application/vnd.kubernetes.protobuf"
 	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := kube.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("building Kubernetes client: %w", err)
 	}

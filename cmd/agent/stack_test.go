@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -163,7 +164,7 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	}
 	s.grd = grd
 	brk, err := broker.New(broker.Config{
-		Client: fakeKube(t), Resolver: fakeResolver{}, Exchanger: fakeExchanger{},
+		ServiceAccounts: kubetest.ServiceAccounts(fakeKube(t)), Resolver: fakeResolver{}, Exchanger: fakeExchanger{},
 		Registerer: s.reg, Logger: grd.brokerLogger(),
 	})
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/pkg/nodetaint"
 )
 
@@ -42,7 +43,7 @@ func TestStartupTaint(t *testing.T) {
 	patchTaints(ctx, t, c, w.node.Name, []corev1.Taint{{Key: StartupTaint, Effect: corev1.TaintEffectNoSchedule}})
 	// Whatever happens below, later tests need an untainted node.
 	t.Cleanup(func() {
-		_ = nodetaint.Remove(ctx, nodetaint.Config{Client: c, NodeName: w.node.Name, Key: StartupTaint})
+		_ = nodetaint.Remove(ctx, nodetaint.Config{Nodes: kubetest.Nodes(c), NodeName: w.node.Name, Key: StartupTaint})
 	})
 	// The scheduler learns of the taint through its watch; a pod created in
 	// the few milliseconds before may still be bound. Such a pod is deleted

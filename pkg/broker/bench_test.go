@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/credbroker/agent/internal/kubetest"
 )
 
 // discardWriter is the cheapest ResponseWriter possible, so that the
@@ -90,7 +92,7 @@ func BenchmarkServiceAccountHeap(b *testing.B) {
 		var before, after goruntime.MemStats
 		goruntime.GC()
 		goruntime.ReadMemStats(&before)
-		sas, err := newServiceAccounts(client, roleAnnotation)
+		sas, err := newServiceAccounts(kubetest.ServiceAccounts(client), roleAnnotation)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -33,7 +33,6 @@ import (
 	"golang.org/x/time/rate"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
@@ -62,9 +61,9 @@ const staleServeFloor = time.Minute
 
 // Config configures a Broker. Zero values take the documented defaults.
 type Config struct {
-	Client    kubernetes.Interface // required: TokenRequest and the ServiceAccount watch
-	Resolver  PodResolver          // required
-	Exchanger Exchanger            // required
+	ServiceAccounts ServiceAccountClient // required: TokenRequest and the ServiceAccount watch
+	Resolver        PodResolver          // required
+	Exchanger       Exchanger            // required
 
 	Audience                   string        // token audience; default "sts.amazonaws.com"
 	TokenExpiration            time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
@@ -233,8 +232,8 @@ const maxDeniedBackoff = 30 * time.Second
 func New(cfg Config) (*Broker, error) {
 	cfg.setDefaults()
 	switch {
-	case cfg.Client == nil:
-		return nil, errors.New("broker: Client is required")
+	case cfg.ServiceAccounts == nil:
+		return nil, errors.New("broker: ServiceAccounts is required")
 	case cfg.Resolver == nil:
 		return nil, errors.New("broker: Resolver is required")
 	case cfg.Exchanger == nil:
@@ -283,13 +282,13 @@ func New(cfg Config) (*Broker, error) {
 	if b.podFetches, err = lru.New[types.UID, *rate.Limiter](cfg.CacheSize); err != nil {
 		return nil, fmt.Errorf("broker: per-pod fetch budgets: %w", err)
 	}
-	if b.accounts, err = newServiceAccounts(cfg.Client, cfg.RoleAnnotation); err != nil {
+	if b.accounts, err = newServiceAccounts(cfg.ServiceAccounts, cfg.RoleAnnotation); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if b.metrics, err = newMetrics(cfg.Registerer, b.cache.Len); err != nil {
 		return nil, fmt.Errorf("broker: registering metrics: %w", err)
 	}
-	b.tokens = &tokenSource{client: cfg.Client, audience: cfg.Audience, expiration: cfg.TokenExpiration, clock: cfg.Clock, metrics: b.metrics}
+	b.tokens = &tokenSource{client: cfg.ServiceAccounts, audience: cfg.Audience, expiration: cfg.TokenExpiration, clock: cfg.Clock, metrics: b.metrics}
 	b.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		jittered[types.UID]{workqueue.NewTypedItemExponentialFailureRateLimiter[types.UID](time.Second, 2*time.Minute)},
 		workqueue.TypedRateLimitingQueueConfig[types.UID]{Name: "credbroker_refresh", Clock: cfg.Clock},

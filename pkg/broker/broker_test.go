@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -594,10 +595,10 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	base := func() Config {
-		return Config{Client: newEnv(t, nil).client, Resolver: &fakeResolver{}, Exchanger: &fakeExchanger{}}
+		return Config{ServiceAccounts: kubetest.ServiceAccounts(newEnv(t, nil).client), Resolver: &fakeResolver{}, Exchanger: &fakeExchanger{}}
 	}
 	cases := map[string]func(*Config){
-		"no client":          func(c *Config) { c.Client = nil },
+		"no client":          func(c *Config) { c.ServiceAccounts = nil },
 		"no resolver":        func(c *Config) { c.Resolver = nil },
 		"no exchanger":       func(c *Config) { c.Exchanger = nil },
 		"short session":      func(c *Config) { c.SessionDuration = 20 * time.Minute },

@@ -26,6 +26,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -161,7 +162,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 		return true, out, nil
 	})
 	cfg := Config{
-		Client: e.client, Resolver: e.resolver, Exchanger: e.exchanger,
+		ServiceAccounts: kubetest.ServiceAccounts(e.client), Resolver: e.resolver, Exchanger: e.exchanger,
 		Registerer: e.reg, Clock: e.clock,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}

@@ -19,6 +19,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -39,7 +40,7 @@ func newRealResolverEnv(t *testing.T) *realResolverEnv {
 	e := newEnv(t, func(c *Config) {
 		var err error
 		r, err = podresolve.New(podresolve.Config{
-			Client: c.Client, NodeName: testNode, WaitForPod: -1,
+			Pods: kubetest.Pods(c.ServiceAccounts.(kubetest.ServiceAccountClient).Clientset()), NodeName: testNode, WaitForPod: -1,
 			HostAddrs: func() ([]netip.Addr, error) { return nil, nil },
 		})
 		if err != nil {

@@ -7,11 +7,11 @@ import (
 	"sync"
 	"sync/atomic"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -50,9 +50,16 @@ type serviceAccounts struct {
 
 type saKey struct{ namespace, name string }
 
-func newServiceAccounts(client kubernetes.Interface, annotation string) (*serviceAccounts, error) {
+// ServiceAccountClient watches the ServiceAccounts of every namespace and
+// asks for pod-bound tokens. pkg/kube's Client.ServiceAccounts() is one.
+type ServiceAccountClient interface {
+	List(ctx context.Context, opts metav1.ListOptions) (*corev1.ServiceAccountList, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+	CreateToken(ctx context.Context, namespace, name string, req *authenticationv1.TokenRequest, opts metav1.CreateOptions) (*authenticationv1.TokenRequest, error)
+}
+
+func newServiceAccounts(sas ServiceAccountClient, annotation string) (*serviceAccounts, error) {
 	s := &serviceAccounts{annotation: annotation, roles: make(map[saKey]string), namespaces: make(map[string]string)}
-	sas := client.CoreV1().ServiceAccounts(metav1.NamespaceAll)
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return sas.List(ctx, o)
@@ -64,7 +71,7 @@ func newServiceAccounts(client kubernetes.Interface, annotation string) (*servic
 	// The wrapper tells the reflector whether the client can stream the
 	// initial list (a real API server can; client-go's fake cannot, and
 	// the reflector then lists instead), as informers do.
-	s.reflector = cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client),
+	s.reflector = cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, sas),
 		&corev1.ServiceAccount{}, s, cache.ReflectorOptions{Name: "credbroker-serviceaccounts"})
 	return s, nil
 }

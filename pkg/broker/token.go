@@ -9,7 +9,6 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
 	"github.com/credbroker/agent/pkg/exchange"
@@ -21,7 +20,7 @@ import (
 // refuses to mint it for a pod UID that no longer exists, so a token can
 // never outlive the identity it stands for.
 type tokenSource struct {
-	client     kubernetes.Interface
+	client     ServiceAccountClient
 	audience   string
 	expiration time.Duration
 	clock      clock.PassiveClock
@@ -43,7 +42,7 @@ func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod) (exchange.S
 		},
 	}
 	start := t.clock.Now()
-	resp, err := t.client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.ServiceAccount, req, metav1.CreateOptions{})
+	resp, err := t.client.CreateToken(ctx, pod.Namespace, pod.ServiceAccount, req, metav1.CreateOptions{})
 	t.metrics.observeUpstream(upstreamTokenRequest, err, t.clock.Since(start))
 	switch {
 	case err == nil && resp.Status.Token == "":

@@ -27,13 +27,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 )
 
 // Config configures Remove.
 type Config struct {
-	// Client talks to the API server as the agent.
-	Client kubernetes.Interface
+	// Nodes talks to the API server as the agent.
+	Nodes NodeClient
 	// NodeName is the agent's own node.
 	NodeName string
 	// Key is the taint's key; every taint with this key goes, whatever its
@@ -49,8 +48,8 @@ type Config struct {
 // (API server down, a concurrent update of the node) with backoff until it
 // succeeds or ctx ends. A node without the taint is left alone.
 func Remove(ctx context.Context, cfg Config) error {
-	if cfg.Client == nil || cfg.NodeName == "" || cfg.Key == "" {
-		return errors.New("nodetaint: Client, NodeName and Key are required")
+	if cfg.Nodes == nil || cfg.NodeName == "" || cfg.Key == "" {
+		return errors.New("nodetaint: Nodes, NodeName and Key are required")
 	}
 	log := cfg.Log
 	if log == nil {
@@ -62,7 +61,7 @@ func Remove(ctx context.Context, cfg Config) error {
 	}
 	var last error
 	err := wait.ExponentialBackoffWithContext(ctx, b, func(ctx context.Context) (bool, error) {
-		removed, err := removeOnce(ctx, cfg.Client, cfg.NodeName, cfg.Key)
+		removed, err := removeOnce(ctx, cfg.Nodes, cfg.NodeName, cfg.Key)
 		if err != nil {
 			last = err
 			log.WarnContext(ctx, "removing the startup taint failed; retrying", "node", cfg.NodeName, "taint", cfg.Key, "err", err)
@@ -88,12 +87,18 @@ type patchOp struct {
 	Value []corev1.Taint `json:"value"`
 }
 
+// NodeClient reads and patches nodes. pkg/kube's Client.Nodes() is one.
+type NodeClient interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
+	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error)
+}
+
 // removeOnce reads the node and, if it carries the taint, replaces its
 // taint list with the list less that key. The JSON patch tests the list it
 // read first, so a taint another controller added in between is not lost:
 // the patch fails instead, and the next attempt reads again.
-func removeOnce(ctx context.Context, c kubernetes.Interface, node, key string) (bool, error) {
-	n, err := c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+func removeOnce(ctx context.Context, c NodeClient, node, key string) (bool, error) {
+	n, err := c.Get(ctx, node, metav1.GetOptions{})
 	if err != nil {
 		return false, fmt.Errorf("getting node: %w", err)
 	}
@@ -114,7 +119,7 @@ func removeOnce(ctx context.Context, c kubernetes.Interface, node, key string) (
 	if err != nil {
 		return false, err
 	}
-	if _, err := c.CoreV1().Nodes().Patch(ctx, node, types.JSONPatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := c.Patch(ctx, node, types.JSONPatchType, patch, metav1.PatchOptions{}); err != nil {
 		return false, fmt.Errorf("patching node: %w", err)
 	}
 	return true, nil

@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
+
+	"github.com/credbroker/agent/internal/kubetest"
 )
 
 const key = "credbroker.io/agent-not-ready"
@@ -49,7 +51,7 @@ func TestRemove(t *testing.T) {
 				patches.Add(1)
 				return false, nil, nil
 			})
-			if err := Remove(context.Background(), Config{Client: c, NodeName: "node-1", Key: key, Backoff: fastBackoff()}); err != nil {
+			if err := Remove(context.Background(), Config{Nodes: kubetest.Nodes(c), NodeName: "node-1", Key: key, Backoff: fastBackoff()}); err != nil {
 				t.Fatal(err)
 			}
 			n, err := c.CoreV1().Nodes().Get(context.Background(), "node-1", metav1.GetOptions{})
@@ -82,7 +84,7 @@ func TestRemoveRetries(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	if err := Remove(context.Background(), Config{Client: c, NodeName: "node-1", Key: key, Backoff: fastBackoff()}); err != nil {
+	if err := Remove(context.Background(), Config{Nodes: kubetest.Nodes(c), NodeName: "node-1", Key: key, Backoff: fastBackoff()}); err != nil {
 		t.Fatal(err)
 	}
 	n, _ := c.CoreV1().Nodes().Get(context.Background(), "node-1", metav1.GetOptions{})
@@ -97,7 +99,7 @@ func TestRemoveGivesUpWithContext(t *testing.T) {
 	c := fake.NewClientset()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	err := Remove(ctx, Config{Client: c, NodeName: "node-1", Key: key, Backoff: fastBackoff()})
+	err := Remove(ctx, Config{Nodes: kubetest.Nodes(c), NodeName: "node-1", Key: key, Backoff: fastBackoff()})
 	if err == nil {
 		t.Fatal("want an error for a missing node")
 	}

@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/credbroker/agent/internal/kubetest"
 )
 
 // resolveAsync runs Resolve in a goroutine and returns its result channel.
@@ -396,7 +398,7 @@ func TestInterfaceAddrsIncludesLoopback(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	client := fake.NewClientset()
-	for _, cfg := range []Config{{NodeName: testNode}, {Client: client}} {
+	for _, cfg := range []Config{{NodeName: testNode}, {Pods: kubetest.Pods(client)}} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded, want an error", cfg)
 		}

@@ -13,8 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -35,10 +35,17 @@ const (
 // appear when Config.WaitForPod is zero.
 const DefaultWaitForPod = 2 * time.Second
 
+// PodClient lists and watches the pods of every namespace. pkg/kube's
+// Client.Pods() is one.
+type PodClient interface {
+	List(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
+
 // Config configures a Resolver.
 type Config struct {
-	// Client reads pods. Required.
-	Client kubernetes.Interface
+	// Pods reads pods. Required.
+	Pods PodClient
 	// NodeName is the node whose pods are indexed. Required.
 	NodeName string
 	// WaitForPod is how long Resolve waits for an unknown address to
@@ -87,8 +94,8 @@ type Resolver struct {
 // New returns a Resolver for cfg. It starts no goroutines and makes no API
 // calls; Run does.
 func New(cfg Config) (*Resolver, error) {
-	if cfg.Client == nil {
-		return nil, errors.New("podresolve: Config.Client is required")
+	if cfg.Pods == nil {
+		return nil, errors.New("podresolve: Config.Pods is required")
 	}
 	if cfg.NodeName == "" {
 		return nil, errors.New("podresolve: Config.NodeName is required")
@@ -114,8 +121,21 @@ func New(cfg Config) (*Resolver, error) {
 	selector := fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
 	// No resync (nothing here reconciles external state) and no extra
 	// indexes: lookups go through the resolver's own address index.
-	r.informer = coreinformers.NewFilteredPodInformer(cfg.Client, metav1.NamespaceAll, 0, cache.Indexers{},
-		func(o *metav1.ListOptions) { o.FieldSelector = selector })
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = selector
+			return cfg.Pods.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = selector
+			return cfg.Pods.Watch(ctx, o)
+		},
+	}
+	// The wrapper lets the reflector stream the initial list from a real
+	// API server and fall back to listing for clients that cannot (the
+	// fake clientset), as client-go's generated informers do.
+	r.informer = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, cfg.Pods),
+		&corev1.Pod{}, cache.SharedIndexInformerOptions{})
 	if err := r.informer.SetTransform(stripPod); err != nil {
 		return nil, fmt.Errorf("setting pod transform: %w", err)
 	}

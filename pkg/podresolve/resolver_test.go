@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/credbroker/agent/internal/kubetest"
 )
 
 const (
@@ -162,7 +164,7 @@ func newHarness(t testing.TB, o harnessOpts, objs ...*corev1.Pod) *harness {
 		o.wait = -1
 	}
 	r, err := New(Config{
-		Client:     h.client,
+		Pods:       kubetest.Pods(h.client),
 		NodeName:   testNode,
 		WaitForPod: o.wait,
 		HostAddrs: func() ([]netip.Addr, error) {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -133,8 +132,15 @@ func (a *agentProc) memory(ctx context.Context) (memSample, error) {
 		Cached:    int(m.get("credbroker_cached_credentials")),
 	}
 	if s.RSS == 0 {
-		s.RSS, _ = vmRSS(a.pid())
+		s.RSS, _ = procStatus(a.pid(), "VmRSS")
 	}
+	// The split says whether a smaller RSS is a matter of the heap's
+	// high-water mark (anonymous) or of the binary's pages (file).
+	s.RSSAnon, _ = procStatus(a.pid(), "RssAnon")
+	s.RSSFile, _ = procStatus(a.pid(), "RssFile")
+	s.HeapIdle = int64(m.get("go_memstats_heap_idle_bytes"))
+	s.HeapReleased = int64(m.get("go_memstats_heap_released_bytes"))
+	s.Sys = int64(m.get("go_memstats_sys_bytes"))
 	return s, nil
 }
 
@@ -173,9 +179,17 @@ type memSample struct {
 	HeapAlloc int64 `json:"heap_alloc_bytes"`
 	HeapInuse int64 `json:"heap_inuse_bytes"`
 	RSS       int64 `json:"rss_bytes"`
+	// RSSAnon and RSSFile split RSS into anonymous memory and mapped file
+	// pages (the binary's text and data).
+	RSSAnon      int64 `json:"rss_anon_bytes"`
+	RSSFile      int64 `json:"rss_file_bytes"`
+	HeapIdle     int64 `json:"heap_idle_bytes"`
+	HeapReleased int64 `json:"heap_released_bytes"`
+	Sys          int64 `json:"sys_bytes"`
 }
 
-func vmRSS(pid int) (int64, error) {
+// procStatus reads one of the kB figures of /proc/<pid>/status.
+func procStatus(pid int, field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -183,12 +197,12 @@ func vmRSS(pid int) (int64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmRSS line")
+	return 0, fmt.Errorf("no %s line in /proc/%d/status", field, pid)
 }
 
 // metricSet is one scrape of a Prometheus text exposition.

@@ -363,8 +363,11 @@ func (b *bench) memory(ctx context.Context, pods int) error {
 		return err
 	}
 	m.Pods = pods
+	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", b.agent.pid())); err == nil {
+		os.WriteFile(filepath.Join(b.opt.outDir, fmt.Sprintf("agent-smaps-%d.txt", pods)), raw, 0o644)
+	}
 	b.res.Memory = append(b.res.Memory, m)
-	logf("  memory with %d pods (%d cached): heap %.1f MiB, RSS %.1f MiB", pods, m.Cached, mib(m.HeapAlloc), mib(m.RSS))
+	logf("  memory with %d pods (%d cached): heap %.1f MiB, RSS %.1f MiB (anon %.1f, file %.1f; Go sys %.1f, heap idle %.1f, released %.1f)", pods, m.Cached, mib(m.HeapAlloc), mib(m.RSS), mib(m.RSSAnon), mib(m.RSSFile), mib(m.Sys), mib(m.HeapIdle), mib(m.HeapReleased))
 	return nil
 }
 
