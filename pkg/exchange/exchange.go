@@ -35,14 +35,34 @@ func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
 // Format redacts for every verb, including %s, %q and %x.
 func (s Secret) Format(f fmt.State, verb rune) { fmt.Fprint(f, "REDACTED") }
 
+// Cloud names a cloud whose credentials the agent serves.
+type Cloud string
+
+const (
+	AWS   Cloud = "aws"
+	GCP   Cloud = "gcp"
+	Azure Cloud = "azure"
+)
+
 // Request is one exchange of a ServiceAccount token for credentials.
 type Request struct {
 	// Token is the pod-bound ServiceAccount token (a JWT). It is used for
 	// this one call and never stored.
 	Token Secret
+	// Want is the kind of credential asked for: KindAWS from AWS;
+	// KindAccessToken or KindIDToken from GCP; KindAccessToken from Azure.
+	Want Kind
 	// Role names what the caller wants to become: an IAM role ARN for AWS,
-	// a service account email for GCP, a client ID for Azure.
+	// a service account email for GCP (empty: the federated principal of
+	// the pod's ServiceAccount itself), a client ID for Azure.
 	Role string
+	// Scopes are the OAuth scopes of an access token (GCP), or the one
+	// "<resource>/.default" scope (Azure).
+	Scopes []string
+	// Audience is the audience of an identity token (KindIDToken).
+	Audience string
+	// Tenant is the Azure tenant of Role.
+	Tenant string
 	// SessionName names the session in the cloud's audit log. The AWS
 	// exchanger sanitises it to what STS accepts.
 	SessionName string
@@ -58,6 +78,8 @@ const (
 	KindAWS Kind = iota + 1
 	// KindAccessToken credentials carry an OAuth 2.0 bearer token (GCP, Azure).
 	KindAccessToken
+	// KindIDToken credentials carry an OpenID Connect identity token (GCP).
+	KindIDToken
 )
 
 // Credentials are what an exchange yields. They are immutable once returned.
@@ -73,6 +95,11 @@ type Credentials struct {
 	// OAuth, set when Kind is KindAccessToken.
 	AccessToken Secret
 	TokenType   string
+	// Scopes the access token was granted, when upstream says.
+	Scopes []string
+
+	// IDToken is set when Kind is KindIDToken.
+	IDToken Secret
 
 	// Expiration is when the credentials stop working.
 	Expiration time.Time

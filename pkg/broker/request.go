@@ -1,0 +1,63 @@
+package broker
+
+import (
+	"time"
+
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// Request is what a wire surface asks for on behalf of the calling pod. It
+// is comparable: the cache is keyed by (pod UID, Request), so a surface
+// must canonicalise it (scopes sorted and deduplicated) or one pod could
+// fill its share of the cache with spellings of one request.
+type Request struct {
+	Cloud exchange.Cloud
+	// Want is the kind of credential: exchange.KindAWS,
+	// exchange.KindAccessToken or exchange.KindIDToken.
+	Want exchange.Kind
+	// Identity is the identity the caller names (a role ARN, a Google
+	// service account email, an Azure client ID); empty means the one its
+	// ServiceAccount is annotated with. Naming another one is refused.
+	Identity string
+	// Scope is the OAuth scopes of an access token, space-separated and
+	// sorted (GCP); the resource (Azure); the audience (identity tokens).
+	Scope string
+}
+
+// Answer is the broker's answer to a Request.
+type Answer struct {
+	Pod podresolve.Pod
+	// Identity is what the credentials stand for: the role ARN, the Google
+	// service account email (empty for the pod's own federated principal),
+	// the Azure client ID.
+	Identity string
+	// Credentials are shared with the cache and with other callers: read,
+	// never modify.
+	Credentials *exchange.Credentials
+}
+
+// Class is what kind of answer a failure calls for. Each surface maps it
+// to its own status codes and error format.
+type Class int
+
+const (
+	// Unavailable is transient: retry soon (503 on most surfaces).
+	Unavailable Class = iota + 1
+	// Throttled asks the caller to slow down (429).
+	Throttled
+	// Refused is final for this pod until its configuration changes (403).
+	Refused
+	// Invalid is a request upstream or the policy cannot parse (400).
+	Invalid
+)
+
+// Failure is a refused or failed request, classified once for every
+// surface. Code and Message are written by the broker, never copied from
+// upstream, so they hold no secret and nothing the caller sent.
+type Failure struct {
+	Class      Class
+	Code       string
+	Message    string
+	RetryAfter time.Duration
+}
