@@ -157,7 +157,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(tw, "SEVERITY\tID\tOBJECT\tFINDING")
 	for _, f := range r.Findings {
 		msg := f.Message
-		if f.Pods > 0 {
+		if f.Pods > 0 && f.Object.Kind != "Pod" {
 			msg += fmt.Sprintf(" (%d pods, e.g. %s)", f.Pods, f.Example)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", strings.ToUpper(f.Severity.String()), f.ID, f.Object, msg)

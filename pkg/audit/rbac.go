@@ -16,14 +16,16 @@ const (
 
 // bootstrapGroupBindings are the ClusterRoleBindings every API server
 // creates (label kubernetes.io/bootstrapping=rbac-defaults) with the group
-// subjects it gives them: discovery, the caller's own access review and
-// public version info, and the issuer discovery document. They are not
-// drift; anything else on such a binding is.
+// subjects it gives them (checked on kube-apiserver v1.37): discovery, the
+// caller's own access review and public version info, the issuer discovery
+// document and the cluster trust bundles. They are not drift; anything else
+// on such a binding is.
 var bootstrapGroupBindings = map[string][]string{
 	"system:basic-user":                       {groupAuthenticated},
 	"system:discovery":                        {groupAuthenticated},
 	"system:public-info-viewer":               {groupAuthenticated, groupUnauthenticated},
 	"system:service-account-issuer-discovery": {groupAllServiceAccounts},
+	"system:cluster-trust-bundle-discovery":   {groupAllServiceAccounts},
 }
 
 func isBootstrap(b bindingRef, labels map[string]string, ref rbacv1.RoleRef, group string) bool {
@@ -47,6 +49,9 @@ func (a *auditor) binding(b bindingRef, labels map[string]string, ref rbacv1.Rol
 		role.namespace = b.namespace
 	}
 	g := grant{role: role, binding: b}
+	// The API server's own bindings (system controllers' accounts) are
+	// reconciled back by it on every start: no permission debt to pay there.
+	g.bootstrap = labels["kubernetes.io/bootstrapping"] == "rbac-defaults"
 	roleName := ref.Kind + " " + ref.Name
 	for i, s := range subjects {
 		switch {
@@ -76,7 +81,7 @@ func (a *auditor) saSubject(b bindingRef, g grant, roleName string, sa saKey, su
 		return
 	}
 	a.bound[sa] = struct{}{}
-	if a.cfg.AuditLog != nil {
+	if a.cfg.AuditLog != nil && !g.bootstrap {
 		a.grants[sa] = append(a.grants[sa], g)
 	}
 	if sa.name != "default" {

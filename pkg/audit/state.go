@@ -60,8 +60,9 @@ func (b bindingRef) object() Object {
 }
 
 type grant struct {
-	role    roleKey
-	binding bindingRef
+	role      roleKey
+	binding   bindingRef
+	bootstrap bool
 }
 
 type aggKey struct {
