@@ -233,11 +233,21 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if len(r.URL.RawQuery) > MaxQuery {
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "query string too long")
 	}
+	switch p {
+	case "/computeMetadata", "/computeMetadata/v1":
+		return redirect(w, r)
+	case "/computeMetadata/":
+		return writeBody(w, contentTypeText, computeMetadataDir)
+	}
 	rest, ok := strings.CutPrefix(p, Prefix)
 	if !ok {
 		return notFound(w)
 	}
 	switch rest {
+	case "instance", "project", "universe":
+		return redirect(w, r)
+	case "", "instance/", "project/", "universe/":
+		return h.directory(w, r, rest)
 	case "project/project-id":
 		return writeBody(w, contentTypeText, h.projectID)
 	case "project/numeric-project-id":
@@ -265,6 +275,73 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	}
 	return h.serveAccount(w, r, account, leaf)
 }
+
+// directory answers the directories above the service accounts: a
+// listing, or with ?recursive=true their JSON (camelCase keys, as GCE).
+func (h *Handler) directory(w http.ResponseWriter, r *http.Request, dir string) int {
+	if !recursive(r.URL.RawQuery) {
+		switch dir {
+		case "":
+			return writeBody(w, contentTypeText, v1Dir)
+		case "instance/":
+			return writeBody(w, contentTypeText, instanceDir)
+		case "project/":
+			if h.numericID == nil {
+				return writeBody(w, contentTypeText, projectDirNoNumber)
+			}
+			return writeBody(w, contentTypeText, projectDir)
+		default:
+			return writeBody(w, contentTypeText, universeDir)
+		}
+	}
+	project := projectJSON{ProjectID: string(h.projectID), NumericProjectID: json.Number(h.numericID)}
+	universe := universeJSON{UniverseDomain: UniverseDomain}
+	switch dir {
+	case "project/":
+		return writeJSON(w, project)
+	case "universe/":
+		return writeJSON(w, universe)
+	}
+	addr, ok := peer(r)
+	if !ok {
+		return badPeer(w)
+	}
+	email, code := h.identity(w, r, addr)
+	if code != 0 {
+		return code
+	}
+	instance := instanceJSON{ServiceAccounts: h.accounts(email)}
+	if dir == "instance/" {
+		return writeJSON(w, instance)
+	}
+	return writeJSON(w, struct {
+		Instance instanceJSON `json:"instance"`
+		Project  projectJSON  `json:"project"`
+		Universe universeJSON `json:"universe"`
+	}{instance, project, universe})
+}
+
+type projectJSON struct {
+	NumericProjectID json.Number `json:"numericProjectId,omitempty"`
+	ProjectID        string      `json:"projectId"`
+}
+
+type universeJSON struct {
+	UniverseDomain string `json:"universeDomain"`
+}
+
+type instanceJSON struct {
+	ServiceAccounts map[string]accountJSON `json:"serviceAccounts"`
+}
+
+var (
+	computeMetadataDir = []byte("v1/\n")
+	v1Dir              = []byte("instance/\nproject/\nuniverse/\n")
+	instanceDir        = []byte("service-accounts/\n")
+	projectDir         = []byte("numeric-project-id\nproject-id\n")
+	projectDirNoNumber = []byte("project-id\n")
+	universeDir        = []byte("universe-domain\n")
+)
 
 var (
 	rootBody     = []byte("computeMetadata/\n")
@@ -315,8 +392,7 @@ func (h *Handler) listAccounts(w http.ResponseWriter, r *http.Request) int {
 		return code
 	}
 	if recursive(r.URL.RawQuery) {
-		info := h.accountInfo(email)
-		return writeJSON(w, map[string]accountJSON{"default": info, email: info})
+		return writeJSON(w, h.accounts(email))
 	}
 	return writeBody(w, contentTypeText, []byte("default/\n"+email+"/\n"))
 }
@@ -327,6 +403,12 @@ type accountJSON struct {
 	Aliases []string `json:"aliases"`
 	Email   string   `json:"email"`
 	Scopes  []string `json:"scopes"`
+}
+
+// accounts is the recursive answer for the service-accounts directory.
+func (h *Handler) accounts(email string) map[string]accountJSON {
+	info := h.accountInfo(email)
+	return map[string]accountJSON{"default": info, email: info}
 }
 
 func (h *Handler) accountInfo(email string) accountJSON {
