@@ -128,6 +128,8 @@ type run struct {
 	elapsed time.Duration
 	// maxRSS is the process's peak resident set, in bytes (getrusage).
 	maxRSS int64
+	// peakHeapMB is the largest Go heap in the GC trace (auditTraced).
+	peakHeapMB int
 }
 
 // audit runs bin/agent audit with kubeconfig kc and args; -o json unless
