@@ -56,6 +56,15 @@ integration-deps: k8sbin
 	@command -v moto_server >/dev/null || { echo "moto_server not found (pip package moto[server])"; exit 1; }
 	@command -v aws >/dev/null || { echo "aws (AWS CLI v1) not found (pip package awscli)"; exit 1; }
 	@python3 -c 'import boto3' || { echo "python3 cannot import boto3"; exit 1; }
+	@command -v jq >/dev/null || { echo "jq not found (Debian package jq; integration/audit runs the issue's jq pipeline)"; exit 1; }
+
+# `agent audit` on its own (integration/audit, part of test-integration
+# too): the seeded cluster, the jq comparison, deploy/audit's RBAC and the
+# 10,000-pod scale run (AUDIT_SCALE=small: a fifth of it). About 2.5 minutes.
+.PHONY: test-audit
+test-audit: build k8sbin
+	@command -v jq >/dev/null || { echo "jq not found (Debian package jq)"; exit 1; }
+	$(GO) test -tags integration -count=1 -timeout 10m -v ./integration/audit/
 
 # The node suite (integration/node) runs on its own after this one, in
 # test-node: both would otherwise compete for the same 2 cores.
