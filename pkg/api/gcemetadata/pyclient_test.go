@@ -1,0 +1,138 @@
+package gcemetadata
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+// gcloudThirdParty is where the Google Cloud CLI bundles its Python
+// libraries, google-auth among them.
+const gcloudThirdParty = "/usr/lib/google-cloud-sdk/lib/third_party"
+
+// needGcloud skips when the Google Cloud CLI is absent, except on CI, where
+// the machine image must have it.
+func needGcloud(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(gcloudThirdParty + "/google/auth"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("the Google Cloud CLI's google-auth is missing: %v", err)
+		}
+		t.Skipf("the Google Cloud CLI is not installed: %v", err)
+	}
+}
+
+// clientEnv is the whole environment of a client process pointed at the
+// server at hostport: no proxy, no credentials file, empty config
+// directories.
+func clientEnv(t *testing.T, hostport string, extra ...string) []string {
+	return append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + t.TempDir(),
+		"CLOUDSDK_CONFIG=" + t.TempDir(),
+		"GCE_METADATA_HOST=" + hostport,
+		"GCE_METADATA_IP=" + hostport,
+	}, extra...)
+}
+
+// pyScript does what an application does with google-auth: default
+// credentials (detection through GCE_METADATA_IP, then the account's
+// recursive info and its token), the universe domain, and identity tokens
+// both through IDTokenCredentials and through fetch_id_token.
+const pyScript = `
+import json, google.auth, google.auth.transport.requests as tr
+from google.auth import compute_engine
+from google.oauth2 import id_token
+req = tr.Request()
+creds, project = google.auth.default()
+creds.refresh(req)
+out = {"version": google.auth.__version__, "project": project, "token": creds.token,
+       "email": creds.service_account_email, "expiry": creds.expiry.isoformat() + "Z",
+       "universe": creds.universe_domain}
+idc = compute_engine.IDTokenCredentials(req, "https://svc.example", use_metadata_identity_endpoint=True)
+idc.refresh(req)
+out["id_token"] = idc.token
+out["id_expiry"] = idc.expiry.isoformat() + "Z"
+out["fetched_id"] = id_token.fetch_id_token(req, "https://aud2.example")
+print(json.dumps(out))
+`
+
+type pyOut struct {
+	Version   string    `json:"version"`
+	Project   string    `json:"project"`
+	Token     string    `json:"token"`
+	Email     string    `json:"email"`
+	Expiry    time.Time `json:"expiry"`
+	Universe  string    `json:"universe"`
+	IDToken   string    `json:"id_token"`
+	IDExpiry  time.Time `json:"id_expiry"`
+	FetchedID string    `json:"fetched_id"`
+}
+
+func runPython(t *testing.T, hostport string) pyOut {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "python3", "-c", pyScript)
+	cmd.Env = clientEnv(t, hostport, "PYTHONPATH="+gcloudThirdParty)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python google-auth: %v\n%s", err, stderr.String())
+	}
+	var out pyOut
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("decoding %q: %v", b, err)
+	}
+	return out
+}
+
+func TestPythonGoogleAuth(t *testing.T) {
+	needGcloud(t)
+	for _, fed := range []bool{false, true} {
+		name := "annotated"
+		email := testEmail
+		if fed {
+			name, email = "federated", testProject+FederatedSuffix
+		}
+		t.Run(name, func(t *testing.T) {
+			ts, fb := serveReal(t, func(fb *fakeBroker, _ *Config) { fb.federated = fed })
+			out := runPython(t, ts.Listener.Addr().String())
+			t.Logf("google-auth %s", out.Version)
+			if out.Project != testProject || out.Email != email || out.Universe != UniverseDomain {
+				t.Errorf("project %q email %q universe %q", out.Project, out.Email, out.Universe)
+			}
+			if out.Token != testToken+"/"+DefaultScope {
+				t.Errorf("token %q", out.Token)
+			}
+			if left := time.Until(out.Expiry); left < 59*time.Minute || left > time.Hour {
+				t.Errorf("token expiry in %v, want about an hour", left)
+			}
+			if !strings.HasPrefix(out.IDToken, "eyJ") || !strings.HasPrefix(out.FetchedID, "eyJ") {
+				t.Errorf("identity tokens %q, %q", out.IDToken, out.FetchedID)
+			}
+			if left := time.Until(out.IDExpiry); left < 59*time.Minute || left > time.Hour {
+				t.Errorf("identity token expiry in %v (read from its exp claim)", left)
+			}
+			// Python asks for the token under the email it read, so the
+			// email path must map onto the same Request as default/.
+			want := []broker.Request{
+				{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: DefaultScope},
+				{Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: "https://svc.example"},
+				{Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: "https://aud2.example"},
+			}
+			if !slices.Equal(fb.reqs, want) {
+				t.Errorf("requests %+v, want %+v", fb.reqs, want)
+			}
+		})
+	}
+}
