@@ -181,9 +181,9 @@ func TestRenderedBase(t *testing.T) {
 	}
 	us := ds.Spec.UpdateStrategy
 	if us.Type != appsv1.RollingUpdateDaemonSetStrategyType || us.RollingUpdate == nil ||
-		us.RollingUpdate.MaxSurge == nil || us.RollingUpdate.MaxSurge.String() != "1" ||
+		us.RollingUpdate.MaxSurge == nil || us.RollingUpdate.MaxSurge.String() != "1%" ||
 		us.RollingUpdate.MaxUnavailable == nil || us.RollingUpdate.MaxUnavailable.String() != "0" {
-		t.Errorf("updateStrategy = %+v, want RollingUpdate with maxSurge 1, maxUnavailable 0", us)
+		t.Errorf("updateStrategy = %+v, want RollingUpdate with maxSurge 1%%, maxUnavailable 0", us)
 	}
 	if len(spec.InitContainers) != 1 || len(spec.Containers) != 1 {
 		t.Fatalf("want one init container and one container, got %d and %d", len(spec.InitContainers), len(spec.Containers))

@@ -1,0 +1,56 @@
+{{/*
+Labels on every object. The selector (credbroker.selectorLabels) is the
+kustomize base's, so that a release can take over the base's DaemonSet.
+*/}}
+{{- define "credbroker.labels" -}}
+app.kubernetes.io/part-of: credbroker
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "credbroker.selectorLabels" -}}
+app.kubernetes.io/name: credbroker-agent
+{{- end }}
+
+{{- define "credbroker.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}:{{ $tag }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ $tag }}
+{{- end -}}
+{{- end }}
+
+{{/*
+credbroker.flag renders "- --name=value" when value is set: not null and not
+the empty string. 0 and false are set (the agent refuses a 0 it cannot use).
+*/}}
+{{- define "credbroker.flag" -}}
+{{- $v := index . 1 -}}
+{{- if not (or (kindIs "invalid" $v) (eq (toString $v) "")) }}
+- {{ printf "--%s=%v" (index . 0) $v | quote }}
+{{- end }}
+{{- end }}
+
+{{/* credbroker.switch renders "- --name" when value is true. */}}
+{{- define "credbroker.switch" -}}
+{{- if index . 1 }}
+- --{{ index . 0 }}
+{{- end }}
+{{- end }}
+
+{{/* The audiences the admission policy allows, as a CEL list literal. */}}
+{{- define "credbroker.allowedAudiences" -}}
+{{- $auds := list -}}
+{{- range (prepend .Values.admissionPolicy.extraAudiences .Values.aws.audience) -}}
+{{- $auds = append $auds (printf "'%s'" .) -}}
+{{- end -}}
+[{{ join ", " $auds }}]
+{{- end }}
+
+{{/* True when the Prometheus Operator's API is served. */}}
+{{- define "credbroker.hasMonitoringAPI" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end -}}
+{{- end }}

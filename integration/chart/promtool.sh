@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# promtool.sh builds promtool from github.com/prometheus/prometheus at the
+# version pinned in this directory's go.mod (the same one whose PromQL parser
+# the tests use) and prints its path on stdout; progress goes to stderr.
+#
+# Cached like integration/k8sbin/build.sh: in
+# ${CREDBROKER_CACHE:-$HOME/.cache/credbroker}/promtool-<hash>, where <hash>
+# covers go.mod, go.sum and the Go toolchain, so a changed pin builds anew and
+# an unchanged one skips the build. With --check it builds nothing: it prints
+# the path and exits 1 if the binary is not there.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${CREDBROKER_CACHE:-$HOME/.cache/credbroker}
+GO=${GO:-go}
+
+hash=$({ cat "$here/go.mod" "$here/go.sum"; "$GO" env GOVERSION GOOS GOARCH; } | sha256sum | cut -c1-16)
+out=$cache/promtool-$hash
+bin=$out/promtool
+
+if [[ -x $bin ]]; then
+	echo "$bin"
+	exit 0
+fi
+if [[ ${1:-} == --check ]]; then
+	echo "$bin"
+	exit 1
+fi
+
+mkdir -p "$cache"
+exec 9>"$cache/.promtool.lock"
+flock 9
+if [[ -x $bin ]]; then
+	echo "$bin"
+	exit 0
+fi
+tmp=$(mktemp -d "$cache/.promtool-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+echo "promtool: building into $out" >&2
+start=$SECONDS
+(cd "$here" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$tmp/promtool" github.com/prometheus/prometheus/cmd/promtool)
+mkdir -p "$out"
+mv "$tmp/promtool" "$bin"
+echo "promtool: built in $((SECONDS - start)) s" >&2
+echo "$bin"
