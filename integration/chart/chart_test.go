@@ -283,7 +283,7 @@ func allOn() map[string]any {
 			"allowedRoleARNs": []any{"arn:aws:iam::111122223333:role/team-*", "arn:aws:iam::111122223333:role/ops"},
 			"stsEndpoint":     "https://sts.eu-west-1.amazonaws.com", "sessionDuration": "2h",
 		},
-		"agent": agentAllSet(),
+		"agent":             agentAllSet(),
 		"extraArgs":         []any{"--log-level=debug"},
 		"extraEnv":          []any{map[string]any{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}},
 		"tolerations":       []any{map[string]any{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}},
