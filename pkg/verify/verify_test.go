@@ -170,6 +170,8 @@ func TestVerifyRefusals(t *testing.T) {
 			h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","kid":"rsa-1"}`))
 			return h + "." + parts[1] + "." + parts[2]
 		}(), ErrAlgorithm},
+		{"alg none, no key ID", rawToken(t, map[string]any{"alg": "none"}, good, nil), ErrAlgorithm},
+		{"HS256 under an unknown key ID", rawToken(t, map[string]any{"alg": "HS256", "kid": "nope"}, good, hs256(pubPEM)), ErrAlgorithm},
 		{"alg NONE", rawToken(t, map[string]any{"alg": "NONE", "kid": "rsa-1"}, good, nil), ErrAlgorithm},
 		{"HS256 with the public key PEM", rawToken(t, map[string]any{"alg": "HS256", "kid": "rsa-1"}, good, hs256(pubPEM)), ErrAlgorithm},
 		{"HS256 with the public key DER", rawToken(t, map[string]any{"alg": "HS256", "kid": "rsa-1"}, good, hs256(pubDER)), ErrAlgorithm},
@@ -211,6 +213,12 @@ func TestVerifyRefusals(t *testing.T) {
 			}
 			checkNoToken(t, err, tc.token)
 		})
+	}
+	// Only the two unknown key IDs (and the first load) fetched the key
+	// set; algorithm refusals come before any key lookup. The fake clock
+	// never moves, so the rate limit allows one fetch in all.
+	if n := is.jwksFetches.Load(); n != 1 {
+		t.Fatalf("JWKS fetches = %d, want 1", n)
 	}
 }
 
