@@ -136,3 +136,45 @@ func TestPythonGoogleAuth(t *testing.T) {
 		})
 	}
 }
+
+// TestGcloud runs the Google Cloud CLI itself (GCE_METADATA_ROOT names the
+// server): print-access-token reads the account, the listing and the
+// universe, then asks for a token under the email path (and an identity
+// token for its own OAuth client on the way); print-identity-token asks
+// default/identity with format=standard&licenses=FALSE.
+func TestGcloud(t *testing.T) {
+	needGcloud(t)
+	if testing.Short() {
+		t.Skip("gcloud takes seconds to start")
+	}
+	ts, fb := serveReal(t, nil)
+	hp := ts.Listener.Addr().String()
+	gcloud := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "gcloud", args...)
+		cmd.Env = clientEnv(t, hp, "GCE_METADATA_ROOT="+hp)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("gcloud %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := gcloud("auth", "print-access-token"); got != testToken+"/"+DefaultScope {
+		t.Errorf("print-access-token: %q", got)
+	}
+	if got := gcloud("auth", "print-identity-token", "--audiences=https://svc.example"); !strings.HasPrefix(got, "eyJ") {
+		t.Errorf("print-identity-token: %q", got)
+	}
+	var sawToken, sawID bool
+	for _, r := range fb.reqs {
+		sawToken = sawToken || r == broker.Request{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: DefaultScope}
+		sawID = sawID || r == broker.Request{Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: "https://svc.example"}
+	}
+	if !sawToken || !sawID {
+		t.Errorf("requests %+v", fb.reqs)
+	}
+}
