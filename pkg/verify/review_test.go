@@ -181,7 +181,7 @@ func TestTokenReview(t *testing.T) {
 	// Another user or pod than the token says: refused.
 	for name, st := range map[string]authenticationv1.TokenReviewStatus{
 		"not authenticated, naming the user": {Authenticated: false, User: authenticationv1.UserInfo{Username: testSubject}},
-		"other user": {Authenticated: true, User: authenticationv1.UserInfo{Username: "system:serviceaccount:shop:backend"}},
+		"other user":                         {Authenticated: true, User: authenticationv1.UserInfo{Username: "system:serviceaccount:shop:backend"}},
 		"other pod": {Authenticated: true, User: authenticationv1.UserInfo{Username: testSubject, Extra: map[string]authenticationv1.ExtraValue{
 			"authentication.kubernetes.io/pod-uid": {"another-pod"},
 		}}},
