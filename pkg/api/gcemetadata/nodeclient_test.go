@@ -1,0 +1,72 @@
+package gcemetadata
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+// jsGCP is the Node.js client project (package.json and a committed lock;
+// `npm ci` there installs google-auth-library and gcp-metadata).
+var jsGCP = filepath.Join("..", "..", "..", "integration", "sdk", "js-gcp")
+
+func TestNodeGoogleAuthLibrary(t *testing.T) {
+	if _, err := os.Stat(filepath.Join(jsGCP, "node_modules", "google-auth-library")); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("run npm ci in integration/sdk/js-gcp: %v", err)
+		}
+		t.Skipf("integration/sdk/js-gcp has no node_modules (npm ci there): %v", err)
+	}
+	for _, fed := range []bool{false, true} {
+		name, email := "annotated", testEmail
+		if fed {
+			name, email = "federated", testProject+FederatedSuffix
+		}
+		t.Run(name, func(t *testing.T) {
+			ts, fb := serveReal(t, func(fb *fakeBroker, _ *Config) { fb.federated = fed })
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "node", filepath.Join(jsGCP, "gcp-auth.mjs"), "https://svc.example")
+			cmd.Env = clientEnv(t, ts.Listener.Addr().String())
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			b, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("node: %v\n%s", err, stderr.String())
+			}
+			var out struct {
+				Library, GcpMetadata, Client, Token, ProjectID, Email, Universe, IDToken string
+				Expiry                                                                 int64
+			}
+			if err := json.Unmarshal(b, &out); err != nil {
+				t.Fatalf("decoding %q: %v", b, err)
+			}
+			t.Logf("google-auth-library %s, gcp-metadata %s, %s", out.Library, out.GcpMetadata, out.Client)
+			if out.Client != "Compute" || out.Token != testToken+"/"+DefaultScope || out.ProjectID != testProject ||
+				out.Email != email || out.Universe != UniverseDomain || !strings.HasPrefix(out.IDToken, "eyJ") {
+				t.Errorf("got %+v", out)
+			}
+			if left := time.Until(time.UnixMilli(out.Expiry)); left < 59*time.Minute || left > time.Hour {
+				t.Errorf("token expiry in %v", left)
+			}
+			want := []broker.Request{
+				{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: DefaultScope},
+				{Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: "https://svc.example"},
+			}
+			for _, w := range want {
+				if !slices.Contains(fb.reqs, w) {
+					t.Errorf("requests %+v lack %+v", fb.reqs, w)
+				}
+			}
+		})
+	}
+}
