@@ -18,6 +18,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -314,6 +318,8 @@ func TestVerifyRealAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("example receiver", func(t *testing.T) { testExampleReceiver(t, w, token) })
+
 	// Last: deletes the frontend pod.
 	t.Run("TokenReview rejects a deleted pod's token", func(t *testing.T) {
 		reviewed := w.verifier(t, verify.Config{TokenReview: true, ReviewCacheTTL: -1})
@@ -326,7 +332,8 @@ func TestVerifyRealAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		deleted := time.Now()
-		// The API server checks the bound pod through its own informer:
+		// kube-apiserver caches a successful token authentication for 10 s
+		// (TokenSuccessCacheTTL in its authentication options):
 		// poll the verdict until it turns, within a bound.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
@@ -384,4 +391,89 @@ func signWithKID(t *testing.T, key *rsa.PrivateKey, kid, iss string) string {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// testExampleReceiver builds examples/service-to-service/receiver, runs it
+// against the API server with the receiving ServiceAccount's token file,
+// and calls it as the frontend pod would.
+func testExampleReceiver(t *testing.T, w *world, token string) {
+	ctx := context.Background()
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "receiver")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./examples/service-to-service/receiver")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the example: %v\n%s", err, out)
+	}
+	tokenFile, caFile := filepath.Join(dir, "token"), filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(tokenFile, []byte(w.receiverToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, w.cp.CACert, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port, err := harness.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	p, err := harness.StartProcess("receiver", filepath.Join(dir, "receiver.log"), nil, bin,
+		"--listen="+addr, "--api-server="+w.cp.URL, "--token-file="+tokenFile, "--ca-file="+caFile,
+		"--audience="+audience, "--allow=system:serviceaccount:shop:frontend", "--token-review")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(5 * time.Second)
+
+	// Wait for /readyz: the key set is loaded from the API server.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case <-p.Done():
+			t.Fatalf("receiver exited:\n%s", p.LogTail(20))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("receiver not ready after 20s:\n%s", p.LogTail(20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	call := func(tok string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/orders", nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := call(token)
+	want := `{"namespace":"shop","node":"node-1","pod":"frontend-1","podUID":"` + string(w.frontend.UID) + `","reviewed":true,"serviceAccount":"frontend"}` + "\n"
+	if code != 200 || body != want {
+		t.Fatalf("frontend's call: %d %q, want 200 %q", code, body, want)
+	}
+	if code, _ := call(w.podToken(t, w.backend, audience)); code != http.StatusForbidden {
+		t.Fatalf("backend's call: %d, want 403", code)
+	}
+	if code, _ := call(""); code != http.StatusUnauthorized {
+		t.Fatalf("call without a token: %d, want 401", code)
+	}
+	if log, err := os.ReadFile(filepath.Join(dir, "receiver.log")); err != nil || strings.Contains(string(log), token) {
+		t.Fatalf("receiver log unreadable (%v) or contains the token", err)
+	}
 }

@@ -85,7 +85,8 @@ type Config struct {
 	// ReviewCacheTTL is how long a TokenReview answer is reused for the
 	// same token (keyed by its SHA-256). Default 10 s; negative disables the
 	// cache. A deleted pod's token is refused at most this long after the
-	// deletion (plus the API server's own cache).
+	// deletion, plus the API server's own cache of successful token
+	// authentications (10 s in kube-apiserver 1.37): 20 s by default.
 	ReviewCacheTTL time.Duration
 
 	// ReviewCacheSize bounds the TokenReview cache. Default 4096 entries.
