@@ -18,7 +18,7 @@ image: build
 
 # gofmt and go vet, over the integration-tagged files too.
 vet:
-	@out=$$(gofmt -l cmd pkg integration bench tools); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd pkg integration bench tools examples); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./integration/...
 
