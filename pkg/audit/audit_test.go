@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
@@ -405,5 +407,79 @@ func TestPages(t *testing.T) {
 	}
 	if len(got) != 1234 || got[1233] != 1233 || l.calls != 13 || maxPage != 100 {
 		t.Errorf("%d items in %d calls, largest page %d", len(got), l.calls, maxPage)
+	}
+}
+
+// forbidClusterWide refuses a cluster-wide RoleBinding list, as
+// RBAC does for an identity bound in one namespace only.
+type forbidClusterWide struct{ *objects }
+
+func (f forbidClusterWide) RoleBindings(ctx context.Context, ns string, fn func(*rbacv1.RoleBinding) error) error {
+	if ns == "" {
+		return fmt.Errorf("listing rolebindings: %w", apierrors.NewForbidden(schema.GroupResource{Group: "rbac.authorization.k8s.io", Resource: "rolebindings"}, "", errors.New("no")))
+	}
+	return f.objects.RoleBindings(ctx, ns, fn)
+}
+
+func TestNamespaceWithoutClusterWideRoleBindings(t *testing.T) {
+	r, err := Run(context.Background(), forbidClusterWide{seeded()}, Config{Namespace: "team"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Notes) == 0 || !strings.Contains(r.Notes[0], "rolebindings of other namespaces are not readable") {
+		t.Errorf("notes %q", r.Notes)
+	}
+	if !slices.Contains(keys(r), "RBAC-DEFAULT-SA RoleBinding/team/to-default") {
+		t.Errorf("the namespace's own bindings were not read: %s", strings.Join(keys(r), "\n"))
+	}
+	// Other lists still fail the audit.
+	if _, err := Run(context.Background(), forbidClusterWide{seeded()}, Config{}); err == nil {
+		t.Error("a refused cluster-wide list without --namespace did not fail the audit")
+	}
+}
+
+func TestGroupsAndBootstrap(t *testing.T) {
+	o := seeded()
+	boot := func(name string, groups ...string) rbacv1.ClusterRoleBinding {
+		b := rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/bootstrapping": "rbac-defaults"}},
+			RoleRef: rbacv1.RoleRef{Kind: "ClusterRole", Name: name}}
+		for _, g := range groups {
+			b.Subjects = append(b.Subjects, rbacv1.Subject{Kind: "Group", Name: g})
+		}
+		return b
+	}
+	o.crbs = append(o.crbs,
+		boot("system:basic-user", groupAuthenticated), boot("system:public-info-viewer", groupAuthenticated, groupUnauthenticated),
+		boot("system:service-account-issuer-discovery", groupAllServiceAccounts),
+		boot("system:cluster-trust-bundle-discovery", groupAllServiceAccounts),
+		// Drift on a bootstrap binding is drift.
+		boot("system:discovery", groupAuthenticated, groupUnauthenticated),
+		// A label does not make a binding the API server's.
+		func() rbacv1.ClusterRoleBinding {
+			b := boot("system:discovery", groupAllServiceAccounts)
+			b.Name = "lookalike"
+			return b
+		}(),
+	)
+	o.rbs = append(o.rbs, rbacv1.RoleBinding{ObjectMeta: om("other", "all-sas"), RoleRef: rbacv1.RoleRef{Kind: "ClusterRole", Name: "view"},
+		Subjects: []rbacv1.Subject{{Kind: "Group", Name: groupAllServiceAccounts}}})
+	r, err := Run(context.Background(), o, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := keys(r)
+	for _, w := range []string{"RBAC-UNAUTHENTICATED ClusterRoleBinding/system:discovery", "RBAC-SA-GROUP ClusterRoleBinding/lookalike", "RBAC-SA-GROUP RoleBinding/other/all-sas"} {
+		if !slices.Contains(got, w) {
+			t.Errorf("missing %s", w)
+		}
+	}
+	for _, g := range got {
+		if strings.Contains(g, "ClusterRoleBinding/system:") && g != "RBAC-UNAUTHENTICATED ClusterRoleBinding/system:discovery" {
+			t.Errorf("bootstrap binding reported: %s", g)
+		}
+	}
+	// system:serviceaccounts is bound: every account has a binding.
+	if slices.Contains(got, "POD-UNUSED-TOKEN Pod/team/lonely") {
+		t.Error("POD-UNUSED-TOKEN although system:serviceaccounts is bound")
 	}
 }
