@@ -61,8 +61,8 @@ type Config struct {
 	// HMAC, not RSA-PSS.
 	Algorithms []string
 
-	// Leeway is the clock skew allowed on exp, nbf and iat. Default 30 s,
-	// at most 5 minutes.
+	// Leeway is the clock skew allowed on exp, nbf and iat. Zero means the
+	// default, 30 s; at most 5 minutes.
 	Leeway time.Duration
 
 	// RefreshInterval is the shortest time between two key set fetches,

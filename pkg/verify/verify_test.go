@@ -281,3 +281,36 @@ func TestConfigRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestSignedBadClaims: a correctly signed token whose claims do not decode
+// (exp as a string, aud as a number) is malformed, and the error, which
+// carries the JSON decoder's text, still does not carry the token.
+func TestSignedBadClaims(t *testing.T) {
+	is := newIssuer(t)
+	v := newVerifier(t, is.config(clocktesting.NewFakePassiveClock(t0)))
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: rsaKey},
+		(&jose.SignerOptions{}).WithHeader(jose.HeaderKey("kid"), "rsa-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]map[string]any{
+		"exp a string":       {"iss": is.srv.URL, "sub": testSubject, "aud": testAudience, "exp": "tomorrow-secret-marker"},
+		"aud a number":       {"iss": is.srv.URL, "sub": testSubject, "aud": 42, "exp": t0.Add(time.Hour).Unix()},
+		"kubernetes.io list": {"iss": is.srv.URL, "sub": testSubject, "aud": testAudience, "exp": t0.Add(time.Hour).Unix(), "kubernetes.io": []string{"x"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tok, err := jwt.Signed(s).Claims(c).Serialize()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = v.Verify(context.Background(), tok)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Verify = %v, want ErrMalformed", err)
+			}
+			checkNoToken(t, err, tok)
+			if strings.Contains(err.Error(), "secret-marker") {
+				t.Fatalf("error text carries a claim's value: %v", err)
+			}
+		})
+	}
+}
