@@ -154,8 +154,7 @@ func (a *auditor) run(ctx context.Context, l Lister) error {
 	}
 	// RoleBindings of other namespaces can grant to this namespace's
 	// ServiceAccounts, so they are read cluster-wide when allowed.
-	rbNS := ""
-	err := l.RoleBindings(ctx, rbNS, func(b *rbacv1.RoleBinding) error {
+	err := l.RoleBindings(ctx, metav1.NamespaceAll, func(b *rbacv1.RoleBinding) error {
 		a.report.Scanned["rolebindings"]++
 		a.binding(bindingRef{kind: "RoleBinding", namespace: b.Namespace, name: b.Name}, b.Labels, b.RoleRef, b.Subjects)
 		return nil
@@ -277,9 +276,7 @@ func flagValues(args []string, name string) []string {
 		default:
 			continue
 		}
-		for _, p := range splitComma(v) {
-			out = append(out, p)
-		}
+		out = append(out, splitComma(v)...)
 	}
 	return out
 }

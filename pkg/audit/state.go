@@ -92,12 +92,12 @@ func (a *auditor) note(format string, args ...any) {
 func (a *auditor) add(f Finding) { a.report.Findings = append(a.report.Findings, f) }
 
 // addPod counts pod into the finding id of its workload, creating it with
-// make on the first pod.
-func (a *auditor) addPod(id string, workload Object, pod string, make func() Finding) {
+// newFinding on the first pod.
+func (a *auditor) addPod(id string, workload Object, pod string, newFinding func() Finding) {
 	k := aggKey{id: id, workload: workload}
 	f, ok := a.agg[k]
 	if !ok {
-		nf := make()
+		nf := newFinding()
 		f = &nf
 		f.Example = pod
 		a.agg[k] = f
