@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/api/awscreds"
 )
 
 // FuzzRequestPath feeds arbitrary bytes to the real request path (the
@@ -172,7 +172,7 @@ func (s *fuzzServer) refuses(r *http.Request, from string) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return true
 	}
-	if r.URL.Path != broker.CredentialsPath || r.URL.RawPath != "" {
+	if r.URL.Path != awscreds.Path || r.URL.RawPath != "" {
 		return true
 	}
 	for _, k := range []string{"X-Forwarded-For", "Forwarded", "Via", "X-Real-Ip", "X-Forwarded-Host", "X-Forwarded-Proto"} {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/guard"
 )
@@ -86,7 +87,7 @@ func (g *guards) brokerLogger() *slog.Logger {
 
 // handler puts the request guard in front of next.
 func (g *guards) handler(next http.Handler) (http.Handler, error) {
-	h, err := guard.NewHandler(guard.HandlerConfig{Next: next, WriteError: broker.WriteError, Metrics: g.metrics,
+	h, err := guard.NewHandler(guard.HandlerConfig{Next: next, WriteError: awscreds.WriteError, Metrics: g.metrics,
 		RequestQPS: g.cfg.requestQPS, RequestBurst: g.cfg.requestBurst, RequireAuthorization: g.cfg.requireAuthorization})
 	if err != nil {
 		return nil, fmt.Errorf("request guard: %w", err)

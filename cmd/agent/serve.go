@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/kube"
@@ -47,6 +49,7 @@ type serveConfig struct {
 	stsRegion     string
 	stsEndpoint   string
 	broker        broker.Config
+	aws           broker.Cloud // the AWS cloud's settings; its exchanger is built in serve
 	allowedRoles  listFlag
 	waitForPod    time.Duration
 	// startupPrefetchWait bounds how long a starting agent prefetches the
@@ -74,8 +77,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.stsEndpoint, "sts-endpoint", "", "STS endpoint URL overriding the regional one")
 	fs.DurationVar(&c.broker.SessionDuration, "session-duration", time.Hour, "lifetime of the credentials requested from STS (at least 30m)")
 	fs.DurationVar(&c.broker.TokenExpiration, "token-expiration", 10*time.Minute, "lifetime of the pod-bound ServiceAccount token (the API minimum is 10m)")
-	fs.StringVar(&c.broker.Audience, "audience", "sts.amazonaws.com", "audience of the ServiceAccount token")
-	fs.StringVar(&c.broker.RoleAnnotation, "role-annotation", "eks.amazonaws.com/role-arn", "ServiceAccount annotation naming the role")
+	fs.StringVar(&c.aws.Audience, "audience", "sts.amazonaws.com", "audience of the ServiceAccount token exchanged at AWS STS")
+	fs.StringVar(&c.aws.Annotation, "role-annotation", "eks.amazonaws.com/role-arn", "ServiceAccount annotation naming the role")
 	fs.IntVar(&c.broker.PodFetchBurst, "pod-fetch-burst", 10, "credential fetches one pod's requests may cause at once (cache misses); background refreshes are not counted")
 	fs.DurationVar(&c.broker.PodFetchInterval, "pod-fetch-interval", 6*time.Second, "after --pod-fetch-burst, one more request-driven fetch per pod per this interval")
 	fs.BoolVar(&c.broker.AllowDefaultServiceAccount, "allow-default-service-account", false, "serve pods that run as their namespace's default ServiceAccount")
@@ -103,7 +106,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	if len(c.listen) == 0 {
 		_ = c.listen.Set(defaultListen)
 	}
-	c.broker.AllowedRoles = c.allowedRoles
+	c.aws.Name, c.aws.AllowedIdentities = exchange.AWS, c.allowedRoles
 	switch {
 	case c.waitForPod >= c.broker.RequestTimeout:
 		return c, fmt.Errorf("--wait-for-pod (%s) must be shorter than --request-timeout (%s): a request waits at most --request-timeout in all", c.waitForPod, c.broker.RequestTimeout)
@@ -161,7 +164,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}, func() float64 { return float64(resolver.Len()) }))
 
 	bcfg := cfg.broker
-	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Exchanger = client.ServiceAccounts(), resolver, sts
+	aws := cfg.aws
+	aws.Exchanger = sts
+	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Clouds = client.ServiceAccounts(), resolver, []broker.Cloud{aws}
 	grd, err := newGuards(cfg.guard, reg, log.Handler())
 	if err != nil {
 		return err
@@ -187,7 +192,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	credHandler, err := grd.handler(brk)
+	credHandler, err := grd.handler(surfaces(brk))
 	if err != nil {
 		return err
 	}
@@ -236,6 +241,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if !awaitStartup(startCtx, synced, brk.Prefetched, cfg.startupPrefetchWait) {
 		return shutdownBeforeServing(probeServer, metricsServer, stopWork, g, log)
 	}
+	// Start-up is the agent's allocation peak (the pod and ServiceAccount
+	// lists decoded, a fetch per pod); hand what it no longer uses back to
+	// the node now rather than over minutes of background scavenging.
+	debug.FreeOSMemory()
 	credListeners, err := listenAll(gctx, cfg.listen, log)
 	if err != nil {
 		stopWork()
@@ -353,6 +362,11 @@ func kubeClient(cfg serveConfig) (*kube.Client, error) {
 		return nil, fmt.Errorf("building Kubernetes client: %w", err)
 	}
 	return client, nil
+}
+
+// surfaces routes each request to the wire surface that owns its path.
+func surfaces(b *broker.Broker) http.Handler {
+	return awscreds.New(b)
 }
 
 // listenAll binds every address it can. An address the node does not have

@@ -164,13 +164,13 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	}
 	s.grd = grd
 	brk, err := broker.New(broker.Config{
-		ServiceAccounts: kubetest.ServiceAccounts(fakeKube(t)), Resolver: fakeResolver{}, Exchanger: fakeExchanger{},
+		ServiceAccounts: kubetest.ServiceAccounts(fakeKube(t)), Resolver: fakeResolver{}, Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}},
 		Registerer: s.reg, Logger: grd.brokerLogger(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.handler, err = grd.handler(brk); err != nil {
+	if s.handler, err = grd.handler(surfaces(brk)); err != nil {
 		t.Fatal(err)
 	}
 	s.srv = newCredentialServer(s.handler, log)

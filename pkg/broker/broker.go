@@ -18,12 +18,14 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,6 +52,28 @@ type Exchanger interface {
 	Exchange(ctx context.Context, req exchange.Request) (exchange.Credentials, error)
 }
 
+// Cloud is one cloud whose credentials the broker serves.
+type Cloud struct {
+	Name      exchange.Cloud
+	Exchanger Exchanger // required
+	// Audience is the audience of the pod-bound token the exchanger takes.
+	// Default for AWS: "sts.amazonaws.com".
+	Audience string
+	// Annotation is the ServiceAccount annotation naming the identity.
+	// Default for AWS: "eks.amazonaws.com/role-arn".
+	Annotation string
+	// AllowedIdentities are glob patterns the annotated identity must
+	// match; empty allows every identity.
+	AllowedIdentities []string
+	// Federated serves a ServiceAccount without the annotation as its own
+	// federated principal (identity ""), instead of refusing it.
+	Federated bool
+	// Prefetch lists the requests fetched when a pod with an identity on
+	// this cloud arrives (its first request is then a cache hit). Default
+	// for AWS: the container credentials.
+	Prefetch []Request
+}
+
 // FreshnessFloor is the least lifetime a served credential has whenever a
 // fresh one can be had. botocore refetches on every call below 15 minutes
 // and fails below 10; every other SDK is more lenient.
@@ -63,15 +87,16 @@ const staleServeFloor = time.Minute
 type Config struct {
 	ServiceAccounts ServiceAccountClient // required: TokenRequest and the ServiceAccount watch
 	Resolver        PodResolver          // required
-	Exchanger       Exchanger            // required
+	Clouds          []Cloud              // at least one
 
-	Audience                   string        // token audience; default "sts.amazonaws.com"
 	TokenExpiration            time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
 	SessionDuration            time.Duration // requested credential lifetime; default 1h
-	RoleAnnotation             string        // default "eks.amazonaws.com/role-arn"
 	AllowDefaultServiceAccount bool
-	AllowedRoles               []string // glob patterns; empty allows every role
-	CacheSize                  int      // credentials cached; default 4096
+	CacheSize                  int // credentials cached in all; default 4096
+	// PodCacheEntries bounds what one pod holds in the cache (and in the
+	// failure memo): a pod asking for a thousand scope sets or audiences
+	// evicts its own oldest, never its neighbours'. Default 16.
+	PodCacheEntries int
 
 	// UpstreamQPS and UpstreamBurst limit fetches (each one TokenRequest plus
 	// one exchange) across all pods. Defaults 50 and 100: a node of 250 pods
@@ -108,11 +133,23 @@ func (c *Config) setDefaults() {
 			*d = v
 		}
 	}
-	if c.Audience == "" {
-		c.Audience = "sts.amazonaws.com"
+	for i := range c.Clouds {
+		cl := &c.Clouds[i]
+		if cl.Name != exchange.AWS {
+			continue
+		}
+		if cl.Audience == "" {
+			cl.Audience = "sts.amazonaws.com"
+		}
+		if cl.Annotation == "" {
+			cl.Annotation = "eks.amazonaws.com/role-arn"
+		}
+		if cl.Prefetch == nil {
+			cl.Prefetch = []Request{{Cloud: exchange.AWS, Want: exchange.KindAWS}}
+		}
 	}
-	if c.RoleAnnotation == "" {
-		c.RoleAnnotation = "eks.amazonaws.com/role-arn"
+	if c.PodCacheEntries == 0 {
+		c.PodCacheEntries = 16
 	}
 	setDefault(&c.TokenExpiration, 10*time.Minute)
 	setDefault(&c.SessionDuration, time.Hour)
@@ -146,23 +183,23 @@ func (c *Config) setDefaults() {
 }
 
 // Broker serves per-pod credentials. Create it with New, register it as the
-// resolver's Listener, serve Handler, and call Run for background refresh.
+// resolver's Listener, call Credentials from a wire surface, and call Run
+// for background refresh.
 type Broker struct {
-	cfg       Config
-	resolver  PodResolver
-	exchanger Exchanger
-	tokens    *tokenSource
-	accounts  *serviceAccounts
-	policy    rolePolicy
-	clock     clock.WithTicker
-	log       *slog.Logger
-	metrics   *metrics
-	limiter   *rate.Limiter
-	inflight  singleflight.Group
-	queue     workqueue.TypedRateLimitingInterface[types.UID]
+	cfg      Config
+	resolver PodResolver
+	tokens   *tokenSource
+	accounts *serviceAccounts
+	policy   rolePolicy
+	clock    clock.WithTicker
+	log      *slog.Logger
+	metrics  *metrics
+	limiter  *rate.Limiter
+	inflight singleflight.Group
+	queue    workqueue.TypedRateLimitingInterface[entryKey]
 
-	cache    *lru.Cache[types.UID, *entry]
-	failures *lru.Cache[types.UID, fetchFailure]
+	cache    *lru.Cache[entryKey, *entry]
+	failures *lru.Cache[entryKey, fetchFailure]
 	// podFetches holds each pod's budget of request-driven fetches.
 	podFetches *lru.Cache[types.UID, *rate.Limiter]
 
@@ -174,6 +211,9 @@ type Broker struct {
 	// pending holds pods announced but not yet fetched once, for
 	// Prefetched. Guarded by mu.
 	pending map[types.UID]struct{}
+	// asked lists, per pod, the requests it has cached or failed entries
+	// for, oldest first, at most PodCacheEntries. Guarded by mu.
+	asked map[types.UID][]Request
 	// gone holds pods that left the index. A pod that comes back (its
 	// sandbox was recreated, same UID) leaves it again with PodReady.
 	gone *lru.Cache[types.UID, struct{}]
@@ -184,12 +224,24 @@ type Broker struct {
 	dead *lru.Cache[types.UID, struct{}]
 }
 
-// entry is one pod's cached credential. It is immutable: a refresh replaces
-// it, so readers need no lock beyond the cache's.
+// entryKey is what the cache is keyed by: never an address. The request's
+// Identity is always empty in a key: which identity a pod gets is its
+// ServiceAccount's to say, and the entry records it.
+type entryKey struct {
+	uid types.UID
+	req Request
+}
+
+// podSync is the queue item of a pod's prefetch: every cloud's Prefetch
+// requests for which the pod has an identity.
+var podSync = Request{}
+
+// entry is one pod's cached credential for one request. It is immutable: a
+// refresh replaces it, so readers need no lock beyond the cache's.
 type entry struct {
 	pod        podresolve.Pod
-	role       string
-	body       []byte // the JSON answer, rendered once
+	identity   string
+	creds      *exchange.Credentials
 	expiration time.Time
 	fetchedAt  time.Time
 	refreshAt  time.Time
@@ -198,12 +250,12 @@ type entry struct {
 // fetchFailure remembers a failed fetch so that callers get the same answer
 // without another upstream call until it expires: this is the backoff.
 type fetchFailure struct {
-	role     string
+	identity string
 	err      error
 	until    time.Time
 	failures int
-	// firstDenied is when upstream first denied this pod the role, in the
-	// current run of denials; zero otherwise.
+	// firstDenied is when upstream first denied this pod the identity, in
+	// the current run of denials; zero otherwise.
 	firstDenied time.Time
 }
 
@@ -236,10 +288,10 @@ func New(cfg Config) (*Broker, error) {
 		return nil, errors.New("broker: ServiceAccounts is required")
 	case cfg.Resolver == nil:
 		return nil, errors.New("broker: Resolver is required")
-	case cfg.Exchanger == nil:
-		return nil, errors.New("broker: Exchanger is required")
-	case cfg.CacheSize < 0:
-		return nil, fmt.Errorf("broker: cache size %d must be positive", cfg.CacheSize)
+	case len(cfg.Clouds) == 0:
+		return nil, errors.New("broker: at least one cloud is required")
+	case cfg.CacheSize < 0, cfg.PodCacheEntries < 0:
+		return nil, fmt.Errorf("broker: cache sizes %d and %d must be positive", cfg.CacheSize, cfg.PodCacheEntries)
 	case cfg.TokenExpiration < 10*time.Minute:
 		return nil, fmt.Errorf("broker: token expiration %s is below the 10m the API server accepts for a TokenRequest", cfg.TokenExpiration)
 	case cfg.RequestTimeout < 0, cfg.FetchTimeout < 0, cfg.PodFetchInterval < 0, cfg.PodFetchBurst < 0:
@@ -250,27 +302,43 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("broker: session duration %s leaves no room to refresh before the %s freshness floor; use at least %s",
 			cfg.SessionDuration, FreshnessFloor, 2*FreshnessFloor)
 	}
-	for _, p := range cfg.AllowedRoles {
-		if p == "" {
-			return nil, errors.New("broker: empty allowed-role pattern")
+	annotations := make([]string, len(cfg.Clouds))
+	for i, c := range cfg.Clouds {
+		switch {
+		case c.Name == "":
+			return nil, errors.New("broker: a cloud without a name")
+		case slices.ContainsFunc(cfg.Clouds[:i], func(o Cloud) bool { return o.Name == c.Name }):
+			return nil, fmt.Errorf("broker: cloud %s configured twice", c.Name)
+		case c.Exchanger == nil:
+			return nil, fmt.Errorf("broker: cloud %s has no exchanger", c.Name)
+		case c.Audience == "", c.Annotation == "":
+			return nil, fmt.Errorf("broker: cloud %s needs a token audience and an annotation", c.Name)
+		case slices.Contains(c.AllowedIdentities, ""):
+			return nil, fmt.Errorf("broker: cloud %s: empty allowed-identity pattern", c.Name)
 		}
+		for _, r := range c.Prefetch {
+			if r.Cloud != c.Name || r.Identity != "" || r.Want == 0 {
+				return nil, fmt.Errorf("broker: cloud %s: prefetch request %+v must be for this cloud, name a kind and no identity", c.Name, r)
+			}
+		}
+		annotations[i] = c.Annotation
 	}
 	b := &Broker{
-		cfg:       cfg,
-		resolver:  cfg.Resolver,
-		exchanger: cfg.Exchanger,
-		policy:    rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount, patterns: cfg.AllowedRoles},
-		clock:     cfg.Clock,
-		log:       cfg.Logger,
-		limiter:   rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
-		known:     make(map[types.UID]podresolve.Pod),
-		pending:   make(map[types.UID]struct{}),
+		cfg:      cfg,
+		resolver: cfg.Resolver,
+		policy:   rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount},
+		clock:    cfg.Clock,
+		log:      cfg.Logger,
+		limiter:  rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
+		known:    make(map[types.UID]podresolve.Pod),
+		pending:  make(map[types.UID]struct{}),
+		asked:    make(map[types.UID][]Request),
 	}
 	var err error
-	if b.cache, err = lru.New[types.UID, *entry](cfg.CacheSize); err != nil {
+	if b.cache, err = lru.New[entryKey, *entry](cfg.CacheSize); err != nil {
 		return nil, fmt.Errorf("broker: credential cache: %w", err)
 	}
-	if b.failures, err = lru.New[types.UID, fetchFailure](cfg.CacheSize); err != nil {
+	if b.failures, err = lru.New[entryKey, fetchFailure](cfg.CacheSize); err != nil {
 		return nil, fmt.Errorf("broker: failure cache: %w", err)
 	}
 	if b.gone, err = lru.New[types.UID, struct{}](cfg.CacheSize); err != nil {
@@ -282,58 +350,71 @@ func New(cfg Config) (*Broker, error) {
 	if b.podFetches, err = lru.New[types.UID, *rate.Limiter](cfg.CacheSize); err != nil {
 		return nil, fmt.Errorf("broker: per-pod fetch budgets: %w", err)
 	}
-	if b.accounts, err = newServiceAccounts(cfg.ServiceAccounts, cfg.RoleAnnotation); err != nil {
+	if b.accounts, err = newServiceAccounts(cfg.ServiceAccounts, annotations); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if b.metrics, err = newMetrics(cfg.Registerer, b.cache.Len); err != nil {
 		return nil, fmt.Errorf("broker: registering metrics: %w", err)
 	}
-	b.tokens = &tokenSource{client: cfg.ServiceAccounts, audience: cfg.Audience, expiration: cfg.TokenExpiration, clock: cfg.Clock, metrics: b.metrics}
+	b.tokens = &tokenSource{client: cfg.ServiceAccounts, expiration: cfg.TokenExpiration, clock: cfg.Clock, metrics: b.metrics}
 	b.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		jittered[types.UID]{workqueue.NewTypedItemExponentialFailureRateLimiter[types.UID](time.Second, 2*time.Minute)},
-		workqueue.TypedRateLimitingQueueConfig[types.UID]{Name: "credbroker_refresh", Clock: cfg.Clock},
+		jittered[entryKey]{workqueue.NewTypedItemExponentialFailureRateLimiter[entryKey](time.Second, 2*time.Minute)},
+		workqueue.TypedRateLimitingQueueConfig[entryKey]{Name: "credbroker_refresh", Clock: cfg.Clock},
 	)
 	return b, nil
 }
 
-// credentials returns the JSON answer for the pod at addr, and the pod when
-// it was identified (for logging).
-func (b *Broker) credentials(ctx context.Context, addr netip.Addr) ([]byte, podresolve.Pod, error) {
+// Credentials returns credentials of the pod at addr for req. The answer's
+// Credentials are shared with the cache: read them, never modify them.
+func (b *Broker) Credentials(ctx context.Context, addr netip.Addr, req Request) (Answer, error) {
 	start := b.clock.Now()
 	pod, err := b.resolver.Resolve(ctx, addr)
 	if err != nil {
-		return nil, pod, fmt.Errorf("identifying caller: %w", err)
+		return Answer{Pod: pod}, fmt.Errorf("identifying caller: %w", err)
 	}
-	role, err := b.roleFor(pod)
+	ci, identity, err := b.identityFor(pod, req)
 	if err != nil {
-		return nil, pod, err
+		return Answer{Pod: pod}, err
 	}
-
-	cached, ok := b.cache.Get(pod.UID)
-	if ok && cached.role == role && cached.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
+	key := entryKey{uid: pod.UID, req: req}
+	key.req.Identity = ""
+	cached, ok := b.cache.Get(key)
+	if ok && cached.identity == identity && cached.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
 		b.metrics.cacheHits.Inc()
-		return cached.body, pod, nil
+		return Answer{Pod: pod, Identity: identity, Credentials: cached.creds}, nil
 	}
-	if !ok || cached.role != role {
+	if !ok || cached.identity != identity {
 		cached = nil
 	}
-	body, err := b.credentialsNotFresh(ctx, start, pod, role, cached)
-	return body, pod, err
+	creds, err := b.credentialsNotFresh(ctx, start, pod, ci, identity, key, cached)
+	return Answer{Pod: pod, Identity: identity, Credentials: creds}, err
+}
+
+// Identity resolves the pod at addr and returns the identity its
+// ServiceAccount may use on cloud ("" for a federated principal), without
+// fetching anything: what a surface lists before a token is asked for.
+func (b *Broker) Identity(ctx context.Context, addr netip.Addr, cloud exchange.Cloud) (podresolve.Pod, string, error) {
+	pod, err := b.resolver.Resolve(ctx, addr)
+	if err != nil {
+		return pod, "", fmt.Errorf("identifying caller: %w", err)
+	}
+	_, identity, err := b.identityFor(pod, Request{Cloud: cloud})
+	return pod, identity, err
 }
 
 // credentialsNotFresh is the path for a pod with no fresh credential
 // cached: back off after a recent failure, else fetch, and fall back to a
 // still valid cached credential while upstream fails. It is kept apart from
-// credentials so that the cache-hit path stays small (on a new connection's
+// Credentials so that the cache-hit path stays small (on a new connection's
 // goroutine a larger frame costs a stack growth per request).
-func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod podresolve.Pod, role string, cached *entry) ([]byte, error) {
+func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod podresolve.Pod, ci int, identity string, key entryKey, cached *entry) (*exchange.Credentials, error) {
 	usable := func(err error) bool {
 		return cached != nil && cached.expiration.Sub(b.clock.Now()) >= staleServeFloor && !endsStaleServing(err)
 	}
-	if f, failing := b.failures.Get(pod.UID); failing && f.role == role && b.clock.Now().Before(f.until) {
+	if f, failing := b.failures.Get(key); failing && f.identity == identity && b.clock.Now().Before(f.until) {
 		if usable(f.err) {
 			b.metrics.cacheStale.Inc()
-			return cached.body, nil
+			return cached.creds, nil
 		}
 		return nil, f.err
 	}
@@ -346,13 +427,13 @@ func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod p
 	// caller included.
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout-b.clock.Since(start))
 	defer cancel()
-	fresh, err := b.fetchShared(ctx, pod, role, true)
+	fresh, err := b.fetchShared(ctx, pod, ci, identity, key, true)
 	if err == nil {
-		return fresh.body, nil
+		return fresh.creds, nil
 	}
 	if usable(err) {
 		b.metrics.cacheStale.Inc()
-		return cached.body, nil
+		return cached.creds, nil
 	}
 	return nil, err
 }
@@ -369,40 +450,62 @@ func (b *Broker) allowPodFetch(uid types.UID) bool {
 	return lim.Allow()
 }
 
-// roleFor applies the operator's policy and returns the role the pod's
-// ServiceAccount names. It reads the ServiceAccount watch and makes no API
-// call.
-func (b *Broker) roleFor(pod podresolve.Pod) (string, error) {
+// cloudIndex returns the index of cloud in Config.Clouds, or -1.
+func (b *Broker) cloudIndex(cloud exchange.Cloud) int {
+	for i := range b.cfg.Clouds {
+		if b.cfg.Clouds[i].Name == cloud {
+			return i
+		}
+	}
+	return -1
+}
+
+// identityFor applies the operator's policy and returns the cloud's index
+// and the identity the pod's ServiceAccount names on it. It reads the
+// ServiceAccount watch and makes no API call.
+func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, string, error) {
 	if err := b.policy.checkServiceAccount(pod.Namespace, pod.ServiceAccount); err != nil {
-		return "", err
+		return 0, "", err
 	}
-	role, err := b.accounts.Role(pod.Namespace, pod.ServiceAccount)
+	ci := b.cloudIndex(req.Cloud)
+	if ci < 0 {
+		return 0, "", &Refusal{Code: CodeCloudNotServed,
+			Message: fmt.Sprintf("this agent is not configured to serve %s credentials", req.Cloud)}
+	}
+	identity, err := b.accounts.Identity(pod.Namespace, pod.ServiceAccount, ci)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
-	if err := b.policy.checkRole(pod.Namespace, pod.ServiceAccount, role); err != nil {
-		return "", err
+	if err := b.policy.checkIdentity(&b.cfg.Clouds[ci], pod.Namespace, pod.ServiceAccount, identity, req.Identity); err != nil {
+		return 0, "", err
 	}
-	return role, nil
+	return ci, identity, nil
 }
 
 // fetchShared fetches once for all concurrent callers asking for the same
-// pod and role. The fetch runs under its own timeout, detached from the
+// pod and request. The fetch runs under its own timeout, detached from the
 // first caller, so that a caller giving up neither fails the others nor
 // wastes the upstream call: its result still lands in the cache.
 //
 // A fetch a request starts spends one of the pod's request-driven fetches
 // (callers joining it spend nothing); background fetches spend none.
-func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, role string, requestDriven bool) (*entry, error) {
-	ch := b.inflight.DoChan(string(pod.UID)+"\x00"+role, func() (any, error) {
+func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, ci int, identity string, key entryKey, requestDriven bool) (*entry, error) {
+	flight := strings.Join([]string{string(pod.UID), string(key.req.Cloud), strconv.Itoa(int(key.req.Want)), identity, key.req.Scope}, "\x00")
+	ch := b.inflight.DoChan(flight, func() (any, error) {
+		// A caller that missed the cache just before the previous flight
+		// for this key landed joins nothing: it finds the result here
+		// rather than fetching again.
+		if e, ok := b.cache.Peek(key); ok && requestDriven && e.identity == identity && e.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
+			return e, nil
+		}
 		if requestDriven && !b.allowPodFetch(pod.UID) {
 			b.metrics.podFetchLimited.Inc()
 			return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodFetchLimited)
 		}
 		fctx, cancel := context.WithTimeout(context.Background(), b.cfg.FetchTimeout)
 		defer cancel()
-		e, err := b.fetch(fctx, pod, role)
-		return e, b.record(pod, role, e, err)
+		e, err := b.fetch(fctx, pod, ci, identity, key.req)
+		return e, b.record(pod, key, identity, e, err)
 	})
 	select {
 	case r := <-ch:
@@ -415,76 +518,127 @@ func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, role strin
 	}
 }
 
-func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, role string) (*entry, error) {
+func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity string, req Request) (*entry, error) {
 	if b.dead.Contains(pod.UID) {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
 	}
 	if err := b.limiter.Wait(ctx); err != nil {
 		return nil, fmt.Errorf("fetching for pod %s/%s: %w", pod.Namespace, pod.Name, errUpstreamBusy)
 	}
-	token, err := b.tokens.token(ctx, pod)
+	cloud := &b.cfg.Clouds[ci]
+	token, err := b.tokens.token(ctx, pod, cloud.Audience)
 	if err != nil {
 		return nil, err
 	}
-	start := b.clock.Now()
-	creds, err := b.exchanger.Exchange(ctx, exchange.Request{
+	xreq := exchange.Request{
 		Token:       token,
-		Role:        role,
+		Want:        req.Want,
+		Role:        identity,
 		SessionName: exchange.SessionName(pod.Namespace, pod.Name, string(pod.UID)),
 		Duration:    b.cfg.SessionDuration,
-	})
+	}
+	if req.Want == exchange.KindIDToken {
+		xreq.Audience = req.Scope
+	} else if req.Scope != "" {
+		xreq.Scopes = strings.Fields(req.Scope)
+	}
+	start := b.clock.Now()
+	creds, err := cloud.Exchanger.Exchange(ctx, xreq)
 	b.metrics.observeUpstream(upstreamSTS, err, b.clock.Since(start))
 	if err != nil {
-		return nil, fmt.Errorf("exchanging token of pod %s/%s for role %s: %w", pod.Namespace, pod.Name, role, err)
+		return nil, fmt.Errorf("exchanging token of pod %s/%s for %s identity %q: %w", pod.Namespace, pod.Name, cloud.Name, identity, err)
 	}
-	body, err := renderAWS(creds, role)
-	if err != nil {
+	if err := checkCredentials(req.Want, creds); err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	e := &entry{pod: pod, role: role, body: body, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
+	if creds.AccountID == "" && creds.Kind == exchange.KindAWS {
+		creds.AccountID, _ = exchange.AccountIDFromARN(identity)
+	}
+	e := &entry{pod: pod, identity: identity, creds: &creds, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
 	e.refreshAt = refreshTime(e)
 	return e, nil
+}
+
+// checkCredentials refuses what an exchanger returned if it is not what
+// was asked for or lacks a field every caller needs.
+func checkCredentials(want exchange.Kind, c exchange.Credentials) error {
+	if c.Kind != want {
+		return fmt.Errorf("exchanger returned credentials of kind %d for a request of kind %d", c.Kind, want)
+	}
+	complete := !c.Expiration.IsZero()
+	switch c.Kind {
+	case exchange.KindAWS:
+		complete = complete && c.AccessKeyID != "" && c.SecretAccessKey != "" && c.SessionToken != ""
+	case exchange.KindAccessToken:
+		complete = complete && c.AccessToken != ""
+	case exchange.KindIDToken:
+		complete = complete && c.IDToken != ""
+	}
+	if !complete {
+		return errors.New("exchanger returned incomplete credentials")
+	}
+	return nil
 }
 
 // record caches a fetch's outcome and schedules the next refresh. It returns
 // the error callers are to see: during the denied-retry window a denial
 // comes back marked as provisional.
-func (b *Broker) record(pod podresolve.Pod, role string, e *entry, err error) error {
+func (b *Broker) record(pod podresolve.Pod, key entryKey, identity string, e *entry, err error) error {
 	now := b.clock.Now()
 	if err != nil {
-		return b.recordFailure(pod, role, err, now)
+		return b.recordFailure(pod, key, identity, err, now)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.gone.Contains(pod.UID) || b.dead.Contains(pod.UID) {
 		return nil
 	}
-	if b.cache.Add(pod.UID, e) {
+	b.askedLocked(key)
+	if b.cache.Add(key, e) {
 		b.metrics.evictions.WithLabelValues(evictCapacity).Inc()
 	}
-	b.failures.Remove(pod.UID)
-	b.queue.AddAfter(pod.UID, max(e.refreshAt.Sub(now), 0))
+	b.failures.Remove(key)
+	b.queue.AddAfter(key, max(e.refreshAt.Sub(now), 0))
 	return nil
 }
 
-func (b *Broker) recordFailure(pod podresolve.Pod, role string, err error, now time.Time) error {
+// askedLocked records that the pod holds an entry for key.req, and drops
+// the pod's oldest one beyond PodCacheEntries. b.mu must be held.
+func (b *Broker) askedLocked(key entryKey) {
+	list := b.asked[key.uid]
+	if i := slices.Index(list, key.req); i >= 0 {
+		list = slices.Delete(list, i, i+1)
+	}
+	list = append(list, key.req)
+	for len(list) > b.cfg.PodCacheEntries {
+		oldest := entryKey{uid: key.uid, req: list[0]}
+		if b.cache.Remove(oldest) {
+			b.metrics.evictions.WithLabelValues(evictPodLimit).Inc()
+		}
+		b.failures.Remove(oldest)
+		list = list[1:]
+	}
+	b.asked[key.uid] = list
+}
+
+func (b *Broker) recordFailure(pod podresolve.Pod, key entryKey, identity string, err error, now time.Time) error {
 	if errors.Is(err, errPodGone) {
 		b.markDead(pod)
 		return err
 	}
-	prev, _ := b.failures.Peek(pod.UID)
-	if prev.role != role {
+	prev, _ := b.failures.Peek(key)
+	if prev.identity != identity {
 		prev = fetchFailure{}
 	}
-	f := fetchFailure{role: role, err: err, failures: prev.failures + 1}
+	f := fetchFailure{identity: identity, err: err, failures: prev.failures + 1}
 	var xe *exchange.Error
 	var refusal *Refusal
 	switch {
 	case errors.As(err, &xe) && (xe.Kind == exchange.Denied || xe.Kind == exchange.InvalidToken):
 		if xe.Kind == exchange.Denied {
-			// The role's trust policy no longer admits the pod: what is
-			// cached for that role must not be served on.
-			b.evictRole(pod.UID, role, evictDenied)
+			// The identity's trust policy no longer admits the pod: what
+			// is cached for that identity must not be served on.
+			b.evictIdentity(pod.UID, key.req.Cloud, identity, evictDenied)
 		}
 		f.deny(prev, now, 2*time.Second)
 	case errors.As(err, &refusal) && refusal.Code == CodeTokenRequestRefused && apierrors.IsForbidden(err):
@@ -499,7 +653,8 @@ func (b *Broker) recordFailure(pod podresolve.Pod, role string, err error, now t
 	}
 	b.mu.Lock()
 	if !b.gone.Contains(pod.UID) && !b.dead.Contains(pod.UID) {
-		b.failures.Add(pod.UID, f)
+		b.askedLocked(key)
+		b.failures.Add(key, f)
 	}
 	b.mu.Unlock()
 	return f.err
@@ -530,8 +685,9 @@ func backoff(failures int, base, limit time.Duration) time.Duration {
 
 // endsStaleServing reports whether err is an authoritative refusal that
 // ends serving what was cached before it: the identity provider denied the
-// role. A transient failure, a provisional one included, does not: serving
-// a still valid credential through an outage is what stale serving is for.
+// identity. A transient failure, a provisional one included, does not:
+// serving a still valid credential through an outage is what stale serving
+// is for.
 func endsStaleServing(err error) bool {
 	var xe *exchange.Error
 	return errors.As(err, &xe) && xe.Kind == exchange.Denied
@@ -553,9 +709,13 @@ func (b *Broker) forgetLocked(uid types.UID, reason string) {
 	delete(b.known, uid)
 	delete(b.pending, uid)
 	b.gone.Add(uid, struct{}{})
-	b.failures.Remove(uid)
 	b.podFetches.Remove(uid)
-	b.evict(uid, reason)
+	for _, req := range b.asked[uid] {
+		key := entryKey{uid: uid, req: req}
+		b.failures.Remove(key)
+		b.evict(key, reason)
+	}
+	delete(b.asked, uid)
 }
 
 // refreshTime picks when to refresh: at 40-60% of the span during which the
@@ -569,38 +729,4 @@ func refreshTime(e *entry) time.Time {
 		return e.fetchedAt.Add(30 * time.Second)
 	}
 	return e.fetchedAt.Add(time.Duration(float64(freshSpan) * (0.4 + 0.2*rand.Float64())))
-}
-
-// awsCredentials is the container-credentials answer every AWS SDK reads.
-type awsCredentials struct {
-	AccessKeyID     string `json:"AccessKeyId"`
-	SecretAccessKey string `json:"SecretAccessKey"`
-	Token           string `json:"Token"`
-	Expiration      string `json:"Expiration"`
-	AccountID       string `json:"AccountId,omitempty"`
-}
-
-// expirationLayout is RFC 3339 in UTC with a literal Z and whole seconds: the
-// JavaScript SDK rejects "+00:00", and some parsers reject fractions.
-const expirationLayout = "2006-01-02T15:04:05Z"
-
-func renderAWS(c exchange.Credentials, role string) ([]byte, error) {
-	if c.Kind != exchange.KindAWS {
-		return nil, fmt.Errorf("exchanger returned credentials of kind %d, the container-credentials API serves AWS keys only", c.Kind)
-	}
-	if c.AccessKeyID == "" || c.SecretAccessKey == "" || c.SessionToken == "" || c.Expiration.IsZero() {
-		return nil, errors.New("exchanger returned incomplete AWS credentials")
-	}
-	account := c.AccountID
-	if account == "" {
-		account, _ = exchange.AccountIDFromARN(role)
-	}
-	return json.Marshal(awsCredentials{
-		AccessKeyID:     c.AccessKeyID,
-		SecretAccessKey: c.SecretAccessKey.Reveal(),
-		Token:           c.SessionToken.Reveal(),
-		// Truncate, never round up: a credential must not look longer-lived than it is.
-		Expiration: c.Expiration.UTC().Truncate(time.Second).Format(expirationLayout),
-		AccountID:  account,
-	})
 }

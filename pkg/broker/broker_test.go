@@ -23,7 +23,7 @@ const (
 	roleB = "arn:aws:iam::444455556666:role/writer"
 )
 
-func TestServesCallerContract(t *testing.T) {
+func TestServesThePodBoundExchange(t *testing.T) {
 	e := newEnv(t, nil)
 	e.serviceAccount("shop", "cart", roleA)
 	e.pod("10.0.0.5", "shop", "cart-1", "cart")
@@ -32,19 +32,10 @@ func TestServesCallerContract(t *testing.T) {
 	if r.status != http.StatusOK {
 		t.Fatalf("status %d: %s", r.status, r.body)
 	}
-	if ct := r.header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type %q", ct)
+	if r.creds.AccessKeyID == "" || r.creds.SecretAccessKey == "" || r.creds.Token == "" || r.creds.AccountID != "111122223333" {
+		t.Errorf("credentials %+v incomplete, or without the role's account", r.creds)
 	}
-	for _, field := range []string{`"AccessKeyId":"`, `"SecretAccessKey":"`, `"Token":"`, `"Expiration":"`, `"AccountId":"111122223333"`} {
-		if !strings.Contains(r.body, field) {
-			t.Errorf("body lacks %s: %s", field, r.body)
-		}
-	}
-	exp, err := time.Parse(time.RFC3339, r.creds.Expiration)
-	if err != nil || !strings.HasSuffix(r.creds.Expiration, "Z") || strings.Contains(r.creds.Expiration, ".") {
-		t.Errorf("Expiration %q must be RFC 3339 UTC with Z and whole seconds (%v)", r.creds.Expiration, err)
-	}
-	if !exp.Equal(t0.Add(time.Hour)) {
+	if exp := mustParse(t, r.creds.Expiration); !exp.Equal(t0.Add(time.Hour)) {
 		t.Errorf("Expiration %s, want %s", exp, t0.Add(time.Hour))
 	}
 	if got := e.exchanger.tokens; len(got) != 1 || !strings.HasPrefix(got[0], "SATOKEN-uid-shop-cart-1-") {
@@ -98,7 +89,7 @@ func TestIPReuseNeverServesThePreviousPod(t *testing.T) {
 	if second.creds.AccessKeyId() == first.creds.AccessKeyId() || second.creds.AccountID != "444455556666" {
 		t.Fatalf("new pod got %+v, the old pod had %+v", second.creds, first.creds)
 	}
-	if e.broker.cache.Contains(old.UID) {
+	if e.cached(old.UID) {
 		t.Error("the departed pod's credentials are still cached")
 	}
 	if e.counter("credbroker_cache_evictions_total", map[string]string{"reason": evictPodGone}) != 1 {
@@ -123,7 +114,7 @@ func TestFetchFinishingAfterPodLeftIsDiscarded(t *testing.T) {
 	e.broker.PodGone(p)
 	close(release)
 	<-done
-	if e.broker.cache.Contains(p.UID) {
+	if e.cached(p.UID) {
 		t.Fatal("credentials of a departed pod were cached by a late fetch")
 	}
 }
@@ -210,7 +201,7 @@ func TestServiceAccountWithoutRole(t *testing.T) {
 }
 
 func TestAllowedRolePatterns(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.AllowedRoles = []string{"arn:aws:iam::111122223333:role/team-a/*"} })
+	e := newEnv(t, func(c *Config) { c.Clouds[0].AllowedIdentities = []string{"arn:aws:iam::111122223333:role/team-a/*"} })
 	e.serviceAccount("ns", "ok", roleA)
 	e.serviceAccount("ns", "bad", roleB)
 	e.pod("10.0.0.1", "ns", "p", "ok")
@@ -413,62 +404,6 @@ func TestUpstreamErrorClasses(t *testing.T) {
 	}
 }
 
-func TestIdentityComesOnlyFromTheConnection(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "a", roleA)
-	e.serviceAccount("ns", "b", roleB)
-	e.pod("10.0.0.1", "ns", "pod-a", "a")
-	e.pod("10.0.0.2", "ns", "pod-b", "b")
-	hdr := http.Header{
-		"X-Forwarded-For": {"10.0.0.2"}, "Forwarded": {"for=10.0.0.2"}, "X-Real-Ip": {"10.0.0.2"},
-	}
-	r := e.do(http.MethodGet, "/v1/credentials?ip=10.0.0.2", "10.0.0.1", hdr)
-	if r.status != http.StatusOK || r.creds.AccountID != "111122223333" {
-		t.Fatalf("forwarding headers changed the identity: %d %+v", r.status, r.creds)
-	}
-	// A caller the resolver cannot place gets no credentials whatever it claims.
-	r = e.do(http.MethodGet, "/v1/credentials", "10.9.9.9", hdr)
-	if r.status == http.StatusOK {
-		t.Fatal("unknown caller served through forwarding headers")
-	}
-}
-
-func TestPathsAndMethods(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.1", "ns", "p", "sa")
-	cases := []struct {
-		method, path string
-		status       int
-	}{
-		{http.MethodGet, "/", 404},
-		{http.MethodGet, "/v1/credentials/", 404},
-		{http.MethodGet, "/latest/meta-data/iam/security-credentials/", 404},
-		{http.MethodPost, "/v1/credentials", 405},
-		{http.MethodPut, "/v1/credentials", 405},
-		{http.MethodDelete, "/v1/credentials", 405},
-		{http.MethodHead, "/v1/credentials", 200},
-	}
-	for _, c := range cases {
-		r := e.do(c.method, c.path, "10.0.0.1", nil)
-		if r.status != c.status {
-			t.Errorf("%s %s: %d, want %d", c.method, c.path, r.status, c.status)
-		}
-		if c.status == 405 && r.header.Get("Allow") == "" {
-			t.Errorf("%s: 405 without Allow", c.method)
-		}
-		if c.method == http.MethodHead && r.body != "" {
-			t.Errorf("HEAD returned a body")
-		}
-		if c.status >= 400 && r.errObj["code"] == "" {
-			t.Errorf("%s %s: error without JSON code: %q", c.method, c.path, r.body)
-		}
-	}
-	if e.counter("credbroker_requests_total", map[string]string{"code": "404"}) != 3 {
-		t.Error("404s not counted by code")
-	}
-}
-
 func TestCacheIsBounded(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.CacheSize = 2 })
 	e.serviceAccount("ns", "sa", roleA)
@@ -499,7 +434,7 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	e.broker.PodReady(p)
-	eventually(t, "prefetch", func() bool { return e.broker.cache.Contains(p.UID) })
+	eventually(t, "prefetch", func() bool { return e.cached(p.UID) })
 	eventually(t, "the prefetch queue to drain", e.broker.Prefetched)
 	if r := e.get("10.0.0.20"); r.status != 200 || e.counter("credbroker_cache_hits_total", nil) != 1 {
 		t.Fatalf("first request after prefetch was not a hit: %d", r.status)
@@ -524,11 +459,11 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 	for range 60 {
 		e.clock.Step(time.Minute)
 	}
-	if _, err := e.broker.sync(ctx, p.UID); err != nil {
+	if _, err := e.broker.sync(ctx, entryKey{uid: p.UID, req: awsRequest}); err != nil {
 		t.Fatalf("sync of a departed pod: %v", err)
 	}
-	if n := e.exchanger.calls.Load(); n != 2 || e.broker.cache.Contains(p.UID) {
-		t.Fatalf("a departed pod was refreshed: %d exchanges, cached %v", n, e.broker.cache.Contains(p.UID))
+	if n := e.exchanger.calls.Load(); n != 2 || e.cached(p.UID) {
+		t.Fatalf("a departed pod was refreshed: %d exchanges, cached %v", n, e.cached(p.UID))
 	}
 }
 
@@ -571,7 +506,6 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 		addr := fmt.Sprintf("10.1.0.%d", i)
 		e.pod(addr, "ns", fmt.Sprintf("pod-%d", i), "sa")
 		e.get(addr)
-		e.do(http.MethodGet, fmt.Sprintf("/x/%d", i), addr, nil)
 	}
 	mfs, _ := e.reg.Gather()
 	allowed := map[string]bool{}
@@ -579,7 +513,7 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 		allowed[fmt.Sprint(c)] = true
 	}
 	for _, v := range []string{"other", upstreamTokenRequest, upstreamSTS, resultOK, resultDenied,
-		resultThrottled, resultError, evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired} {
+		resultThrottled, resultError, evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired, evictPodLimit} {
 		allowed[v] = true
 	}
 	for _, mf := range mfs {
@@ -595,15 +529,21 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	base := func() Config {
-		return Config{ServiceAccounts: kubetest.ServiceAccounts(newEnv(t, nil).client), Resolver: &fakeResolver{}, Exchanger: &fakeExchanger{}}
+		return Config{ServiceAccounts: kubetest.ServiceAccounts(newEnv(t, nil).client), Resolver: &fakeResolver{},
+			Clouds: []Cloud{{Name: exchange.AWS, Exchanger: &fakeExchanger{}}}}
 	}
 	cases := map[string]func(*Config){
-		"no client":          func(c *Config) { c.ServiceAccounts = nil },
-		"no resolver":        func(c *Config) { c.Resolver = nil },
-		"no exchanger":       func(c *Config) { c.Exchanger = nil },
+		"no client":    func(c *Config) { c.ServiceAccounts = nil },
+		"no resolver":  func(c *Config) { c.Resolver = nil },
+		"no exchanger": func(c *Config) { c.Clouds[0].Exchanger = nil },
+		"no clouds":    func(c *Config) { c.Clouds = nil },
+		"cloud twice":  func(c *Config) { c.Clouds = append(c.Clouds, c.Clouds[0]) },
+		"foreign prefetch": func(c *Config) {
+			c.Clouds[0].Prefetch = []Request{{Cloud: exchange.GCP, Want: exchange.KindAccessToken}}
+		},
 		"short session":      func(c *Config) { c.SessionDuration = 20 * time.Minute },
 		"negative cache":     func(c *Config) { c.CacheSize = -1 },
-		"empty role pattern": func(c *Config) { c.AllowedRoles = []string{""} },
+		"empty role pattern": func(c *Config) { c.Clouds[0].AllowedIdentities = []string{""} },
 		"short token":        func(c *Config) { c.TokenExpiration = 5 * time.Minute },
 		"negative timeout":   func(c *Config) { c.RequestTimeout = -time.Second },
 	}

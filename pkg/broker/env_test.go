@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -162,7 +160,8 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 		return true, out, nil
 	})
 	cfg := Config{
-		ServiceAccounts: kubetest.ServiceAccounts(e.client), Resolver: e.resolver, Exchanger: e.exchanger,
+		ServiceAccounts: kubetest.ServiceAccounts(e.client), Resolver: e.resolver,
+		Clouds:     []Cloud{{Name: exchange.AWS, Exchanger: e.exchanger}},
 		Registerer: e.reg, Clock: e.clock,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -192,11 +191,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 func (e *testEnv) waitForRole(ns, name, role string) {
 	e.t.Helper()
 	waitFor(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
-		got, err := e.broker.accounts.Role(ns, name)
-		if role == "" {
-			var refusal *Refusal
-			return errors.As(err, &refusal)
-		}
+		got, err := e.broker.accounts.Identity(ns, name, 0)
 		return err == nil && got == role
 	})
 }
@@ -244,33 +239,49 @@ type response struct {
 	errObj map[string]string
 }
 
-func (e *testEnv) get(addr string) response {
-	return e.do(http.MethodGet, "/v1/credentials", addr, nil)
+// awsCredentials is what the AWS surface (pkg/api/awscreds) would serve,
+// decoded: the tests read which pod and role an answer was for.
+type awsCredentials struct {
+	AccessKeyID     string `json:"AccessKeyId"`
+	SecretAccessKey string `json:"SecretAccessKey"`
+	Token           string `json:"Token"`
+	Expiration      string `json:"Expiration"`
+	AccountID       string `json:"AccountId,omitempty"`
 }
 
-func (e *testEnv) do(method, path, addr string, hdr http.Header) response {
+var awsRequest = Request{Cloud: exchange.AWS, Want: exchange.KindAWS}
+
+// get asks for the AWS credentials of the pod at addr as a surface does,
+// and turns the answer into what the AWS surface would send: the status
+// of the failure's class, Retry-After, and the code and message.
+func (e *testEnv) get(addr string) response {
 	e.t.Helper()
-	req := httptest.NewRequest(method, path, nil)
-	req.RemoteAddr = netip.AddrPortFrom(netip.MustParseAddr(addr), 40000).String()
-	for k, v := range hdr {
-		req.Header[k] = v
+	ctx := context.Background()
+	a := netip.MustParseAddr(addr)
+	ans, err := e.broker.Credentials(ctx, a, awsRequest)
+	r := response{header: http.Header{}}
+	if err != nil {
+		f := Classify(err)
+		e.broker.LogFailure(ctx, a, ans.Pod, f, err)
+		r.status = map[Class]int{Unavailable: 503, Throttled: 429, Refused: 403, Invalid: 400}[f.Class]
+		if f.RetryAfter > 0 {
+			r.header.Set("Retry-After", fmt.Sprint(max(int(f.RetryAfter/time.Second), 1)))
+		}
+		r.errObj = map[string]string{"code": f.Code, "Code": f.Code, "message": f.Message, "Message": f.Message}
+		body, _ := json.Marshal(r.errObj)
+		r.body = string(body)
+	} else {
+		c := ans.Credentials
+		r.status = http.StatusOK
+		r.creds = awsCredentials{AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey.Reveal(), Token: c.SessionToken.Reveal(),
+			Expiration: c.Expiration.UTC().Truncate(time.Second).Format(time.RFC3339), AccountID: c.AccountID}
+		body, _ := json.Marshal(r.creds)
+		r.body = string(body)
 	}
-	rec := httptest.NewRecorder()
-	e.broker.ServeHTTP(rec, req)
-	r := response{status: rec.Code, header: rec.Header(), body: rec.Body.String()}
+	e.broker.ObserveRequest(r.status, 0)
 	e.bodiesMu.Lock()
 	e.bodies = append(e.bodies, r.body)
 	e.bodiesMu.Unlock()
-	if r.status == http.StatusOK && method == http.MethodGet {
-		// Errorf, not Fatalf: tests call get from their own goroutines.
-		if err := json.Unmarshal(rec.Body.Bytes(), &r.creds); err != nil {
-			e.t.Errorf("200 with a body that is not credentials JSON: %v: %q", err, r.body)
-		}
-	} else if r.body != "" {
-		if err := json.Unmarshal(rec.Body.Bytes(), &r.errObj); err != nil {
-			e.t.Errorf("error body is not JSON: %v: %q", err, r.body)
-		}
-	}
 	return r
 }
 
@@ -341,4 +352,9 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// cached reports whether the pod's AWS credentials are cached.
+func (e *testEnv) cached(uid types.UID) bool {
+	return e.broker.cache.Contains(entryKey{uid: uid, req: awsRequest})
 }

@@ -3,8 +3,6 @@ package broker
 import (
 	"errors"
 	"fmt"
-	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/credbroker/agent/pkg/exchange"
@@ -28,6 +26,8 @@ const (
 	CodeDefaultServiceAccount = "DefaultServiceAccount"
 	CodeNoRole                = "NoRoleAnnotation"
 	CodeRoleNotAllowed        = "RoleNotAllowed"
+	CodeIdentityNotAllowed    = "IdentityNotAllowed"
+	CodeCloudNotServed        = "CloudNotServed"
 	CodeServiceAccountMissing = "ServiceAccountNotFound"
 	CodeTokenRequestRefused   = "TokenRequestRefused"
 	CodeUpstreamDenied        = "AccessDenied"
@@ -82,94 +82,79 @@ type errKubeAPI struct {
 func (e *errKubeAPI) Error() string { return fmt.Sprintf("kubernetes API: %v", e.err) }
 func (e *errKubeAPI) Unwrap() error { return e.err }
 
-// failure is what the caller is told, derived from an error in one place.
-type failure struct {
-	status     int
-	code       string
-	message    string
-	retryAfter time.Duration
-}
-
-// classify maps every error the request path can produce to the HTTP answer.
-// It is the only place that decides status codes. Messages are written here,
-// not taken from upstream, so that no upstream text (which might echo a
-// token) reaches a pod.
-func classify(err error) failure {
+// Classify maps every error Credentials and Identity return to what the
+// caller is told. It is the one place that decides what kind of answer an
+// error calls for; each surface maps the Class to its own status codes.
+// Messages are written here, not taken from upstream, so that no upstream
+// text (which might echo a token) reaches a pod.
+func Classify(err error) Failure {
 	var refusal *Refusal
 	var xe *exchange.Error
 	var te *errKubeAPI
 	var pd *provisionalDenial
 	switch {
 	case errors.As(err, &pd) && errors.As(err, &refusal):
-		return failure{status: http.StatusServiceUnavailable, code: refusal.Code, retryAfter: 2 * time.Second,
-			message: refusal.Message + "; retrying for a while (a restarting API server refuses briefly), then this becomes final"}
+		return Failure{Class: Unavailable, Code: refusal.Code, RetryAfter: 2 * time.Second,
+			Message: refusal.Message + "; retrying for a while (a restarting API server refuses briefly), then this becomes final"}
 	case errors.As(err, &pd):
 		code := CodeUpstreamDenied
 		if errors.As(err, &xe) && xe.Code != "" {
 			code = xe.Code
 		}
-		return failure{status: http.StatusServiceUnavailable, code: CodeUpstreamDenied, retryAfter: 2 * time.Second,
-			message: "the identity provider refused this pod's ServiceAccount for the role (" + code + "); retrying for a while in case the role or its trust policy was just created, then this becomes final: check the role's trust policy"}
+		return Failure{Class: Unavailable, Code: CodeUpstreamDenied, RetryAfter: 2 * time.Second,
+			Message: "the identity provider refused this pod's ServiceAccount for the identity (" + code + "); retrying for a while in case the identity or its trust policy was just created, then this becomes final: check the identity's trust policy (AWS: the role's; GCP: the workload identity binding)"}
 	case errors.As(err, &refusal):
-		return failure{status: http.StatusForbidden, code: refusal.Code, message: refusal.Message}
+		return Failure{Class: Refused, Code: refusal.Code, Message: refusal.Message}
 	case errors.Is(err, podresolve.ErrHostAddress):
-		return failure{status: http.StatusForbidden, code: CodeHostNetwork,
-			message: "the caller's address belongs to the node: host-network pods and node processes share it, so they cannot be identified and get no credentials"}
+		return Failure{Class: Refused, Code: CodeHostNetwork,
+			Message: "the caller's address belongs to the node: host-network pods and node processes share it, so they cannot be identified and get no credentials"}
 	case errors.Is(err, podresolve.ErrNotSynced):
-		return failure{status: http.StatusServiceUnavailable, code: CodeUnavailable, retryAfter: time.Second,
-			message: "the agent is starting and has not listed this node's pods yet"}
+		return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+			Message: "the agent is starting and has not listed this node's pods yet"}
 	case errors.Is(err, podresolve.ErrAmbiguous):
-		return failure{status: http.StatusServiceUnavailable, code: CodePodNotIdentified, retryAfter: time.Second,
-			message: "more than one pod on this node claims the caller's address; retry once the old pod is gone"}
+		return Failure{Class: Unavailable, Code: CodePodNotIdentified, RetryAfter: time.Second,
+			Message: "more than one pod on this node claims the caller's address; retry once the old pod is gone"}
 	case errors.Is(err, podresolve.ErrNotFound):
-		return failure{status: http.StatusServiceUnavailable, code: CodePodNotIdentified, retryAfter: time.Second,
-			message: "no running pod on this node has the caller's address (yet)"}
+		return Failure{Class: Unavailable, Code: CodePodNotIdentified, RetryAfter: time.Second,
+			Message: "no running pod on this node has the caller's address (yet)"}
 	case errors.Is(err, errPodGone):
-		return failure{status: http.StatusServiceUnavailable, code: CodePodNotIdentified, retryAfter: time.Second,
-			message: "the API server says the pod that had the caller's address no longer exists; a new pod at this address is served once the agent sees it"}
+		return Failure{Class: Unavailable, Code: CodePodNotIdentified, RetryAfter: time.Second,
+			Message: "the API server says the pod that had the caller's address no longer exists; a new pod at this address is served once the agent sees it"}
 	case errors.Is(err, errServiceAccountMissing):
-		return failure{status: http.StatusServiceUnavailable, code: CodeServiceAccountMissing, retryAfter: 2 * time.Second,
-			message: "the pod's ServiceAccount does not exist (being replaced, or deleted); retry later"}
+		return Failure{Class: Unavailable, Code: CodeServiceAccountMissing, RetryAfter: 2 * time.Second,
+			Message: "the pod's ServiceAccount does not exist (being replaced, or deleted); retry later"}
 	case errors.Is(err, errServiceAccountsNotSynced):
-		return failure{status: http.StatusServiceUnavailable, code: CodeUnavailable, retryAfter: time.Second,
-			message: "the agent is starting and has not listed ServiceAccounts yet"}
+		return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+			Message: "the agent is starting and has not listed ServiceAccounts yet"}
 	case errors.Is(err, errPodFetchLimited):
-		return failure{status: http.StatusTooManyRequests, code: CodeThrottled, retryAfter: 5 * time.Second,
-			message: "this pod has caused too many credential fetches recently; retry later"}
+		return Failure{Class: Throttled, Code: CodeThrottled, RetryAfter: 5 * time.Second,
+			Message: "this pod has caused too many credential fetches recently; retry later"}
 	case errors.As(err, &xe):
 		switch xe.Kind {
 		case exchange.Denied, exchange.InvalidToken:
-			return failure{status: http.StatusForbidden, code: CodeUpstreamDenied,
-				message: "the identity provider refused this pod's ServiceAccount for the role (" + xe.Code + "); check the role's trust policy"}
+			return Failure{Class: Refused, Code: CodeUpstreamDenied,
+				Message: "the identity provider refused this pod's ServiceAccount for the identity (" + xe.Code + "); check the identity's trust policy (AWS: the role's; GCP: the workload identity binding)"}
 		case exchange.InvalidRequest:
-			return failure{status: http.StatusBadRequest, code: CodeInvalidRole,
-				message: "the identity provider rejected the request for this role (" + xe.Code + "); check the role annotation"}
+			return Failure{Class: Invalid, Code: CodeInvalidRole,
+				Message: "the identity provider rejected the request for this identity (" + xe.Code + "); check the identity annotation"}
 		case exchange.Throttled:
-			return failure{status: http.StatusTooManyRequests, code: CodeThrottled, retryAfter: 2 * time.Second,
-				message: "the identity provider is throttling requests; retry later"}
+			return Failure{Class: Throttled, Code: CodeThrottled, RetryAfter: 2 * time.Second,
+				Message: "the identity provider is throttling requests; retry later"}
 		default:
-			return failure{status: http.StatusServiceUnavailable, code: CodeUnavailable, retryAfter: time.Second,
-				message: "the identity provider is unavailable; retry later"}
+			return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+				Message: "the identity provider is unavailable; retry later"}
 		}
 	case errors.As(err, &te) && te.throttled, errors.Is(err, errUpstreamBusy):
-		return failure{status: http.StatusTooManyRequests, code: CodeThrottled, retryAfter: time.Second,
-			message: "the agent is rate limiting upstream calls; retry later"}
+		return Failure{Class: Throttled, Code: CodeThrottled, RetryAfter: time.Second,
+			Message: "the agent is rate limiting upstream calls; retry later"}
 	case errors.As(err, &te):
-		return failure{status: http.StatusServiceUnavailable, code: CodeUnavailable, retryAfter: time.Second,
-			message: "the Kubernetes API is unavailable to the agent; retry later"}
+		return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+			Message: "the Kubernetes API is unavailable to the agent; retry later"}
 	case errors.Is(err, errStillFetching):
-		return failure{status: http.StatusServiceUnavailable, code: CodeUnavailable, retryAfter: time.Second,
-			message: "credentials for this pod are being fetched; retry shortly"}
+		return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+			Message: "credentials for this pod are being fetched; retry shortly"}
 	default:
-		return failure{status: http.StatusServiceUnavailable, code: CodeUnavailable, retryAfter: time.Second,
-			message: "the agent could not get credentials for this pod; retry later"}
+		return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+			Message: "the agent could not get credentials for this pod; retry later"}
 	}
-}
-
-func retryAfterSeconds(d time.Duration) string {
-	s := int((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		s = 1
-	}
-	return strconv.Itoa(s)
 }

@@ -140,7 +140,7 @@ func TestSandboxRecreatedPodIsServedAgain(t *testing.T) {
 	e.resolvesTo("10.0.5.1", "")
 	e.apply(runningPod("p", "sa", t0, "10.0.5.1"))
 	e.resolvesTo("10.0.5.1", "p")
-	waitFor(t, "the prefetch after the pod came back", func() bool { return e.broker.cache.Contains("uid-p") })
+	waitFor(t, "the prefetch after the pod came back", func() bool { return e.cached("uid-p") })
 	served("10.0.5.1")
 
 	// A new address for the same pod is no reason to fetch again.
@@ -201,7 +201,7 @@ func TestAPIServerSaysPodIsGone(t *testing.T) {
 	e.clock.Step(50 * time.Minute)
 	gone := error(apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "p"))
 	e.tokenErr.Store(&gone)
-	if retry, err := e.broker.sync(context.Background(), p.UID); retry || !errors.Is(err, errPodGone) {
+	if retry, err := e.broker.sync(context.Background(), entryKey{uid: p.UID, req: awsRequest}); retry || !errors.Is(err, errPodGone) {
 		t.Fatalf("refresh of a pod the API server does not know: retry=%v err=%v", retry, err)
 	}
 	calls := e.tokenReqs.Load()
@@ -211,7 +211,7 @@ func TestAPIServerSaysPodIsGone(t *testing.T) {
 		}
 	}
 	e.broker.PodReady(p) // the informer, behind, announces it again
-	if e.broker.cache.Contains(p.UID) || e.tokenReqs.Load() != calls || e.exchanger.calls.Load() != 1 {
+	if e.cached(p.UID) || e.tokenReqs.Load() != calls || e.exchanger.calls.Load() != 1 {
 		t.Fatalf("a dead pod was fetched again: %d TokenRequests after, %d before", e.tokenReqs.Load(), calls)
 	}
 	if e.counter("credbroker_cache_evictions_total", map[string]string{"reason": evictPodDeleted}) != 1 {
@@ -276,7 +276,7 @@ func TestDenialEndsStaleServing(t *testing.T) {
 	if r := e.get("10.0.7.3"); r.status == http.StatusOK {
 		t.Fatal("a credential for a role STS now denies was served stale")
 	}
-	if e.broker.cache.Contains("uid-ns-p") {
+	if e.cached("uid-ns-p") {
 		t.Fatal("the denied role's credential is still cached")
 	}
 }
@@ -345,15 +345,15 @@ func TestServiceAccountReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the watch to see the deletion", func() bool {
-		_, err := e.broker.accounts.Role("ns", "sa")
+		_, err := e.broker.accounts.Identity("ns", "sa", 0)
 		return errors.Is(err, errServiceAccountMissing)
 	})
 	if r := e.get("10.0.7.7"); r.status != http.StatusServiceUnavailable || r.errObj["code"] != CodeServiceAccountMissing {
 		t.Fatalf("while the ServiceAccount is missing: %d %s, want a retryable 503", r.status, r.body)
 	}
-	if retry, _ := e.broker.sync(context.Background(), p.UID); !retry || !e.broker.cache.Contains(p.UID) {
+	if retry, _ := e.broker.sync(context.Background(), entryKey{uid: p.UID, req: awsRequest}); !retry || !e.cached(p.UID) {
 		t.Fatalf("a refresh while the ServiceAccount is missing: retry=%v, cached=%v; want a retry and the credential kept",
-			retry, e.broker.cache.Contains(p.UID))
+			retry, e.cached(p.UID))
 	}
 	e.serviceAccount("ns", "sa", roleA)
 	r := e.get("10.0.7.7")
@@ -386,7 +386,7 @@ func TestPrefetchedWaitsForTheFetch(t *testing.T) {
 	}
 	close(release)
 	waitFor(t, "the prefetch to finish", e.broker.Prefetched)
-	if !e.broker.cache.Contains(p.UID) {
+	if !e.cached(p.UID) {
 		t.Fatal("Prefetched before the credential was cached")
 	}
 }

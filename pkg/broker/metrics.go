@@ -29,12 +29,13 @@ const (
 	evictRoleChanged = "role_changed"
 	evictDenied      = "denied"
 	evictExpired     = "expired"
+	evictPodLimit    = "pod_limit"
 )
 
 // statusCodes are the only codes the API answers with; anything else is
 // counted as "other".
 var statusCodes = []int{
-	http.StatusOK, http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound,
+	http.StatusOK, http.StatusMovedPermanently, http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound,
 	http.StatusMethodNotAllowed, http.StatusTooManyRequests, http.StatusInternalServerError,
 	http.StatusServiceUnavailable,
 }
@@ -117,11 +118,14 @@ func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, erro
 		m.requestsByCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	m.requestsOther = m.requests.WithLabelValues("other")
-	for _, r := range []string{evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired} {
+	for _, r := range []string{evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired, evictPodLimit} {
 		m.evictions.WithLabelValues(r)
 	}
 	return m, nil
 }
+
+// ObserveRequest counts a surface's answer by HTTP status and times it.
+func (b *Broker) ObserveRequest(code int, d time.Duration) { b.metrics.observeRequest(code, d) }
 
 func (m *metrics) observeRequest(code int, d time.Duration) {
 	if c, ok := m.requestsByCode[code]; ok {

@@ -1,13 +1,17 @@
 package broker
 
-import "fmt"
+import (
+	"fmt"
 
-// rolePolicy is the operator's restriction on which roles may be assumed at
-// all, so that a namespace admin cannot annotate a ServiceAccount with any
-// role of the account.
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+// rolePolicy decides which identities a pod may use: not any for the
+// default ServiceAccount, and per cloud only the one its ServiceAccount
+// names, within the operator's patterns (so that a namespace admin cannot
+// annotate a ServiceAccount with any role of the account).
 type rolePolicy struct {
 	allowDefault bool
-	patterns     []string
 }
 
 // checkServiceAccount runs before any API call: the default ServiceAccount is
@@ -20,17 +24,43 @@ func (p rolePolicy) checkServiceAccount(namespace, serviceAccount string) error 
 	return nil
 }
 
-func (p rolePolicy) checkRole(namespace, serviceAccount, role string) error {
-	if len(p.patterns) == 0 {
+// checkIdentity checks the identity the ServiceAccount names on cloud c
+// ("" when it names none) and the one the caller asked for ("" for
+// whichever the ServiceAccount names).
+func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity, requested string) error {
+	noun := identityNoun(c.Name)
+	if identity == "" && !c.Federated {
+		return &Refusal{Code: CodeNoRole,
+			Message: fmt.Sprintf("ServiceAccount %s/%s has no %s annotation naming the %s to use", namespace, serviceAccount, c.Annotation, noun)}
+	}
+	if requested != "" && requested != identity {
+		return &Refusal{Code: CodeIdentityNotAllowed,
+			Message: fmt.Sprintf("ServiceAccount %s/%s does not name the %s this request asks for; it may use only the one its %s annotation names", namespace, serviceAccount, noun, c.Annotation)}
+	}
+	if identity == "" || len(c.AllowedIdentities) == 0 {
 		return nil
 	}
-	for _, pat := range p.patterns {
-		if globMatch(pat, role) {
+	for _, pat := range c.AllowedIdentities {
+		if globMatch(pat, identity) {
 			return nil
 		}
 	}
 	return &Refusal{Code: CodeRoleNotAllowed,
-		Message: fmt.Sprintf("role %s named by ServiceAccount %s/%s is not allowed on this cluster (--allowed-role-arn)", role, namespace, serviceAccount)}
+		Message: fmt.Sprintf("%s %s named by ServiceAccount %s/%s is not allowed on this cluster", noun, identity, namespace, serviceAccount)}
+}
+
+// identityNoun names what an identity is on a cloud, for messages.
+func identityNoun(c exchange.Cloud) string {
+	switch c {
+	case exchange.AWS:
+		return "role"
+	case exchange.GCP:
+		return "Google service account"
+	case exchange.Azure:
+		return "client ID"
+	default:
+		return "identity"
+	}
 }
 
 // globMatch matches s against pattern, where '*' matches any run of

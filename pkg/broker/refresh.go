@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -53,53 +54,89 @@ func cacheSynced(ctx context.Context, synced func() bool) bool {
 func (b *Broker) HasSynced() bool { return b.accounts.hasSynced() }
 
 func (b *Broker) processNext(ctx context.Context) bool {
-	uid, shutdown := b.queue.Get()
+	key, shutdown := b.queue.Get()
 	if shutdown {
 		return false
 	}
-	defer b.queue.Done(uid)
-	retry, err := b.sync(ctx, uid)
-	// The first attempt for an announced pod is over, whatever its outcome.
-	b.mu.Lock()
-	delete(b.pending, uid)
-	b.mu.Unlock()
+	defer b.queue.Done(key)
+	var retry bool
+	var err error
+	if key.req == podSync {
+		retry, err = b.prefetch(ctx, key.uid)
+		// The first attempt for an announced pod is over, whatever its
+		// outcome.
+		b.mu.Lock()
+		delete(b.pending, key.uid)
+		b.mu.Unlock()
+	} else {
+		retry, err = b.sync(ctx, key)
+	}
 	switch {
 	case err == nil:
-		b.queue.Forget(uid)
+		b.queue.Forget(key)
 	case retry:
 		b.metrics.refreshFailures.Inc()
-		b.log.Warn("refreshing credentials failed; will retry", "pod_uid", uid, "error", err)
-		b.queue.AddRateLimited(uid)
+		b.log.Warn("refreshing credentials failed; will retry", "pod_uid", key.uid, "cloud", key.req.Cloud, "error", err)
+		b.queue.AddRateLimited(key)
 	default:
 		b.metrics.refreshFailures.Inc()
-		b.log.Info("refreshing credentials refused; not retrying in background", "pod_uid", uid, "error", err)
-		b.queue.Forget(uid)
+		b.log.Info("refreshing credentials refused; not retrying in background", "pod_uid", key.uid, "cloud", key.req.Cloud, "error", err)
+		b.queue.Forget(key)
 	}
 	return true
 }
 
-// sync makes sure a pod that is on the node has fresh credentials: it
-// prefetches for a pod that has none and refreshes ones due for it. It
-// reports whether a failure is worth retrying.
-func (b *Broker) sync(ctx context.Context, uid types.UID) (retry bool, err error) {
+// prefetch syncs every cloud's Prefetch requests for which the pod has an
+// identity. It reports the first failure, and whether any is worth a
+// retry.
+func (b *Broker) prefetch(ctx context.Context, uid types.UID) (retry bool, err error) {
 	b.mu.Lock()
 	pod, known := b.known[uid]
 	b.mu.Unlock()
-	cached, cachedOK := b.cache.Peek(uid)
+	if !known {
+		return false, nil
+	}
+	for ci := range b.cfg.Clouds {
+		for _, req := range b.cfg.Clouds[ci].Prefetch {
+			if _, _, perr := b.identityFor(pod, req); perr != nil && isRefusal(perr) {
+				continue // no identity on this cloud: nothing to prefetch
+			}
+			r, serr := b.sync(ctx, entryKey{uid: uid, req: req})
+			retry = retry || r
+			if err == nil {
+				err = serr
+			}
+		}
+	}
+	return retry, err
+}
+
+func isRefusal(err error) bool {
+	var refusal *Refusal
+	return errors.As(err, &refusal)
+}
+
+// sync makes sure a pod that is on the node has a fresh credential for
+// key's request: it fetches one that is missing and refreshes one due for
+// it. It reports whether a failure is worth retrying.
+func (b *Broker) sync(ctx context.Context, key entryKey) (retry bool, err error) {
+	b.mu.Lock()
+	pod, known := b.known[key.uid]
+	b.mu.Unlock()
+	cached, cachedOK := b.cache.Peek(key)
 	if !known {
 		if !cachedOK {
 			return false, nil // the pod left: nothing to do
 		}
 		pod = cached.pod
 	}
-	role, err := b.roleFor(pod)
-	var refusal *Refusal
+	ci, identity, err := b.identityFor(pod, key.req)
 	switch {
-	case errors.As(err, &refusal):
-		// No role (any more), or not allowed: stop refreshing what the pod
-		// may no longer have.
+	case isRefusal(err):
+		// No identity (any more), or not allowed: stop refreshing what the
+		// pod may no longer have.
 		if cachedOK {
-			b.evict(uid, evictRoleChanged)
+			b.evict(key, evictRoleChanged)
 		}
 		return false, nil
 	case err != nil:
@@ -108,16 +145,16 @@ func (b *Broker) sync(ctx context.Context, uid types.UID) (retry bool, err error
 		return true, err
 	}
 	now := b.clock.Now()
-	if cachedOK && cached.role == role {
+	if cachedOK && cached.identity == identity {
 		if due := cached.refreshAt.Sub(now); due > 0 && cached.expiration.Sub(now) > FreshnessFloor {
 			// Queued early (a pod update, a duplicate add): come back when due.
-			b.queue.AddAfter(uid, due)
+			b.queue.AddAfter(key, due)
 			return false, nil
 		}
 	}
-	if _, err := b.fetchShared(ctx, pod, role, false); err != nil {
+	if _, err := b.fetchShared(ctx, pod, ci, identity, key, false); err != nil {
 		if cachedOK && cached.expiration.Before(b.clock.Now()) {
-			b.evict(uid, evictExpired)
+			b.evict(key, evictExpired)
 		}
 		return retryable(err), err
 	}
@@ -127,10 +164,9 @@ func (b *Broker) sync(ctx context.Context, uid types.UID) (retry bool, err error
 // retryable reports whether a failed background fetch is worth retrying.
 func retryable(err error) bool {
 	var xe *exchange.Error
-	var refusal *Refusal
 	var pd *provisionalDenial
 	switch {
-	case errors.Is(err, errPodGone), errors.As(err, &refusal):
+	case errors.Is(err, errPodGone), isRefusal(err):
 		return false
 	case errors.As(err, &pd):
 		return true
@@ -149,16 +185,22 @@ func (b *Broker) Prefetched() bool {
 	return len(b.pending) == 0
 }
 
-func (b *Broker) evict(uid types.UID, reason string) {
-	if b.cache.Remove(uid) {
+func (b *Broker) evict(key entryKey, reason string) {
+	if b.cache.Remove(key) {
 		b.metrics.evictions.WithLabelValues(reason).Inc()
 	}
 }
 
-// evictRole evicts the pod's cached credential if it is for role.
-func (b *Broker) evictRole(uid types.UID, role, reason string) {
-	if e, ok := b.cache.Peek(uid); ok && e.role == role {
-		b.evict(uid, reason)
+// evictIdentity evicts what the pod has cached for identity on cloud.
+func (b *Broker) evictIdentity(uid types.UID, cloud exchange.Cloud, identity, reason string) {
+	b.mu.Lock()
+	reqs := slices.Clone(b.asked[uid])
+	b.mu.Unlock()
+	for _, req := range reqs {
+		key := entryKey{uid: uid, req: req}
+		if e, ok := b.cache.Peek(key); ok && req.Cloud == cloud && e.identity == identity {
+			b.evict(key, reason)
+		}
 	}
 }
 
@@ -175,11 +217,11 @@ func (b *Broker) PodReady(pod podresolve.Pod) {
 	}
 	b.gone.Remove(pod.UID)
 	b.known[pod.UID] = pod
-	if _, cached := b.cache.Peek(pod.UID); !cached {
+	if len(b.asked[pod.UID]) == 0 {
 		b.pending[pod.UID] = struct{}{}
 	}
 	b.mu.Unlock()
-	b.queue.Add(pod.UID)
+	b.queue.Add(entryKey{uid: pod.UID, req: podSync})
 }
 
 // PodGone forgets a pod that stopped being resolvable: its cached

@@ -29,15 +29,17 @@ import (
 // served is bounded by the lifetime of credentials already issued.
 //
 // client-go's Reflector does the list, watch, relist and backoff; its store
-// is this type, which keeps only (namespace, name) -> role. An informer
+// is this type, which keeps only (namespace, name) -> identities. An informer
 // would keep a copy of every object besides, about 700 bytes per
 // ServiceAccount of the cluster even stripped; this keeps about a quarter
 // of that.
 type serviceAccounts struct {
-	reflector  *cache.Reflector
-	annotation string
-	started    atomic.Bool
-	synced     atomic.Bool
+	reflector *cache.Reflector
+	// annotations name each cloud's identity, in the order of
+	// Config.Clouds.
+	annotations []string
+	started     atomic.Bool
+	synced      atomic.Bool
 
 	mu sync.RWMutex
 	// roles is keyed by a struct, not a "namespace/name" string, so that a
@@ -58,8 +60,8 @@ type ServiceAccountClient interface {
 	CreateToken(ctx context.Context, namespace, name string, req *authenticationv1.TokenRequest, opts metav1.CreateOptions) (*authenticationv1.TokenRequest, error)
 }
 
-func newServiceAccounts(sas ServiceAccountClient, annotation string) (*serviceAccounts, error) {
-	s := &serviceAccounts{annotation: annotation, roles: make(map[saKey]string), namespaces: make(map[string]string)}
+func newServiceAccounts(sas ServiceAccountClient, annotations []string) (*serviceAccounts, error) {
+	s := &serviceAccounts{annotations: annotations, roles: make(map[saKey]string), namespaces: make(map[string]string)}
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return sas.List(ctx, o)
@@ -132,10 +134,43 @@ func (s *serviceAccounts) Replace(list []any, _ string) error {
 	return nil
 }
 
+// roleOf packs the identities the account is annotated with, one per
+// cloud in the order of s.annotations, into one string separated by NUL
+// (which no annotation value can hold): with one cloud configured, it is
+// the annotation itself, and a map value stays one string header.
 func (s *serviceAccounts) roleOf(sa *corev1.ServiceAccount) string {
-	// A copy, so that the decoded object (managed fields, labels, the
-	// last-applied configuration) is not kept alive by a substring.
-	return strings.Clone(strings.TrimSpace(sa.Annotations[s.annotation]))
+	if len(s.annotations) == 1 {
+		// A copy, so that the decoded object (managed fields, labels, the
+		// last-applied configuration) is not kept alive by a substring.
+		return strings.Clone(strings.TrimSpace(sa.Annotations[s.annotations[0]]))
+	}
+	var b strings.Builder
+	for i, a := range s.annotations {
+		if i > 0 {
+			b.WriteByte(0)
+		}
+		b.WriteString(strings.TrimSpace(sa.Annotations[a]))
+	}
+	if strings.Trim(b.String(), "\x00") == "" {
+		return ""
+	}
+	return b.String()
+}
+
+// field returns the i-th NUL-separated field of packed, without
+// allocating.
+func field(packed string, i int) string {
+	for ; i > 0; i-- {
+		n := strings.IndexByte(packed, 0)
+		if n < 0 {
+			return ""
+		}
+		packed = packed[n+1:]
+	}
+	if n := strings.IndexByte(packed, 0); n >= 0 {
+		return packed[:n]
+	}
+	return packed
 }
 
 // keyLocked returns the key for sa with an interned namespace. s.mu must
@@ -149,21 +184,18 @@ func (s *serviceAccounts) keyLocked(sa *corev1.ServiceAccount) saKey {
 	return saKey{ns, strings.Clone(sa.Name)}
 }
 
-// Role returns the role the ServiceAccount names. A ServiceAccount that has
-// no annotation is refused; one that does not exist (yet) is a retryable
-// failure, not a refusal: a pod cannot be created without its
-// ServiceAccount, so a missing one is being replaced (a GitOps apply) or
-// deleted, and SDKs treat a 403 as final.
-func (s *serviceAccounts) Role(namespace, name string) (string, error) {
+// Identity returns the identity the ServiceAccount names for the cloud at
+// index i of the annotations ("" when it has no such annotation). One that
+// does not exist (yet) is a retryable failure, not a refusal: a pod cannot
+// be created without its ServiceAccount, so a missing one is being
+// replaced (a GitOps apply) or deleted, and SDKs treat a 403 as final.
+func (s *serviceAccounts) Identity(namespace, name string, i int) (string, error) {
 	s.mu.RLock()
-	role, ok := s.roles[saKey{namespace, name}]
+	packed, ok := s.roles[saKey{namespace, name}]
 	s.mu.RUnlock()
 	switch {
-	case ok && role != "":
-		return role, nil
 	case ok:
-		return "", &Refusal{Code: CodeNoRole,
-			Message: fmt.Sprintf("ServiceAccount %s/%s has no %s annotation naming the role to assume", namespace, name, s.annotation)}
+		return field(packed, i), nil
 	case !s.hasSynced():
 		return "", errServiceAccountsNotSynced
 	default:

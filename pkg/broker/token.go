@@ -21,17 +21,16 @@ import (
 // never outlive the identity it stands for.
 type tokenSource struct {
 	client     ServiceAccountClient
-	audience   string
 	expiration time.Duration
 	clock      clock.PassiveClock
 	metrics    *metrics
 }
 
-func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod) (exchange.Secret, error) {
+func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod, audience string) (exchange.Secret, error) {
 	seconds := int64(t.expiration / time.Second)
 	req := &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{
-			Audiences:         []string{t.audience},
+			Audiences:         []string{audience},
 			ExpirationSeconds: &seconds,
 			BoundObjectRef: &authenticationv1.BoundObjectReference{
 				Kind:       "Pod",

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -163,7 +164,7 @@ func TestExchangeSuccess(t *testing.T) {
 		AccountID:  "444455556666",
 		Expiration: time.Date(2026, 11, 27, 7, 0, 52, 178085000, time.UTC),
 	}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("credentials:\n got %#v\nwant %#v", got, want)
 	}
 	if got.SecretAccessKey.Reveal() != secretAccessKey || got.SessionToken.Reveal() != sessionToken {

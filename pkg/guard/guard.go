@@ -32,7 +32,7 @@ import (
 )
 
 // ErrorWriter writes an error answer in the wire format of the API being
-// guarded; for the AWS container-credentials API that is broker.WriteError.
+// guarded; for the AWS container-credentials API that is awscreds.WriteError.
 // The guard passes only its own constant texts as code and message.
 type ErrorWriter func(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int
 

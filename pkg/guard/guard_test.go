@@ -26,7 +26,7 @@ import (
 
 var t0 = time.Date(2026, 11, 27, 6, 0, 0, 0, time.UTC)
 
-// jsonError stands in for broker.WriteError, so that these tests do not
+// jsonError stands in for awscreds.WriteError, so that these tests do not
 // depend on the broker; cmd/agent tests run the real one.
 func jsonError(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int {
 	if retryAfter > 0 {

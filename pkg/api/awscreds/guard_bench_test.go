@@ -1,4 +1,4 @@
-package broker
+package awscreds
 
 import (
 	"net/http"
@@ -13,24 +13,21 @@ import (
 // BenchmarkCacheHitGuarded is BenchmarkCacheHit behind the agent's request
 // guard (per-address token bucket, forwarding-header check, Authorization
 // required and present), as cmd/agent wires it. Run both in one invocation
-// to compare: go test -run='^$' -bench='CacheHit' ./pkg/broker
+// to compare: go test -run='^$' -bench='CacheHit' ./pkg/api/awscreds
 //
 // The guard uses the real clock and a rate it never refuses at, so every
 // request still takes a token: what is measured is the accepting path.
 func BenchmarkCacheHitGuarded(b *testing.B) {
-	e := newEnv(b, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.1", "ns", "p", "sa")
 	m, err := guard.NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := guard.NewHandler(guard.HandlerConfig{Next: e.broker, WriteError: WriteError, Metrics: m,
+	h, err := guard.NewHandler(guard.HandlerConfig{Next: New(hitBroker{credsFor("ASIAPODA")}), WriteError: WriteError, Metrics: m,
 		RequestQPS: 1e12, RequestBurst: 1 << 30, RequireAuthorization: true})
 	if err != nil {
 		b.Fatal(err)
 	}
-	req := httptest.NewRequest(http.MethodGet, CredentialsPath, nil)
+	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
 	req.Header.Set("Authorization", "any")
 	req.Header.Set("User-Agent", "aws-sdk-go-v2/1.0")

@@ -1,0 +1,203 @@
+// Package awscreds is the AWS container-credentials surface: the endpoint
+// every AWS SDK reads when AWS_CONTAINER_CREDENTIALS_FULL_URI points at the
+// agent. It owns its path, its answer and error JSON and its status codes;
+// whose credentials are served is the broker's business.
+package awscreds
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// Path is where every AWS SDK is pointed by
+// AWS_CONTAINER_CREDENTIALS_FULL_URI.
+const Path = "/v1/credentials"
+
+// Broker is what the surface needs of the broker.
+type Broker interface {
+	Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error)
+	LogFailure(ctx context.Context, addr netip.Addr, pod podresolve.Pod, f broker.Failure, err error)
+	ObserveRequest(code int, d time.Duration)
+}
+
+// Handler answers the container-credentials API.
+type Handler struct {
+	broker Broker
+}
+
+// New returns the surface over b.
+func New(b Broker) *Handler { return &Handler{broker: b} }
+
+var request = broker.Request{Cloud: exchange.AWS, Want: exchange.KindAWS}
+
+// Pre-built header values: assigning them directly to the header map keeps
+// the cache-hit path free of allocations.
+var (
+	contentTypeJSON = []string{"application/json"}
+	noStore         = []string{"no-store"}
+	allowGet        = []string{"GET, HEAD"}
+)
+
+// ServeHTTP answers the container-credentials API.
+//
+// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
+// of the TCP peer. X-Forwarded-For, Forwarded, X-Real-IP, the query string
+// and the Authorization header never influence whose credentials are served.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	code := h.serve(w, r)
+	h.broker.ObserveRequest(code, time.Since(start))
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
+	// Only the exact bytes of Path: URL.Path is the decoded path, so
+	// "/v1%2Fcredentials" would match it; RawPath is set whenever the
+	// request spelled the path with escapes. No SDK escapes this path, and a
+	// single spelling keeps the agent's idea of "the credentials URL" equal to
+	// that of any proxy or filter in front of it.
+	if r.URL.Path != Path || r.URL.RawPath != "" {
+		return WriteError(w, http.StatusNotFound, CodeNotFound, "no such path; credentials are served at "+Path, 0)
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header()["Allow"] = allowGet
+		return WriteError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "only GET is supported", 0)
+	}
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return WriteError(w, http.StatusBadRequest, CodeBadRequest, "the caller's address could not be read", 0)
+	}
+	addr := peer.Addr().Unmap()
+	ans, err := h.broker.Credentials(r.Context(), addr, request)
+	if err != nil {
+		f := broker.Classify(err)
+		h.broker.LogFailure(r.Context(), addr, ans.Pod, f, err)
+		return WriteError(w, Status(f.Class), f.Code, f.Message, f.RetryAfter)
+	}
+	buf := bodyPool.Get().(*[]byte)
+	body := appendCredentials((*buf)[:0], ans.Credentials)
+	hdr := w.Header()
+	hdr["Content-Type"] = contentTypeJSON
+	hdr["Cache-Control"] = noStore
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
+	}
+	// Clear the secrets before the buffer goes back for another pod.
+	clear(body)
+	*buf = body
+	bodyPool.Put(buf)
+	return http.StatusOK
+}
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// Codes of the refusals this surface makes itself, before the broker.
+const (
+	CodeNotFound         = "NotFound"
+	CodeMethodNotAllowed = "MethodNotAllowed"
+	CodeBadRequest       = "BadRequest"
+)
+
+// Status is the HTTP status of a failure class: SDKs retry 503 and 429 and
+// treat 403 as final. Never 404 for a refusal: the Java SDK reads 404 as
+// "no credentials endpoint".
+func Status(c broker.Class) int {
+	switch c {
+	case broker.Refused:
+		return http.StatusForbidden
+	case broker.Throttled:
+		return http.StatusTooManyRequests
+	case broker.Invalid:
+		return http.StatusBadRequest
+	default:
+		return http.StatusServiceUnavailable
+	}
+}
+
+// expirationLayout is RFC 3339 in UTC with a literal Z and whole seconds: the
+// JavaScript SDK rejects "+00:00", and some parsers reject fractions.
+const expirationLayout = "2006-01-02T15:04:05Z"
+
+// appendCredentials renders the container-credentials answer every AWS SDK
+// reads, {"AccessKeyId","SecretAccessKey","Token","Expiration","AccountId"},
+// all strings. It is written by hand rather than with encoding/json because
+// it runs on every cache hit: this way it allocates nothing.
+func appendCredentials(b []byte, c *exchange.Credentials) []byte {
+	b = append(b, `{"AccessKeyId":`...)
+	b = appendJSONString(b, c.AccessKeyID)
+	b = append(b, `,"SecretAccessKey":`...)
+	b = appendJSONString(b, c.SecretAccessKey.Reveal())
+	b = append(b, `,"Token":`...)
+	b = appendJSONString(b, c.SessionToken.Reveal())
+	b = append(b, `,"Expiration":"`...)
+	// Truncate, never round up: a credential must not look longer-lived than it is.
+	b = c.Expiration.UTC().Truncate(time.Second).AppendFormat(b, expirationLayout)
+	b = append(b, '"')
+	if c.AccountID != "" {
+		b = append(b, `,"AccountId":`...)
+		b = appendJSONString(b, c.AccountID)
+	}
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string. Keys and tokens are base64
+// and need no escaping; anything else is escaped as encoding/json would.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+type errorBody struct {
+	// Go and Java SDKs read the lower-case pair, the JavaScript SDK the
+	// capitalised one.
+	LowerCode    string `json:"code"`
+	LowerMessage string `json:"message"`
+	Code         string `json:"Code"`
+	Message      string `json:"Message"`
+}
+
+// WriteError answers with the container-credentials error JSON that every
+// SDK reads (both the code/message and the Code/Message pair), so that
+// refusals made in front of the broker (package guard) look exactly like the
+// broker's own. A positive retryAfter adds Retry-After in whole seconds
+// (at least 1). code and message go to the caller verbatim: never put a
+// secret or anything the caller sent into them. It returns status.
+func WriteError(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int {
+	body, _ := json.Marshal(errorBody{LowerCode: code, LowerMessage: message, Code: code, Message: message})
+	h := w.Header()
+	h["Content-Type"] = contentTypeJSON
+	h["Cache-Control"] = noStore
+	if retryAfter > 0 {
+		h.Set("Retry-After", RetryAfterSeconds(retryAfter))
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	return status
+}
+
+// RetryAfterSeconds renders d as a Retry-After value: whole seconds,
+// rounded up, at least 1.
+func RetryAfterSeconds(d time.Duration) string {
+	s := int((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return strconv.Itoa(s)
+}
