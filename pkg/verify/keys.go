@@ -144,11 +144,13 @@ func (c *keyCache) refresh(ctx context.Context) (*keySet, error) {
 		defer cancel()
 		set, err := c.load(fctx)
 
+		if err != nil {
+			c.log.Warn("verify: fetching the issuer's key set failed; keeping the previous one", "error", err)
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.lastErr = err
 		if err != nil {
-			c.log.Warn("verify: fetching the issuer's key set failed; keeping the previous one", "error", err)
 			return c.set, newError(ErrUnavailable, "fetching the issuer's key set", err)
 		}
 		set.fetched = now

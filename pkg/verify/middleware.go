@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 )
 
 type contextKey struct{}
@@ -36,8 +38,8 @@ const (
 //   - a token that does not verify: 401, ... error="invalid_token";
 //   - a valid token whose subject is not allowed: 403, ... error="insufficient_scope";
 //   - the verifier could not decide (issuer, key set or TokenReview
-//     unreachable): 503 with Retry-After, so the caller retries rather than
-//     thinking its token bad.
+//     unreachable): 503 with Retry-After (RefreshInterval, rounded up to a
+//     second), so the caller retries rather than thinking its token bad.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := bearerToken(r)
@@ -82,7 +84,8 @@ func (v *Verifier) refuse(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", realm)
 	case ErrUnavailable:
 		status = http.StatusServiceUnavailable
-		w.Header().Set("Retry-After", "1")
+		// The next key set fetch is at most one interval away.
+		w.Header().Set("Retry-After", strconv.Itoa(int((v.s.RefreshInterval+time.Second-1)/time.Second)))
 		v.s.Logger.WarnContext(r.Context(), "verify: cannot verify tokens", logKeyRemote, r.RemoteAddr, logKeyError, err.Error())
 	case ErrSubject:
 		status = http.StatusForbidden

@@ -101,7 +101,7 @@ func TestMiddlewareUnavailable(t *testing.T) {
 	req.Header.Set("Authorization", "Bearer "+mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL)))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
-	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "10" {
 		t.Fatalf("status %d, Retry-After %q; want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
 	}
 }

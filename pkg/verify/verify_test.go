@@ -314,3 +314,26 @@ func TestSignedBadClaims(t *testing.T) {
 		})
 	}
 }
+
+// TestEmbeddedKeyIgnored: a token carrying its own key in the header (jwk)
+// is checked against the issuer's key for its key ID, never the embedded one.
+func TestEmbeddedKeyIgnored(t *testing.T) {
+	is := newIssuer(t)
+	v := newVerifier(t, is.config(clocktesting.NewFakePassiveClock(t0)))
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: rsaKey2},
+		(&jose.SignerOptions{EmbedJWK: true}).WithHeader(jose.HeaderKey("kid"), "rsa-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(s).Claims(goodClaims(is.srv.URL)).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := base64.RawURLEncoding.DecodeString(tok[:strings.Index(tok, ".")])
+	if err != nil || !strings.Contains(string(hdr), `"jwk"`) {
+		t.Fatalf("header %s carries no jwk (%v)", hdr, err)
+	}
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrSignature) {
+		t.Fatalf("Verify(embedded jwk) = %v, want ErrSignature", err)
+	}
+}
