@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/oidcsts"
 )
 
@@ -203,6 +204,66 @@ func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.S
 		return nil, err
 	}
 	return s, nil
+}
+
+// GoogleSTSConfig configures StartGoogleSTS.
+type GoogleSTSConfig struct {
+	// Addr is host:port to listen on; port 0 picks one. Default
+	// 169.254.170.23:0 (reachable from pods and from the host).
+	Addr string
+	// Provider is the workload identity provider's resource name. Default
+	// googlests.DefaultProvider.
+	Provider string
+	// Impersonation maps service account email → principals
+	// (system:serviceaccount:NS:SA) that may impersonate it.
+	Impersonation map[string][]string
+	// Log receives the server's call log. Default: discard.
+	Log *slog.Logger
+}
+
+// StartGoogleSTS starts a googlests.Server (Google STS and IAM Credentials
+// on one port) whose workload identity provider trusts this control plane
+// (discovery and JWKS fetched from the API server as the admin) and that
+// rejects tokens of pods that no longer exist.
+func (cp *ControlPlane) StartGoogleSTS(ctx context.Context, cfg GoogleSTSConfig) (*googlests.Server, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "169.254.170.23:0"
+	}
+	s, err := googlests.New(googlests.Config{
+		Issuer:        cp.Issuer,
+		HTTPClient:    cp.adminHTTPClient(),
+		Provider:      cfg.Provider,
+		Impersonation: cfg.Impersonation,
+		Log:           cfg.Log,
+		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
+			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
+				return "", googlests.ErrPodNotFound
+			}
+			if err != nil {
+				return "", err
+			}
+			return string(pod.UID), nil
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Start(cfg.Addr); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// adminHTTPClient talks to the API server as the admin, for clients that
+// are not client-go (OIDC discovery and JWKS).
+func (cp *ControlPlane) adminHTTPClient() *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(cp.CACert)
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &BearerTransport{Token: cp.AdminToken, Base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
+	}
 }
 
 // BearerTransport adds "Authorization: Bearer Token" to every request, for
