@@ -27,6 +27,7 @@ import (
 	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 	"github.com/credbroker/agent/pkg/kube"
 	"github.com/credbroker/agent/pkg/nodetaint"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -153,7 +154,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sts, err := exchange.NewSTS(exchange.STSConfig{Region: cfg.stsRegion, Endpoint: cfg.stsEndpoint, Duration: cfg.broker.SessionDuration})
+	sts, err := awsexchange.New(awsexchange.Config{Region: cfg.stsRegion, Endpoint: cfg.stsEndpoint, Duration: cfg.broker.SessionDuration})
 	if err != nil {
 		return err
 	}

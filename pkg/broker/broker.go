@@ -551,9 +551,6 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity
 	if err := checkCredentials(req.Want, creds); err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	if creds.AccountID == "" && creds.Kind == exchange.KindAWS {
-		creds.AccountID, _ = exchange.AccountIDFromARN(identity)
-	}
 	e := &entry{pod: pod, identity: identity, creds: &creds, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
 	e.refreshAt = refreshTime(e)
 	return e, nil

@@ -87,8 +87,16 @@ func (x *fakeExchanger) Exchange(ctx context.Context, req exchange.Request) (exc
 	return x.mint(req, n, time.Hour), nil
 }
 
+// mint makes credentials naming the pod's session and, like STS, the
+// account of the role: tests read both back to see whose credentials an
+// answer holds.
 func (x *fakeExchanger) mint(req exchange.Request, n int64, life time.Duration) exchange.Credentials {
+	var account string
+	if parts := strings.Split(req.Role, ":"); len(parts) > 4 {
+		account = parts[4]
+	}
 	return exchange.Credentials{
+		AccountID:       account,
 		Kind:            exchange.KindAWS,
 		AccessKeyID:     fmt.Sprintf("ASIA-%s-%d", req.SessionName, n),
 		SecretAccessKey: exchange.Secret(fmt.Sprintf("SECRETKEY-%s-%d", req.SessionName, n)),

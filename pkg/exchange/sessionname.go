@@ -56,12 +56,12 @@ func SessionName[U ~string](namespace, pod string, uid U) string {
 	return ns + "." + name + suffix
 }
 
-// sessionNameFor makes a caller-supplied session name acceptable to STS:
+// SessionNameFor makes a caller-supplied session name acceptable to STS:
 // disallowed characters become '-', and a name longer than 64 characters is
 // cut and given a hash of the whole name, so that two long names sharing a
 // prefix stay distinct. It reports false for a name too short to be useful
 // (STS needs at least 2 characters).
-func sessionNameFor(s string) (string, bool) {
+func SessionNameFor(s string) (string, bool) {
 	clean := sanitise(s)
 	if len(clean) < minSessionNameLen {
 		return "", false

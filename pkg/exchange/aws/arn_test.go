@@ -1,10 +1,10 @@
-package exchange_test
+package aws_test
 
 import (
 	"errors"
 	"testing"
 
-	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/aws"
 )
 
 func TestAccountIDFromARN(t *testing.T) {
@@ -36,12 +36,12 @@ func TestAccountIDFromARN(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.arn, func(t *testing.T) {
-			got, err := exchange.AccountIDFromARN(tt.arn)
+			got, err := aws.AccountIDFromARN(tt.arn)
 			if tt.want == "" {
 				if err == nil {
 					t.Fatalf("AccountIDFromARN(%q) = %q, want an error", tt.arn, got)
 				}
-				if !errors.Is(err, exchange.ErrMalformedARN) {
+				if !errors.Is(err, aws.ErrMalformedARN) {
 					t.Errorf("error %v does not wrap ErrMalformedARN", err)
 				}
 				return

@@ -1,4 +1,4 @@
-package exchange_test
+package aws_test
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/aws"
 )
 
 // exchanger is what the broker consumes; *STS must satisfy it.
@@ -27,7 +28,7 @@ type exchanger interface {
 	Exchange(context.Context, exchange.Request) (exchange.Credentials, error)
 }
 
-var _ exchanger = (*exchange.STS)(nil)
+var _ exchanger = (*aws.STS)(nil)
 
 const (
 	// testToken looks like a JWT so that the redaction checks cover its parts.
@@ -116,9 +117,9 @@ func errorXML(typ, code, message string) string {
 </ErrorResponse>`
 }
 
-func newSTS(t *testing.T, cfg exchange.STSConfig) *exchange.STS {
+func newSTS(t *testing.T, cfg aws.Config) *aws.STS {
 	t.Helper()
-	s, err := exchange.NewSTS(cfg)
+	s, err := aws.New(cfg)
 	if err != nil {
 		t.Fatalf("NewSTS: %v", err)
 	}
@@ -149,7 +150,7 @@ func TestExchangeSuccess(t *testing.T) {
 
 	f := newFakeSTS(t, http.StatusOK,
 		successXML("arn:aws:sts::444455556666:assumed-role/web/"+testSession, "2026-11-27T07:00:52.178085Z"))
-	s := newSTS(t, exchange.STSConfig{Region: "eu-west-1", Endpoint: f.srv.URL})
+	s := newSTS(t, aws.Config{Region: "eu-west-1", Endpoint: f.srv.URL})
 
 	got, err := s.Exchange(context.Background(), request())
 	if err != nil {
@@ -218,7 +219,7 @@ func keys(v url.Values) []string {
 
 func TestExchangeAccountFromRoleWhenNoAssumedRoleUser(t *testing.T) {
 	f := newFakeSTS(t, http.StatusOK, successXML("", "2026-11-27T07:00:52Z"))
-	s := newSTS(t, exchange.STSConfig{Endpoint: f.srv.URL})
+	s := newSTS(t, aws.Config{Endpoint: f.srv.URL})
 	got, err := s.Exchange(context.Background(), request())
 	if err != nil {
 		t.Fatalf("Exchange: %v", err)
@@ -246,7 +247,7 @@ func TestExchangeDurationAndSessionName(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFakeSTS(t, http.StatusOK, successXML("", "2026-11-27T07:00:52Z"))
-			s := newSTS(t, exchange.STSConfig{Endpoint: f.srv.URL, Duration: tt.cfg})
+			s := newSTS(t, aws.Config{Endpoint: f.srv.URL, Duration: tt.cfg})
 			req := request()
 			req.Duration, req.SessionName = tt.req, tt.session
 			if _, err := s.Exchange(context.Background(), req); err != nil {
@@ -297,7 +298,7 @@ func TestExchangeErrorClasses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFakeSTS(t, tt.status, tt.body)
-			s := newSTS(t, exchange.STSConfig{Region: "us-east-1", Endpoint: f.srv.URL})
+			s := newSTS(t, aws.Config{Region: "us-east-1", Endpoint: f.srv.URL})
 
 			_, err := s.Exchange(context.Background(), request())
 			xe := assertExchangeError(t, err, tt.wantKind, tt.wantCode)
@@ -339,7 +340,7 @@ func assertExchangeError(t *testing.T, err error, kind exchange.ErrorKind, code 
 
 func TestExchangeErrorKeepsAPIError(t *testing.T) {
 	f := newFakeSTS(t, 400, errorXML("Sender", "InvalidIdentityToken", "No OpenIDConnect provider found in your account for https://oidc.example"))
-	s := newSTS(t, exchange.STSConfig{Endpoint: f.srv.URL})
+	s := newSTS(t, aws.Config{Endpoint: f.srv.URL})
 	_, err := s.Exchange(context.Background(), request())
 	var api smithy.APIError
 	if !errors.As(err, &api) {
@@ -362,7 +363,7 @@ func TestExchangeErrorWithholdsEchoedToken(t *testing.T) {
 	for name, echoed := range map[string]string{"whole token": testToken, "signature only": parts[2]} {
 		t.Run(name, func(t *testing.T) {
 			f := newFakeSTS(t, 400, errorXML("Sender", "InvalidIdentityToken", "bad token: "+echoed))
-			s := newSTS(t, exchange.STSConfig{Endpoint: f.srv.URL})
+			s := newSTS(t, aws.Config{Endpoint: f.srv.URL})
 			_, err := s.Exchange(context.Background(), request())
 			assertExchangeError(t, err, exchange.InvalidToken, "InvalidIdentityToken")
 			for e := err; e != nil; e = errors.Unwrap(e) {
@@ -384,7 +385,7 @@ func TestExchangeConnectionRefused(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 
-	s := newSTS(t, exchange.STSConfig{Endpoint: "http://" + addr})
+	s := newSTS(t, aws.Config{Endpoint: "http://" + addr})
 	_, err = s.Exchange(context.Background(), request())
 	assertExchangeError(t, err, exchange.Transient, "")
 	if !strings.Contains(err.Error(), "connection refused") {
@@ -410,7 +411,7 @@ func hangingServer(t *testing.T) (*httptest.Server, *atomic.Int32) {
 
 func TestExchangeContextDeadline(t *testing.T) {
 	srv, n := hangingServer(t)
-	s := newSTS(t, exchange.STSConfig{Endpoint: srv.URL})
+	s := newSTS(t, aws.Config{Endpoint: srv.URL})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 
@@ -426,7 +427,7 @@ func TestExchangeContextDeadline(t *testing.T) {
 
 func TestExchangeHTTPClientTimeout(t *testing.T) {
 	srv, _ := hangingServer(t)
-	s := newSTS(t, exchange.STSConfig{Endpoint: srv.URL, HTTPClient: &http.Client{Timeout: 200 * time.Millisecond}})
+	s := newSTS(t, aws.Config{Endpoint: srv.URL, HTTPClient: &http.Client{Timeout: 200 * time.Millisecond}})
 
 	_, err := s.Exchange(context.Background(), request())
 	assertExchangeError(t, err, exchange.Transient, "")
@@ -451,7 +452,7 @@ func TestExchangeRejectsBeforeCalling(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFakeSTS(t, http.StatusOK, successXML("", "2026-11-27T07:00:52Z"))
-			s := newSTS(t, exchange.STSConfig{Endpoint: f.srv.URL})
+			s := newSTS(t, aws.Config{Endpoint: f.srv.URL})
 			req := request()
 			tt.mutate(&req)
 			_, err := s.Exchange(context.Background(), req)
@@ -466,7 +467,7 @@ func TestExchangeRejectsBeforeCalling(t *testing.T) {
 func TestExchangeIncompleteResponse(t *testing.T) {
 	body := strings.Replace(successXML("", "2026-11-27T07:00:52Z"), "<SessionToken>"+sessionToken+"</SessionToken>", "", 1)
 	f := newFakeSTS(t, http.StatusOK, body)
-	s := newSTS(t, exchange.STSConfig{Endpoint: f.srv.URL})
+	s := newSTS(t, aws.Config{Endpoint: f.srv.URL})
 	_, err := s.Exchange(context.Background(), request())
 	assertExchangeError(t, err, exchange.Transient, "")
 }
@@ -474,18 +475,18 @@ func TestExchangeIncompleteResponse(t *testing.T) {
 func TestNewSTSConfigErrors(t *testing.T) {
 	tests := []struct {
 		name string
-		cfg  exchange.STSConfig
+		cfg  aws.Config
 	}{
-		{"neither region nor endpoint", exchange.STSConfig{}},
-		{"malformed region", exchange.STSConfig{Region: "EU West 1"}},
-		{"relative endpoint", exchange.STSConfig{Endpoint: "sts.local:5000"}},
-		{"endpoint with other scheme", exchange.STSConfig{Endpoint: "ftp://sts.local"}},
-		{"duration too short", exchange.STSConfig{Region: "us-east-1", Duration: time.Minute}},
-		{"duration too long", exchange.STSConfig{Region: "us-east-1", Duration: 24 * time.Hour}},
+		{"neither region nor endpoint", aws.Config{}},
+		{"malformed region", aws.Config{Region: "EU West 1"}},
+		{"relative endpoint", aws.Config{Endpoint: "sts.local:5000"}},
+		{"endpoint with other scheme", aws.Config{Endpoint: "ftp://sts.local"}},
+		{"duration too short", aws.Config{Region: "us-east-1", Duration: time.Minute}},
+		{"duration too long", aws.Config{Region: "us-east-1", Duration: 24 * time.Hour}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if s, err := exchange.NewSTS(tt.cfg); err == nil {
+			if s, err := aws.New(tt.cfg); err == nil {
 				t.Errorf("NewSTS(%+v) = %v, want an error", tt.cfg, s)
 			}
 		})
@@ -520,7 +521,7 @@ func TestExchangeUsesRegionalEndpoint(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.region, func(t *testing.T) {
 			rec := &hostRecorder{}
-			s := newSTS(t, exchange.STSConfig{Region: tt.region, HTTPClient: &http.Client{Transport: rec}})
+			s := newSTS(t, aws.Config{Region: tt.region, HTTPClient: &http.Client{Transport: rec}})
 			_, err := s.Exchange(context.Background(), request())
 			assertExchangeError(t, err, exchange.Transient, "")
 			if len(rec.hosts) != 1 || rec.hosts[0] != tt.want {
@@ -539,7 +540,7 @@ func TestExchangeUsesRegionalEndpoint(t *testing.T) {
 // varies from run to run.
 func TestExchangeConcurrent(t *testing.T) {
 	f := newFakeSTS(t, http.StatusOK, successXML("", "2026-11-27T07:00:52Z"))
-	s := newSTS(t, exchange.STSConfig{Endpoint: f.srv.URL})
+	s := newSTS(t, aws.Config{Endpoint: f.srv.URL})
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)

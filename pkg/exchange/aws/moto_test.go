@@ -1,4 +1,4 @@
-package exchange_test
+package aws_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/aws"
 )
 
 // startMotoServer runs moto_server on a free loopback port for the duration
@@ -71,7 +72,7 @@ func startMotoServer(t *testing.T) string {
 
 func TestExchangeAgainstMoto(t *testing.T) {
 	endpoint := startMotoServer(t)
-	s := newSTS(t, exchange.STSConfig{Region: "eu-west-1", Endpoint: endpoint, Duration: 2 * time.Hour})
+	s := newSTS(t, aws.Config{Region: "eu-west-1", Endpoint: endpoint, Duration: 2 * time.Hour})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -1,4 +1,4 @@
-package exchange
+package aws
 
 import (
 	"context"
@@ -15,11 +15,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
+
+	"github.com/credbroker/agent/pkg/exchange"
 )
 
 // Session durations STS accepts for AssumeRoleWithWebIdentity. A role's own
 // MaxSessionDuration may be lower than the upper bound; STS then answers
-// ValidationError, which is classified InvalidRequest.
+// ValidationError, which is classified exchange.InvalidRequest.
 const (
 	DefaultSessionDuration = time.Hour
 	MinSessionDuration     = 15 * time.Minute
@@ -48,7 +50,7 @@ const appID = "credbroker"
 var regionPattern = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)+$`)
 
 // STSConfig configures NewSTS.
-type STSConfig struct {
+type Config struct {
 	// Region selects the regional STS endpoint (sts.<region>.amazonaws.com,
 	// or the partition's equivalent). Required unless Endpoint is set. The
 	// caller chooses the default, typically from AWS_REGION.
@@ -56,7 +58,7 @@ type STSConfig struct {
 	// Endpoint, when set, replaces the regional endpoint, for example
 	// http://127.0.0.1:5000 for a local STS peer or a VPC endpoint URL.
 	Endpoint string
-	// Duration is the session lifetime asked for when Request.Duration is
+	// Duration is the session lifetime asked for when exchange.Request.Duration is
 	// zero. Zero means DefaultSessionDuration. It must lie within
 	// [MinSessionDuration, MaxSessionDuration].
 	Duration time.Duration
@@ -74,7 +76,7 @@ type STSConfig struct {
 //     in the environment are ever sent.
 //   - Each Exchange makes at most one HTTP request; the SDK's own retries are
 //     off, because the caller owns retries, backoff and rate limiting.
-//   - Every failure is an *Error whose Kind was decided once, from the AWS
+//   - Every failure is an *exchange.Error whose Kind was decided once, from the AWS
 //     error code and the HTTP status, never from message texts.
 //   - No error text contains the web identity token or any credential.
 //
@@ -85,7 +87,7 @@ type STS struct {
 }
 
 // NewSTS returns an STS exchanger. It makes no network call.
-func NewSTS(cfg STSConfig) (*STS, error) {
+func New(cfg Config) (*STS, error) {
 	region := cfg.Region
 	switch {
 	case region == "" && cfg.Endpoint == "":
@@ -159,25 +161,25 @@ func checkDuration(d time.Duration) error {
 //
 // Requests that cannot succeed (no token, a role that is not an ARN, a
 // session name under 2 characters, a duration out of range) fail with
-// InvalidRequest before any network call.
-func (s *STS) Exchange(ctx context.Context, req Request) (Credentials, error) {
+// exchange.InvalidRequest before any network call.
+func (s *STS) Exchange(ctx context.Context, req exchange.Request) (exchange.Credentials, error) {
 	if req.Token == "" {
-		return Credentials{}, invalidRequest(req.Role, "empty web identity token")
+		return exchange.Credentials{}, invalidRequest(req.Role, "empty web identity token")
 	}
 	roleARN, err := parseARN(req.Role)
 	if err != nil {
-		return Credentials{}, &Error{Kind: InvalidRequest, Err: fmt.Errorf("role %q: %w", req.Role, err)}
+		return exchange.Credentials{}, &exchange.Error{Kind: exchange.InvalidRequest, Err: fmt.Errorf("role %q: %w", req.Role, err)}
 	}
-	sessionName, ok := sessionNameFor(req.SessionName)
+	sessionName, ok := exchange.SessionNameFor(req.SessionName)
 	if !ok {
-		return Credentials{}, invalidRequest(req.Role, "session name shorter than 2 characters")
+		return exchange.Credentials{}, invalidRequest(req.Role, "session name shorter than 2 characters")
 	}
 	duration := s.duration
 	if req.Duration != 0 {
 		duration = req.Duration.Truncate(time.Second)
 	}
 	if err := checkDuration(duration); err != nil {
-		return Credentials{}, invalidRequest(req.Role, "session duration "+err.Error())
+		return exchange.Credentials{}, invalidRequest(req.Role, "session duration "+err.Error())
 	}
 
 	out, err := s.client.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
@@ -187,14 +189,14 @@ func (s *STS) Exchange(ctx context.Context, req Request) (Credentials, error) {
 		DurationSeconds:  aws.Int32(int32(duration / time.Second)),
 	})
 	if err != nil {
-		return Credentials{}, classify(ctx, err, req.Role, req.Token)
+		return exchange.Credentials{}, classify(ctx, err, req.Role, req.Token)
 	}
 
 	c := out.Credentials
 	if c == nil || aws.ToString(c.AccessKeyId) == "" || aws.ToString(c.SecretAccessKey) == "" ||
 		aws.ToString(c.SessionToken) == "" || c.Expiration == nil {
 		// A 200 without credentials is an upstream fault, not ours.
-		return Credentials{}, &Error{Kind: Transient, Err: &stsError{
+		return exchange.Credentials{}, &exchange.Error{Kind: exchange.Transient, Err: &stsError{
 			role: req.Role, detail: "response lacks credentials or expiration",
 		}}
 	}
@@ -204,18 +206,18 @@ func (s *STS) Exchange(ctx context.Context, req Request) (Credentials, error) {
 			account = id
 		}
 	}
-	return Credentials{
-		Kind:            KindAWS,
+	return exchange.Credentials{
+		Kind:            exchange.KindAWS,
 		AccessKeyID:     aws.ToString(c.AccessKeyId),
-		SecretAccessKey: Secret(aws.ToString(c.SecretAccessKey)),
-		SessionToken:    Secret(aws.ToString(c.SessionToken)),
+		SecretAccessKey: exchange.Secret(aws.ToString(c.SecretAccessKey)),
+		SessionToken:    exchange.Secret(aws.ToString(c.SessionToken)),
 		AccountID:       account,
 		Expiration:      c.Expiration.UTC(),
 	}, nil
 }
 
-func invalidRequest(role, detail string) *Error {
-	return &Error{Kind: InvalidRequest, Err: &stsError{role: role, detail: detail}}
+func invalidRequest(role, detail string) *exchange.Error {
+	return &exchange.Error{Kind: exchange.InvalidRequest, Err: &stsError{role: role, detail: detail}}
 }
 
 // stsError describes one failed call in words that are safe to log: the
@@ -252,10 +254,10 @@ func (e *stsError) Error() string {
 
 func (e *stsError) Unwrap() error { return e.cause }
 
-// classify turns an SDK error into an *Error. The AWS error code decides
+// classify turns an SDK error into an *exchange.Error. The AWS error code decides
 // where it is known; the HTTP status decides otherwise; a failure without a
-// response (connection refused, timeout, cancelled context) is Transient.
-func classify(ctx context.Context, err error, role string, token Secret) *Error {
+// response (connection refused, timeout, cancelled context) is exchange.Transient.
+func classify(ctx context.Context, err error, role string, token exchange.Secret) *exchange.Error {
 	se := &stsError{role: role, cause: err}
 
 	var status interface{ HTTPStatusCode() int }
@@ -283,7 +285,7 @@ func classify(ctx context.Context, err error, role string, token Secret) *Error 
 				se.detail = "request failed"
 			}
 		}
-		return &Error{Kind: kind, Err: se}
+		return &exchange.Error{Kind: kind, Err: se}
 	}
 
 	code := api.ErrorCode()
@@ -300,45 +302,45 @@ func classify(ctx context.Context, err error, role string, token Secret) *Error 
 	if !known {
 		kind = kindForStatus(se.status)
 		if se.status == 0 && api.ErrorFault() == smithy.FaultClient {
-			kind = InvalidRequest
+			kind = exchange.InvalidRequest
 		}
 	}
-	return &Error{Kind: kind, Code: code, Err: se}
+	return &exchange.Error{Kind: kind, Code: code, Err: se}
 }
 
 // kindForCode classifies the error codes AssumeRoleWithWebIdentity is
 // documented to return, plus the generic AWS throttling codes.
-func kindForCode(code string) (ErrorKind, bool) {
+func kindForCode(code string) (exchange.ErrorKind, bool) {
 	switch code {
 	case "AccessDenied", "AccessDeniedException":
-		return Denied, true
+		return exchange.Denied, true
 	case "InvalidIdentityToken", "ExpiredToken", "ExpiredTokenException", "IDPRejectedClaim":
-		return InvalidToken, true
+		return exchange.InvalidToken, true
 	case "IDPCommunicationError":
 		// STS could not reach the identity provider's JWKS endpoint (the
 		// cluster's OIDC issuer): documented as often transient.
-		return Transient, true
+		return exchange.Transient, true
 	case "ValidationError", "MalformedPolicyDocument", "PackedPolicyTooLarge", "RegionDisabledException":
-		return InvalidRequest, true
+		return exchange.InvalidRequest, true
 	}
 	if _, ok := retry.DefaultThrottleErrorCodes[code]; ok {
-		return Throttled, true
+		return exchange.Throttled, true
 	}
 	if _, ok := retry.DefaultRetryableErrorCodes[code]; ok {
-		return Transient, true
+		return exchange.Transient, true
 	}
 	return 0, false
 }
 
-func kindForStatus(status int) ErrorKind {
+func kindForStatus(status int) exchange.ErrorKind {
 	switch {
 	case status == http.StatusTooManyRequests:
-		return Throttled
+		return exchange.Throttled
 	case status >= 400 && status < 500:
-		return InvalidRequest
+		return exchange.InvalidRequest
 	default:
 		// 5xx, a 2xx or 3xx that could not be parsed, or no response at all.
-		return Transient
+		return exchange.Transient
 	}
 }
 
@@ -367,7 +369,7 @@ const maxMessageLen = 512
 
 // containsToken reports whether s contains the token or any of its
 // dot-separated parts long enough to matter (a JWT's payload or signature).
-func containsToken(s string, token Secret) bool {
+func containsToken(s string, token exchange.Secret) bool {
 	t := token.Reveal()
 	if t == "" {
 		return false
