@@ -229,15 +229,30 @@ func TestVerifyRealAPIServer(t *testing.T) {
 	t.Run("expired and not yet valid", func(t *testing.T) {
 		clk := clocktesting.NewFakePassiveClock(time.Now())
 		v := w.verifier(t, verify.Config{Clock: clk, Leeway: 30 * time.Second})
-		if _, err := v.Verify(ctx, token); err != nil {
+		id, err := v.Verify(ctx, token)
+		if err != nil {
 			t.Fatal(err)
 		}
-		clk.SetTime(time.Now().Add(10*time.Minute + 31*time.Second))
-		_, err := v.Verify(ctx, token)
-		wantRefused(t, err, verify.ErrExpired, token)
-		clk.SetTime(time.Now().Add(-31 * time.Second))
-		_, err = v.Verify(ctx, token)
-		wantRefused(t, err, verify.ErrNotYetValid, token)
+		// Relative to the API server's own iat and exp (nbf = iat).
+		for _, tc := range []struct {
+			at   time.Time
+			want error
+		}{
+			{id.Expiry.Add(29 * time.Second), nil},
+			{id.Expiry.Add(31 * time.Second), verify.ErrExpired},
+			{id.IssuedAt.Add(-29 * time.Second), nil},
+			{id.IssuedAt.Add(-31 * time.Second), verify.ErrNotYetValid},
+		} {
+			clk.SetTime(tc.at)
+			_, err := v.Verify(ctx, token)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("at %v: Verify = %v, want accepted within the leeway", tc.at, err)
+				}
+				continue
+			}
+			wantRefused(t, err, tc.want, token)
+		}
 	})
 
 	t.Run("random key IDs do not hammer the API server", func(t *testing.T) {
