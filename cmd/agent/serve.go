@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/credbroker/agent/pkg/api/awscreds"
+	"github.com/credbroker/agent/pkg/api/gcemetadata"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
@@ -51,6 +52,7 @@ type serveConfig struct {
 	stsEndpoint   string
 	broker        broker.Config
 	aws           broker.Cloud // the AWS cloud's settings; its exchanger is built in serve
+	gcp           gcpConfig
 	allowedRoles  listFlag
 	waitForPod    time.Duration
 	// startupPrefetchWait bounds how long a starting agent prefetches the
@@ -84,7 +86,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.broker.PodFetchInterval, "pod-fetch-interval", 6*time.Second, "after --pod-fetch-burst, one more request-driven fetch per pod per this interval")
 	fs.BoolVar(&c.broker.AllowDefaultServiceAccount, "allow-default-service-account", false, "serve pods that run as their namespace's default ServiceAccount")
 	fs.Var(&c.allowedRoles, "allowed-role-arn", "glob pattern of role ARNs that may be assumed ('*' matches any characters); repeatable; empty allows all")
-	fs.IntVar(&c.broker.CacheSize, "cache-size", 4096, "maximum number of pods whose credentials are cached")
+	fs.IntVar(&c.broker.CacheSize, "cache-size", 4096, "maximum number of credentials cached (one per pod and request)")
 	fs.Float64Var(&c.broker.UpstreamQPS, "upstream-qps", 50, "fetches per second (one TokenRequest and one STS call each) across all pods")
 	fs.IntVar(&c.broker.UpstreamBurst, "upstream-burst", 100, "burst of fetches above --upstream-qps")
 	fs.DurationVar(&c.broker.RequestTimeout, "request-timeout", 5*time.Second, "how long a request waits for credentials not yet cached")
@@ -97,6 +99,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
 	c.guard.register(fs)
+	c.gcp.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -108,6 +111,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		_ = c.listen.Set(defaultListen)
 	}
 	c.aws.Name, c.aws.AllowedIdentities = exchange.AWS, c.allowedRoles
+	if err := c.gcp.validate(); err != nil {
+		return c, err
+	}
 	switch {
 	case c.waitForPod >= c.broker.RequestTimeout:
 		return c, fmt.Errorf("--wait-for-pod (%s) must be shorter than --request-timeout (%s): a request waits at most --request-timeout in all", c.waitForPod, c.broker.RequestTimeout)
@@ -168,6 +174,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	aws := cfg.aws
 	aws.Exchanger = sts
 	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Clouds = client.ServiceAccounts(), resolver, []broker.Cloud{aws}
+	if cfg.gcp.enabled() {
+		gcpCloud, err := cfg.gcp.cloud()
+		if err != nil {
+			return err
+		}
+		bcfg.Clouds = append(bcfg.Clouds, gcpCloud)
+	}
 	grd, err := newGuards(cfg.guard, reg, log.Handler())
 	if err != nil {
 		return err
@@ -193,7 +206,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	credHandler, err := grd.handler(surfaces(brk))
+	routes, err := surfaces(brk, cfg.gcp)
+	if err != nil {
+		return err
+	}
+	credHandler, err := grd.handler(routes)
 	if err != nil {
 		return err
 	}
@@ -365,9 +382,26 @@ func kubeClient(cfg serveConfig) (*kube.Client, error) {
 	return client, nil
 }
 
-// surfaces routes each request to the wire surface that owns its path.
-func surfaces(b *broker.Broker) http.Handler {
-	return awscreds.New(b)
+// surfaces routes each request to the wire surface that owns its path:
+// the GCE metadata server's "/" and /computeMetadata/ tree when GCP is on,
+// the container-credentials API otherwise.
+func surfaces(b *broker.Broker, gcp gcpConfig) (http.Handler, error) {
+	aws := awscreds.New(b)
+	if !gcp.enabled() {
+		return aws, nil
+	}
+	gce, err := gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
+		NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes})
+	if err != nil {
+		return nil, fmt.Errorf("GCE metadata surface: %w", err)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, gcemetadata.Prefix) || r.URL.Path == strings.TrimSuffix(gcemetadata.Prefix, "/") {
+			gce.ServeHTTP(w, r)
+			return
+		}
+		aws.ServeHTTP(w, r)
+	}), nil
 }
 
 // listenAll binds every address it can. An address the node does not have

@@ -170,7 +170,11 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.handler, err = grd.handler(surfaces(brk)); err != nil {
+	routes, err := surfaces(brk, gcpConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.handler, err = grd.handler(routes); err != nil {
 		t.Fatal(err)
 	}
 	s.srv = newCredentialServer(s.handler, log)

@@ -98,8 +98,12 @@ func (b *Broker) prefetch(ctx context.Context, uid types.UID) (retry bool, err e
 	}
 	for ci := range b.cfg.Clouds {
 		for _, req := range b.cfg.Clouds[ci].Prefetch {
-			if _, _, perr := b.identityFor(pod, req); perr != nil && isRefusal(perr) {
-				continue // no identity on this cloud: nothing to prefetch
+			// No identity on this cloud, or only a federated principal
+			// (which every ServiceAccount has, so prefetching it would
+			// fetch for every pod whether it uses the cloud or not):
+			// nothing to prefetch; the first request fetches.
+			if _, id, perr := b.identityFor(pod, req); perr != nil && isRefusal(perr) || perr == nil && id == "" {
+				continue
 			}
 			r, serr := b.sync(ctx, entryKey{uid: uid, req: req})
 			retry = retry || r

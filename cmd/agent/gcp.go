@@ -1,0 +1,83 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+
+	"github.com/credbroker/agent/pkg/api/gcemetadata"
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/gcp"
+)
+
+// gcpConfig holds the --gcp-* flags. GCP is off unless a workload identity
+// provider is named.
+type gcpConfig struct {
+	provider      string
+	projectID     string
+	projectNumber string
+	stsEndpoint   string
+	iamEndpoint   string
+	annotation    string
+	defaultScopes listFlag
+}
+
+func (g *gcpConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.provider, "gcp-workload-identity-provider", "", "projects/N/locations/global/workloadIdentityPools/P/providers/X whose pool trusts this cluster's ServiceAccount tokens; GCP is off unless set")
+	fs.StringVar(&g.projectID, "gcp-project-id", "", "project ID the GCE metadata surface reports (required with GCP)")
+	fs.StringVar(&g.projectNumber, "gcp-project-number", "", "project number the GCE metadata surface reports (default: the provider's)")
+	fs.StringVar(&g.stsEndpoint, "gcp-sts-endpoint", gcp.DefaultSTSEndpoint, "Google STS base URL")
+	fs.StringVar(&g.iamEndpoint, "gcp-iamcredentials-endpoint", gcp.DefaultIAMCredentialsEndpoint, "IAM Credentials base URL")
+	fs.StringVar(&g.annotation, "gcp-service-account-annotation", "iam.gke.io/gcp-service-account", "ServiceAccount annotation naming the Google service account to impersonate")
+	fs.Var(&g.defaultScopes, "gcp-default-scopes", "scopes of tokens asked for without ?scopes=, and of the prefetched token (default "+gcp.CloudPlatformScope+")")
+}
+
+func (g *gcpConfig) enabled() bool { return g.provider != "" }
+
+func (g *gcpConfig) validate() error {
+	if !g.enabled() {
+		return nil
+	}
+	p, err := gcp.ParseProvider(g.provider)
+	if err != nil {
+		return fmt.Errorf("--gcp-workload-identity-provider: %w", err)
+	}
+	if g.projectID == "" {
+		return errors.New("--gcp-project-id is required with --gcp-workload-identity-provider")
+	}
+	if g.projectNumber == "" {
+		g.projectNumber = p.ProjectNumber
+	}
+	if len(g.defaultScopes) == 0 {
+		g.defaultScopes = listFlag{gcp.CloudPlatformScope}
+	}
+	if _, err := gcemetadata.TokenRequest(g.defaultScopes); err != nil {
+		return fmt.Errorf("--gcp-default-scopes: %w", err)
+	}
+	return nil
+}
+
+// cloud builds the broker's GCP cloud: a ServiceAccount without the
+// annotation is served as its own federated principal (Google's direct
+// resource access), and pods whose ServiceAccount names a Google service
+// account get a token for the default scopes prefetched.
+func (g *gcpConfig) cloud() (broker.Cloud, error) {
+	x, err := gcp.New(gcp.Config{Provider: g.provider, STSEndpoint: g.stsEndpoint, IAMCredentialsEndpoint: g.iamEndpoint})
+	if err != nil {
+		return broker.Cloud{}, fmt.Errorf("GCP exchanger: %w", err)
+	}
+	prefetch, err := gcemetadata.TokenRequest(g.defaultScopes)
+	if err != nil {
+		return broker.Cloud{}, err
+	}
+	return broker.Cloud{
+		Name:       exchange.GCP,
+		Exchanger:  x,
+		Audience:   gcp.TokenAudience(g.provider),
+		Annotation: strings.TrimSpace(g.annotation),
+		Federated:  true,
+		Prefetch:   []broker.Request{prefetch},
+	}, nil
+}
