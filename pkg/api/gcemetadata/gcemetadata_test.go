@@ -603,6 +603,8 @@ func TestDefaultPathNeedsNoIdentityLookup(t *testing.T) {
 		sa + "default/email":                     1,
 		sa + "default/?recursive=true":           1,
 		"/computeMetadata/v1/project/project-id": 0,
+		sa + "default/key":                       0, // unknown leaves are refused before any look-up
+		sa + testEmail + "/token/":               0,
 	} {
 		h, fb := newTest(t, nil)
 		do(h, "GET", target, nil)
