@@ -1,0 +1,785 @@
+//go:build integration
+
+// The peer against a real kube-apiserver: pod-bound TokenRequest tokens
+// verified through the API server's own discovery and JWKS, exchanged by the
+// agent's own GCP exchanger (pkg/exchange/gcp), and refused when their
+// audience, issuer, expiry, signature or pod is wrong.
+package googlests_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credbroker/agent/integration/googlests"
+	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/testenv"
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/gcp"
+)
+
+const (
+	ns       = "team"
+	node     = "node-1"
+	emailA   = "app-a@proj-1.iam.gserviceaccount.com"
+	emailB   = "app-b@proj-1.iam.gserviceaccount.com"
+	subjectA = "system:serviceaccount:team:app-a"
+	subjectB = "system:serviceaccount:team:app-b"
+	scopeGCS = "https://www.googleapis.com/auth/devstorage.read_only"
+)
+
+// world is one control plane with two pods of two ServiceAccounts, and a
+// peer whose clock the test can move.
+type world struct {
+	t      *testing.T
+	cp     *harness.ControlPlane
+	s      *googlests.Server
+	podA   *corev1.Pod
+	podB   *corev1.Pod
+	offset atomic.Int64 // added to the peer's clock
+	log    *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func setup(t *testing.T) *world {
+	t.Helper()
+	ctx := context.Background()
+	w := &world{t: t, cp: testenv.StartControlPlane(t), log: &syncBuffer{}}
+	for _, sa := range []string{"app-a", "app-b"} {
+		if _, err := w.cp.CreateServiceAccount(ctx, ns, sa, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.podA = w.createPod("pod-a", "app-a")
+	w.podB = w.createPod("pod-b", "app-b")
+	s, err := googlests.New(googlests.Config{
+		Issuer:        w.cp.Issuer,
+		HTTPClient:    adminClient(w.cp),
+		Impersonation: map[string][]string{emailA: {subjectA}, emailB: nil},
+		PodUID:        w.podUID,
+		Log:           slog.New(slog.NewJSONHandler(w.log, nil)),
+		Now:           func() time.Time { return time.Now().Add(time.Duration(w.offset.Load())) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	w.s = s
+	return w
+}
+
+func adminClient(cp *harness.ControlPlane) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(cp.CACert)
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &harness.BearerTransport{Token: cp.AdminToken, Base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
+	}
+}
+
+func (w *world) podUID(ctx context.Context, namespace, name string) (string, error) {
+	pod, err := w.cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", googlests.ErrPodNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(pod.UID), nil
+}
+
+func (w *world) createPod(name, sa string) *corev1.Pod {
+	w.t.Helper()
+	p, err := w.cp.CreatePod(context.Background(), harness.PodSpec{Namespace: ns, Name: name, ServiceAccount: sa, NodeName: node})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return p
+}
+
+// token is a TokenRequest bound to pod with the given audience, as the
+// agent asks for it.
+func (w *world) token(pod *corev1.Pod, aud string) exchange.Secret {
+	w.t.Helper()
+	secs := int64(600)
+	tr, err := w.cp.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			Audiences:         []string{aud},
+			ExpirationSeconds: &secs,
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return exchange.Secret(tr.Status.Token)
+}
+
+func (w *world) podToken(pod *corev1.Pod) exchange.Secret {
+	return w.token(pod, gcp.TokenAudience(w.s.Provider()))
+}
+
+func (w *world) exchanger(mod func(*gcp.Config)) *gcp.Exchanger {
+	w.t.Helper()
+	cfg := gcp.Config{Provider: w.s.Provider(), STSEndpoint: w.s.URL(), IAMCredentialsEndpoint: w.s.URL()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	x, err := gcp.New(cfg)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return x
+}
+
+func xerr(t *testing.T, err error) *exchange.Error {
+	t.Helper()
+	var xe *exchange.Error
+	if !errors.As(err, &xe) {
+		t.Fatalf("error %v is not an *exchange.Error", err)
+	}
+	return xe
+}
+
+func near(t *testing.T, what string, got time.Time, want time.Duration) {
+	t.Helper()
+	if d := time.Until(got); d < want-5*time.Second || d > want+time.Second {
+		t.Errorf("%s expires in %v, want about %v", what, d, want)
+	}
+}
+
+func TestExchangeImpersonateAndLookup(t *testing.T) {
+	w := setup(t)
+	ctx := context.Background()
+	x := w.exchanger(nil)
+
+	// The pod's own federated principal.
+	fed, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken, Scopes: []string{scopeGCS}})
+	if err != nil {
+		t.Fatalf("federated: %v", err)
+	}
+	near(t, "federated token", fed.Expiration, time.Hour)
+	got, ok := w.s.Lookup(fed.AccessToken.Reveal())
+	want := googlests.Issued{Kind: googlests.Federated, Subject: subjectA, Namespace: ns, PodName: "pod-a", PodUID: string(w.podA.UID), Scopes: []string{scopeGCS}}
+	if !ok || !sameIssued(got, want) {
+		t.Errorf("Lookup(federated) = %+v, %v; want %+v", got, ok, want)
+	}
+
+	// Impersonated access token for the requested scopes and lifetime.
+	at, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken, Role: emailA, Scopes: []string{scopeGCS}, Duration: 30 * time.Minute})
+	if err != nil {
+		t.Fatalf("generateAccessToken: %v", err)
+	}
+	near(t, "impersonated token", at.Expiration, 30*time.Minute)
+	got, ok = w.s.Lookup(at.AccessToken.Reveal())
+	want = googlests.Issued{Kind: googlests.Impersonated, Subject: subjectA, Namespace: ns, PodName: "pod-a", PodUID: string(w.podA.UID), Email: emailA, Scopes: []string{scopeGCS}}
+	if !ok || !sameIssued(got, want) || !got.Expiration.Equal(at.Expiration) {
+		t.Errorf("Lookup(impersonated) = %+v, %v; want %+v expiring at %v", got, ok, want, at.Expiration)
+	}
+
+	// Identity token, signed by the peer's key.
+	id, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindIDToken, Role: emailA, Audience: "https://orders.example"})
+	if err != nil {
+		t.Fatalf("generateIdToken: %v", err)
+	}
+	near(t, "identity token", id.Expiration, time.Hour)
+	parsed, err := jwt.ParseSigned(id.IDToken.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		jwt.Claims
+		Email    string `json:"email"`
+		Verified bool   `json:"email_verified"`
+		AZP      string `json:"azp"`
+	}
+	if err := parsed.Claims(w.s.IDTokenKey(), &c); err != nil {
+		t.Fatalf("identity token signature: %v", err)
+	}
+	if c.Issuer != googlests.IDTokenIssuer || !c.Audience.Contains("https://orders.example") || c.Email != emailA || !c.Verified ||
+		c.Subject != googlests.UniqueID(emailA) || c.AZP != c.Subject || !c.Expiry.Time().Equal(id.Expiration) {
+		t.Errorf("identity token claims %+v", c)
+	}
+	if got, ok := w.s.Lookup(id.IDToken.Reveal()); !ok || got.Kind != googlests.IDToken || got.PodUID != string(w.podA.UID) || got.Audience != "https://orders.example" {
+		t.Errorf("Lookup(identity token) = %+v, %v", got, ok)
+	}
+
+	// Introspection says the same over HTTP.
+	ir := introspect(t, w.s, at.AccessToken.Reveal())
+	if ir["active"] != true || ir["email"] != emailA || ir["pod_uid"] != string(w.podA.UID) || ir["sub"] != subjectA || ir["scope"] != scopeGCS {
+		t.Errorf("introspect = %v", ir)
+	}
+	if ir := introspect(t, w.s, "ya29.made-up"); ir["active"] != false {
+		t.Errorf("introspect(made-up) = %v", ir)
+	}
+
+	// A second pod gets its own principal's token, never the first one's.
+	fedB, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindAccessToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.s.Lookup(fedB.AccessToken.Reveal()); got.Subject != subjectB || got.PodUID != string(w.podB.UID) {
+		t.Errorf("pod-b's federated token was minted for %s (pod %s)", got.Subject, got.PodUID)
+	}
+
+	// ...and may not impersonate app-a's account, nor one it is not granted.
+	for _, email := range []string{emailA, emailB, "nobody@proj-1.iam.gserviceaccount.com"} {
+		_, err = x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindAccessToken, Role: email})
+		if xe := xerr(t, err); xe.Kind != exchange.Denied || xe.Code != "PERMISSION_DENIED" {
+			t.Errorf("pod-b as %s: %v, want Denied PERMISSION_DENIED", email, err)
+		}
+	}
+	// Granting and revoking take effect at once.
+	w.s.Allow(emailB, subjectB)
+	if _, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindIDToken, Role: emailB, Audience: "x"}); err != nil {
+		t.Errorf("after Allow: %v", err)
+	}
+	w.s.Revoke(emailB, subjectB)
+	if _, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindIDToken, Role: emailB, Audience: "x"}); xerr(t, err).Kind != exchange.Denied {
+		t.Errorf("after Revoke: %v, want Denied", err)
+	}
+
+	wantCounts := googlests.Counts{Token: 9, GenerateAccessToken: 4, GenerateIDToken: 3, Introspect: 2, Federated: 9, AccessTokens: 1, IDTokens: 2, Denied: 4}
+	if got := w.s.Counts(); got != wantCounts {
+		t.Errorf("Counts\n got %+v\nwant %+v", got, wantCounts)
+	}
+	if got := w.s.PodCalls(string(w.podA.UID)); got != 3 {
+		t.Errorf("PodCalls(pod-a) = %d, want 3", got)
+	}
+	assertNoSecretsLogged(t, w)
+}
+
+func sameIssued(got, want googlests.Issued) bool {
+	got.IssuedAt, got.Expiration = time.Time{}, time.Time{}
+	return got.Kind == want.Kind && got.Subject == want.Subject && got.Namespace == want.Namespace &&
+		got.PodName == want.PodName && got.PodUID == want.PodUID && got.Email == want.Email &&
+		strings.Join(got.Scopes, " ") == strings.Join(want.Scopes, " ") && got.Audience == want.Audience
+}
+
+func introspect(t *testing.T, s *googlests.Server, token string) map[string]any {
+	t.Helper()
+	resp, err := http.PostForm(s.URL()+"/v1/introspect", url.Values{"token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// forge signs claims with the API server's own ServiceAccount key (as the
+// real issuer would), so that every claim check can be tried on its own.
+func forge(t *testing.T, w *world, mutate func(m map[string]any)) exchange.Secret {
+	t.Helper()
+	real := w.podToken(w.podA).Reveal()
+	parsed, err := jwt.ParseSigned(real, []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := parsed.UnsafeClaimsWithoutVerification(&m); err != nil {
+		t.Fatal(err)
+	}
+	mutate(m)
+	return sign(t, apiServerKey(t, w.cp), parsed.Headers[0].KeyID, m)
+}
+
+func sign(t *testing.T, key *rsa.PrivateKey, kid string, claims map[string]any) exchange.Secret {
+	t.Helper()
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), kid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(s).Claims(claims).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exchange.Secret(tok)
+}
+
+func apiServerKey(t *testing.T, cp *harness.ControlPlane) *rsa.PrivateKey {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(cp.Dir, "pki", "sa.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	key, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func TestRejectedSubjectTokens(t *testing.T) {
+	w := setup(t)
+	ctx := context.Background()
+	x := w.exchanger(nil)
+	other, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	realKID := func() string {
+		p, _ := jwt.ParseSigned(w.podToken(w.podA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
+		return p.Headers[0].KeyID
+	}()
+	// A forgery that differs from a real token only in its signature.
+	forged := func() exchange.Secret {
+		p, _ := jwt.ParseSigned(w.podToken(w.podA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
+		var m map[string]any
+		_ = p.UnsafeClaimsWithoutVerification(&m)
+		return sign(t, other, realKID, m)
+	}
+	unbound, err := w.cp.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "app-a", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{gcp.TokenAudience(w.s.Provider())}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	https := w.token(w.podA, "https:"+gcp.TokenAudience(w.s.Provider()))
+	if _, err := x.Exchange(ctx, exchange.Request{Token: https, Want: exchange.KindAccessToken}); err != nil {
+		t.Errorf("the https: form of the audience: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		token exchange.Secret
+	}{
+		{"another audience", w.token(w.podA, "sts.amazonaws.com")},
+		{"the API server's audience", w.token(w.podA, w.cp.Issuer)},
+		{"another provider's audience", w.token(w.podA, "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/other/providers/other")},
+		{"not bound to a pod", exchange.Secret(unbound.Status.Token)},
+		{"signed by another key", forged()},
+		{"unknown key id", sign(t, other, "not-a-kid", map[string]any{"iss": w.cp.Issuer})},
+		{"another issuer", forge(t, w, func(m map[string]any) { m["iss"] = "https://evil.example" })},
+		{"expired", forge(t, w, func(m map[string]any) { m["exp"] = time.Now().Add(-time.Second).Unix() })},
+		{"not yet valid", forge(t, w, func(m map[string]any) { m["nbf"] = time.Now().Add(time.Hour).Unix() })},
+		{"no exp", forge(t, w, func(m map[string]any) { delete(m, "exp") })},
+		{"no sub", forge(t, w, func(m map[string]any) { delete(m, "sub") })},
+		{"pod UID of another pod", forge(t, w, func(m map[string]any) {
+			m["kubernetes.io"].(map[string]any)["pod"].(map[string]any)["uid"] = string(w.podB.UID)
+		})},
+		{"not a JWT", "not-a-jwt"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := x.Exchange(ctx, exchange.Request{Token: tc.token, Want: exchange.KindAccessToken})
+			if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || xe.Code != "invalid_grant" {
+				t.Errorf("error %v, want InvalidToken invalid_grant", err)
+			}
+		})
+	}
+
+	t.Run("expired by the clock", func(t *testing.T) {
+		tok := w.podToken(w.podA) // valid for 10 minutes
+		w.offset.Store(int64(11 * time.Minute))
+		defer w.offset.Store(0)
+		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
+		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "expired") {
+			t.Errorf("error %v, want InvalidToken for expiry", err)
+		}
+	})
+	t.Run("pod deleted", func(t *testing.T) {
+		pod := w.createPod("short-lived", "app-a")
+		tok := w.podToken(pod)
+		if err := w.cp.DeletePod(ctx, ns, pod.Name); err != nil {
+			t.Fatal(err)
+		}
+		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
+		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "no longer exists") {
+			t.Errorf("error %v, want InvalidToken: pod gone", err)
+		}
+	})
+	t.Run("pod replaced", func(t *testing.T) {
+		pod := w.createPod("replaced", "app-a")
+		tok := w.podToken(pod)
+		if err := w.cp.DeletePod(ctx, ns, pod.Name); err != nil {
+			t.Fatal(err)
+		}
+		w.createPod("replaced", "app-a")
+		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
+		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "was replaced") {
+			t.Errorf("error %v, want InvalidToken: pod replaced", err)
+		}
+	})
+	t.Run("exchanger configured for another provider", func(t *testing.T) {
+		y := w.exchanger(func(c *gcp.Config) {
+			c.Provider = "projects/1/locations/global/workloadIdentityPools/other/providers/other"
+		})
+		_, err := y.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken})
+		if xe := xerr(t, err); xe.Kind != exchange.InvalidRequest || xe.Code != "invalid_target" {
+			t.Errorf("error %v, want InvalidRequest invalid_target", err)
+		}
+	})
+	if got := w.s.Counts(); got.Federated != 1 || got.InvalidToken != 16 {
+		t.Errorf("Counts = %+v, want 1 federated (the https: audience), 16 invalid", got)
+	}
+	assertNoSecretsLogged(t, w)
+}
+
+// post sends a raw request to the peer and returns the status and the
+// decoded error's status name or OAuth code.
+func post(t *testing.T, s *googlests.Server, path, bearer, contentType, body string) (int, string, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, s.URL()+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", contentType)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	code := ""
+	switch e := m["error"].(type) {
+	case string:
+		code = e
+	case map[string]any:
+		code, _ = e["status"].(string)
+		if d, ok := e["details"].([]any); ok && len(d) > 0 {
+			code += "/" + d[0].(map[string]any)["reason"].(string)
+		}
+	}
+	return resp.StatusCode, code, m
+}
+
+func TestRequestChecks(t *testing.T) {
+	w := setup(t)
+	s := w.s
+	form := func(mod func(url.Values)) string {
+		v := url.Values{
+			"audience":             {googlests.Audience(s.Provider())},
+			"grant_type":           {"urn:ietf:params:oauth:grant-type:token-exchange"},
+			"requested_token_type": {"urn:ietf:params:oauth:token-type:access_token"},
+			"subject_token_type":   {"urn:ietf:params:oauth:token-type:jwt"},
+			"subject_token":        {w.podToken(w.podA).Reveal()},
+			"scope":                {googlests.CloudPlatformScope},
+		}
+		mod(v)
+		return v.Encode()
+	}
+	const formType = "application/x-www-form-urlencoded"
+	sts := func(mod func(url.Values)) (int, string, map[string]any) {
+		return post(t, s, "/v1/token", "", formType, form(mod))
+	}
+	for _, tc := range []struct {
+		name   string
+		mod    func(url.Values)
+		status int
+		code   string
+	}{
+		{"grant type", func(v url.Values) { v.Set("grant_type", "client_credentials") }, 400, "unsupported_grant_type"},
+		{"requested token type", func(v url.Values) { v.Set("requested_token_type", "urn:ietf:params:oauth:token-type:id_token") }, 400, "invalid_request"},
+		{"subject token type", func(v url.Values) { v.Set("subject_token_type", "urn:ietf:params:aws:token-type:aws4_request") }, 400, "invalid_request"},
+		{"audience", func(v url.Values) {
+			v.Set("audience", "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/x-pool/providers/x-prov")
+		}, 400, "invalid_target"},
+		{"no subject token", func(v url.Values) { v.Del("subject_token") }, 400, "invalid_request"},
+		{"no scope", func(v url.Values) { v.Del("scope") }, 400, "invalid_scope"},
+	} {
+		t.Run("sts "+tc.name, func(t *testing.T) {
+			if status, code, _ := sts(tc.mod); status != tc.status || code != tc.code {
+				t.Errorf("%d %s, want %d %s", status, code, tc.status, tc.code)
+			}
+		})
+	}
+
+	status, _, ok := sts(func(url.Values) {})
+	if status != 200 || ok["token_type"] != "Bearer" || ok["issued_token_type"] != "urn:ietf:params:oauth:token-type:access_token" || ok["expires_in"] != float64(3600) {
+		t.Fatalf("token exchange: %d %v", status, ok)
+	}
+	fed := ok["access_token"].(string)
+	_, _, narrow := sts(func(v url.Values) { v.Set("scope", scopeGCS) })
+	narrowFed := narrow["access_token"].(string)
+
+	const jsonType = "application/json"
+	gat := "/v1/projects/-/serviceAccounts/" + emailA + ":generateAccessToken"
+	git := "/v1/projects/-/serviceAccounts/" + emailA + ":generateIdToken"
+	status, _, okAT := post(t, s, gat, fed, jsonType, `{"scope":["`+scopeGCS+`"],"lifetime":"1800s"}`)
+	if status != 200 {
+		t.Fatalf("generateAccessToken: %d %v", status, okAT)
+	}
+	exp, err := time.Parse(time.RFC3339, okAT["expireTime"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	near(t, "1800s token", exp, 30*time.Minute)
+	// Even with cloud-platform, an impersonated token may not impersonate.
+	_, _, okCP := post(t, s, gat, fed, jsonType, `{"scope":["`+googlests.CloudPlatformScope+`"]}`)
+	impersonated := okCP["accessToken"].(string)
+
+	for _, tc := range []struct {
+		name, path, bearer, body string
+		status                   int
+		code                     string
+	}{
+		{"no Authorization", gat, "", `{"scope":["x"]}`, 401, "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED"},
+		{"unknown bearer", gat, "ya29.made-up", `{"scope":["x"]}`, 401, "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED"},
+		{"subject token as bearer", gat, w.podToken(w.podA).Reveal(), `{"scope":["x"]}`, 401, "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED"},
+		{"federated token without cloud-platform", gat, narrowFed, `{"scope":["x"]}`, 403, "PERMISSION_DENIED/ACCESS_TOKEN_SCOPE_INSUFFICIENT"},
+		{"impersonated token as bearer", gat, impersonated, `{"scope":["x"]}`, 403, "PERMISSION_DENIED/IAM_PERMISSION_DENIED"},
+		{"lifetime over the maximum", gat, fed, `{"scope":["x"],"lifetime":"3601s"}`, 400, "INVALID_ARGUMENT"},
+		{"lifetime not a duration", gat, fed, `{"scope":["x"],"lifetime":"1h"}`, 400, "INVALID_ARGUMENT"},
+		{"no scope", gat, fed, `{"lifetime":"60s"}`, 400, "INVALID_ARGUMENT"},
+		{"bad JSON", gat, fed, `{`, 400, "INVALID_ARGUMENT"},
+		{"malformed email", "/v1/projects/-/serviceAccounts/not an email:generateAccessToken", fed, `{"scope":["x"]}`, 400, "INVALID_ARGUMENT"},
+		{"a project instead of -", "/v1/projects/p/serviceAccounts/" + emailA + ":generateAccessToken", fed, `{"scope":["x"]}`, 400, "INVALID_ARGUMENT"},
+		{"id token without audience", git, fed, `{"includeEmail":true}`, 400, "INVALID_ARGUMENT"},
+	} {
+		t.Run("iam "+tc.name, func(t *testing.T) {
+			if status, code, _ := post(t, s, tc.path, tc.bearer, jsonType, tc.body); status != tc.status || code != tc.code {
+				t.Errorf("%d %s, want %d %s", status, code, tc.status, tc.code)
+			}
+		})
+	}
+	t.Run("iam expired federated token", func(t *testing.T) {
+		w.offset.Store(int64(time.Hour + time.Second))
+		defer w.offset.Store(0)
+		if status, code, _ := post(t, s, gat, fed, jsonType, `{"scope":["x"]}`); status != 401 || code != "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED" {
+			t.Errorf("%d %s, want 401 UNAUTHENTICATED", status, code)
+		}
+		if ir := introspect(t, s, fed); ir["active"] != false {
+			t.Errorf("introspect(expired) = %v", ir)
+		}
+	})
+	t.Run("SetLifetime", func(t *testing.T) {
+		s.SetLifetime(90 * time.Second)
+		defer s.SetLifetime(0)
+		_, _, m := sts(func(url.Values) {})
+		if m["expires_in"] != float64(90) {
+			t.Errorf("expires_in %v, want 90", m["expires_in"])
+		}
+	})
+	t.Run("id token without email", func(t *testing.T) {
+		status, _, m := post(t, s, git, fed, jsonType, `{"audience":"aud-1"}`)
+		if status != 200 {
+			t.Fatalf("%d %v", status, m)
+		}
+		p, err := jwt.ParseSigned(m["token"].(string), []jose.SignatureAlgorithm{jose.RS256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c map[string]any
+		if err := p.Claims(s.IDTokenKey(), &c); err != nil {
+			t.Fatal(err)
+		}
+		if _, has := c["email"]; has || c["aud"] != "aud-1" {
+			t.Errorf("claims %v: want aud-1 and no email without includeEmail", c)
+		}
+	})
+	t.Run("JWKS of identity tokens", func(t *testing.T) {
+		resp, err := http.Get(s.URL() + "/oauth2/v3/certs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var set jose.JSONWebKeySet
+		if err := json.NewDecoder(resp.Body).Decode(&set); err != nil || len(set.Keys) != 1 {
+			t.Fatalf("JWKS: %v, %d keys", err, len(set.Keys))
+		}
+		pub, ok := set.Keys[0].Key.(*rsa.PublicKey)
+		if !ok || !pub.Equal(s.IDTokenKey()) {
+			t.Errorf("JWKS key %T is not IDTokenKey", set.Keys[0].Key)
+		}
+	})
+	assertNoSecretsLogged(t, w)
+}
+
+func TestFaults(t *testing.T) {
+	w := setup(t)
+	ctx := context.Background()
+	x := w.exchanger(nil)
+	access := func(role string) error {
+		_, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken, Role: role})
+		return err
+	}
+	for _, tc := range []struct {
+		status int
+		kind   exchange.ErrorKind
+		code   string
+	}{
+		{503, exchange.Transient, "UNAVAILABLE"},
+		{500, exchange.Transient, "INTERNAL"},
+		{429, exchange.Throttled, "RESOURCE_EXHAUSTED"},
+		{403, exchange.Denied, "PERMISSION_DENIED"},
+	} {
+		for _, ep := range []googlests.Endpoint{googlests.EndpointToken, googlests.EndpointGenerateAccessToken} {
+			t.Run(string(ep)+" "+tc.code, func(t *testing.T) {
+				if err := w.s.SetFault(googlests.Fault{Status: tc.status, Endpoints: []googlests.Endpoint{ep}}); err != nil {
+					t.Fatal(err)
+				}
+				defer w.s.SetFault(googlests.Fault{})
+				err := access(emailA)
+				if xe := xerr(t, err); xe.Kind != tc.kind || xe.Code != tc.code || !strings.Contains(err.Error(), string(ep)[:5]) {
+					t.Errorf("error %v, want %v %s from %s", err, tc.kind, tc.code, ep)
+				}
+			})
+		}
+	}
+	c := w.s.Counts()
+	if c.Faulted != 8 || c.Token != 8 || c.GenerateAccessToken != 4 || c.Federated != 4 || c.AccessTokens != 0 {
+		t.Errorf("after status faults, Counts = %+v", c)
+	}
+
+	t.Run("slow answer and a client timeout", func(t *testing.T) {
+		if err := w.s.SetFault(googlests.Fault{Latency: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		defer w.s.SetFault(googlests.Fault{})
+		y := w.exchanger(func(c *gcp.Config) { c.HTTPClient = &http.Client{Timeout: 200 * time.Millisecond} })
+		start := time.Now()
+		_, err := y.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken})
+		if xe := xerr(t, err); xe.Kind != exchange.Transient || !strings.Contains(err.Error(), "timeout") {
+			t.Errorf("error %v, want Transient timeout", err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("took %v: the latency fault is not cut short by the client", d)
+		}
+	})
+	t.Run("slow answer that arrives", func(t *testing.T) {
+		if err := w.s.SetFault(googlests.Fault{Latency: 300 * time.Millisecond, Endpoints: []googlests.Endpoint{googlests.EndpointGenerateAccessToken}}); err != nil {
+			t.Fatal(err)
+		}
+		defer w.s.SetFault(googlests.Fault{})
+		start := time.Now()
+		if err := access(emailA); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d < 300*time.Millisecond {
+			t.Errorf("answered in %v, before the injected latency", d)
+		}
+	})
+	t.Run("refuse and recover", func(t *testing.T) {
+		if err := w.s.SetFault(googlests.Fault{Refuse: true}); err != nil {
+			t.Fatal(err)
+		}
+		err := access("")
+		if xe := xerr(t, err); xe.Kind != exchange.Transient || !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("while refusing: %v, want Transient connection refused", err)
+		}
+		if err := w.s.SetFault(googlests.Fault{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := access(emailA); err != nil {
+			t.Errorf("after recovery: %v", err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		if err := w.s.SetFault(googlests.Fault{Reset: true, Endpoints: []googlests.Endpoint{googlests.EndpointGenerateAccessToken}}); err != nil {
+			t.Fatal(err)
+		}
+		defer w.s.SetFault(googlests.Fault{})
+		err := access(emailA)
+		if xe := xerr(t, err); xe.Kind != exchange.Transient || !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("while resetting: %v, want Transient connection reset", err)
+		}
+	})
+	assertNoSecretsLogged(t, w)
+}
+
+func TestHarnessStartGoogleSTS(t *testing.T) {
+	cp := testenv.StartControlPlane(t)
+	ctx := context.Background()
+	if _, err := cp.CreateServiceAccount(ctx, ns, "app-a", ""); err != nil {
+		t.Fatal(err)
+	}
+	s, err := cp.StartGoogleSTS(ctx, harness.GoogleSTSConfig{Addr: "127.0.0.1:0", Impersonation: map[string][]string{emailA: {subjectA}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	w := &world{t: t, cp: cp, s: s}
+	pod := w.createPod("pod-a", "app-a")
+	x := w.exchanger(nil)
+	c, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(pod), Want: exchange.KindAccessToken, Role: emailA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Lookup(c.AccessToken.Reveal()); got.PodUID != string(pod.UID) || got.Email != emailA {
+		t.Errorf("Lookup = %+v", got)
+	}
+	tok := w.podToken(pod)
+	if err := cp.DeletePod(ctx, ns, pod.Name); err != nil {
+		t.Fatal(err)
+	}
+	_, err = x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
+	if xe := xerr(t, err); xe.Kind != exchange.InvalidToken {
+		t.Errorf("deleted pod: %v, want InvalidToken", err)
+	}
+}
+
+// assertNoSecretsLogged checks the peer's own log against every token it
+// received or issued.
+func assertNoSecretsLogged(t *testing.T, w *world) {
+	t.Helper()
+	log := w.log.String()
+	if log == "" {
+		t.Error("the peer logged nothing")
+	}
+	secrets := w.s.Secrets()
+	if len(secrets) == 0 {
+		t.Error("the peer recorded no secrets")
+	}
+	for _, s := range secrets {
+		if strings.Contains(log, s) {
+			t.Errorf("the peer's log contains a token")
+			return
+		}
+		for part := range strings.SplitSeq(s, ".") {
+			if len(part) >= 16 && strings.Contains(log, part) {
+				t.Errorf("the peer's log contains part of a token")
+				return
+			}
+		}
+	}
+}
