@@ -118,7 +118,7 @@ type Config struct {
 	// Clock computes expires_in. Default: the real clock.
 	Clock clock.PassiveClock
 	// Classify maps the broker's errors to failures. Default:
-	// defaultClassify (broker.Classify once it lands).
+	// broker.Classify; tests set their own.
 	Classify func(error) broker.Failure
 }
 
@@ -161,7 +161,7 @@ func New(cfg Config) (*Handler, error) {
 		h.clock = clock.RealClock{}
 	}
 	if h.classify == nil {
-		h.classify = defaultClassify
+		h.classify = broker.Classify
 	}
 	scopes := cfg.DefaultScopes
 	if len(scopes) == 0 {
@@ -174,13 +174,6 @@ func New(cfg Config) (*Handler, error) {
 	h.defaultScope, h.defaultScopes = canon, list
 	h.scopesBody = []byte(strings.Join(list, "\n") + "\n")
 	return h, nil
-}
-
-// defaultClassify stands in for broker.Classify until the broker exports
-// it: every error is transient, which is always safe to tell a caller.
-func defaultClassify(error) broker.Failure {
-	return broker.Failure{Class: broker.Unavailable, Code: CodeUnavailable,
-		Message: "credentials are not available yet; retry", RetryAfter: time.Second}
 }
 
 // Pre-built header values: assigning them directly to the header map keeps

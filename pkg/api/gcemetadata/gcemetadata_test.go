@@ -489,8 +489,11 @@ func TestFailures(t *testing.T) {
 	}
 }
 
-// TestDefaultClassifyIsRetryable: until broker.Classify is wired, every
-// broker error is a 503 that names nothing of the error.
+// The broker itself is what the surface consumes.
+var _ Broker = (*broker.Broker)(nil)
+
+// TestDefaultClassifyIsRetryable: by default the broker's Classify maps
+// errors; an unknown error is a 503 that names nothing of the error.
 func TestDefaultClassifyIsRetryable(t *testing.T) {
 	h, _ := newTest(t, func(fb *fakeBroker, _ *Config) { fb.credErr = errors.New("token SECRET") })
 	w := do(h, "GET", sa+"default/token", nil)
