@@ -98,6 +98,9 @@ func runPython(t *testing.T, hostport string) pyOut {
 
 func TestPythonGoogleAuth(t *testing.T) {
 	needGcloud(t)
+	if testing.Short() {
+		t.Skip("starting the client takes seconds")
+	}
 	for _, fed := range []bool{false, true} {
 		name := "annotated"
 		email := testEmail
