@@ -91,6 +91,10 @@ func (x *fakeExchanger) Exchange(ctx context.Context, req exchange.Request) (exc
 // account of the role: tests read both back to see whose credentials an
 // answer holds.
 func (x *fakeExchanger) mint(req exchange.Request, n int64, life time.Duration) exchange.Credentials {
+	if req.Want == exchange.KindAccessToken {
+		return exchange.Credentials{Kind: exchange.KindAccessToken, TokenType: "Bearer", Expiration: x.clock.Now().Add(life),
+			AccessToken: exchange.Secret(fmt.Sprintf("GCPTOKEN-%s-%s-%s-%d", req.SessionName, req.Role, strings.Join(req.Scopes, "+"), n))}
+	}
 	var account string
 	if parts := strings.Split(req.Role, ":"); len(parts) > 4 {
 		account = parts[4]
@@ -125,6 +129,9 @@ type testEnv struct {
 	// bodies collects every response body, to check none carries a secret.
 	bodiesMu sync.Mutex
 	bodies   []string
+	// audiences collects the audience of every TokenRequest.
+	audiencesMu sync.Mutex
+	audiences   []string
 }
 
 type syncBuffer struct {
@@ -162,6 +169,9 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 		if tr.Spec.BoundObjectRef == nil || tr.Spec.BoundObjectRef.Kind != "Pod" {
 			t.Errorf("TokenRequest not bound to a pod: %+v", tr.Spec.BoundObjectRef)
 		}
+		e.audiencesMu.Lock()
+		e.audiences = append(e.audiences, tr.Spec.Audiences...)
+		e.audiencesMu.Unlock()
 		out := tr.DeepCopy()
 		out.Status.Token = fmt.Sprintf("SATOKEN-%s-%d", tr.Spec.BoundObjectRef.UID, n)
 		out.Status.ExpirationTimestamp = metav1.NewTime(e.clock.Now().Add(10 * time.Minute))
@@ -337,7 +347,7 @@ func (e *testEnv) assertNoSecretsLeaked() {
 	for _, mf := range mfs {
 		haystack.WriteString(mf.String())
 	}
-	for _, marker := range []string{"SATOKEN-", "SECRETKEY-", "SESSIONTOKEN-"} {
+	for _, marker := range []string{"SATOKEN-", "SECRETKEY-", "SESSIONTOKEN-", "GCPTOKEN-"} {
 		if strings.Contains(haystack.String(), marker) {
 			e.t.Errorf("a secret (%s...) leaked into logs, an error body or metrics", marker)
 		}

@@ -1,0 +1,246 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+const (
+	gcpAnnotation = "iam.gke.io/gcp-service-account"
+	gcpAudience   = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x"
+	emailA        = "app-a@proj.iam.gserviceaccount.com"
+	cloudPlatform = "https://www.googleapis.com/auth/cloud-platform"
+)
+
+var gcpDefault = Request{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: cloudPlatform}
+
+// newTwoCloudEnv is the test environment with AWS and GCP configured, GCP
+// serving federated principals and prefetching the default scopes.
+func newTwoCloudEnv(t *testing.T, mutate func(*Config)) *testEnv {
+	return newEnv(t, func(c *Config) {
+		c.Clouds = append(c.Clouds, Cloud{Name: exchange.GCP, Exchanger: c.Clouds[0].Exchanger, Audience: gcpAudience,
+			Annotation: gcpAnnotation, Federated: true, Prefetch: []Request{gcpDefault}})
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+}
+
+// annotated creates a ServiceAccount with these annotations and waits for
+// the broker to see them.
+func (e *testEnv) annotated(ns, name string, annotations map[string]string) {
+	e.t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: annotations}}
+	if _, err := e.client.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	waitFor(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
+		id, err := e.broker.accounts.Identity(ns, name, 1)
+		return err == nil && id == annotations[gcpAnnotation]
+	})
+}
+
+func (e *testEnv) gcp(addr string, req Request) (Answer, Failure, error) {
+	e.t.Helper()
+	ans, err := e.broker.Credentials(context.Background(), netip.MustParseAddr(addr), req)
+	if err != nil {
+		return ans, Classify(err), err
+	}
+	return ans, Failure{}, nil
+}
+
+func TestGCPServesEachPodItsOwnIdentity(t *testing.T) {
+	e := newTwoCloudEnv(t, nil)
+	e.annotated("ns", "a", map[string]string{gcpAnnotation: emailA})
+	e.annotated("ns", "b", nil) // no Google service account: its own federated principal
+	e.pod("10.0.0.1", "ns", "pod-a", "a")
+	e.pod("10.0.0.2", "ns", "pod-b", "b")
+
+	a, _, err := e.gcp("10.0.0.1", gcpDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Identity != emailA || !strings.Contains(a.Credentials.AccessToken.Reveal(), "ns.pod-a.") || !strings.Contains(a.Credentials.AccessToken.Reveal(), emailA) {
+		t.Errorf("pod a got %s for identity %q, want its own token impersonating %s", a.Credentials.AccessToken.Reveal(), a.Identity, emailA)
+	}
+	b, _, err := e.gcp("10.0.0.2", gcpDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Identity != "" || !strings.Contains(b.Credentials.AccessToken.Reveal(), "ns.pod-b.") || strings.Contains(b.Credentials.AccessToken.Reveal(), "@") {
+		t.Errorf("pod b got %s for identity %q, want its own federated token", b.Credentials.AccessToken.Reveal(), b.Identity)
+	}
+	e.audiencesMu.Lock()
+	defer e.audiencesMu.Unlock()
+	if want := []string{gcpAudience, gcpAudience}; !slices.Equal(e.audiences, want) {
+		t.Errorf("TokenRequest audiences %q, want the provider's for each GCP fetch", e.audiences)
+	}
+}
+
+func TestGCPPolicy(t *testing.T) {
+	e := newTwoCloudEnv(t, nil)
+	e.annotated("ns", "a", map[string]string{gcpAnnotation: emailA})
+	e.annotated("ns", "default", map[string]string{gcpAnnotation: emailA})
+	e.pod("10.0.0.1", "ns", "pod-a", "a")
+	e.pod("10.0.0.3", "ns", "pod-d", "default")
+
+	if _, f, err := e.gcp("10.0.0.1", Request{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Identity: "other@proj.iam.gserviceaccount.com", Scope: cloudPlatform}); err == nil || f.Class != Refused || f.Code != CodeIdentityNotAllowed {
+		t.Errorf("another Google service account: %v %+v, want refused IdentityNotAllowed", err, f)
+	}
+	if ans, _, err := e.gcp("10.0.0.1", Request{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Identity: emailA, Scope: cloudPlatform}); err != nil || ans.Identity != emailA {
+		t.Errorf("naming its own account: %v", err)
+	}
+	if _, f, err := e.gcp("10.0.0.3", gcpDefault); err == nil || f.Code != CodeDefaultServiceAccount {
+		t.Errorf("default ServiceAccount: %v %+v, want refused whatever it is annotated with", err, f)
+	}
+	if _, f, err := e.gcp("10.0.0.1", Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Scope: "x"}); err == nil || f.Code != CodeCloudNotServed {
+		t.Errorf("a cloud not configured: %v %+v", err, f)
+	}
+	// Asking with and without the account's name is one cache entry.
+	if x := e.exchanger.calls.Load(); x != 1 {
+		t.Errorf("%d exchanges, want 1 for two spellings of one request", x)
+	}
+}
+
+func TestGCPConcurrentFirstRequestsShareOneFetch(t *testing.T) {
+	e := newTwoCloudEnv(t, nil)
+	e.annotated("ns", "a", map[string]string{gcpAnnotation: emailA})
+	e.pod("10.0.0.1", "ns", "pod-a", "a")
+	release := make(chan struct{})
+	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
+		<-release
+		return e.exchanger.mint(req, 1, time.Hour), nil
+	})
+	const callers = 30
+	var wg sync.WaitGroup
+	tokens := make([]string, callers)
+	for i := range callers {
+		wg.Go(func() {
+			if a, _, err := e.gcp("10.0.0.1", gcpDefault); err == nil {
+				tokens[i] = a.Credentials.AccessToken.Reveal()
+			}
+		})
+	}
+	waitFor(t, "all callers to miss the cache", func() bool { return e.counter("credbroker_cache_misses_total", nil) == callers })
+	close(release)
+	wg.Wait()
+	for i, tok := range tokens {
+		if tok == "" || tok != tokens[0] {
+			t.Fatalf("caller %d got %q", i, tok)
+		}
+	}
+	if tr, x := e.tokenReqs.Load(), e.exchanger.calls.Load(); tr != 1 || x != 1 {
+		t.Errorf("TokenRequests %d, exchanges %d; want 1 and 1", tr, x)
+	}
+}
+
+func TestGCPFreshnessAndOutage(t *testing.T) {
+	e := newTwoCloudEnv(t, nil)
+	e.annotated("ns", "a", map[string]string{gcpAnnotation: emailA})
+	e.pod("10.0.0.1", "ns", "pod-a", "a")
+	first, _, err := e.gcp("10.0.0.1", gcpDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Inside the freshness floor a fresh token is fetched.
+	e.clock.Step(time.Hour - FreshnessFloor + time.Second)
+	second, _, err := e.gcp("10.0.0.1", gcpDefault)
+	if err != nil || second.Credentials.AccessToken == first.Credentials.AccessToken {
+		t.Fatalf("a token with less than %s left was served again (%v)", FreshnessFloor, err)
+	}
+	// Google down: the cached token, still valid, is served; a new pod
+	// gets a retryable failure.
+	e.exchanger.setFn(func(exchange.Request) (exchange.Credentials, error) {
+		return exchange.Credentials{}, &exchange.Error{Kind: exchange.Transient, Code: "503", Err: fmt.Errorf("unavailable")}
+	})
+	e.clock.Step(time.Hour - FreshnessFloor + time.Second)
+	stale, _, err := e.gcp("10.0.0.1", gcpDefault)
+	if err != nil || stale.Credentials.AccessToken != second.Credentials.AccessToken {
+		t.Errorf("during the outage: %v, want the cached token", err)
+	}
+	e.annotated("ns", "c", nil)
+	e.pod("10.0.0.4", "ns", "pod-c", "c")
+	if _, f, err := e.gcp("10.0.0.4", gcpDefault); err == nil || f.Class != Unavailable || f.RetryAfter == 0 {
+		t.Errorf("a new pod during the outage: %v %+v, want retryable", err, f)
+	}
+	// Past its expiry it is never served.
+	e.clock.Step(FreshnessFloor)
+	if _, f, err := e.gcp("10.0.0.1", gcpDefault); err == nil || f.Class != Unavailable {
+		t.Errorf("an expired token: %v, want a retryable failure, never the token", err)
+	}
+}
+
+// A pod asking for many scope sets evicts its own oldest entries, never
+// another pod's.
+func TestCacheIsBoundedPerPod(t *testing.T) {
+	e := newTwoCloudEnv(t, func(c *Config) { c.PodCacheEntries = 4 })
+	e.annotated("ns", "a", nil)
+	e.annotated("ns", "b", nil)
+	e.pod("10.0.0.1", "ns", "pod-a", "a")
+	e.pod("10.0.0.2", "ns", "pod-b", "b")
+	if _, _, err := e.gcp("10.0.0.2", gcpDefault); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		req := Request{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: fmt.Sprintf("https://example.com/scope-%02d", i)}
+		// Past the per-pod fetch budget the hammering pod gets 429s; that
+		// is the other bound, and it does not matter here.
+		e.clock.Step(10 * time.Second)
+		_, _, _ = e.gcp("10.0.0.1", req)
+	}
+	var mine, theirs int
+	for _, k := range e.broker.cache.Keys() {
+		switch k.uid {
+		case "uid-ns-pod-a":
+			mine++
+		case "uid-ns-pod-b":
+			theirs++
+		}
+	}
+	if mine > 4 || theirs != 1 {
+		t.Errorf("cached: %d for the hammering pod (want at most 4), %d for its neighbour (want 1)", mine, theirs)
+	}
+	if n := e.counter("credbroker_cache_evictions_total", map[string]string{"reason": evictPodLimit}); n == 0 {
+		t.Error("no per-pod evictions counted")
+	}
+	if r := e.get("10.0.0.2"); r.status == http.StatusOK {
+		// pod b has no role annotation: AWS refuses it; GCP still serves it.
+		t.Errorf("pod b has no AWS role but got AWS credentials")
+	}
+}
+
+func TestPrefetchCoversAnnotatedGoogleAccountsOnly(t *testing.T) {
+	e := newTwoCloudEnv(t, nil)
+	e.annotated("ns", "a", map[string]string{gcpAnnotation: emailA})
+	e.annotated("ns", "b", nil)
+	a := e.pod("10.0.0.1", "ns", "pod-a", "a")
+	b := e.pod("10.0.0.2", "ns", "pod-b", "b")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = e.broker.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	e.broker.PodReady(a)
+	e.broker.PodReady(b)
+	waitFor(t, "the prefetch", e.broker.Prefetched)
+	if !e.broker.cache.Contains(entryKey{uid: a.UID, req: gcpDefault}) {
+		t.Error("the pod naming a Google service account was not prefetched")
+	}
+	if e.broker.cache.Contains(entryKey{uid: b.UID, req: gcpDefault}) {
+		t.Error("a federated-only pod was prefetched: every pod would be")
+	}
+	if x := e.exchanger.calls.Load(); x != 1 {
+		t.Errorf("%d exchanges, want 1 (pod a's GCP token; neither pod has an AWS role)", x)
+	}
+}
