@@ -72,6 +72,10 @@ type Cloud struct {
 	// this cloud arrives (its first request is then a cache hit). Default
 	// for AWS: the container credentials.
 	Prefetch []Request
+	// TenantAnnotation, when set, is the ServiceAccount annotation naming
+	// the identity's tenant (Azure); DefaultTenant applies without it.
+	TenantAnnotation string
+	DefaultTenant    string
 }
 
 // FreshnessFloor is the least lifetime a served credential has whenever a
@@ -191,12 +195,15 @@ type Broker struct {
 	tokens   *tokenSource
 	accounts *serviceAccounts
 	policy   rolePolicy
-	clock    clock.WithTicker
-	log      *slog.Logger
-	metrics  *metrics
-	limiter  *rate.Limiter
-	inflight singleflight.Group
-	queue    workqueue.TypedRateLimitingInterface[entryKey]
+	// tenantField is, per cloud, the watch's field holding the tenant
+	// annotation, or -1.
+	tenantField []int
+	clock       clock.WithTicker
+	log         *slog.Logger
+	metrics     *metrics
+	limiter     *rate.Limiter
+	inflight    singleflight.Group
+	queue       workqueue.TypedRateLimitingInterface[entryKey]
 
 	cache    *lru.Cache[entryKey, *entry]
 	failures *lru.Cache[entryKey, fetchFailure]
@@ -302,6 +309,8 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("broker: session duration %s leaves no room to refresh before the %s freshness floor; use at least %s",
 			cfg.SessionDuration, FreshnessFloor, 2*FreshnessFloor)
 	}
+	// The watch keeps one field per cloud's identity annotation, then one
+	// per tenant annotation.
 	annotations := make([]string, len(cfg.Clouds))
 	for i, c := range cfg.Clouds {
 		switch {
@@ -323,16 +332,25 @@ func New(cfg Config) (*Broker, error) {
 		}
 		annotations[i] = c.Annotation
 	}
+	tenantField := make([]int, len(cfg.Clouds))
+	for i, c := range cfg.Clouds {
+		tenantField[i] = -1
+		if c.TenantAnnotation != "" {
+			tenantField[i] = len(annotations)
+			annotations = append(annotations, c.TenantAnnotation)
+		}
+	}
 	b := &Broker{
-		cfg:      cfg,
-		resolver: cfg.Resolver,
-		policy:   rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount},
-		clock:    cfg.Clock,
-		log:      cfg.Logger,
-		limiter:  rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
-		known:    make(map[types.UID]podresolve.Pod),
-		pending:  make(map[types.UID]struct{}),
-		asked:    make(map[types.UID][]Request),
+		cfg:         cfg,
+		resolver:    cfg.Resolver,
+		policy:      rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount},
+		clock:       cfg.Clock,
+		log:         cfg.Logger,
+		limiter:     rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
+		known:       make(map[types.UID]podresolve.Pod),
+		pending:     make(map[types.UID]struct{}),
+		asked:       make(map[types.UID][]Request),
+		tenantField: tenantField,
 	}
 	var err error
 	if b.cache, err = lru.New[entryKey, *entry](cfg.CacheSize); err != nil {
@@ -536,6 +554,12 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity
 		Role:        identity,
 		SessionName: exchange.SessionName(pod.Namespace, pod.Name, string(pod.UID)),
 		Duration:    b.cfg.SessionDuration,
+	}
+	xreq.Tenant = cloud.DefaultTenant
+	if f := b.tenantField[ci]; f >= 0 {
+		if t, err := b.accounts.Identity(pod.Namespace, pod.ServiceAccount, f); err == nil && t != "" {
+			xreq.Tenant = t
+		}
 	}
 	if req.Want == exchange.KindIDToken {
 		xreq.Audience = req.Scope

@@ -244,3 +244,39 @@ func TestPrefetchCoversAnnotatedGoogleAccountsOnly(t *testing.T) {
 		t.Errorf("%d exchanges, want 1 (pod a's GCP token; neither pod has an AWS role)", x)
 	}
 }
+
+func TestTenantComesFromTheAnnotationOrTheDefault(t *testing.T) {
+	const clientAnnotation, tenantAnnotation = "azure.workload.identity/client-id", "azure.workload.identity/tenant-id"
+	e := newEnv(t, func(c *Config) {
+		c.Clouds = append(c.Clouds, Cloud{Name: exchange.Azure, Exchanger: c.Clouds[0].Exchanger, Audience: "api://AzureADTokenExchange",
+			Annotation: clientAnnotation, TenantAnnotation: tenantAnnotation, DefaultTenant: "tenant-default"})
+	})
+	for _, sa := range []*corev1.ServiceAccount{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "own", Annotations: map[string]string{clientAnnotation: "client-1", tenantAnnotation: "tenant-own"}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "plain", Annotations: map[string]string{clientAnnotation: "client-2"}}},
+	} {
+		if _, err := e.client.CoreV1().ServiceAccounts("ns").Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the watch", func() bool { id, err := e.broker.accounts.Identity("ns", "plain", 1); return err == nil && id == "client-2" })
+	e.pod("10.0.0.1", "ns", "p1", "own")
+	e.pod("10.0.0.2", "ns", "p2", "plain")
+	var tenants []string
+	var mu sync.Mutex
+	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
+		mu.Lock()
+		tenants = append(tenants, req.Role+"@"+req.Tenant)
+		mu.Unlock()
+		return exchange.Credentials{Kind: exchange.KindAccessToken, AccessToken: "AZTOKEN", Expiration: e.clock.Now().Add(time.Hour)}, nil
+	})
+	azure := Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Scope: "https://vault.azure.net"}
+	for _, addr := range []string{"10.0.0.1", "10.0.0.2"} {
+		if _, _, err := e.gcp(addr, azure); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"client-1@tenant-own", "client-2@tenant-default"}; !slices.Equal(tenants, want) {
+		t.Errorf("exchanged %q, want %q", tenants, want)
+	}
+}
