@@ -31,14 +31,25 @@
 //     from the moment before the request was sent, so an expiration is
 //     never later than the truth.
 //
-// Why net/http and not Google's client libraries
-// (golang.org/x/oauth2/google/externalaccount, google.golang.org/api/sts/v1
-// and iamcredentials/v1): the agent runs on every node and its binary size
-// and RSS are budgeted; the libraries bring their own token caching, retries
-// and credential discovery that the broker must not have underneath it;
-// externalaccount cannot mint identity tokens; and their errors quote
-// response bodies, so classification would be string matching. The three
-// requests here are a form and two small JSON documents.
+// Why net/http and not Google's client libraries. Measured on the agent
+// (CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' ./cmd/agent, 22,032,546
+// bytes before GCP, each library reached from a live code path):
+//
+//	this package                                    +49 KB
+//	golang.org/x/oauth2/google/externalaccount     +120 KB (and bumps x/net, x/oauth2, x/term, x/text)
+//	google.golang.org/api sts/v1 + iamcredentials  +10.1 MiB (gRPC, OpenTelemetry, s2a, cloud.google.com/go/auth)
+//
+// The generated API clients are ruled out by size alone: they would give
+// back the 11 MB the agent just shed. externalaccount is small (the agent
+// already links x/oauth2 through client-go) but does only half the job and
+// the wrong half for us: it cannot mint identity tokens (generateIdToken
+// would be hand-written anyway); it caches and refreshes tokens itself,
+// underneath the broker's own cache, refresh-ahead and single flight; it
+// reads the subject token through a supplier and hides which of its two
+// calls failed; and its errors are fmt strings quoting the response body
+// ("status code 400: {...}"), so classifying them would mean matching
+// texts, and keeping secrets out of them would mean trusting the peer. The
+// three requests here are a form and two small JSON documents.
 //
 // An Exchanger is safe for concurrent use.
 package gcp
