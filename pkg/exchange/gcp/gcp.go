@@ -47,7 +47,7 @@
 // underneath the broker's own cache, refresh-ahead and single flight; it
 // reads the subject token through a supplier and hides which of its two
 // calls failed; and its errors are fmt strings quoting the response body
-// ("status code 400: {...}"), so classifying them would mean matching
+// ("oauth2/google: status code 400: <body>"), so classifying them would mean matching
 // texts, and keeping secrets out of them would mean trusting the peer. The
 // three requests here are a form and two small JSON documents.
 //
