@@ -17,8 +17,15 @@ const { token, res } = await client.getAccessToken();
 const projectId = await auth.getProjectId();
 const credentials = await auth.getCredentials();
 const universe = await auth.getUniverseDomain();
-const idClient = await auth.getIdTokenClient(audience);
-const idToken = await idClient.idTokenProvider.fetchIdToken(audience);
+// A pod that is its own federated principal gets no identity token (the
+// agent answers 404 NoGoogleServiceAccount): report the error, go on.
+let idToken, idError;
+try {
+  const idClient = await auth.getIdTokenClient(audience);
+  idToken = await idClient.idTokenProvider.fetchIdToken(audience);
+} catch (err) {
+  idError = `${err.name}: ${err.message} ${err.response?.data ?? ''}`;
+}
 console.log(JSON.stringify({
   library: version('google-auth-library'),
   gcpMetadata: version('gcp-metadata'),
@@ -29,4 +36,5 @@ console.log(JSON.stringify({
   email: credentials.client_email,
   universe,
   idToken,
+  idError,
 }));

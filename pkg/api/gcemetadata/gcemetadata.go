@@ -99,6 +99,9 @@ const (
 	CodeBadRequest       = "BadRequest"
 	CodeUnavailable      = "ServiceUnavailable"
 	CodeInternal         = "InternalError"
+	// CodeNoServiceAccount answers an identity token asked for by a pod
+	// that is its own federated principal.
+	CodeNoServiceAccount = "NoGoogleServiceAccount"
 )
 
 // Config configures a Handler.
@@ -413,10 +416,11 @@ func (h *Handler) serveAccount(w http.ResponseWriter, r *http.Request, account, 
 	if !ok {
 		return badPeer(w)
 	}
-	// A path naming an email must name the caller's own; "default" needs no
-	// look-up before a credential request (the broker resolves it anyway).
+	// A path naming an email must name the caller's own; default/token
+	// needs no look-up before the credential request (the broker resolves
+	// the pod anyway), so the hottest path resolves it once.
 	named := ""
-	if account != "default" || (leaf != "token" && leaf != "identity") {
+	if account != "default" || leaf != "token" {
 		email, code := h.identity(w, r, addr)
 		if code != 0 {
 			return code
@@ -507,6 +511,13 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b 
 // is the one IAM Credentials mints for the audience, which carries the
 // email either way, and keying the cache by format would only double it.
 func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Addr, named string) int {
+	if named == h.federated {
+		// Google STS mints no identity tokens for a federated principal;
+		// GKE's metadata server answers 404 here too.
+		return writeText(w, http.StatusNotFound, CodeNoServiceAccount,
+			"identity tokens need a Google service account, and this pod's ServiceAccount names none "+
+				"(annotate it with iam.gke.io/gcp-service-account, or the agent's --gcp-service-account-annotation)")
+	}
 	raw, _ := queryValue(r.URL.RawQuery, "audience")
 	aud, err := unescape(raw)
 	switch {

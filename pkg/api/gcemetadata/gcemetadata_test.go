@@ -217,6 +217,10 @@ func TestRules(t *testing.T) {
 		{name: "token, unknown parameters ignored", target: sa + "default/token?transport=mtls&licenses=TRUE&x", status: 200, ctype: js, contains: `"expires_in":3600`},
 		{name: "identity standard", target: sa + "default/identity?audience=https://svc.example&format=standard&licenses=FALSE", status: 200, ctype: text, contains: "eyJ"},
 		{name: "identity full", target: sa + "default/identity?audience=https%3A%2F%2Fsvc.example&format=full", status: 200, ctype: text, contains: "eyJ"},
+		{name: "identity for a federated pod", target: sa + "default/identity?audience=a", fed: true, status: 404, contains: "NoGoogleServiceAccount: identity tokens need a Google service account"},
+		{name: "identity for a federated pod, alias path", target: sa + "my-project.svc.id.goog/identity?audience=a", fed: true, status: 404, contains: "NoGoogleServiceAccount"},
+		{name: "token for a federated pod", target: sa + "default/token", fed: true, status: 200, contains: `"access_token":"` + testToken},
+		{name: "token for a federated pod, alias path", target: sa + "my-project.svc.id.goog/token", fed: true, status: 200, contains: `"access_token":"` + testToken},
 		{name: "identity without audience", target: sa + "default/identity", status: 400, ctype: text, contains: "audience"},
 		{name: "identity with empty audience", target: sa + "default/identity?audience=&format=full", status: 400, contains: "audience"},
 		{name: "identity with a huge audience", target: sa + "default/identity?audience=" + strings.Repeat("a", MaxAudienceLen+1), status: 400},
@@ -592,7 +596,7 @@ func TestNoCredentials(t *testing.T) {
 type emptyBroker struct{ *fakeBroker }
 
 func (emptyBroker) Credentials(context.Context, netip.Addr, broker.Request) (broker.Answer, error) {
-	return broker.Answer{Credentials: &exchange.Credentials{}}, nil
+	return broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{}}, nil
 }
 
 // TestDefaultPathNeedsNoIdentityLookup: default/token and default/identity
@@ -601,7 +605,7 @@ func (emptyBroker) Credentials(context.Context, netip.Addr, broker.Request) (bro
 func TestDefaultPathNeedsNoIdentityLookup(t *testing.T) {
 	for target, want := range map[string]int{
 		sa + "default/token":                     0,
-		sa + "default/identity?audience=a":       0,
+		sa + "default/identity?audience=a":       1, // federated pods get no identity token
 		sa + testEmail + "/token":                1,
 		sa + "default/email":                     1,
 		sa + "default/?recursive=true":           1,
@@ -703,5 +707,22 @@ func BenchmarkTokenHit(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		h.ServeHTTP(w, r)
+	}
+}
+
+// TestPrefetchRequestIsTheSurfaces: what the agent prefetches with
+// TokenRequest is the very Request the surface makes for a token of the
+// default scopes, asked for with or without ?scopes=.
+func TestPrefetchRequestIsTheSurfaces(t *testing.T) {
+	scopes := []string{DefaultScope, "https://www.googleapis.com/auth/userinfo.email"}
+	want, err := TokenRequest(scopes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, fb := newTest(t, func(_ *fakeBroker, c *Config) { c.DefaultScopes = scopes })
+	do(h, "GET", sa+"default/token", nil)
+	do(h, "GET", sa+testEmail+"/token?scopes="+scopes[1]+","+scopes[0], nil)
+	if len(fb.reqs) != 2 || fb.reqs[0] != want || fb.reqs[1] != want {
+		t.Errorf("surface requests %+v, prefetched %+v", fb.reqs, want)
 	}
 }

@@ -47,23 +47,29 @@ func TestNodeGoogleAuthLibrary(t *testing.T) {
 				t.Fatalf("node: %v\n%s", err, stderr.String())
 			}
 			var out struct {
-				Library, GcpMetadata, Client, Token, ProjectID, Email, Universe, IDToken string
-				Expiry                                                                   int64
+				Library, GcpMetadata, Client, Token, ProjectID, Email, Universe, IDToken, IDError string
+				Expiry                                                                            int64
 			}
 			if err := json.Unmarshal(b, &out); err != nil {
 				t.Fatalf("decoding %q: %v", b, err)
 			}
 			t.Logf("google-auth-library %s, gcp-metadata %s, %s", out.Library, out.GcpMetadata, out.Client)
 			if out.Client != "Compute" || out.Token != testToken+"/"+DefaultScope || out.ProjectID != testProject ||
-				out.Email != email || out.Universe != UniverseDomain || !strings.HasPrefix(out.IDToken, "eyJ") {
+				out.Email != email || out.Universe != UniverseDomain {
 				t.Errorf("got %+v", out)
+			}
+			switch {
+			case fed && !strings.Contains(out.IDError, "NoGoogleServiceAccount"):
+				t.Errorf("identity token for a federated pod: %q", out.IDError)
+			case !fed && (!strings.HasPrefix(out.IDToken, "eyJ") || out.IDError != ""):
+				t.Errorf("identity token %q, %s", out.IDToken, out.IDError)
 			}
 			if left := time.Until(time.UnixMilli(out.Expiry)); left < 59*time.Minute || left > time.Hour {
 				t.Errorf("token expiry in %v", left)
 			}
-			want := []broker.Request{
-				{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: DefaultScope},
-				{Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: "https://svc.example"},
+			want := []broker.Request{{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: DefaultScope}}
+			if !fed {
+				want = append(want, broker.Request{Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: "https://svc.example"})
 			}
 			for _, w := range want {
 				if !slices.Contains(fb.reqs, w) {
