@@ -29,10 +29,12 @@ import (
 )
 
 const (
-	releaseName   = "credbroker"
-	namespace     = "credbroker-system"
-	monitoringAPI = "monitoring.coreos.com/v1"
-	kubeVersion   = "v1.37.2"
+	releaseName = "credbroker"
+	namespace   = "credbroker-system"
+	// releaseNamespace is helm's -n: it holds only the release record.
+	releaseNamespace = "kube-system"
+	monitoringAPI    = "monitoring.coreos.com/v1"
+	kubeVersion      = "v1.37.2"
 )
 
 // repoRoot is the agent's repository: this module lives in integration/chart.
@@ -104,7 +106,8 @@ func renderErr(t testing.TB, values map[string]any, apiVersions ...string) (stri
 	}
 	install := action.NewInstall(&action.Configuration{Log: func(string, ...any) {}})
 	install.ClientOnly, install.DryRun, install.Replace = true, true, true
-	install.ReleaseName, install.Namespace = releaseName, namespace
+	// The release record's namespace; the objects go to namespace.name.
+	install.ReleaseName, install.Namespace = releaseName, releaseNamespace
 	install.APIVersions = apiVersions
 	// Helm's library default is Kubernetes 1.20; the chart needs 1.30 (its
 	// admission policies). This is the version of the integration tests'
@@ -455,6 +458,12 @@ func TestTemplateMatrix(t *testing.T) {
 		}
 		if _, ok := objs["ValidatingAdmissionPolicy//credbroker-agent-token-requests"]; ok {
 			t.Errorf("token policy rendered with admissionPolicy.enabled=false")
+		}
+	})
+	t.Run("release-namespace", func(t *testing.T) {
+		objs, _ := render(t, map[string]any{"namespace": map[string]any{"name": ""}})
+		if _, ok := objs["DaemonSet/"+releaseNamespace+"/credbroker-agent"]; !ok {
+			t.Errorf("with namespace.name empty, objects are not in the release namespace: %v", keys(objs))
 		}
 	})
 	t.Run("no-namespace", func(t *testing.T) {

@@ -54,3 +54,12 @@ the empty string. 0 and false are set (the agent refuses a 0 it cannot use).
 {{- define "credbroker.hasMonitoringAPI" -}}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end -}}
 {{- end }}
+
+{{/*
+The namespace of the agent's objects: namespace.name, or the release's.
+The release record stays in the release namespace (helm -n), which must
+exist before the install; this one the chart can create and label.
+*/}}
+{{- define "credbroker.namespace" -}}
+{{- .Values.namespace.name | default .Release.Namespace -}}
+{{- end }}
