@@ -9,6 +9,19 @@
 // cache, refresh-ahead, single flight, limits and policy are the broker's.
 // Nothing is proxied to a real metadata server.
 //
+// Served (under Prefix unless rooted): "/", the directories v1/, instance/,
+// project/, universe/ and instance/service-accounts/ (a listing, or JSON
+// with ?recursive=true), the account directories default/ and the pod's own
+// (email, aliases, scopes, token, identity), project/project-id,
+// project/numeric-project-id and universe/universe-domain. Everything else
+// is a 404; nothing is proxied to a real metadata server.
+//
+// A pod whose ServiceAccount names no Google service account is its own
+// federated principal: its email shows as PROJECT_ID.svc.id.goog (as on GKE
+// under Workload Identity Federation, and what Python and gcloud then name
+// in the token path), it gets access tokens, and its identity tokens are a
+// 404 NoGoogleServiceAccount (Google STS mints none).
+//
 // Rules, each one tested:
 //   - every response carries Metadata-Flavor: Google (errors, redirects and
 //     404s too): Node's gcp-metadata rejects a response without it;
