@@ -1,0 +1,443 @@
+// Package azureidentity serves the Azure managed-identity token endpoint
+// that Azure's client libraries use to get access tokens: MSAL Go (under
+// azidentity's ManagedIdentityCredential and DefaultAzureCredential),
+// Python azure-identity and JS @azure/identity.
+//
+// One path, TokenPath, answers two request forms:
+//
+//   - App Service style (api-version=2019-08-01), which every client picks
+//     when the pod sets IDENTITY_ENDPOINT=http://169.254.170.23/metadata/identity/oauth2/token
+//     and IDENTITY_HEADER=<Config.IdentityHeader>: the request carries
+//     X-IDENTITY-HEADER; the answer is {"access_token","expires_on","resource",
+//     "token_type","client_id"} with expires_on in Unix seconds, as a string
+//     (App Service's own format; MSAL Go, azure-identity and msal-node all
+//     accept it).
+//   - IMDS style (api-version=2018-02-01), for a client pointed at the agent
+//     as if it were IMDS: the request carries Metadata: true; the answer is
+//     {"access_token","expires_in","expires_on","not_before","resource",
+//     "token_type"}, every value a string as IMDS sends them.
+//
+// It is a thin http.Handler over the broker: every token comes from
+// Broker.Credentials for the pod at the connection's source address, so the
+// cache, refresh-ahead, single flight, limits and policy are the broker's.
+//
+// Rules, each one tested:
+//   - a request carrying X-IDENTITY-HEADER is the App Service form: a value
+//     other than Config.IdentityHeader (or an empty one) is a 401, as App
+//     Service answers; the header is an SSRF guard, not a secret;
+//   - a request without it must carry Metadata: true (the IMDS form);
+//     without either it is a 400 invalid_request "Required metadata header
+//     not specified", IMDS's answer;
+//   - X-Forwarded-For is refused with 403: a proxy inside the pod must not
+//     become a token client for someone else;
+//   - only GET (405 otherwise); only TokenPath, byte for byte (404
+//     otherwise); unknown query parameters are ignored;
+//   - resource is required (400); it is canonicalised (surrounding spaces
+//     and a "/.default" suffix dropped: the exchanger appends /.default) and
+//     bounded (MaxResourceLen, printable ASCII), so that no spelling of one
+//     resource makes a second cache entry. A trailing slash is kept: Entra
+//     ID puts the resource as spelled into the token's audience, so
+//     "https://management.core.windows.net/" and its slashless form are two
+//     tokens;
+//   - client_id names the identity (optional; naming another than the pod's
+//     ServiceAccount's is the broker's 403 IdentityNotAllowed); object_id,
+//     principal_id, mi_res_id and msi_res_id are a 400: the agent knows
+//     identities by client ID only;
+//   - a transient failure is a 503 with Retry-After, throttling a 429, a
+//     refusal a 403, and only a request that can never succeed a 400
+//     (Python azure-identity stops using an endpoint for good after a 400);
+//   - errors are JSON {"error","error_description"}: the broker's code and
+//     message, never a secret, never what the caller sent.
+package azureidentity
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// Broker is what the surface needs from the broker.
+type Broker interface {
+	// Credentials returns credentials for the pod at addr.
+	Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error)
+	// LogFailure writes one rate-limited log line for a refused request.
+	LogFailure(ctx context.Context, addr netip.Addr, pod podresolve.Pod, f broker.Failure, err error)
+	// ObserveRequest counts an answer by HTTP status.
+	ObserveRequest(code int, d time.Duration)
+}
+
+// Paths and values clients depend on.
+const (
+	// TokenPath is the one path served, for both forms. Pods set
+	// IDENTITY_ENDPOINT=http://169.254.170.23/metadata/identity/oauth2/token.
+	TokenPath = "/metadata/identity/oauth2/token"
+	// IdentityHeaderName is the App Service form's SSRF guard header.
+	IdentityHeaderName = "X-Identity-Header"
+	// AppServiceAPIVersion and IMDSAPIVersion are what the clients send.
+	// Any api-version is accepted; the headers decide the form.
+	AppServiceAPIVersion = "2019-08-01"
+	IMDSAPIVersion       = "2018-02-01"
+)
+
+// Bounds on what a caller may ask for. Past them the answer is 400.
+const (
+	// MaxQuery is the longest raw query string accepted.
+	MaxQuery = 4096
+	// MaxResourceLen is the longest resource, after canonicalisation.
+	MaxResourceLen = 512
+	// MaxClientIDLen is the longest client_id (a GUID is 36).
+	MaxClientIDLen = 128
+	// MaxIdentityHeaderLen is the longest Config.IdentityHeader.
+	MaxIdentityHeaderLen = 256
+)
+
+// Error codes the surface writes itself (the broker's Failure codes are
+// written as they come).
+const (
+	CodeBadRequest       = "invalid_request"
+	CodeUnauthorized     = "Unauthorized"
+	CodeForbidden        = "Forbidden"
+	CodeNotFound         = "NotFound"
+	CodeMethodNotAllowed = "MethodNotAllowed"
+	CodeUnavailable      = "ServiceUnavailable"
+	CodeInternal         = "InternalError"
+)
+
+// Config configures a Handler.
+type Config struct {
+	// Broker answers credential requests. Required.
+	Broker Broker
+	// IdentityHeader is the value pods put in IDENTITY_HEADER and clients
+	// send as X-IDENTITY-HEADER. Required: printable ASCII without spaces,
+	// at most MaxIdentityHeaderLen bytes. It is an SSRF guard (a request
+	// forged through a URL fetcher carries no such header), not a secret.
+	IdentityHeader string
+	// Clock computes expires_on and expires_in. Default: the real clock.
+	Clock clock.PassiveClock
+	// Classify maps the broker's errors to failures. Default:
+	// broker.Classify; tests set their own.
+	Classify func(error) broker.Failure
+}
+
+// Handler serves TokenPath. Create it with New.
+type Handler struct {
+	b        Broker
+	header   []byte
+	clock    clock.PassiveClock
+	classify func(error) broker.Failure
+}
+
+// New checks cfg and returns a Handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Broker == nil {
+		return nil, errors.New("azureidentity: Broker is required")
+	}
+	if cfg.IdentityHeader == "" {
+		return nil, errors.New("azureidentity: IdentityHeader is required")
+	}
+	if len(cfg.IdentityHeader) > MaxIdentityHeaderLen || !printable(cfg.IdentityHeader) {
+		return nil, fmt.Errorf("azureidentity: IdentityHeader must be printable ASCII without spaces, at most %d bytes", MaxIdentityHeaderLen)
+	}
+	h := &Handler{b: cfg.Broker, header: []byte(cfg.IdentityHeader), clock: cfg.Clock, classify: cfg.Classify}
+	if h.clock == nil {
+		h.clock = clock.RealClock{}
+	}
+	if h.classify == nil {
+		h.classify = broker.Classify
+	}
+	return h, nil
+}
+
+// TokenRequest is the broker request this surface makes for a token for
+// resource on behalf of a pod that names no client ID, canonicalised as a
+// caller's would be: what the agent prefetches must be the very cache entry
+// the surface later reads.
+func TokenRequest(resource string) (broker.Request, error) {
+	canon, err := canonicalResource(resource)
+	if err != nil {
+		return broker.Request{}, err
+	}
+	return broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Scope: canon}, nil
+}
+
+// Pre-built header values: assigning them directly to the header map keeps
+// the cache-hit path free of allocations.
+var (
+	contentTypeJSON = []string{"application/json; charset=utf-8"}
+	noStore         = []string{"no-store"}
+	nosniff         = []string{"nosniff"}
+	allowGet        = []string{"GET"}
+)
+
+// ServeHTTP answers the managed-identity token endpoint.
+//
+// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
+// of the TCP peer. Headers and the query string never influence whose
+// credentials are served; client_id only names which of the caller's own
+// identities it wants, and the broker refuses any other.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.clock.Now()
+	code := h.serve(w, r)
+	h.b.ObserveRequest(code, h.clock.Since(start))
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
+	if _, ok := r.Header["X-Forwarded-For"]; ok {
+		return writeError(w, http.StatusForbidden, CodeForbidden, "requests carrying X-Forwarded-For are refused")
+	}
+	if r.Method != http.MethodGet {
+		w.Header()["Allow"] = allowGet
+		return writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "only GET is supported")
+	}
+	// Only the exact bytes of the served path: URL.Path is decoded, so an
+	// escaped spelling would decode into it.
+	if r.URL.Path != TokenPath || r.URL.RawPath != "" || r.URL.EscapedPath() != TokenPath {
+		return writeError(w, http.StatusNotFound, CodeNotFound, "no such path; the token endpoint is "+TokenPath)
+	}
+	appService := false
+	if v, ok := r.Header[IdentityHeaderName]; ok {
+		// One value, equal to the configured one. Not a secret, but
+		// comparing in constant time costs nothing.
+		if len(v) != 1 || subtle.ConstantTimeCompare([]byte(v[0]), h.header) != 1 {
+			return writeError(w, http.StatusUnauthorized, CodeUnauthorized,
+				"the X-IDENTITY-HEADER header does not match: set it to the IDENTITY_HEADER value the agent's operator configured (--azure-identity-header)")
+		}
+		appService = true
+	} else if v := r.Header["Metadata"]; len(v) != 1 || !strings.EqualFold(v[0], "true") {
+		return writeError(w, http.StatusBadRequest, CodeBadRequest, "Required metadata header not specified")
+	}
+	q := r.URL.RawQuery
+	if len(q) > MaxQuery {
+		return writeError(w, http.StatusBadRequest, CodeBadRequest, "query string too long")
+	}
+	for _, k := range [...]string{"object_id", "principal_id", "mi_res_id", "msi_res_id"} {
+		if _, ok := queryValue(q, k); ok {
+			return writeError(w, http.StatusBadRequest, CodeBadRequest,
+				k+" is not supported: name the identity by client_id, or omit it for the one the pod's ServiceAccount names")
+		}
+	}
+	raw, _ := queryValue(q, "resource")
+	res, err := unescape(raw)
+	if err != nil {
+		return writeError(w, http.StatusBadRequest, CodeBadRequest, "resource: invalid escape")
+	}
+	res, err = canonicalResource(res)
+	if err != nil {
+		return writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
+	}
+	var clientID string
+	if raw, ok := queryValue(q, "client_id"); ok {
+		id, err := unescape(raw)
+		if err != nil {
+			return writeError(w, http.StatusBadRequest, CodeBadRequest, "client_id: invalid escape")
+		}
+		id = strings.TrimSpace(id)
+		if len(id) > MaxClientIDLen || !printable(id) {
+			return writeError(w, http.StatusBadRequest, CodeBadRequest,
+				fmt.Sprintf("client_id must be printable ASCII, at most %d bytes", MaxClientIDLen))
+		}
+		clientID = id
+	}
+	return h.token(w, r, appService, res, clientID)
+}
+
+func (h *Handler) token(w http.ResponseWriter, r *http.Request, appService bool, res, clientID string) int {
+	addr, ok := peer(r)
+	if !ok {
+		return writeError(w, http.StatusBadRequest, CodeBadRequest, "the caller's address could not be read")
+	}
+	ans, err := h.b.Credentials(r.Context(), addr, broker.Request{
+		Cloud: exchange.Azure, Want: exchange.KindAccessToken, Identity: clientID, Scope: res})
+	if err != nil {
+		f := h.classify(err)
+		h.b.LogFailure(r.Context(), addr, ans.Pod, f, err)
+		return writeFailure(w, f)
+	}
+	c := ans.Credentials
+	if c == nil || c.AccessToken == "" {
+		return writeError(w, http.StatusInternalServerError, CodeInternal, "the broker returned no access token")
+	}
+	now := h.clock.Now()
+	// Whole seconds, rounded down: never promise more life than is left.
+	secs := int64(c.Expiration.Sub(now) / time.Second)
+	if secs <= 0 {
+		w.Header()["Retry-After"] = []string{"1"}
+		return writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the access token is being refreshed; retry")
+	}
+	expiresOn := c.Expiration.Unix()
+	bp := bufPool.Get().(*[]byte)
+	b := append((*bp)[:0], `{"access_token":`...)
+	b = appendJSONString(b, c.AccessToken.Reveal())
+	if appService {
+		b = append(b, `,"client_id":`...)
+		b = appendJSONString(b, ans.Identity)
+	} else {
+		b = append(b, `,"expires_in":"`...)
+		b = strconv.AppendInt(b, secs, 10)
+		b = append(b, '"')
+	}
+	b = append(b, `,"expires_on":"`...)
+	b = strconv.AppendInt(b, expiresOn, 10)
+	b = append(b, '"')
+	if !appService {
+		b = append(b, `,"not_before":"`...)
+		b = strconv.AppendInt(b, now.Unix(), 10)
+		b = append(b, '"')
+	}
+	b = append(b, `,"resource":`...)
+	b = appendJSONString(b, res)
+	b = append(b, `,"token_type":"Bearer"}`...)
+	hdr := w.Header()
+	hdr["Content-Type"] = contentTypeJSON
+	hdr["Cache-Control"] = noStore
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
+	*bp = b
+	bufPool.Put(bp)
+	return http.StatusOK
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// Status maps a failure class to the HTTP status this surface answers.
+// Every client retries 429 and 503 (azidentity: 408, 429, 500, 502-504 for
+// App Service, 404, 410, 429, 5xx for IMDS; msal-node: 404, 408, 429, 500,
+// 503, 504; azure-identity: azure-core's 408, 429, 500, 502-504), and none
+// gives up on the endpoint after them.
+func Status(c broker.Class) int {
+	switch c {
+	case broker.Throttled:
+		return http.StatusTooManyRequests
+	case broker.Refused:
+		return http.StatusForbidden
+	case broker.Invalid:
+		return http.StatusBadRequest
+	default: // broker.Unavailable, and anything unknown: retryable
+		return http.StatusServiceUnavailable
+	}
+}
+
+func writeFailure(w http.ResponseWriter, f broker.Failure) int {
+	status := Status(f.Class)
+	code := f.Code
+	if code == "" {
+		code = http.StatusText(status)
+	}
+	if status == http.StatusServiceUnavailable || (status == http.StatusTooManyRequests && f.RetryAfter > 0) {
+		w.Header()["Retry-After"] = []string{retryAfterSeconds(f.RetryAfter)}
+	}
+	return writeError(w, status, code, f.Message)
+}
+
+// retryAfterSeconds is d in whole seconds, rounded up, at least 1.
+func retryAfterSeconds(d time.Duration) string {
+	s := int64((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return strconv.FormatInt(s, 10)
+}
+
+// writeError answers {"error":code,"error_description":message}. code and
+// message go to the caller verbatim: never a secret, never what the caller
+// sent.
+func writeError(w http.ResponseWriter, status int, code, message string) int {
+	hdr := w.Header()
+	hdr["Content-Type"] = contentTypeJSON
+	hdr["Cache-Control"] = noStore
+	hdr["X-Content-Type-Options"] = nosniff
+	w.WriteHeader(status)
+	b := append([]byte(`{"error":`), appendJSONString(nil, code)...)
+	b = append(b, `,"error_description":`...)
+	b = appendJSONString(b, message)
+	b = append(b, "}\n"...)
+	_, _ = w.Write(b)
+	return status
+}
+
+// peer is the caller's address, IPv4-mapped forms unmapped.
+func peer(r *http.Request) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap(), true
+}
+
+// canonicalResource trims s, drops one "/.default" suffix (MSAL Go does the
+// same; the exchanger appends it) and checks what is left: non-empty, at
+// most MaxResourceLen bytes, printable ASCII without spaces. A trailing
+// slash is kept: it changes the token's audience.
+func canonicalResource(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	s = strings.TrimSuffix(s, "/.default")
+	switch {
+	case s == "":
+		return "", errors.New("the resource parameter is required (the URI of the resource the token is for, e.g. https://management.azure.com/)")
+	case len(s) > MaxResourceLen:
+		return "", fmt.Errorf("resource longer than %d bytes", MaxResourceLen)
+	case !printable(s):
+		return "", errors.New("resource holds characters other than printable ASCII")
+	}
+	return s, nil
+}
+
+// printable reports whether s is printable ASCII without spaces.
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// queryValue returns the raw (still escaped) value of the first key=value
+// pair named key in the raw query q, without allocating.
+func queryValue(q, key string) (string, bool) {
+	for q != "" {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		k, v, _ := strings.Cut(pair, "=")
+		if k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// unescape decodes a query value, allocating only when it is escaped.
+func unescape(v string) (string, error) {
+	if !strings.ContainsAny(v, "%+") {
+		return v, nil
+	}
+	return url.QueryUnescape(v)
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
