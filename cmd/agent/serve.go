@@ -21,8 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
@@ -62,6 +64,7 @@ type serveConfig struct {
 	// removeStartupTaint is a taint key to remove from the node once the
 	// credential listeners serve (pkg/nodetaint); empty: none.
 	removeStartupTaint string
+	recordEvents       bool
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
@@ -92,6 +95,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.broker.RequestTimeout, "request-timeout", 5*time.Second, "how long a request waits for credentials not yet cached")
 	fs.DurationVar(&c.waitForPod, "wait-for-pod", podresolve.DefaultWaitForPod, "how long a request from an unknown address waits for its pod to appear")
 	fs.DurationVar(&c.startupPrefetchWait, "startup-prefetch-wait", 10*time.Second, "at start, how long to prefetch credentials of the node's pods before serving")
+	fs.BoolVar(&c.recordEvents, "record-events", true, "record a Warning Event on a pod whose request is refused (rate limited per pod by client-go's spam filter)")
 	fs.StringVar(&c.removeStartupTaint, "remove-startup-taint", "", "taint key to remove from this node once credentials are served (the node registers with it, so workloads wait for the agent); needs the RBAC and admission policy in deploy/daemonset/startup-taint")
 	fs.Float64Var(&c.kubeQPS, "kube-api-qps", 50, "client-side QPS limit towards the Kubernetes API")
 	fs.IntVar(&c.kubeBurst, "kube-api-burst", 100, "client-side burst towards the Kubernetes API")
@@ -186,6 +190,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	bcfg.Registerer, bcfg.Logger = reg, grd.brokerLogger()
+	if cfg.recordEvents {
+		events := record.NewBroadcaster(record.WithContext(ctx))
+		events.StartRecordingToSink(client.EventSink())
+		defer events.Shutdown()
+		bcfg.Events = events.NewRecorder(kube.Scheme(), corev1.EventSource{Component: "credbroker-agent", Host: cfg.nodeName})
+	}
 	brk, err := broker.New(bcfg)
 	if err != nil {
 		return err

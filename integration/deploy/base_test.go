@@ -153,6 +153,7 @@ func TestRenderedBase(t *testing.T) {
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
 	if len(role.Rules) != len(wantRules) {
 		t.Errorf("ClusterRole has %d rules, want %d: %+v", len(role.Rules), len(wantRules), role.Rules)
@@ -395,6 +396,7 @@ func TestAgentRBAC(t *testing.T) {
 		"pods":                  "[get list watch]",
 		"serviceaccounts":       "[list watch]",
 		"serviceaccounts/token": "[create]",
+		"events":                "[create patch]",
 	}
 	if len(got) != len(wantList) {
 		t.Errorf("the agent may act on %v, want exactly %v\n%s", got, wantList, out)

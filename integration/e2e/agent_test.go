@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/netip"
@@ -34,6 +35,7 @@ func TestAgent(t *testing.T) {
 	t.Run("SDKClients", w.testSDKClients)
 	t.Run("TwoPodsTwoRoles", w.testTwoPodsTwoRoles)
 	t.Run("Refusals", w.testRefusals)
+	t.Run("RefusalsRecordEvents", w.testRefusalEvents)
 	t.Run("IPReusedByNewPod", w.testIPReused)
 	t.Run("ConcurrentFirstRequests", w.testConcurrentFirst)
 	t.Run("DualStackPod", w.testDualStack)
@@ -136,6 +138,57 @@ func (w *world) testTwoPodsTwoRoles(t *testing.T) {
 	// And the CLI in pod b confirms it.
 	if arn := w.runSDK(t, b, w.podEnv(), w.tools.aws, "sts", "get-caller-identity", "--output", "json"); !strings.HasPrefix(arn, assumedPrefix("writer", "team-b", "writer-1")) {
 		t.Errorf("CLI in pod b: %s", arn)
+	}
+}
+
+// A refused pod gets a Warning Event saying why, once however often it
+// asks: client-go's aggregation counts repeats on one Event, and its spam
+// filter stops writing after a burst.
+func (w *world) testRefusalEvents(t *testing.T) {
+	w.serviceAccount(t, "noisy", "default", "")
+	p := w.pod(t, "noisy", "app-1", "default")
+	const requests = 60
+	for range requests {
+		if r := w.fetch(t, p); r.status != http.StatusForbidden {
+			t.Fatalf("status %d %s, want 403", r.status, r.body)
+		}
+	}
+	type event struct {
+		Reason, Type, Message string
+		Count                 int
+		InvolvedObject        struct{ Kind, Name, UID string }
+		Source                struct{ Component, Host string }
+	}
+	var events []event
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := w.cp.Kubectl(context.Background(), "get", "events", "-n", p.Pod.Namespace,
+			"--field-selector", "involvedObject.name="+p.Pod.Name, "-o", "json")
+		if err != nil {
+			t.Fatalf("kubectl get events: %v: %s", err, out)
+		}
+		var list struct{ Items []event }
+		if err := json.Unmarshal(out, &list); err != nil {
+			t.Fatal(err)
+		}
+		events = list.Items
+		// Writes are asynchronous and aggregated: wait until the count
+		// stops at the spam filter's burst or reaches the requests.
+		if len(events) == 1 && (events[0].Count >= 25 || events[0].Count == requests) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(events) != 1 {
+		t.Fatalf("%d Events on the pod, want one: %+v", len(events), events)
+	}
+	e := events[0]
+	if e.Reason != "DefaultServiceAccount" || e.Type != "Warning" || e.InvolvedObject.Kind != "Pod" || e.InvolvedObject.UID != string(p.Pod.UID) ||
+		!strings.Contains(e.Message, "default ServiceAccount") || e.Source.Component != "credbroker-agent" {
+		t.Errorf("event %+v, want a Warning DefaultServiceAccount on the pod from credbroker-agent", e)
+	}
+	if e.Count < 1 || e.Count > 26 {
+		t.Errorf("event count %d for %d refusals, want the spam filter's burst (25) at most", e.Count, requests)
 	}
 }
 

@@ -126,6 +126,12 @@ type Config struct {
 	PodFetchBurst    int
 	PodFetchInterval time.Duration
 
+	// Events records an Event on the calling pod for each refusal, so that
+	// `kubectl describe pod` says why it gets no credentials. client-go's
+	// record.EventRecorder is one (its spam filter and aggregation bound
+	// what a pod asking in a loop costs the API server). Default: none.
+	Events EventRecorder
+
 	Registerer prometheus.Registerer // default: a private registry
 	Logger     *slog.Logger          // default: discard
 	Clock      clock.WithTicker      // default: real clock

@@ -13,8 +13,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 const (
@@ -259,7 +261,10 @@ func TestTenantComesFromTheAnnotationOrTheDefault(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the watch", func() bool { id, err := e.broker.accounts.Identity("ns", "plain", 1); return err == nil && id == "client-2" })
+	waitFor(t, "the watch", func() bool {
+		id, err := e.broker.accounts.Identity("ns", "plain", 1)
+		return err == nil && id == "client-2"
+	})
 	e.pod("10.0.0.1", "ns", "p1", "own")
 	e.pod("10.0.0.2", "ns", "p2", "plain")
 	var tenants []string
@@ -278,5 +283,52 @@ func TestTenantComesFromTheAnnotationOrTheDefault(t *testing.T) {
 	}
 	if want := []string{"client-1@tenant-own", "client-2@tenant-default"}; !slices.Equal(tenants, want) {
 		t.Errorf("exchanged %q, want %q", tenants, want)
+	}
+}
+
+type recordedEvent struct{ kind, namespace, name, eventType, reason, message string }
+
+type eventRecorder struct {
+	mu     sync.Mutex
+	events []recordedEvent
+}
+
+func (r *eventRecorder) Event(obj runtime.Object, eventType, reason, message string) {
+	ref := obj.(*corev1.ObjectReference)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, recordedEvent{ref.Kind, ref.Namespace, ref.Name, eventType, reason, message})
+}
+
+// A refusal of an identified pod is an Event on that pod; a retryable
+// failure and an unidentified caller are not.
+func TestRefusalsRecordEventsOnThePod(t *testing.T) {
+	rec := &eventRecorder{}
+	e := newEnv(t, func(c *Config) { c.Events = rec })
+	e.serviceAccount("ns", "plain", "")
+	e.pod("10.0.0.1", "ns", "app-1", "plain")
+	e.pod("10.0.0.2", "ns", "app-2", "default")
+	e.resolver.fail("10.0.0.3", podresolve.ErrNotFound)
+	for _, addr := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {
+		e.get(addr)
+	}
+	want := []recordedEvent{
+		{"Pod", "ns", "app-1", corev1.EventTypeWarning, CodeNoRole, ""},
+		{"Pod", "ns", "app-2", corev1.EventTypeWarning, CodeDefaultServiceAccount, ""},
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.events) != len(want) {
+		t.Fatalf("events %+v, want %d", rec.events, len(want))
+	}
+	for i, w := range want {
+		got := rec.events[i]
+		if got.message == "" || strings.Contains(got.message, "SATOKEN") {
+			t.Errorf("event %d message %q", i, got.message)
+		}
+		got.message = ""
+		if got != w {
+			t.Errorf("event %d = %+v, want %+v", i, got, w)
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/rest"
@@ -108,4 +109,36 @@ func (s *ServiceAccounts) CreateToken(ctx context.Context, namespace, name strin
 		Do(ctx).
 		Into(result)
 	return result, err
+}
+
+// Scheme is the scheme the client decodes with (core/v1 and
+// authentication/v1), for client-go's event recorder.
+func Scheme() *runtime.Scheme { return scheme }
+
+// EventSink writes Events for client-go's event broadcaster
+// (k8s.io/client-go/tools/record), in the namespace of each Event.
+func (c *Client) EventSink() *EventSink { return &EventSink{rest: c.rest} }
+
+// EventSink is a record.EventSink over the core/v1 events API.
+type EventSink struct{ rest rest.Interface }
+
+func (s *EventSink) events(namespace string) *gentype.Client[*corev1.Event] {
+	return gentype.NewClient("events", s.rest, parameterCodec, namespace,
+		func() *corev1.Event { return &corev1.Event{} }, gentype.PrefersProtobuf[*corev1.Event]())
+}
+
+// Create creates ev.
+func (s *EventSink) Create(ev *corev1.Event) (*corev1.Event, error) {
+	return s.events(ev.Namespace).Create(context.Background(), ev, metav1.CreateOptions{})
+}
+
+// Update replaces ev.
+func (s *EventSink) Update(ev *corev1.Event) (*corev1.Event, error) {
+	return s.events(ev.Namespace).Update(context.Background(), ev, metav1.UpdateOptions{})
+}
+
+// Patch applies the broadcaster's strategic merge patch (a count bump) to
+// ev.
+func (s *EventSink) Patch(ev *corev1.Event, data []byte) (*corev1.Event, error) {
+	return s.events(ev.Namespace).Patch(context.Background(), ev.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
 }
