@@ -60,6 +60,13 @@
 // CreateRole, CreateBucket and EnforceAuth(allowance) prepare a
 // signature-checking S3 and STS.
 //
+// cp.StartGoogleSTS(ctx, GoogleSTSConfig{Impersonation: map[email][]principal})
+// starts a googlests.Server, Google STS and IAM Credentials on one port
+// (169.254.170.23:<free port> by default), whose workload identity provider
+// (googlests.DefaultProvider unless Provider is set) trusts this API
+// server's issuer and asks it whether a token's pod still exists; its
+// Lookup tells which pod and service account a token was minted for.
+//
 // # Agent
 //
 //	a, err := harness.StartAgent(ctx, harness.AgentConfig{Dir: dir, Kubeconfig: kc,
