@@ -56,6 +56,13 @@ func (e *env) startAgent(ctx context.Context, o agentOptions) (*agentProc, error
 	if o.kubeBurst > 0 {
 		args = append(args, "--kube-api-burst="+strconv.Itoa(o.kubeBurst))
 	}
+	// GCP on, federated principals only: the GCP scenario's pods get their
+	// tokens on first request, nothing is prefetched for them.
+	args = append(args,
+		"--gcp-workload-identity-provider="+e.gsts.Provider(),
+		"--gcp-project-id="+gcpProjectID,
+		"--gcp-sts-endpoint="+e.gsts.URL(),
+		"--gcp-iamcredentials-endpoint="+e.gsts.URL())
 	args = append(args, o.extra...)
 	started := time.Now()
 	a, err := harness.StartAgent(ctx, harness.AgentConfig{

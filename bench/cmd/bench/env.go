@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/credbroker/agent/bench/loadgen"
+	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
 	"github.com/credbroker/agent/integration/oidcsts"
@@ -33,6 +34,11 @@ const (
 	// servers are reached over the same path.
 	agentAddr = "169.254.170.23:80"
 	floorAddr = "169.254.170.23:8080"
+	// floorGCPAddr is the floor for the GCP scenario, answering a body of
+	// the size of the agent's GCE metadata token answer.
+	floorGCPAddr = "169.254.170.23:8081"
+	// gcpProjectID is the project the agent's GCE metadata surface reports.
+	gcpProjectID = "credbroker-bench"
 )
 
 // env is the benchmark's world: a control plane, an STS, pods in network
@@ -45,6 +51,7 @@ type env struct {
 	cp              *harness.ControlPlane
 	apiHTTP         *http.Client
 	sts             *oidcsts.Server
+	gsts            *googlests.Server // Google STS for the GCP scenario
 	agentKubeconfig string
 	pods            *harness.Pods
 	// neighSaved holds the neighbour-table limits to restore on close.
@@ -104,6 +111,18 @@ func setupEnv(ctx context.Context, dir, agentBin, floorBin string) (_ *env, err 
 		return nil, err
 	}
 	if err := e.sts.Start("127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	// Google STS for the GCP scenario: every ServiceAccount has a federated
+	// principal, so the same pods get GCP tokens without impersonation.
+	e.gsts, err = googlests.New(googlests.Config{
+		Issuer:     e.cp.Issuer,
+		HTTPClient: &http.Client{Timeout: 10 * time.Second, Transport: &harness.BearerTransport{Token: e.cp.AdminToken, Base: e.apiHTTP.Transport}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.gsts.Start("127.0.0.1:0"); err != nil {
 		return nil, err
 	}
 	for i := range serviceAccounts {
@@ -217,6 +236,9 @@ func (e *env) close() {
 	}
 	if e.sts != nil {
 		e.sts.Close()
+	}
+	if e.gsts != nil {
+		e.gsts.Close()
 	}
 	if e.cp != nil {
 		e.cp.Stop()

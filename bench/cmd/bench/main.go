@@ -239,6 +239,19 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	if err := b.memory(ctx, o.pods); err != nil {
 		return res, err
 	}
+	// GCP: the same pods' federated principals, one token each fetched
+	// now (after the memory figure, which is AWS's), then cache hits only.
+	if res.GCPBodyBytes, err = b.gcpWarm(ctx, o.pods); err != nil {
+		return res, err
+	}
+	floorGCP, err := b.startFloorAt(ctx, "floor-gcp", floorGCPAddr, res.GCPBodyBytes)
+	if floorGCP != nil {
+		defer floorGCP.proc.Stop(5 * time.Second)
+	}
+	if err != nil {
+		return res, err
+	}
+	logf("agent caches a GCP token for each of %d pods; GCE metadata token answers are %d bytes, and so are the GCP floor's", o.pods, res.GCPBodyBytes)
 
 	s0, err := b.snapshot(ctx)
 	if err != nil {
@@ -253,6 +266,13 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 		res.Pairs = append(res.Pairs, p)
 	}
 	res.FloorPeak = res.Pairs[0].Floor.Throughput
+	logf("closed loop, GCP token (%s with Metadata-Flavor: Google), %d pods", gcpTokenPath, o.pods)
+	gp, err := b.closedPairOf(ctx, fmt.Sprintf("%d pods, %s, GCP token", o.pods, loadgen.KeepAlive), o.pods, loadgen.KeepAlive,
+		gcpTokenPath, gcpHeader, floorServerOf(floorGCP))
+	if err != nil {
+		return res, err
+	}
+	res.Pairs = append(res.Pairs, gp)
 	if o.profile {
 		if err := b.profile(ctx); err != nil {
 			logf("profile failed: %v", err)

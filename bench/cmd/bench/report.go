@@ -36,6 +36,9 @@ type results struct {
 	HeapTop    string          `json:"heap_top"`
 	// AgentDefaults are the agent's flag defaults, from its help text.
 	AgentDefaults map[string]string `json:"agent_defaults"`
+	// GCPBodyBytes is the size of the agent's GCE metadata token answer,
+	// which the GCP floor answers too.
+	GCPBodyBytes int `json:"gcp_body_bytes,omitempty"`
 }
 
 func gitDescribe() string {
@@ -296,6 +299,12 @@ func renderMarkdown(o options, r *results) string {
 	w("- **Servers.** The agent (`bin/agent serve`, log level warn) listens on %s and the floor (`bench/cmd/floor`: net/http "+
 		"returning a fixed credentials JSON of the agent's answer size, %d bytes, with the same kind of server timeouts) on %s. "+
 		"Both addresses sit on `lo`, so both are reached over the same veth path.\n", agentAddr, r.BodyBytes, floorAddr)
+	if r.GCPBodyBytes > 0 {
+		w("- **GCP row.** The same pods GET `%s` with `Metadata-Flavor: Google`, as Google's clients do: each pod's "+
+			"ServiceAccount has no Google service account, so the agent serves its federated principal's token "+
+			"(integration/googlests as Google STS, one token per pod fetched before the run, cache hits only during it). "+
+			"A second floor on %s answers a body of the same size, %d bytes.\n", gcpTokenPath, floorGCPAddr, r.GCPBodyBytes)
+	}
 	w("- **Pods.** Each simulated pod is a network namespace (integration/netns) with its own address from 198.18.0.0/15, " +
 		"joined to the host by a veth pair, and a pod object on the control plane with that address. " +
 		"The generator opens every connection inside the pod's namespace (setns on a locked OS thread, then dial), " +

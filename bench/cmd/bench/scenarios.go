@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
@@ -33,29 +34,37 @@ type bench struct {
 // floorProc is the floor server process.
 type floorProc struct {
 	proc     *harness.Process
+	addr     string
 	statsURL string
 }
 
 func (b *bench) startFloor(ctx context.Context, size int) error {
+	f, err := b.startFloorAt(ctx, "floor", floorAddr, size)
+	b.floor = f
+	return err
+}
+
+// startFloorAt starts a floor server on addr answering size bytes.
+func (b *bench) startFloorAt(ctx context.Context, name, addr string, size int) (*floorProc, error) {
 	port, err := harness.FreePort("127.0.0.1")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	p, err := harness.StartProcess("floor", filepath.Join(b.env.dir, "logs/floor.log"), nil, b.env.floorBin,
-		"-listen", floorAddr, "-size", fmt.Sprint(size), "-stats-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	p, err := harness.StartProcess(name, filepath.Join(b.env.dir, "logs/"+name+".log"), nil, b.env.floorBin,
+		"-listen", addr, "-size", fmt.Sprint(size), "-stats-listen", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	b.floor = &floorProc{proc: p, statsURL: fmt.Sprintf("http://127.0.0.1:%d/stats", port)}
+	f := &floorProc{proc: p, addr: addr, statsURL: fmt.Sprintf("http://127.0.0.1:%d/stats", port)}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", floorAddr, time.Second)
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return nil
+			return f, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("floor not listening on %s: %w; log:\n%s", floorAddr, err, p.LogTail(10))
+			return f, fmt.Errorf("%s not listening on %s: %w; log:\n%s", name, addr, err, p.LogTail(10))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -80,9 +89,10 @@ func (b *bench) agentServer() server {
 	}}
 }
 
-func (b *bench) floorServer() server {
-	f := b.floor
-	return server{name: "floor", addr: floorAddr, pid: f.proc.Cmd.Process.Pid, stats: func(ctx context.Context) (float64, float64, error) {
+func (b *bench) floorServer() server { return floorServerOf(b.floor) }
+
+func floorServerOf(f *floorProc) server {
+	return server{name: "floor", addr: f.addr, pid: f.proc.Cmd.Process.Pid, stats: func(ctx context.Context) (float64, float64, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.statsURL, nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -138,8 +148,16 @@ type pair struct {
 // each, alternating so that a noisy neighbour hits both alike, and keeps
 // each side's best run.
 func (b *bench) closedPair(ctx context.Context, name string, pods int, mode loadgen.Mode) (pair, error) {
+	return b.closedPairOf(ctx, name, pods, mode, "", nil, b.floorServer())
+}
+
+// closedPairOf is closedPair for requests of path (default
+// /v1/credentials) with header lines, against the given floor.
+func (b *bench) closedPairOf(ctx context.Context, name string, pods int, mode loadgen.Mode, path string, header []string, floor server) (pair, error) {
 	p := pair{Name: name, Pods: pods, Mode: mode}
 	cfg := loadgen.Config{
+		Path:        path,
+		Header:      header,
 		Sources:     b.env.firstSources(pods),
 		Mode:        mode,
 		Concurrency: b.opt.concurrency,
@@ -149,7 +167,7 @@ func (b *bench) closedPair(ctx context.Context, name string, pods int, mode load
 		Timeout:     2 * time.Second,
 	}
 	for i := range b.opt.reps {
-		order := []server{b.agentServer(), b.floorServer()}
+		order := []server{b.agentServer(), floor}
 		if i%2 == 1 {
 			order[0], order[1] = order[1], order[0]
 		}
@@ -247,6 +265,56 @@ func getOnce(ctx context.Context, d loadgen.Dialer, addr string, timeout time.Du
 	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	return harness.Get(ctx, &http.Client{Transport: tr, Timeout: timeout}, "http://"+addr+"/v1/credentials")
+}
+
+// The GCP scenario: pods GET the GCE metadata token of their ServiceAccount's
+// federated principal, as Google's clients do.
+const gcpTokenPath = "/computeMetadata/v1/instance/service-accounts/default/token"
+
+var gcpHeader = []string{"Metadata-Flavor: Google"}
+
+// gcpWarm makes the agent fetch and cache the GCP token of each of the
+// first pods pods (federated principals are fetched on first request, not
+// prefetched) and returns the size of an answer.
+func (b *bench) gcpWarm(ctx context.Context, pods int) (int, error) {
+	srcs := b.env.firstSources(pods)
+	sizes := make([]int, len(srcs))
+	err := parallel(ctx, len(srcs), 8, func(ctx context.Context, i int) error {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			tr := &http.Transport{DialContext: srcs[i].DialContext, DisableKeepAlives: true}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentAddr+gcpTokenPath, nil)
+			req.Header.Set("Metadata-Flavor", "Google")
+			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+			if err == nil {
+				body, rerr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+				resp.Body.Close()
+				if rerr == nil && resp.StatusCode == http.StatusOK {
+					sizes[i] = len(body)
+					return nil
+				}
+				err = fmt.Errorf("status %d", resp.StatusCode)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("GCP token for pod %d: %w", i, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range sizes[1:] {
+		if n != sizes[0] {
+			// Same shape for every pod; the floor answers one size.
+			return 0, fmt.Errorf("GCP token answers of %d and %d bytes", sizes[0], n)
+		}
+	}
+	return sizes[0], nil
 }
 
 // limits describes the agent's rate limits for a report; defaults are read
