@@ -48,11 +48,14 @@ fuzz:
 k8sbin:
 	@integration/k8sbin/build.sh
 
-# Everything the integration tests run besides the agent: k8sbin, the JS SDK
-# (npm ci from the committed lock file), and the Python tools that come with
-# the machine image (moto, AWS CLI v1, boto3), checked here.
+# Everything the integration tests run besides the agent: k8sbin, the JS SDKs
+# (AWS's in integration/sdk/js, Google's google-auth-library in
+# integration/sdk/js-gcp; npm ci from the committed lock files), and the
+# Python tools that come with the machine image (moto, AWS CLI v1, boto3),
+# checked here.
 integration-deps: k8sbin
 	cd integration/sdk/js && npm ci --no-audit --no-fund --loglevel=error
+	cd integration/sdk/js-gcp && npm ci --no-audit --no-fund --loglevel=error
 	@command -v moto_server >/dev/null || { echo "moto_server not found (pip package moto[server])"; exit 1; }
 	@command -v aws >/dev/null || { echo "aws (AWS CLI v1) not found (pip package awscli)"; exit 1; }
 	@python3 -c 'import boto3' || { echo "python3 cannot import boto3"; exit 1; }
