@@ -596,6 +596,20 @@ func writeFailure(w http.ResponseWriter, f broker.Failure) int {
 	return writeText(w, status, code, f.Message)
 }
 
+// WriteError answers an error in this surface's format, so that refusals
+// made in front of it (package guard: its signature is a guard.ErrorWriter)
+// look like its own: Metadata-Flavor: Google, the text "CODE: MESSAGE", and
+// Retry-After in whole seconds (at least 1) when retryAfter is positive.
+// code and message go to the caller verbatim: never put a secret or
+// anything the caller sent into them. It returns status.
+func WriteError(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int {
+	w.Header()["Metadata-Flavor"] = flavorGoogle
+	if retryAfter > 0 {
+		w.Header()["Retry-After"] = []string{retryAfterSeconds(retryAfter)}
+	}
+	return writeText(w, status, code, message)
+}
+
 func writeRetry(w http.ResponseWriter, code, message string, after time.Duration) int {
 	w.Header()["Retry-After"] = []string{retryAfterSeconds(after)}
 	return writeText(w, http.StatusServiceUnavailable, code, message)

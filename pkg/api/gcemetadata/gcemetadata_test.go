@@ -726,3 +726,21 @@ func TestPrefetchRequestIsTheSurfaces(t *testing.T) {
 		t.Errorf("surface requests %+v, prefetched %+v", fb.reqs, want)
 	}
 }
+
+// TestWriteError: refusals written in front of the surface (the guard) look
+// like the surface's own.
+func TestWriteError(t *testing.T) {
+	w := httptest.NewRecorder()
+	if got := WriteError(w, http.StatusTooManyRequests, "Throttled", "slow down", 1500*time.Millisecond); got != 429 || w.Code != 429 {
+		t.Fatalf("status %d / %d", got, w.Code)
+	}
+	if w.Header().Get("Metadata-Flavor") != "Google" || w.Header().Get("Retry-After") != "2" ||
+		w.Header().Get("Content-Type") != "text/plain; charset=utf-8" || w.Body.String() != "Throttled: slow down\n" {
+		t.Errorf("headers %v body %q", w.Header(), w.Body)
+	}
+	w = httptest.NewRecorder()
+	WriteError(w, http.StatusForbidden, "ForwardedRequest", "no", 0)
+	if w.Header().Get("Retry-After") != "" || w.Header().Get("Metadata-Flavor") != "Google" {
+		t.Errorf("headers %v", w.Header())
+	}
+}
