@@ -72,6 +72,17 @@ type Cloud struct {
 	// this cloud arrives (its first request is then a cache hit). Default
 	// for AWS: the container credentials.
 	Prefetch []Request
+	// TokenPerAudience makes the pod-bound token itself the credential
+	// (service-to-service identity, exchange.KindIDToken): its audience is
+	// the request's Scope, which must start with AudiencePrefix, match one
+	// of the comma-separated glob patterns the ServiceAccount's annotation
+	// lists and, when set, one of AllowedIdentities, and be none of
+	// ReservedAudiences (the other clouds' token audiences: handing those
+	// out would let a pod skip their policy). It needs no Exchanger; the
+	// token lives SessionDuration.
+	TokenPerAudience  bool
+	AudiencePrefix    string
+	ReservedAudiences []string
 	// TenantAnnotation, when set, is the ServiceAccount annotation naming
 	// the identity's tenant (Azure); DefaultTenant applies without it.
 	TenantAnnotation string
@@ -324,9 +335,11 @@ func New(cfg Config) (*Broker, error) {
 			return nil, errors.New("broker: a cloud without a name")
 		case slices.ContainsFunc(cfg.Clouds[:i], func(o Cloud) bool { return o.Name == c.Name }):
 			return nil, fmt.Errorf("broker: cloud %s configured twice", c.Name)
-		case c.Exchanger == nil:
+		case c.Exchanger == nil && !c.TokenPerAudience:
 			return nil, fmt.Errorf("broker: cloud %s has no exchanger", c.Name)
-		case c.Audience == "", c.Annotation == "":
+		case c.TokenPerAudience && c.AudiencePrefix == "":
+			return nil, fmt.Errorf("broker: cloud %s hands out tokens for any audience: it needs an audience prefix", c.Name)
+		case c.Audience == "" && !c.TokenPerAudience, c.Annotation == "":
 			return nil, fmt.Errorf("broker: cloud %s needs a token audience and an annotation", c.Name)
 		case slices.Contains(c.AllowedIdentities, ""):
 			return nil, fmt.Errorf("broker: cloud %s: empty allowed-identity pattern", c.Name)
@@ -500,7 +513,7 @@ func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, string, erro
 	if err != nil {
 		return 0, "", err
 	}
-	if err := b.policy.checkIdentity(&b.cfg.Clouds[ci], pod.Namespace, pod.ServiceAccount, identity, req.Identity); err != nil {
+	if err := b.policy.checkIdentity(&b.cfg.Clouds[ci], pod.Namespace, pod.ServiceAccount, identity, req); err != nil {
 		return 0, "", err
 	}
 	return ci, identity, nil
@@ -550,7 +563,10 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity
 		return nil, fmt.Errorf("fetching for pod %s/%s: %w", pod.Namespace, pod.Name, errUpstreamBusy)
 	}
 	cloud := &b.cfg.Clouds[ci]
-	token, err := b.tokens.token(ctx, pod, cloud.Audience)
+	if cloud.TokenPerAudience {
+		return b.fetchPodToken(ctx, pod, identity, req)
+	}
+	token, _, err := b.tokens.token(ctx, pod, cloud.Audience, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -582,6 +598,22 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	e := &entry{pod: pod, identity: identity, creds: &creds, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
+	e.refreshAt = refreshTime(e)
+	return e, nil
+}
+
+// fetchPodToken gets the pod-bound token for the request's audience: the
+// credential is the token itself.
+func (b *Broker) fetchPodToken(ctx context.Context, pod podresolve.Pod, identity string, req Request) (*entry, error) {
+	token, exp, err := b.tokens.token(ctx, pod, req.Scope, b.cfg.SessionDuration)
+	if err != nil {
+		return nil, err
+	}
+	if exp.IsZero() {
+		return nil, &errKubeAPI{err: fmt.Errorf("TokenRequest for %s/%s returned no expiry", pod.Namespace, pod.ServiceAccount)}
+	}
+	creds := &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: token, Expiration: exp}
+	e := &entry{pod: pod, identity: identity, creds: creds, expiration: exp, fetchedAt: b.clock.Now()}
 	e.refreshAt = refreshTime(e)
 	return e, nil
 }

@@ -332,3 +332,54 @@ func TestRefusalsRecordEventsOnThePod(t *testing.T) {
 		}
 	}
 }
+
+const audienceAnnotation = "credbroker.io/token-audiences"
+
+var podTokenCloud = Cloud{Name: "kubernetes", TokenPerAudience: true, AudiencePrefix: "https://svc.example.com/",
+	Annotation: audienceAnnotation, ReservedAudiences: []string{"sts.amazonaws.com"}}
+
+func TestPodTokensForAllowedAudiences(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Clouds = append(c.Clouds, podTokenCloud) })
+	for name, audiences := range map[string]string{"caller": "https://svc.example.com/orders, https://svc.example.com/billing-*", "mute": ""} {
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: map[string]string{audienceAnnotation: audiences}}}
+		if _, err := e.client.CoreV1().ServiceAccounts("ns").Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the watch", func() bool { _, err := e.broker.accounts.Identity("ns", "mute", 1); return err == nil })
+	e.pod("10.0.0.1", "ns", "a", "caller")
+	e.pod("10.0.0.2", "ns", "b", "mute")
+	tokenFor := func(addr, aud string) (Answer, Failure, error) {
+		return e.gcp(addr, Request{Cloud: "kubernetes", Want: exchange.KindIDToken, Scope: aud})
+	}
+	a, _, err := tokenFor("10.0.0.1", "https://svc.example.com/orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := a.Credentials.IDToken.Reveal(); !strings.HasPrefix(tok, "SATOKEN-uid-ns-a-") || !a.Credentials.Expiration.Equal(t0.Add(time.Hour)) {
+		t.Errorf("token %q expiring %s, want pod a's own, living the session duration", tok, a.Credentials.Expiration)
+	}
+	if _, _, err := tokenFor("10.0.0.1", "https://svc.example.com/billing-eu"); err != nil {
+		t.Errorf("an audience matching a glob: %v", err)
+	}
+	// A second request is a cache hit.
+	if _, _, err := tokenFor("10.0.0.1", "https://svc.example.com/orders"); err != nil || e.tokenReqs.Load() != 2 {
+		t.Errorf("TokenRequests %d after three answers for two audiences (%v)", e.tokenReqs.Load(), err)
+	}
+	for _, c := range []struct{ addr, aud, code string }{
+		{"10.0.0.1", "https://svc.example.com/inventory", CodeAudienceNotAllowed},
+		{"10.0.0.1", "sts.amazonaws.com", CodeAudienceNotAllowed},
+		{"10.0.0.1", "https://evil.example.com/orders", CodeAudienceNotAllowed},
+		{"10.0.0.1", "", CodeAudienceNotAllowed},
+		{"10.0.0.2", "https://svc.example.com/orders", CodeNoRole},
+	} {
+		if _, f, err := tokenFor(c.addr, c.aud); err == nil || f.Class != Refused || f.Code != c.code {
+			t.Errorf("%s asking for %q: %v %+v, want refused %s", c.addr, c.aud, err, f, c.code)
+		}
+	}
+	e.audiencesMu.Lock()
+	defer e.audiencesMu.Unlock()
+	if want := []string{"https://svc.example.com/orders", "https://svc.example.com/billing-eu"}; !slices.Equal(e.audiences, want) {
+		t.Errorf("TokenRequest audiences %q, want exactly the two allowed", e.audiences)
+	}
+}

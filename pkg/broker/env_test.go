@@ -174,7 +174,11 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 		e.audiencesMu.Unlock()
 		out := tr.DeepCopy()
 		out.Status.Token = fmt.Sprintf("SATOKEN-%s-%d", tr.Spec.BoundObjectRef.UID, n)
-		out.Status.ExpirationTimestamp = metav1.NewTime(e.clock.Now().Add(10 * time.Minute))
+		life := 10 * time.Minute
+		if tr.Spec.ExpirationSeconds != nil {
+			life = time.Duration(*tr.Spec.ExpirationSeconds) * time.Second
+		}
+		out.Status.ExpirationTimestamp = metav1.NewTime(e.clock.Now().Add(life))
 		return true, out, nil
 	})
 	cfg := Config{

@@ -28,6 +28,7 @@ const (
 	CodeRoleNotAllowed        = "RoleNotAllowed"
 	CodeIdentityNotAllowed    = "IdentityNotAllowed"
 	CodeCloudNotServed        = "CloudNotServed"
+	CodeAudienceNotAllowed    = "AudienceNotAllowed"
 	CodeServiceAccountMissing = "ServiceAccountNotFound"
 	CodeTokenRequestRefused   = "TokenRequestRefused"
 	CodeUpstreamDenied        = "AccessDenied"

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -27,7 +29,11 @@ func (p rolePolicy) checkServiceAccount(namespace, serviceAccount string) error 
 // checkIdentity checks the identity the ServiceAccount names on cloud c
 // ("" when it names none) and the one the caller asked for ("" for
 // whichever the ServiceAccount names).
-func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity, requested string) error {
+func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity string, req Request) error {
+	requested := req.Identity
+	if c.TokenPerAudience {
+		return checkAudience(c, namespace, serviceAccount, identity, req.Scope)
+	}
 	noun := identityNoun(c.Name)
 	if identity == "" && !c.Federated {
 		return &Refusal{Code: CodeNoRole,
@@ -47,6 +53,36 @@ func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity,
 	}
 	return &Refusal{Code: CodeRoleNotAllowed,
 		Message: fmt.Sprintf("%s %s named by ServiceAccount %s/%s is not allowed on this cluster", noun, identity, namespace, serviceAccount)}
+}
+
+// checkAudience checks a service-to-service token's audience against the
+// ServiceAccount's patterns (identity, comma-separated), the operator's and
+// the reserved ones.
+func checkAudience(c *Cloud, namespace, serviceAccount, patterns, audience string) error {
+	if patterns == "" {
+		return &Refusal{Code: CodeNoRole,
+			Message: fmt.Sprintf("ServiceAccount %s/%s has no %s annotation listing the token audiences it may ask for", namespace, serviceAccount, c.Annotation)}
+	}
+	refuse := func(why string) error {
+		return &Refusal{Code: CodeAudienceNotAllowed,
+			Message: fmt.Sprintf("a token for audience %q is not allowed for ServiceAccount %s/%s: %s", audience, namespace, serviceAccount, why)}
+	}
+	switch {
+	case audience == "":
+		return &Refusal{Code: CodeAudienceNotAllowed, Message: "a token needs an audience"}
+	case slices.Contains(c.ReservedAudiences, audience):
+		return refuse("it is the audience of a cloud exchange, never handed out")
+	case !strings.HasPrefix(audience, c.AudiencePrefix):
+		return refuse(fmt.Sprintf("service audiences on this cluster start with %q", c.AudiencePrefix))
+	case len(c.AllowedIdentities) > 0 && !slices.ContainsFunc(c.AllowedIdentities, func(p string) bool { return globMatch(p, audience) }):
+		return refuse("the cluster's --allowed-token-audience patterns do not include it")
+	}
+	for p := range strings.SplitSeq(patterns, ",") {
+		if p = strings.TrimSpace(p); p != "" && globMatch(p, audience) {
+			return nil
+		}
+	}
+	return refuse(fmt.Sprintf("its %s annotation does not list it", c.Annotation))
 }
 
 // identityNoun names what an identity is on a cloud, for messages.

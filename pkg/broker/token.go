@@ -26,8 +26,13 @@ type tokenSource struct {
 	metrics    *metrics
 }
 
-func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod, audience string) (exchange.Secret, error) {
-	seconds := int64(t.expiration / time.Second)
+// token asks for a token of the pod for audience, living expiration (zero:
+// the source's default), and returns it with its expiry.
+func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod, audience string, expiration time.Duration) (exchange.Secret, time.Time, error) {
+	if expiration == 0 {
+		expiration = t.expiration
+	}
+	seconds := int64(expiration / time.Second)
 	req := &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{
 			Audiences:         []string{audience},
@@ -45,26 +50,26 @@ func (t *tokenSource) token(ctx context.Context, pod podresolve.Pod, audience st
 	t.metrics.observeUpstream(upstreamTokenRequest, err, t.clock.Since(start))
 	switch {
 	case err == nil && resp.Status.Token == "":
-		return "", &errKubeAPI{err: fmt.Errorf("TokenRequest for %s/%s returned an empty token", pod.Namespace, pod.ServiceAccount)}
+		return "", time.Time{}, &errKubeAPI{err: fmt.Errorf("TokenRequest for %s/%s returned an empty token", pod.Namespace, pod.ServiceAccount)}
 	case err == nil:
-		return exchange.Secret(resp.Status.Token), nil
+		return exchange.Secret(resp.Status.Token), resp.Status.ExpirationTimestamp.Time, nil
 	case apierrors.IsNotFound(err) && notFoundKind(err) == "serviceaccounts":
-		return "", fmt.Errorf("TokenRequest for pod %s/%s: ServiceAccount %s: %w", pod.Namespace, pod.Name, pod.ServiceAccount, errServiceAccountMissing)
+		return "", time.Time{}, fmt.Errorf("TokenRequest for pod %s/%s: ServiceAccount %s: %w", pod.Namespace, pod.Name, pod.ServiceAccount, errServiceAccountMissing)
 	case apierrors.IsNotFound(err), apierrors.IsConflict(err):
 		// The API server read the pod from storage: it no longer exists
 		// under this UID (NotFound), or its name belongs to a new pod
 		// (Conflict). This is authoritative, whatever the informer shows.
-		return "", fmt.Errorf("TokenRequest for pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
+		return "", time.Time{}, fmt.Errorf("TokenRequest for pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
 	case apierrors.IsForbidden(err):
 		// Admission (the agent's own policy, or another one) or RBAC: the
 		// same request will be refused again until an operator acts.
-		return "", fmt.Errorf("TokenRequest for pod %s/%s: %w: %w", pod.Namespace, pod.Name, &Refusal{Code: CodeTokenRequestRefused,
+		return "", time.Time{}, fmt.Errorf("TokenRequest for pod %s/%s: %w: %w", pod.Namespace, pod.Name, &Refusal{Code: CodeTokenRequestRefused,
 			Message: fmt.Sprintf("the API server refused the agent a token for ServiceAccount %s/%s bound to this pod (forbidden by RBAC or an admission policy); the agent's logs have the detail", pod.Namespace, pod.ServiceAccount)}, err)
 	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err):
-		return "", fmt.Errorf("TokenRequest for pod %s/%s: %w: %w", pod.Namespace, pod.Name, &Refusal{Code: CodeTokenRequestRefused,
+		return "", time.Time{}, fmt.Errorf("TokenRequest for pod %s/%s: %w: %w", pod.Namespace, pod.Name, &Refusal{Code: CodeTokenRequestRefused,
 			Message: fmt.Sprintf("the API server rejected the agent's TokenRequest for ServiceAccount %s/%s as invalid (check --audience and --token-expiration against the API server's limits); the agent's logs have the detail", pod.Namespace, pod.ServiceAccount)}, err)
 	default:
-		return "", &errKubeAPI{throttled: apierrors.IsTooManyRequests(err),
+		return "", time.Time{}, &errKubeAPI{throttled: apierrors.IsTooManyRequests(err),
 			err: fmt.Errorf("TokenRequest for ServiceAccount %s/%s: %w", pod.Namespace, pod.ServiceAccount, err)}
 	}
 }
