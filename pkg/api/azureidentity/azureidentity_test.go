@@ -40,9 +40,11 @@ var errRefused = &broker.Refusal{Code: broker.CodeIdentityNotAllowed,
 // fakeBroker answers for one pod whose ServiceAccount names testClientID.
 // Like the real broker it refuses another client ID.
 type fakeBroker struct {
-	clock    *clocktesting.FakePassiveClock
-	credErr  error
-	lifetime time.Duration // default one hour
+	clock   *clocktesting.FakePassiveClock
+	credErr error
+	// failFirst makes the first failFirst calls fail with errTransient.
+	failFirst int
+	lifetime  time.Duration // default one hour
 
 	mu       sync.Mutex
 	addrs    []netip.Addr
@@ -59,6 +61,9 @@ func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.
 	if f.credErr != nil {
 		return broker.Answer{Pod: testPod}, f.credErr
 	}
+	if len(f.reqs) <= f.failFirst {
+		return broker.Answer{Pod: testPod}, errTransient
+	}
 	if req.Identity != "" && req.Identity != testClientID {
 		return broker.Answer{Pod: testPod}, errRefused
 	}
@@ -70,6 +75,15 @@ func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.
 		AccessToken: exchange.Secret(testToken + "/" + req.Scope)}
 	return broker.Answer{Pod: testPod, Identity: testClientID, Credentials: c}, nil
 }
+
+// calls is how many times Credentials was called.
+func (f *fakeBroker) calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.reqs)
+}
+
+var errTransient = errors.New("upstream is down")
 
 func (f *fakeBroker) LogFailure(_ context.Context, _ netip.Addr, _ podresolve.Pod, fl broker.Failure, _ error) {
 	f.mu.Lock()
