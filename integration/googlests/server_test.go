@@ -783,3 +783,32 @@ func assertNoSecretsLogged(t *testing.T, w *world) {
 		}
 	}
 }
+
+// TestIssuerUnreachable: when the issuer's keys cannot be fetched the
+// token exchange is a retryable 503, not a verdict on the token.
+func TestIssuerUnreachable(t *testing.T) {
+	s, err := googlests.New(googlests.Config{Issuer: "http://127.0.0.1:1", HTTPClient: &http.Client{Timeout: 2 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := sign(t, key, "k1", map[string]any{"iss": "http://127.0.0.1:1", "sub": subjectA, "aud": googlests.Audience(s.Provider()), "exp": time.Now().Add(time.Hour).Unix()})
+	x, err := gcp.New(gcp.Config{Provider: s.Provider(), STSEndpoint: s.URL(), IAMCredentialsEndpoint: s.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = x.Exchange(context.Background(), exchange.Request{Token: tok, Want: exchange.KindAccessToken})
+	if xe := xerr(t, err); xe.Kind != exchange.Transient || xe.Code != "temporarily_unavailable" || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Errorf("error %v, want Transient temporarily_unavailable (503)", err)
+	}
+	if c := s.Counts(); c.Token != 1 || c.InvalidToken != 0 || c.Federated != 0 {
+		t.Errorf("Counts = %+v", c)
+	}
+}
