@@ -1,0 +1,116 @@
+package azureidentity
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+// jsAzure is the Node.js client project (package.json and a committed
+// lock; `npm ci` there installs @azure/identity).
+var jsAzure = filepath.Join("..", "..", "..", "integration", "sdk", "js-azure")
+
+func needNodeAzure(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starting the client takes seconds")
+	}
+	_, errNode := exec.LookPath("node")
+	_, errMod := os.Stat(filepath.Join(jsAzure, "node_modules", "@azure", "identity"))
+	if errNode != nil || errMod != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("node and `npm ci` in integration/sdk/js-azure are needed: %v, %v", errNode, errMod)
+		}
+		t.Skipf("node or integration/sdk/js-azure's node_modules (npm ci there) missing: %v, %v", errNode, errMod)
+	}
+}
+
+type jsToken struct {
+	Token     string `json:"token"`
+	ExpiresOn int64  `json:"expiresOn"` // milliseconds
+	Error     string `json:"error"`
+}
+
+func runNode(t *testing.T, env []string, args ...string) map[string]json.RawMessage {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{filepath.Join(jsAzure, "azure-identity.mjs")}, args...)...)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node @azure/identity: %v\n%s", err, stderr.String())
+	}
+	var out map[string]json.RawMessage
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("decoding %q: %v", b, err)
+	}
+	return out
+}
+
+func TestNodeAzureIdentity(t *testing.T) {
+	needNodeAzure(t)
+	ts, fb := serveReal(t, func(fb *fakeBroker, _ *Config) { fb.failFirst = 1 })
+	res := "https://vault.azure.net"
+	out := runNode(t, clientEnv(t, ts.URL+TokenPath, testHeader), res, testClientID, otherClient)
+	var identity, msal string
+	_ = json.Unmarshal(out["identity"], &identity)
+	_ = json.Unmarshal(out["msalNode"], &msal)
+	t.Logf("@azure/identity %s, @azure/msal-node %s", identity, msal)
+	tok := func(name string) jsToken {
+		var p jsToken
+		if err := json.Unmarshal(out[name], &p); err != nil {
+			t.Fatalf("%s: %s: %v", name, out[name], err)
+		}
+		return p
+	}
+	// The first request met a 503 (failFirst) and was retried.
+	for name, r := range map[string]string{"mi": res, "mi_client": res + "2", "dac": res + "3"} {
+		p := tok(name)
+		if p.Error != "" || p.Token != testToken+"/"+r {
+			t.Errorf("%s: %+v", name, p)
+			continue
+		}
+		if left := time.Until(time.UnixMilli(p.ExpiresOn)); left < 59*time.Minute || left > time.Hour {
+			t.Errorf("%s: expires in %v", name, left)
+		}
+	}
+	if p := tok("other"); !strings.Contains(p.Error, broker.CodeIdentityNotAllowed) || !strings.Contains(p.Error, errRefused.Message) {
+		t.Errorf("another client ID: %+v", p)
+	} else {
+		t.Logf("a refusal as the application sees it: %s", p.Error)
+	}
+	req := func(id, scope string) broker.Request {
+		return broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Identity: id, Scope: scope}
+	}
+	want := []broker.Request{req("", res), req("", res), req(testClientID, res+"2"), req("", res+"3"), req(otherClient, res+"4")}
+	if !slices.Equal(fb.reqs, want) {
+		t.Errorf("requests %+v,\nwant %+v", fb.reqs, want)
+	}
+}
+
+func TestNodeWrongIdentityHeader(t *testing.T) {
+	needNodeAzure(t)
+	ts, fb := serveReal(t, nil)
+	out := runNode(t, clientEnv(t, ts.URL+TokenPath, "wrong"), "https://vault.azure.net", testClientID, otherClient)
+	var p jsToken
+	_ = json.Unmarshal(out["mi"], &p)
+	if !strings.Contains(p.Error, "X-IDENTITY-HEADER") || p.Token != "" {
+		t.Errorf("wrong header: %+v", p)
+	}
+	t.Logf("a wrong header as the application sees it: %s", p.Error)
+	if fb.calls() != 0 {
+		t.Errorf("broker asked %d times", fb.calls())
+	}
+}
