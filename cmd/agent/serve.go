@@ -28,6 +28,7 @@ import (
 
 	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
+	"github.com/credbroker/agent/pkg/api/podtoken"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
@@ -55,6 +56,7 @@ type serveConfig struct {
 	broker        broker.Config
 	aws           broker.Cloud // the AWS cloud's settings; its exchanger is built in serve
 	gcp           gcpConfig
+	podToken      podTokenConfig
 	allowedRoles  listFlag
 	waitForPod    time.Duration
 	// startupPrefetchWait bounds how long a starting agent prefetches the
@@ -104,6 +106,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
 	c.guard.register(fs)
 	c.gcp.register(fs)
+	c.podToken.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -185,6 +188,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		bcfg.Clouds = append(bcfg.Clouds, gcpCloud)
 	}
+	if cfg.podToken.enabled() {
+		bcfg.Clouds = append(bcfg.Clouds, cfg.podToken.cloud(bcfg.Clouds))
+	}
 	grd, err := newGuards(cfg.guard, reg, log.Handler())
 	if err != nil {
 		return err
@@ -216,7 +222,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	routes, err := surfaces(brk, cfg.gcp)
+	routes, err := surfaces(brk, cfg.gcp, cfg.podToken)
 	if err != nil {
 		return err
 	}
@@ -395,22 +401,32 @@ func kubeClient(cfg serveConfig) (*kube.Client, error) {
 // surfaces routes each request to the wire surface that owns its path:
 // the GCE metadata server's "/" and /computeMetadata/ tree when GCP is on,
 // the container-credentials API otherwise.
-func surfaces(b *broker.Broker, gcp gcpConfig) (http.Handler, error) {
+func surfaces(b *broker.Broker, gcp gcpConfig, podToken podTokenConfig) (http.Handler, error) {
 	aws := awscreds.New(b)
-	if !gcp.enabled() {
+	var gce, tokens http.Handler
+	if gcp.enabled() {
+		var err error
+		if gce, err = gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
+			NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes}); err != nil {
+			return nil, fmt.Errorf("GCE metadata surface: %w", err)
+		}
+	}
+	if podToken.enabled() {
+		tokens = podtoken.New(b)
+	}
+	if gce == nil && tokens == nil {
 		return aws, nil
 	}
-	gce, err := gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
-		NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes})
-	if err != nil {
-		return nil, fmt.Errorf("GCE metadata surface: %w", err)
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, gcemetadata.Prefix) || r.URL.Path == strings.TrimSuffix(gcemetadata.Prefix, "/") {
+		p := r.URL.Path
+		switch {
+		case gce != nil && (p == "/" || strings.HasPrefix(p, gcemetadata.Prefix) || p == strings.TrimSuffix(gcemetadata.Prefix, "/")):
 			gce.ServeHTTP(w, r)
-			return
+		case tokens != nil && p == podtoken.Path:
+			tokens.ServeHTTP(w, r)
+		default:
+			aws.ServeHTTP(w, r)
 		}
-		aws.ServeHTTP(w, r)
 	}), nil
 }
 

@@ -170,7 +170,7 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	routes, err := surfaces(brk, gcpConfig{})
+	routes, err := surfaces(brk, gcpConfig{}, podTokenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

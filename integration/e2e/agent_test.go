@@ -36,6 +36,7 @@ func TestAgent(t *testing.T) {
 	t.Run("TwoPodsTwoRoles", w.testTwoPodsTwoRoles)
 	t.Run("Refusals", w.testRefusals)
 	t.Run("RefusalsRecordEvents", w.testRefusalEvents)
+	t.Run("ServiceToService", w.testServiceToService)
 	t.Run("IPReusedByNewPod", w.testIPReused)
 	t.Run("ConcurrentFirstRequests", w.testConcurrentFirst)
 	t.Run("DualStackPod", w.testDualStack)

@@ -147,7 +147,7 @@ func setupWorld(t *testing.T) *world {
 		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
 		ExtraListen: []string{net.JoinHostPort(netns.ServiceAddr6.String(), strconv.Itoa(port))},
 		STSEndpoint: w.sts.URL(),
-		ExtraArgs:   strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS")),
+		ExtraArgs:   append([]string{"--token-audience-prefix=" + tokenAudiencePrefix}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
 	})
 	if err != nil {
 		t.Fatalf("StartAgent: %v", err)

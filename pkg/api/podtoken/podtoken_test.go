@@ -1,0 +1,92 @@
+package podtoken
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+type fakeBroker struct {
+	requests []broker.Request
+	err      error
+}
+
+func (f *fakeBroker) Credentials(_ context.Context, _ netip.Addr, req broker.Request) (broker.Answer, error) {
+	f.requests = append(f.requests, req)
+	if f.err != nil {
+		return broker.Answer{}, f.err
+	}
+	return broker.Answer{Credentials: &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: "eyJ.pod-token.sig",
+		Expiration: time.Date(2026, 12, 2, 2, 0, 0, 500, time.UTC)}}, nil
+}
+func (f *fakeBroker) LogFailure(context.Context, netip.Addr, podresolve.Pod, broker.Failure, error) {}
+func (f *fakeBroker) ObserveRequest(int, time.Duration)                                             {}
+
+func get(h http.Handler, target, accept string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodGet, target, nil)
+	req.RemoteAddr = "10.0.0.1:4000"
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestServesTheTokenForTheAudience(t *testing.T) {
+	f := &fakeBroker{}
+	rec := get(New(f), Path+"?audience=https://svc.example.com/orders", "")
+	var a answer
+	if err := json.Unmarshal(rec.Body.Bytes(), &a); rec.Code != 200 || err != nil || a.Token != "eyJ.pod-token.sig" || a.Expiration != "2026-12-02T02:00:00Z" {
+		t.Fatalf("%d %s", rec.Code, rec.Body)
+	}
+	if want := (broker.Request{Cloud: Cloud, Want: exchange.KindIDToken, Scope: "https://svc.example.com/orders"}); f.requests[0] != want {
+		t.Errorf("asked %+v, want %+v", f.requests[0], want)
+	}
+	rec = get(New(f), Path+"?audience=svc-b", "text/plain")
+	if rec.Code != 200 || rec.Body.String() != "eyJ.pod-token.sig\n" || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain") {
+		t.Errorf("text/plain answer %d %q %q", rec.Code, rec.Body, rec.Header().Get("Content-Type"))
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	f := &fakeBroker{}
+	for target, status := range map[string]int{
+		Path:                            400,
+		Path + "?audience=":             400,
+		Path + "?audience=a&audience=b": 400,
+		Path + "?audience=a%20b":        400,
+		Path + "?audience=" + strings.Repeat("a", MaxAudienceLen+1): 400,
+		"/v1/token/":             404,
+		"/v1%2Ftoken?audience=a": 404,
+	} {
+		if rec := get(New(f), target, ""); rec.Code != status {
+			t.Errorf("%s: %d, want %d", target, rec.Code, status)
+		}
+	}
+	if len(f.requests) != 0 {
+		t.Errorf("bad requests reached the broker: %+v", f.requests)
+	}
+}
+
+func TestRefusalsKeepTheBrokersCode(t *testing.T) {
+	f := &fakeBroker{err: &broker.Refusal{Code: broker.CodeAudienceNotAllowed, Message: "not listed"}}
+	rec := get(New(f), Path+"?audience=x", "")
+	var e errorBody
+	if err := json.Unmarshal(rec.Body.Bytes(), &e); rec.Code != 403 || err != nil || e.Code != broker.CodeAudienceNotAllowed {
+		t.Errorf("%d %s", rec.Code, rec.Body)
+	}
+	f.err = podresolve.ErrNotFound
+	if rec := get(New(f), Path+"?audience=x", ""); rec.Code != 503 || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("unidentified caller: %d %v", rec.Code, rec.Header())
+	}
+}
