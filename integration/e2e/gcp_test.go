@@ -316,8 +316,15 @@ func (w *gcpWorld) clients() []client {
 			return decode(w.run(t, p, "", w.env(t, "PYTHONPATH="+gcloudPyPath), w.python, "-c", gcpPyScript, aud))
 		}},
 		{"gcloud", func(t *testing.T, p *harness.Pod, aud string) (clientOut, error) {
-			b, err := w.run(t, p, "", w.env(t), "gcloud", "auth", "print-access-token")
-			return clientOut{Token: strings.TrimSpace(string(b))}, err
+			env := w.env(t)
+			b, err := w.run(t, p, "", env, "gcloud", "auth", "print-access-token")
+			o := clientOut{Token: strings.TrimSpace(string(b))}
+			if err != nil || aud == "" {
+				return o, err
+			}
+			b, err = w.run(t, p, "", env, "gcloud", "auth", "print-identity-token", "--audiences="+aud)
+			o.IDToken = strings.TrimSpace(string(b))
+			return o, err
 		}},
 		{"node-google-auth-library", func(t *testing.T, p *harness.Pod, aud string) (clientOut, error) {
 			if aud == "" {
@@ -418,6 +425,32 @@ func (w *gcpWorld) tokenRequestsFor(t *testing.T, p *corev1.Pod) int {
 	return n
 }
 
+// snapshot is what the agent and its upstreams have done so far, for one
+// pod's figures.
+type snapshot struct {
+	requests float64 // the agent's credential requests, any status
+	trs      int     // TokenRequests bound to the pod
+	peer     googlests.Counts
+}
+
+func (w *gcpWorld) snap(t *testing.T, p *harness.Pod) snapshot {
+	t.Helper()
+	m, err := w.agent.Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snapshot{requests: harness.MetricSum(m, "credbroker_requests_total", nil), trs: w.tokenRequestsFor(t, p.Pod), peer: w.gsts.Counts()}
+}
+
+// logDelta logs what one client run cost: the agent's credential requests
+// and the upstream calls they caused.
+func (w *gcpWorld) logDelta(t *testing.T, who string, a, b snapshot) {
+	t.Helper()
+	t.Logf("%s: %.0f credential requests to the agent; %d TokenRequests, %d STS exchanges, %d generateAccessToken, %d generateIdToken",
+		who, b.requests-a.requests, b.trs-a.trs, b.peer.Token-a.peer.Token,
+		b.peer.GenerateAccessToken-a.peer.GenerateAccessToken, b.peer.GenerateIDToken-a.peer.GenerateIDToken)
+}
+
 // Each of Google's clients, in a pod whose ServiceAccount names a Google
 // service account, gets a token impersonating it that was minted for that
 // pod, and an identity token for its audience; in a pod without the
@@ -432,13 +465,12 @@ func (w *gcpWorld) testClients(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Run("impersonated", func(t *testing.T) {
 				aud := gcpAudience + "/" + c.name
-				if c.name == "gcloud" {
-					aud = ""
-				}
+				s0 := w.snap(t, imp)
 				out, err := c.run(t, imp, aud)
 				if err != nil {
 					t.Fatal(err)
 				}
+				w.logDelta(t, c.name, s0, w.snap(t, imp))
 				w.checkToken(t, c.name, imp, out.Token, email)
 				if out.Email != "" && out.Email != email || out.Project != "" && out.Project != gcpProject {
 					t.Errorf("email %q project %q, want %s %s", out.Email, out.Project, email, gcpProject)
@@ -448,10 +480,12 @@ func (w *gcpWorld) testClients(t *testing.T) {
 				}
 			})
 			t.Run("federated", func(t *testing.T) {
+				s0 := w.snap(t, fed)
 				out, err := c.run(t, fed, "")
 				if err != nil {
 					t.Fatal(err)
 				}
+				w.logDelta(t, c.name, s0, w.snap(t, fed))
 				w.checkToken(t, c.name, fed, out.Token, "")
 				if out.Email != "" && out.Email != gcpFederatedEmail || out.Project != "" && out.Project != gcpProject {
 					t.Errorf("email %q project %q, want %s %s", out.Email, out.Project, gcpFederatedEmail, gcpProject)
@@ -546,10 +580,15 @@ func (w *gcpWorld) testDefaultSA(t *testing.T) {
 		t.Errorf("403 body %q does not mention the default ServiceAccount", r.body)
 	}
 	for _, c := range w.clients() {
-		if out, err := c.run(t, p, ""); err == nil {
+		out, err := c.run(t, p, "")
+		if err == nil {
 			t.Errorf("%s in a pod of the default ServiceAccount got a token (%d bytes)", c.name, len(out.Token))
+			continue
+		}
+		if why := reason(err.Error()); why == "" {
+			t.Errorf("%s failed without saying 403 or naming the default ServiceAccount:\n%v", c.name, err)
 		} else {
-			t.Logf("%s refused: %s", c.name, lastLine(err.Error()))
+			t.Logf("%s refused: %s", c.name, why)
 		}
 	}
 	if got := w.gsts.PodCalls(string(p.Pod.UID)); got != 0 || w.gsts.Counts().Token != before {
@@ -560,9 +599,23 @@ func (w *gcpWorld) testDefaultSA(t *testing.T) {
 	}
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
+// reason returns the first line of a client's failure that carries the
+// agent's refusal: the status 403 or the default ServiceAccount named.
+// gcloud says neither: it turns any 403 from the metadata server into
+// "The request is rejected. Please check if the metadata server is
+// concealed." (googlecloudsdk/core/credentials/gce.py).
+func reason(s string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "403") || strings.Contains(l, "DefaultServiceAccount") || strings.Contains(l, "default ServiceAccount") ||
+			strings.Contains(l, "metadata server is concealed") {
+			l = strings.TrimSpace(l)
+			if len(l) > 300 {
+				l = l[:300] + "…"
+			}
+			return l
+		}
+	}
+	return ""
 }
 
 // 30 concurrent first requests from one pod share one TokenRequest and one
