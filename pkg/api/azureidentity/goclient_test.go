@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"slices"
@@ -258,4 +260,33 @@ func TestGoDefaultAzureCredential(t *testing.T) {
 		broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Scope: s1},
 		broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Identity: testClientID, Scope: s2},
 		broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Scope: s3})
+}
+
+// TestGoIMDSForm: with no IDENTITY_ENDPOINT azidentity asks IMDS at its
+// fixed address; every connection goes to the handler instead, which
+// answers the IMDS form (Metadata: true, every value a string).
+func TestGoIMDSForm(t *testing.T) {
+	ts, fb := serveReal(t, nil)
+	setPodEnv(t, ts, testHeader)
+	os.Unsetenv("IDENTITY_ENDPOINT")
+	os.Unsetenv("IDENTITY_HEADER")
+	var d net.Dialer
+	toServer := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", ts.Listener.Addr().String())
+		},
+	}}
+	opts := fastRetry
+	opts.Transport = toServer
+	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vault := uniqueResource("imds")
+	tok, err := cred.GetToken(ctxT(t), tokenFor(vault))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkToken(t, tok, vault)
+	wantRequests(t, fb, broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Scope: vault})
 }

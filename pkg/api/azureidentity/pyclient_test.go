@@ -161,3 +161,46 @@ func TestPythonWrongIdentityHeader(t *testing.T) {
 		t.Errorf("broker asked %d times", fb.calls())
 	}
 }
+
+// TestPythonIMDSForm: azure-identity pointed at the agent as IMDS
+// (AZURE_POD_IDENTITY_AUTHORITY_HOST, no IDENTITY_ENDPOINT) gets its
+// tokens from the IMDS form; the first request meets a 503 and is retried
+// (a 400 would have made it give up on the endpoint for good).
+func TestPythonIMDSForm(t *testing.T) {
+	py := needAzurePython(t)
+	if testing.Short() {
+		t.Skip("starting the client takes seconds")
+	}
+	ts, fb := serveReal(t, func(fb *fakeBroker, _ *Config) { fb.failFirst = 1 })
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + t.TempDir(),
+		"AZURE_CONFIG_DIR=" + t.TempDir(),
+		"AZURE_POD_IDENTITY_AUTHORITY_HOST=" + ts.URL,
+	}
+	res := "https://vault.azure.net"
+	out := runPython(t, py, env, res, testClientID, otherClient)
+	for name, r := range map[string]string{"mi": res, "mi_again": res, "mi_client": res + "2"} {
+		var p pyToken
+		_ = json.Unmarshal(out[name], &p)
+		if p.Error != "" || p.Token != testToken+"/"+r {
+			t.Errorf("%s: %+v", name, p)
+			continue
+		}
+		if left := time.Until(time.Unix(p.ExpiresOn, 0)); left < 59*time.Minute || left > time.Hour {
+			t.Errorf("%s: expires in %v", name, left)
+		}
+	}
+	var p pyToken
+	_ = json.Unmarshal(out["other"], &p)
+	if p.Token != "" || !strings.Contains(p.Error, broker.CodeIdentityNotAllowed) {
+		t.Errorf("another client ID: %+v", p)
+	}
+	t.Logf("a refusal through the IMDS form as the application sees it: %s", p.Error)
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	want := broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Scope: res}
+	if len(fb.reqs) < 2 || fb.reqs[0] != want || fb.reqs[1] != want {
+		t.Errorf("requests %+v", fb.reqs)
+	}
+}
