@@ -70,6 +70,7 @@ func TestGCP(t *testing.T) {
 	w := setupGCP(t)
 	t.Run("Clients", w.testClients)
 	t.Run("SecondPodOwnToken", w.testSecondPod)
+	t.Run("BothClouds", w.testBothClouds)
 	t.Run("DefaultServiceAccount", w.testDefaultSA)
 	t.Run("ConcurrentFirstRequests", w.testConcurrentFirst)
 	t.Run("PeerDown", w.testPeerDown)
@@ -187,13 +188,22 @@ func principal(ns, sa string) string { return "system:serviceaccount:" + ns + ":
 // impersonate it.
 func (w *gcpWorld) serviceAccount(t *testing.T, ns, name, email string) {
 	t.Helper()
+	w.serviceAccountWith(t, ns, name, email, nil)
+}
+
+// serviceAccountWith is serviceAccount with more annotations.
+func (w *gcpWorld) serviceAccountWith(t *testing.T, ns, name, email string, annotations map[string]string) {
+	t.Helper()
 	ctx := context.Background()
 	if err := w.cp.EnsureNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: map[string]string{}}}
+	for k, v := range annotations {
+		sa.Annotations[k] = v
+	}
 	if email != "" {
-		sa.Annotations = map[string]string{gcpAnnotKey: email}
+		sa.Annotations[gcpAnnotKey] = email
 		w.gsts.Allow(email, principal(ns, name))
 	}
 	_, err := w.cp.Client.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
@@ -522,6 +532,7 @@ func (w *gcpWorld) testSecondPod(t *testing.T) {
 	w.serviceAccount(t, "shop", "intruder", "")
 	x := w.pod(t, "shop", "intruder-1", "intruder")
 	r := w.get(t, x, "/computeMetadata/v1/instance/service-accounts/"+email+"/token")
+	t.Logf("a pod of another ServiceAccount asking for %s: %d %s", email, r.status, strings.TrimSpace(string(r.body)))
 	if r.status != http.StatusForbidden && r.status != http.StatusNotFound {
 		t.Errorf("another ServiceAccount's pod asking for %s: %d %s, want 403 or 404", email, r.status, r.body)
 	}
@@ -532,6 +543,66 @@ func (w *gcpWorld) testSecondPod(t *testing.T) {
 		_ = json.Unmarshal(r.body, &tok)
 		is, _ := w.gsts.Lookup(tok.AccessToken)
 		t.Errorf("pod of another ServiceAccount served a token minted for %s/%s", is.Namespace, is.PodName)
+	}
+}
+
+// A ServiceAccount with both an IAM role and a Google service account gets
+// each from its own surface on the one listener: AWS credentials from
+// /v1/credentials (the STS names the pod's role session), a Google token
+// from the metadata paths (the peer names the pod and the account), each
+// from a TokenRequest of its own cloud's audience.
+func (w *gcpWorld) testBothClouds(t *testing.T) {
+	ctx := context.Background()
+	email := gsaEmail("hybrid")
+	role := "arn:aws:iam::" + oidcsts.DefaultAccountID + ":role/hybrid"
+	w.sts.TrustRole(role, principal("multi", "hybrid"))
+	w.serviceAccountWith(t, "multi", "hybrid", email, map[string]string{harness.RoleAnnotation: role})
+	p := w.pod(t, "multi", "hybrid-1", "hybrid")
+
+	deadline := time.Now().Add(20 * time.Second)
+	var r response
+	for {
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		req := must(newGet(ctx, w.agent.URL))
+		resp, err := p.HTTPClient().Do(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("GET %s: %v", w.agent.URL, err)
+		}
+		r = response{status: resp.StatusCode, header: resp.Header, body: must(readAll(resp.Body))}
+		resp.Body.Close()
+		cancel()
+		if r.status == http.StatusOK || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r.status != http.StatusOK {
+		t.Fatalf("AWS credentials: %d %s", r.status, r.body)
+	}
+	id, ok := w.sts.Lookup(r.creds(t).AccessKeyID)
+	if !ok || id.PodUID != string(p.Pod.UID) || id.RoleArn != role {
+		t.Errorf("AWS credentials of %+v, want role %s for pod %s", id, role, p.Pod.UID)
+	}
+	g := w.get(t, p, tokenPath)
+	if g.status != http.StatusOK {
+		t.Fatalf("Google token: %d %s", g.status, g.body)
+	}
+	w.checkToken(t, "hybrid", p, tokenOf(t, g), email)
+
+	trs, err := w.cp.TokenRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auds := map[string]int{}
+	for _, tr := range trs {
+		if tr.BoundUID == string(p.Pod.UID) {
+			auds[strings.Join(tr.Audiences, ",")]++
+		}
+	}
+	t.Logf("TokenRequests for the pod by audience: %v", auds)
+	if auds["sts.amazonaws.com"] != 1 || auds[googlests.Audience(w.gsts.Provider())] != 1 || len(auds) != 2 {
+		t.Errorf("TokenRequests by audience %v, want one for sts.amazonaws.com and one for %s", auds, googlests.Audience(w.gsts.Provider()))
 	}
 }
 
