@@ -21,14 +21,38 @@ vet:
 	@out=$$(gofmt -l cmd pkg integration bench tools examples); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./integration/...
+	cd integration/chart && $(GO) vet ./... && $(GO) vet -tags integration ./...
 
 # Unit tests with the race detector, then the integration suite (root only:
 # network namespaces; under CI=true it fails rather than skips without them).
-test: vet
+test: vet sdk-deps
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
+	$(MAKE) test-chart
 	$(MAKE) test-integration
 	$(MAKE) test-node
+
+# --- The Helm chart (deploy/helm/credbroker), its alert rules and its
+# dashboard, tested from integration/chart: a module of its own, so that
+# helm, kustomize's API and prometheus stay out of the agent's go.mod. Unit
+# tests: helm lint and template over a matrix of values, the chart against
+# the kustomize base object by object, every PromQL expression parsed, and
+# promtool's rule unit tests. Its integration tests (a server-side dry run
+# with the Prometheus Operator's CRDs, the metric names a running agent
+# exports) run in test-integration.
+.PHONY: promtool alerts test-chart
+
+# promtool from the Prometheus module integration/chart pins, built once and
+# cached by the hash of integration/chart/go.{mod,sum}; prints its path.
+promtool:
+	@integration/chart/promtool.sh >/dev/null
+
+# promtool check and test of the alert rules alone.
+alerts: promtool
+	cd integration/chart && p=$$(./promtool.sh) && $$p check rules ../../deploy/helm/credbroker/files/credbroker.rules.yaml && $$p test rules testdata/alerts_test.yaml
+
+test-chart: promtool
+	cd integration/chart && $(GO) test -count=1 ./...
 
 # A bounded fuzzing run of the request path (raw bytes on a connection to
 # the answer; cmd/agent/fuzz_test.go). New failures land in
@@ -48,14 +72,18 @@ fuzz:
 k8sbin:
 	@integration/k8sbin/build.sh
 
+# The JavaScript SDKs the tests run (integration/sdk/js* each hold one
+# client's committed lock): unit tests of the surfaces use them too.
+.PHONY: sdk-deps
+sdk-deps:
+	@for d in integration/sdk/js*/; do echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; done
+
 # Everything the integration tests run besides the agent: k8sbin, the JS SDKs
 # (AWS's in integration/sdk/js, Google's google-auth-library in
 # integration/sdk/js-gcp; npm ci from the committed lock files), and the
 # Python tools that come with the machine image (moto, AWS CLI v1, boto3),
 # checked here.
-integration-deps: k8sbin
-	cd integration/sdk/js && npm ci --no-audit --no-fund --loglevel=error
-	cd integration/sdk/js-gcp && npm ci --no-audit --no-fund --loglevel=error
+integration-deps: k8sbin sdk-deps
 	@command -v moto_server >/dev/null || { echo "moto_server not found (pip package moto[server])"; exit 1; }
 	@command -v aws >/dev/null || { echo "aws (AWS CLI v1) not found (pip package awscli)"; exit 1; }
 	@python3 -c 'import boto3' || { echo "python3 cannot import boto3"; exit 1; }
@@ -73,6 +101,7 @@ test-audit: build k8sbin
 # test-node: both would otherwise compete for the same 2 cores.
 test-integration: build integration-deps
 	$(GO) test -tags integration -count=1 -timeout 20m $$($(GO) list -tags integration ./integration/... | grep -v /integration/node)
+	cd integration/chart && $(GO) test -tags integration -count=1 -timeout 10m -run 'TestServerSideDryRun|TestExportedMetrics' ./...
 
 # --- The node suite (root only): a real kubelet, containerd, runc and CNI
 # bridge in a network namespace of their own, the DaemonSet applied with

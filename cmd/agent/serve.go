@@ -230,6 +230,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.gcp.enabled() {
+		credHandler = withMetadataFlavor(credHandler)
+	}
 	credServer := newCredentialServer(credHandler, log)
 	probeServer := newOpsServer(probeHandler(ready))
 	metricsMux := http.NewServeMux()
@@ -420,7 +423,7 @@ func surfaces(b *broker.Broker, gcp gcpConfig, podToken podTokenConfig) (http.Ha
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
 		switch {
-		case gce != nil && (p == "/" || strings.HasPrefix(p, gcemetadata.Prefix) || p == strings.TrimSuffix(gcemetadata.Prefix, "/")):
+		case gce != nil && isGCEPath(p):
 			gce.ServeHTTP(w, r)
 		case tokens != nil && p == podtoken.Path:
 			tokens.ServeHTTP(w, r)
@@ -428,6 +431,22 @@ func surfaces(b *broker.Broker, gcp gcpConfig, podToken podTokenConfig) (http.Ha
 			aws.ServeHTTP(w, r)
 		}
 	}), nil
+}
+
+// isGCEPath reports whether p belongs to the GCE metadata server's tree.
+func isGCEPath(p string) bool { return p == "/" || strings.HasPrefix(p, "/computeMetadata") }
+
+// withMetadataFlavor puts Metadata-Flavor: Google on every answer on a GCE
+// path, the guard's refusals (429, 400) included: Node's gcp-metadata
+// rejects an answer without it, whatever its status.
+func withMetadataFlavor(next http.Handler) http.Handler {
+	flavor := []string{"Google"}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isGCEPath(r.URL.Path) {
+			w.Header()["Metadata-Flavor"] = flavor
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // listenAll binds every address it can. An address the node does not have

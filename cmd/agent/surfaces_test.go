@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+// Every spelling of the metadata tree's root reaches the GCE surface, and
+// refusals made in front of it (the guard's) still carry Metadata-Flavor.
+func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
+	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver{},
+		Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Run owns the broker's refresh queue; stopping it stops the queue.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	routes, err := surfaces(b, gcpConfig{provider: "p", projectID: "proj"}, podTokenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, status := range map[string]int{"/": 200, "/computeMetadata": 301, "/computeMetadata/": 200} {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.Header.Set("Metadata-Flavor", "Google")
+		rec := httptest.NewRecorder()
+		routes.ServeHTTP(rec, req)
+		if rec.Code != status || rec.Header().Get("Metadata-Flavor") != "Google" {
+			t.Errorf("%s: %d %v, want %d from the GCE surface", path, rec.Code, rec.Header(), status)
+		}
+	}
+	throttled := withMetadataFlavor(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTooManyRequests) }))
+	for path, want := range map[string]string{"/computeMetadata/v1/instance/": "Google", "/v1/credentials": ""} {
+		rec := httptest.NewRecorder()
+		throttled.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if got := rec.Header().Get("Metadata-Flavor"); got != want {
+			t.Errorf("%s: Metadata-Flavor %q, want %q", path, got, want)
+		}
+	}
+}
