@@ -21,7 +21,7 @@ vet:
 	@out=$$(gofmt -l cmd pkg integration bench tools examples); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./integration/...
-	cd integration/chart && $(GO) vet ./... && $(GO) vet -tags integration ./...
+	cd integration/chart && $(GO) vet -mod=mod ./... && $(GO) vet -mod=mod -tags integration ./...
 
 # Unit tests with the race detector, then the integration suite (root only:
 # network namespaces; under CI=true it fails rather than skips without them).
@@ -51,8 +51,11 @@ promtool:
 alerts: promtool
 	cd integration/chart && p=$$(./promtool.sh) && $$p check rules ../../deploy/helm/credbroker/files/credbroker.rules.yaml && $$p test rules testdata/alerts_test.yaml
 
+# -mod=mod here and below: the module builds the agent's packages from this
+# work tree (replace ../..), so a dependency the agent's go.mod adds or bumps
+# is taken in here too instead of failing with "updates to go.mod needed".
 test-chart: promtool
-	cd integration/chart && $(GO) test -count=1 ./...
+	cd integration/chart && $(GO) test -mod=mod -count=1 ./...
 
 # A bounded fuzzing run of the request path (raw bytes on a connection to
 # the answer; cmd/agent/fuzz_test.go). New failures land in
@@ -101,7 +104,7 @@ test-audit: build k8sbin
 # test-node: both would otherwise compete for the same 2 cores.
 test-integration: build integration-deps
 	$(GO) test -tags integration -count=1 -timeout 20m $$($(GO) list -tags integration ./integration/... | grep -v /integration/node)
-	cd integration/chart && $(GO) test -tags integration -count=1 -timeout 10m -run 'TestServerSideDryRun|TestExportedMetrics' ./...
+	cd integration/chart && $(GO) test -mod=mod -tags integration -count=1 -timeout 10m -run 'TestServerSideDryRun|TestExportedMetrics' ./...
 
 # --- The node suite (root only): a real kubelet, containerd, runc and CNI
 # bridge in a network namespace of their own, the DaemonSet applied with
