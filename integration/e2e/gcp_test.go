@@ -263,14 +263,17 @@ func (w *gcpWorld) run(t *testing.T, p *harness.Pod, dir string, env []string, a
 // clientOut is what every client reports; fields a client does not print
 // stay empty.
 type clientOut struct {
-	Project string `json:"project"`
-	Email   string `json:"email"`
-	Token   string `json:"token"`
-	IDToken string `json:"idToken"`
+	Project   string `json:"project"`
+	ProjectID string `json:"projectId"` // Node's spelling
+	Email     string `json:"email"`
+	Token     string `json:"token"`
+	IDToken   string `json:"idToken"`
+	// IDError is how the client failed to get an identity token.
+	IDError string `json:"idError"`
 }
 
 // Python: google.auth.default(), a token refresh, and fetch_id_token for an
-// audience (argv[1], none when empty).
+// audience (argv[1], none when empty; its error reported, not raised).
 const gcpPyScript = `
 import json, sys, google.auth, google.auth.transport.requests as tr
 from google.oauth2 import id_token
@@ -279,13 +282,16 @@ creds, project = google.auth.default()
 creds.refresh(req)
 out = {"project": project, "email": creds.service_account_email, "token": creds.token, "version": google.auth.__version__}
 if len(sys.argv) > 1 and sys.argv[1]:
-    out["idToken"] = id_token.fetch_id_token(req, sys.argv[1])
+    try:
+        out["idToken"] = id_token.fetch_id_token(req, sys.argv[1])
+    except Exception as e:
+        out["idError"] = "%s: %s" % (type(e).__name__, e)
 print(json.dumps(out))
 `
 
-// Node for a federated pod: google-auth-library's access token, without
-// the identity token a federated principal does not have.
-const gcpNodeFederated = `
+// Node without an identity token (integration/sdk/js-gcp/gcp-auth.mjs
+// always asks for one): google-auth-library's access token.
+const gcpNodeNoID = `
 import { GoogleAuth } from 'google-auth-library';
 const auth = new GoogleAuth({ scopes: ['https://www.googleapis.com/auth/cloud-platform'] });
 const client = await auth.getClient();
@@ -298,8 +304,8 @@ console.log(JSON.stringify({ token, project: projectId, email: credentials.clien
 // client is one real Google client.
 type client struct {
 	name string
-	// run runs it in p; idAudience is "" for a pod without a Google
-	// service account (federated principals have no identity token).
+	// run runs it in p, with an identity token for idAudience unless it
+	// is "" (the client's failure to get one is in IDError).
 	run func(t *testing.T, p *harness.Pod, idAudience string) (clientOut, error)
 }
 
@@ -333,14 +339,18 @@ func (w *gcpWorld) clients() []client {
 				return o, err
 			}
 			b, err = w.run(t, p, "", env, "gcloud", "auth", "print-identity-token", "--audiences="+aud)
+			if err != nil {
+				o.IDError = err.Error()
+			}
 			o.IDToken = strings.TrimSpace(string(b))
-			return o, err
+			return o, nil
 		}},
 		{"node-google-auth-library", func(t *testing.T, p *harness.Pod, aud string) (clientOut, error) {
 			if aud == "" {
-				return decode(w.run(t, p, w.jsDir, w.env(t), "node", "--input-type=module", "-e", gcpNodeFederated))
+				return decode(w.run(t, p, w.jsDir, w.env(t), "node", "--input-type=module", "-e", gcpNodeNoID))
 			}
 			o, err := decode(w.run(t, p, w.jsDir, w.env(t), "node", filepath.Join(w.jsDir, "gcp-auth.mjs"), aud))
+			o.Project = o.ProjectID
 			return o, err
 		}},
 	}
@@ -491,12 +501,23 @@ func (w *gcpWorld) testClients(t *testing.T) {
 			})
 			t.Run("federated", func(t *testing.T) {
 				s0 := w.snap(t, fed)
-				out, err := c.run(t, fed, "")
+				out, err := c.run(t, fed, gcpAudience+"/"+c.name)
 				if err != nil {
 					t.Fatal(err)
 				}
-				w.logDelta(t, c.name, s0, w.snap(t, fed))
+				s1 := w.snap(t, fed)
+				w.logDelta(t, c.name, s0, s1)
 				w.checkToken(t, c.name, fed, out.Token, "")
+				// A federated principal has no identity token; the
+				// client says so, and no one asked the peer for one.
+				if out.IDToken != "" || reason404(out.IDError) == "" {
+					t.Errorf("identity token %d bytes, error %q; want a 404 NoGoogleServiceAccount", len(out.IDToken), out.IDError)
+				} else {
+					t.Logf("%s: identity token refused: %s", c.name, reason404(out.IDError))
+				}
+				if n := s1.peer.GenerateIDToken - s0.peer.GenerateIDToken; n != 0 {
+					t.Errorf("%d generateIdToken calls for a federated pod", n)
+				}
 				if out.Email != "" && out.Email != gcpFederatedEmail || out.Project != "" && out.Project != gcpProject {
 					t.Errorf("email %q project %q, want %s %s", out.Email, out.Project, gcpFederatedEmail, gcpProject)
 				}
@@ -668,6 +689,25 @@ func (w *gcpWorld) testDefaultSA(t *testing.T) {
 	if got := w.tokenRequestsFor(t, p.Pod); got != 0 {
 		t.Errorf("%d TokenRequests for the default ServiceAccount's pod", got)
 	}
+}
+
+// reason404 returns the first line of an identity-token failure that names
+// the agent's answer, a 404 NoGoogleServiceAccount. Python and Node show
+// the agent's text; Go's compute/metadata turns any 404 into its
+// NotDefinedError ("… not defined") and drops the body; gcloud says "No
+// identity token can be obtained from the current credentials."
+func reason404(s string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "NoGoogleServiceAccount") || strings.Contains(l, "404") ||
+			strings.Contains(l, "not defined") || strings.Contains(l, "No identity token can be obtained") {
+			l = strings.TrimSpace(l)
+			if len(l) > 300 {
+				l = l[:300] + "…"
+			}
+			return l
+		}
+	}
+	return ""
 }
 
 // reason returns the first line of a client's failure that carries the

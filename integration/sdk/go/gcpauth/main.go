@@ -9,8 +9,8 @@
 // set, so the node agent's GCE metadata surface is the only possible source
 // of credentials.
 //
-// Usage: gcpauth [-audience AUD]   (no identity token without -audience:
-// a federated principal has none)
+// Usage: gcpauth [-audience AUD]: with -audience, also an identity token
+// (idToken), or the error the library returned (idError).
 package main
 
 import (
@@ -68,11 +68,14 @@ func run() error {
 		"expiry":       tok.Expiry.UTC().Format(time.RFC3339),
 	}
 	if *audience != "" {
+		// A pod that is its own federated principal has no identity token:
+		// report the error as an application would see it, go on.
 		id, err := metadata.GetWithContext(ctx, "instance/service-accounts/default/identity?audience="+url.QueryEscape(*audience)+"&format=full")
 		if err != nil {
-			return fmt.Errorf("identity token: %w", err)
+			out["idError"] = err.Error()
+		} else {
+			out["idToken"] = id
 		}
-		out["idToken"] = id
 	}
 	return json.NewEncoder(os.Stdout).Encode(out)
 }
