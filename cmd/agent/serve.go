@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/credbroker/agent/pkg/api/awscreds"
+	"github.com/credbroker/agent/pkg/api/azureidentity"
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
 	"github.com/credbroker/agent/pkg/api/podtoken"
 	"github.com/credbroker/agent/pkg/broker"
@@ -56,6 +57,7 @@ type serveConfig struct {
 	broker        broker.Config
 	aws           broker.Cloud // the AWS cloud's settings; its exchanger is built in serve
 	gcp           gcpConfig
+	azure         azureConfig
 	podToken      podTokenConfig
 	allowedRoles  listFlag
 	waitForPod    time.Duration
@@ -106,6 +108,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
 	c.guard.register(fs)
 	c.gcp.register(fs)
+	c.azure.register(fs)
 	c.podToken.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -119,6 +122,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	}
 	c.aws.Name, c.aws.AllowedIdentities = exchange.AWS, c.allowedRoles
 	if err := c.gcp.validate(); err != nil {
+		return c, err
+	}
+	if err := c.azure.validate(); err != nil {
 		return c, err
 	}
 	switch {
@@ -188,6 +194,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		bcfg.Clouds = append(bcfg.Clouds, gcpCloud)
 	}
+	if cfg.azure.enabled() {
+		azureCloud, err := cfg.azure.cloud()
+		if err != nil {
+			return err
+		}
+		bcfg.Clouds = append(bcfg.Clouds, azureCloud)
+	}
+	// Last: the other clouds' audiences are reserved from it.
 	if cfg.podToken.enabled() {
 		bcfg.Clouds = append(bcfg.Clouds, cfg.podToken.cloud(bcfg.Clouds))
 	}
@@ -222,7 +236,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	routes, err := surfaces(brk, cfg.gcp, cfg.podToken)
+	routes, err := surfaces(brk, cfg.gcp, cfg.azure, cfg.podToken)
 	if err != nil {
 		return err
 	}
@@ -404,9 +418,9 @@ func kubeClient(cfg serveConfig) (*kube.Client, error) {
 // surfaces routes each request to the wire surface that owns its path:
 // the GCE metadata server's "/" and /computeMetadata/ tree when GCP is on,
 // the container-credentials API otherwise.
-func surfaces(b *broker.Broker, gcp gcpConfig, podToken podTokenConfig) (http.Handler, error) {
+func surfaces(b *broker.Broker, gcp gcpConfig, az azureConfig, podToken podTokenConfig) (http.Handler, error) {
 	aws := awscreds.New(b)
-	var gce, tokens http.Handler
+	var gce, azureTokens, tokens http.Handler
 	if gcp.enabled() {
 		var err error
 		if gce, err = gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
@@ -414,10 +428,16 @@ func surfaces(b *broker.Broker, gcp gcpConfig, podToken podTokenConfig) (http.Ha
 			return nil, fmt.Errorf("GCE metadata surface: %w", err)
 		}
 	}
+	if az.enabled() {
+		var err error
+		if azureTokens, err = azureidentity.New(azureidentity.Config{Broker: b, IdentityHeader: az.identityHeader}); err != nil {
+			return nil, fmt.Errorf("Azure managed-identity surface: %w", err)
+		}
+	}
 	if podToken.enabled() {
 		tokens = podtoken.New(b)
 	}
-	if gce == nil && tokens == nil {
+	if gce == nil && azureTokens == nil && tokens == nil {
 		return aws, nil
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -425,6 +445,8 @@ func surfaces(b *broker.Broker, gcp gcpConfig, podToken podTokenConfig) (http.Ha
 		switch {
 		case gce != nil && isGCEPath(p):
 			gce.ServeHTTP(w, r)
+		case azureTokens != nil && p == azureidentity.TokenPath:
+			azureTokens.ServeHTTP(w, r)
 		case tokens != nil && p == podtoken.Path:
 			tokens.ServeHTTP(w, r)
 		default:

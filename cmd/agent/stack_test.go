@@ -170,7 +170,7 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	routes, err := surfaces(brk, gcpConfig{}, podTokenConfig{})
+	routes, err := surfaces(brk, gcpConfig{}, azureConfig{}, podTokenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

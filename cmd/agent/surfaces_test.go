@@ -26,7 +26,7 @@ func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = b.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	routes, err := surfaces(b, gcpConfig{provider: "p", projectID: "proj"}, podTokenConfig{})
+	routes, err := surfaces(b, gcpConfig{provider: "p", projectID: "proj"}, azureConfig{}, podTokenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
