@@ -445,7 +445,7 @@ func surfaces(b *broker.Broker, gcp gcpConfig, az azureConfig, podToken podToken
 		switch {
 		case gce != nil && isGCEPath(p):
 			gce.ServeHTTP(w, r)
-		case azureTokens != nil && p == azureidentity.TokenPath:
+		case azureTokens != nil && strings.HasPrefix(p, "/metadata/"):
 			azureTokens.ServeHTTP(w, r)
 		case tokens != nil && p == podtoken.Path:
 			tokens.ServeHTTP(w, r)
