@@ -82,10 +82,8 @@ sdk-deps:
 	@for d in integration/sdk/js*/; do echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; done
 
 # Everything the integration tests run besides the agent: k8sbin, the JS SDKs
-# (AWS's in integration/sdk/js, Google's google-auth-library in
-# integration/sdk/js-gcp; npm ci from the committed lock files), and the
-# Python tools that come with the machine image (moto, AWS CLI v1, boto3),
-# checked here.
+# (sdk-deps), and the Python tools that come with the machine image (moto,
+# AWS CLI v1, boto3), checked here.
 integration-deps: k8sbin sdk-deps
 	@command -v moto_server >/dev/null || { echo "moto_server not found (pip package moto[server])"; exit 1; }
 	@command -v aws >/dev/null || { echo "aws (AWS CLI v1) not found (pip package awscli)"; exit 1; }
