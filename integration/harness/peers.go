@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/credbroker/agent/integration/entra"
 	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/oidcsts"
 )
@@ -239,6 +240,67 @@ func (cp *ControlPlane) StartGoogleSTS(ctx context.Context, cfg GoogleSTSConfig)
 			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
 				return "", googlests.ErrPodNotFound
+			}
+			if err != nil {
+				return "", err
+			}
+			return string(pod.UID), nil
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Start(cfg.Addr); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// EntraConfig configures StartEntra.
+type EntraConfig struct {
+	// Addr is host:port to listen on; port 0 picks one. Default
+	// 169.254.170.23:0 (reachable from pods and from the host).
+	Addr string
+	// Credentials maps each application (tenant, client ID) that exists to
+	// the subjects (system:serviceaccount:NS:SA) of its federated identity
+	// credentials, each with this control plane's issuer and the audience
+	// api://AzureADTokenExchange. Add others with Server.Allow.
+	Credentials map[entra.App][]string
+	// Tenants are tenants that exist without applications.
+	Tenants []string
+	// Resources, when set, limits the resources a scope may name.
+	Resources []string
+	// Log receives the server's call log. Default: discard.
+	Log *slog.Logger
+}
+
+// StartEntra starts an entra.Server (an Entra ID token endpoint) that
+// verifies client assertions against this control plane's keys (discovery
+// and JWKS fetched from the API server as the admin) and rejects tokens of
+// pods that no longer exist. Its URL() is the authority host.
+func (cp *ControlPlane) StartEntra(ctx context.Context, cfg EntraConfig) (*entra.Server, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "169.254.170.23:0"
+	}
+	creds := make(map[entra.App][]entra.FederatedCredential, len(cfg.Credentials))
+	for app, subjects := range cfg.Credentials {
+		fcs := []entra.FederatedCredential{}
+		for _, sub := range subjects {
+			fcs = append(fcs, entra.FederatedCredential{Issuer: cp.Issuer, Subject: sub})
+		}
+		creds[app] = fcs
+	}
+	s, err := entra.New(entra.Config{
+		Issuer:      cp.Issuer,
+		HTTPClient:  cp.adminHTTPClient(),
+		Credentials: creds,
+		Tenants:     cfg.Tenants,
+		Resources:   cfg.Resources,
+		Log:         cfg.Log,
+		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
+			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
+				return "", entra.ErrPodNotFound
 			}
 			if err != nil {
 				return "", err
