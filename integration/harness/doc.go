@@ -67,6 +67,14 @@
 // server's issuer and asks it whether a token's pod still exists; its
 // Lookup tells which pod and service account a token was minted for.
 //
+// cp.StartEntra(ctx, EntraConfig{Credentials: map[entra.App][]subject})
+// starts an entra.Server, an Entra ID token endpoint
+// (169.254.170.23:<free port> by default; its URL is the authority host),
+// whose applications' federated identity credentials name this API
+// server's issuer, the given subjects and audience api://AzureADTokenExchange,
+// and which asks the API server whether a token's pod still exists; its
+// Lookup tells which pod, client ID, tenant and scope a token was minted for.
+//
 // # Agent
 //
 //	a, err := harness.StartAgent(ctx, harness.AgentConfig{Dir: dir, Kubeconfig: kc,
