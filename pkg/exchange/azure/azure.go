@@ -261,15 +261,11 @@ func (x *Exchanger) Exchange(ctx context.Context, req exchange.Request) (exchang
 }
 
 // seconds reads expires_in, a number (v2.0 endpoint) or a string of digits
-// (as v1.0 and some proxies write it).
+// (as v1.0 and some proxies write it; json.Number takes both).
 func seconds(raw json.RawMessage) (int64, bool) {
 	var n json.Number
 	if err := json.Unmarshal(raw, &n); err != nil {
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
-			return 0, false
-		}
-		n = json.Number(s)
+		return 0, false
 	}
 	v, err := strconv.ParseInt(string(n), 10, 64)
 	if err != nil || v <= 0 || v > 1<<31 {
