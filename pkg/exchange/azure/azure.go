@@ -109,13 +109,14 @@ var (
 )
 
 // multiTenant names are accepted by Entra's authorize endpoint but not for
-// an application's own client credentials.
+// an application's own client credentials; refusing them gets a hint.
 var multiTenant = map[string]bool{"common": true, "organizations": true, "consumers": true}
 
 // ValidTenant reports whether s is a tenant ID (a GUID) or a tenant's
-// domain name.
+// domain name. The multi-tenant names (common, organizations, consumers)
+// are neither.
 func ValidTenant(s string) bool {
-	return len(s) <= 253 && !multiTenant[strings.ToLower(s)] && (guidRE.MatchString(s) || domainRE.MatchString(s))
+	return len(s) <= 253 && (guidRE.MatchString(s) || domainRE.MatchString(s))
 }
 
 // ValidClientID reports whether s is an application (client) ID: a GUID.

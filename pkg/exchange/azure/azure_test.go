@@ -385,6 +385,8 @@ func TestErrorClassification(t *testing.T) {
 		{"403 bare", 403, "", exchange.Denied, "", nil},
 		{"404 bare", 404, "", exchange.InvalidRequest, "", nil},
 		{"redirect", 302, "", exchange.Transient, "", nil},
+		{"long description is cut", 400, entraErr("invalid_client", 700211, "AADSTS700211: "+strings.Repeat("x", 600)+"TAIL"),
+			exchange.Denied, "AADSTS700211", []string{strings.Repeat("x", 100) + "..."}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPeer(t)
@@ -399,7 +401,7 @@ func TestErrorClassification(t *testing.T) {
 					t.Errorf("error %q does not say %q", err, s)
 				}
 			}
-			if strings.ContainsAny(err.Error(), "\r\n") {
+			if strings.ContainsAny(err.Error(), "\r\n") || strings.Contains(err.Error(), "TAIL") || len(err.Error()) > 2000 {
 				t.Errorf("error %q spans lines", err)
 			}
 			if n := len(p.received()); n != 1 {
