@@ -286,6 +286,21 @@ func allOn() map[string]any {
 			"allowedRoleARNs": []any{"arn:aws:iam::111122223333:role/team-*", "arn:aws:iam::111122223333:role/ops"},
 			"stsEndpoint":     "https://sts.eu-west-1.amazonaws.com", "sessionDuration": "2h",
 		},
+		"gcp": map[string]any{
+			"workloadIdentityProvider": "projects/123456/locations/global/workloadIdentityPools/pool-1/providers/prov-1",
+			"projectID":                "proj-1", "projectNumber": "123456", "serviceAccountAnnotation": "example.com/gsa",
+			"defaultScopes": []any{"https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/userinfo.email"},
+			"stsEndpoint":   "https://sts.googleapis.com", "iamCredentialsEndpoint": "https://iamcredentials.googleapis.com",
+		},
+		"azure": map[string]any{
+			"tenantID": "00000000-0000-0000-0000-000000000001", "identityHeader": "guard-value", "audience": "api://AzureADTokenExchange",
+			"authorityHost": "https://login.microsoftonline.com/", "clientIDAnnotation": "example.com/client-id",
+			"tenantIDAnnotation": "example.com/tenant-id", "prefetchResources": []any{"https://vault.azure.net"},
+		},
+		"podToken": map[string]any{
+			"audiencePrefix": "https://svc.example.com/", "audienceAnnotation": "example.com/token-audiences",
+			"allowedAudiences": []any{"https://svc.example.com/*"},
+		},
 		"agent":             agentAllSet(),
 		"extraArgs":         []any{"--log-level=debug"},
 		"extraEnv":          []any{map[string]any{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}},
@@ -309,7 +324,7 @@ func allOn() map[string]any {
 // setting the agent accepts.
 func agentAllSet() map[string]any {
 	return map[string]any{
-		"logFormat": "text", "logLevel": "warn",
+		"logFormat": "text", "logLevel": "warn", "recordEvents": false,
 		"allowDefaultServiceAccount": true, "requireAuthorization": true, "enablePprof": true,
 		"requestTimeout": "4s", "waitForPod": "1s", "tokenExpiration": "15m", "startupPrefetchWait": "5s", "shutdownGrace": "15s",
 		"cacheSize": 2048, "upstreamQPS": 25, "upstreamBurst": 50, "kubeAPIQPS": 20, "kubeAPIBurst": 40,
@@ -422,8 +437,14 @@ func TestTemplateMatrix(t *testing.T) {
 		}
 		vap := objs["ValidatingAdmissionPolicy//credbroker-agent-token-requests"]
 		vars := dig(vap, "spec", "variables").([]any)
-		if e := vars[0].(map[string]any)["expression"]; e != "['sts.amazonaws.com', 'example.com/other']" {
+		if e := vars[0].(map[string]any)["expression"]; e != "['sts.amazonaws.com', '//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/pool-1/providers/prov-1', 'api://AzureADTokenExchange', 'example.com/other']" {
 			t.Errorf("allowedAudiences = %v", e)
+		}
+		if e := vars[1].(map[string]any)["expression"]; e != "'https://svc.example.com/'" {
+			t.Errorf("serviceAudiencePrefix = %v", e)
+		}
+		if !slices.Contains(a, "--record-events=false") {
+			t.Errorf("args %v lack --record-events=false", a)
 		}
 		cm := objs["ConfigMap/monitoring/credbroker-agent-dashboard"]
 		if dig(cm, "metadata", "labels", "grafana_dashboard") != "1" {

@@ -41,10 +41,26 @@ the empty string. 0 and false are set (the agent refuses a 0 it cannot use).
 {{- end }}
 {{- end }}
 
+{{/*
+The audiences the agent requests tokens for, as a list: AWS's, GCP's
+provider when GCP is on, Azure's when Azure is on, and
+admissionPolicy.extraAudiences.
+*/}}
+{{- define "credbroker.audienceList" -}}
+{{- $auds := list .Values.aws.audience -}}
+{{- with .Values.gcp.workloadIdentityProvider -}}
+{{- $auds = append $auds (printf "//iam.googleapis.com/%s" .) -}}
+{{- end -}}
+{{- if .Values.azure.tenantID -}}
+{{- $auds = append $auds (.Values.azure.audience | default "api://AzureADTokenExchange") -}}
+{{- end -}}
+{{- concat $auds .Values.admissionPolicy.extraAudiences | uniq | toJson -}}
+{{- end }}
+
 {{/* The audiences the admission policy allows, as a CEL list literal. */}}
 {{- define "credbroker.allowedAudiences" -}}
 {{- $auds := list -}}
-{{- range (prepend .Values.admissionPolicy.extraAudiences .Values.aws.audience) -}}
+{{- range (include "credbroker.audienceList" . | fromJsonArray) -}}
 {{- $auds = append $auds (printf "'%s'" .) -}}
 {{- end -}}
 [{{ join ", " $auds }}]
