@@ -49,6 +49,7 @@ const (
 	azClientBilling = "9e8d7c6b-5a4f-4e3d-9c2b-1a0f9e8d7c6b"
 	azClientBurst   = "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e"
 	azClientOutage  = "c0ffee00-1234-4abc-9def-0123456789ab"
+	azClientWarm    = "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a"
 	// azResource is what the refusal and raw checks ask for.
 	azResource = "https://vault.azure.net"
 )
@@ -90,6 +91,7 @@ func TestAzure(t *testing.T) {
 	t.Run("Refusals", w.testRefusals)
 	t.Run("ConcurrentFirstRequests", w.testConcurrentFirst)
 	t.Run("EntraDown", w.testEntraDown)
+	t.Run("Prefetch", w.testPrefetch)
 	t.Run("NotAdmittedBecomesFinal", w.testDenialFinal)
 	t.Run("NoTokenInLogsOrMetrics", w.testNoTokenLeaked)
 }
@@ -277,12 +279,15 @@ func (w *azWorld) waitSeen(t *testing.T, p *harness.Pod) {
 
 // env is an Azure client's whole environment inside a pod: the agent's
 // managed-identity endpoint and header, an empty HOME, nothing else Azure.
-func (w *azWorld) env() []string {
+func (w *azWorld) env() []string { return w.envAt(w.endpoint) }
+
+// envAt is env with another agent's endpoint.
+func (w *azWorld) envAt(endpoint string) []string {
 	return []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + w.home,
 		"LANG=C.UTF-8",
-		"IDENTITY_ENDPOINT=" + w.endpoint,
+		"IDENTITY_ENDPOINT=" + endpoint,
 		"IDENTITY_HEADER=" + azHeader,
 	}
 }
@@ -477,6 +482,26 @@ func refusedWith(t *testing.T, who string, st azStep, code string) string {
 	return why
 }
 
+// chainAfter says whether a DefaultAzureCredential error shows the chain
+// stopping at the managed identity's refusal (which carries code) or going
+// on to developer credentials.
+func chainAfter(s, code string) string {
+	i := strings.Index(s, code)
+	if i < 0 {
+		return "no refusal in the error"
+	}
+	var next []string
+	for _, name := range []string{"Visual Studio Code", "Azure CLI", "AzureCliCredential", "PowerShell", "Azure Developer CLI", "AzureDeveloperCLICredential"} {
+		if strings.Contains(s[i:], name) {
+			next = append(next, name)
+		}
+	}
+	if len(next) == 0 {
+		return "stopped at ManagedIdentityCredential"
+	}
+	return "went on to " + strings.Join(next, ", ")
+}
+
 // firstLine returns the first line of a client's error that carries want
 // (a status or a code), shortened; "" when no line does.
 func firstLine(s string, want ...string) string {
@@ -628,13 +653,19 @@ func (r azResponse) errorCode(t *testing.T) (code, description string) {
 // clients do; header is the X-IDENTITY-HEADER sent.
 func (w *azWorld) get(t *testing.T, p *harness.Pod, resource, clientID, header string) azResponse {
 	t.Helper()
+	return w.getAt(t, w.endpoint, p, resource, clientID, header)
+}
+
+// getAt is get from another agent's endpoint.
+func (w *azWorld) getAt(t *testing.T, endpoint string, p *harness.Pod, resource, clientID, header string) azResponse {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	q := url.Values{"api-version": {"2019-08-01"}, "resource": {resource}}
 	if clientID != "" {
 		q.Set("client_id", clientID)
 	}
-	req := must(newGet(ctx, w.endpoint+"?"+q.Encode()))
+	req := must(newGet(ctx, endpoint+"?"+q.Encode()))
 	req.Header.Set("X-IDENTITY-HEADER", header)
 	resp, err := p.HTTPClient().Do(req)
 	if err != nil {
@@ -680,6 +711,9 @@ func (w *azWorld) testRefusals(t *testing.T) {
 				}{"ManagedIdentityCredential(another client ID)", azResource + "4", out.Other}) {
 					if why := refusedWith(t, c.name+" "+st.name, st.step, tc.code); why != "" {
 						t.Logf("%s %s refused: %s", c.name, st.name, why)
+					}
+					if st.name == "DefaultAzureCredential" {
+						t.Logf("%s DefaultAzureCredential after the refusal: %s", c.name, chainAfter(st.step.Error, tc.code))
 					}
 				}
 			}
@@ -905,4 +939,81 @@ func (w *azWorld) testNoTokenLeaked(t *testing.T) {
 		t.Fatalf("only %d tokens recorded by the peer; the suite did not exercise the agent", len(secrets))
 	}
 	checkNoSecret(t, w.agent, append(secrets, w.sts.Secrets()...))
+}
+
+// A second agent on the same node with --azure-prefetch-resources: a new
+// pod whose ServiceAccount names a client ID gets a token for the resource
+// before it asks (the peer issued it, for that pod), and its first request,
+// raw and through azidentity, is answered from it without an Entra call.
+// Pods without a client ID get nothing prefetched.
+func (w *azWorld) testPrefetch(t *testing.T) {
+	const res = "https://prefetch.vault.example"
+	ctx := context.Background()
+	port, err := harness.FreePort(netns.ServiceAddr4.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
+	endpoint := "http://" + host + azTokenPath
+	cfg := w.agent.Config
+	cfg.Name, cfg.Listen = "agent-azure-prefetch", host
+	cfg.ExtraArgs = append(append([]string{}, cfg.ExtraArgs...), "--azure-prefetch-resources="+res)
+	a, err := harness.StartAgent(ctx, cfg)
+	if err != nil {
+		t.Fatalf("StartAgent with prefetch: %v", err)
+	}
+	defer a.Stop()
+	defer func() {
+		if t.Failed() {
+			t.Logf("prefetching agent's log tail:\n%s", a.LogTail(40))
+		}
+	}()
+
+	sa := azSA{ns: "warm", name: "web", clientID: azClientWarm, admit: true}
+	w.serviceAccount(t, sa)
+	w.serviceAccount(t, azSA{ns: "warm", name: "plain"})
+	p := w.pod(t, "warm", "web-1", "web")
+	plain := w.pod(t, "warm", "plain-1", "plain")
+	uid := string(p.Pod.UID)
+	deadline := time.Now().Add(30 * time.Second)
+	for w.entra.PodCalls(uid) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no token prefetched for pod %s within 30s", p.Pod.Name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("prefetched for %s: %d tokens; TokenRequests by audience %v", p.Pod.Name, w.entra.PodCalls(uid), w.tokenRequestsFor(t, p.Pod))
+
+	// The agent prefetches for every other pod with a client ID too, so
+	// the figures are the pod's: tokens the peer issued for it.
+	before := w.entra.PodCalls(uid)
+	t0 := time.Now()
+	r := w.getAt(t, endpoint, p, res, "", azHeader)
+	tok := r.token(t).AccessToken
+	is := w.checkToken(t, "prefetched", p, sa, tok, res)
+	if !is.IssuedAt.Before(t0) {
+		t.Errorf("the token was issued at %v, not before the first request (%v)", is.IssuedAt, t0)
+	}
+	cmd := p.Exec(ctx, w.envAt(endpoint), w.azauth, res, sa.clientID, azClientShop)
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("azauth: %v", err)
+	}
+	var out azOut
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("azauth printed %q: %v", b, err)
+	}
+	if out.MI.Token != tok {
+		t.Errorf("azidentity did not get the prefetched token: %q", out.MI.Error)
+	}
+	// Its other steps (res2, res3) are not prefetched: two tokens, none
+	// for res.
+	if n := w.entra.PodCalls(uid) - before; n != 2 {
+		t.Errorf("%d tokens issued for the pod for the first request and azidentity's three steps, want 2 (res2, res3)", n)
+	}
+	t.Logf("first request and azidentity served the prefetched token; %d tokens issued, for its two other resources", w.entra.PodCalls(uid)-before)
+	if n := w.entra.PodCalls(string(plain.Pod.UID)); n != 0 {
+		t.Errorf("%d tokens prefetched for a pod without a client ID", n)
+	}
+	checkNoSecret(t, a, w.entra.Secrets())
 }
