@@ -564,9 +564,8 @@ func resetConnection(w http.ResponseWriter) {
 }
 
 func (s *Server) token(r *http.Request, tenant string) (any, error) {
-	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
-		return nil, s.bad("invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'.")
-	}
+	// ParseForm reads the body only when it is a form: any other body
+	// lacks grant_type, as Entra says of it.
 	if err := r.ParseForm(); err != nil {
 		return nil, s.bad("invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'.")
 	}
