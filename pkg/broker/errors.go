@@ -103,7 +103,7 @@ func Classify(err error) Failure {
 			code = xe.Code
 		}
 		return Failure{Class: Unavailable, Code: CodeUpstreamDenied, RetryAfter: 2 * time.Second,
-			Message: "the identity provider refused this pod's ServiceAccount for the identity (" + code + "); retrying for a while in case the identity or its trust policy was just created, then this becomes final: check the identity's trust policy (AWS: the role's; GCP: the workload identity binding)"}
+			Message: "the identity provider refused this pod's ServiceAccount for the identity (" + code + "); retrying for a while in case the identity or its trust policy was just created, then this becomes final: check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)"}
 	case errors.As(err, &refusal):
 		return Failure{Class: Refused, Code: refusal.Code, Message: refusal.Message}
 	case errors.Is(err, podresolve.ErrHostAddress):
@@ -134,7 +134,7 @@ func Classify(err error) Failure {
 		switch xe.Kind {
 		case exchange.Denied, exchange.InvalidToken:
 			return Failure{Class: Refused, Code: CodeUpstreamDenied,
-				Message: "the identity provider refused this pod's ServiceAccount for the identity (" + xe.Code + "); check the identity's trust policy (AWS: the role's; GCP: the workload identity binding)"}
+				Message: "the identity provider refused this pod's ServiceAccount for the identity (" + xe.Code + "); check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)"}
 		case exchange.InvalidRequest:
 			return Failure{Class: Invalid, Code: CodeInvalidRole,
 				Message: "the identity provider rejected the request for this identity (" + xe.Code + "); check the identity annotation"}
