@@ -101,7 +101,7 @@ test-audit: build k8sbin
 # The node suite (integration/node) runs on its own after this one, in
 # test-node: both would otherwise compete for the same 2 cores.
 test-integration: build integration-deps
-	$(GO) test -tags integration -count=1 -timeout 20m $$($(GO) list -tags integration ./integration/... | grep -v /integration/node)
+	$(GO) test -tags integration -count=1 -timeout 40m $$($(GO) list -tags integration ./integration/... | grep -v /integration/node)
 	cd integration/chart && $(GO) test -mod=mod -tags integration -count=1 -timeout 10m -run 'TestServerSideDryRun|TestExportedMetrics' ./...
 
 # --- The node suite (root only): a real kubelet, containerd, runc and CNI
