@@ -59,6 +59,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/credbroker/agent/integration/clusterkeys"
 )
 
 // TokenAudience is the audience of a federated identity credential unless
@@ -244,7 +246,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:      cfg,
-		keys:     &keySet{issuer: cfg.Issuer, client: cfg.HTTPClient},
+		keys:     clusterkeys.NewKeySet(cfg.Issuer, cfg.HTTPClient),
 		log:      log,
 		creds:    make(map[App][]FederatedCredential, len(cfg.Credentials)),
 		tenants:  make(map[string]bool),
@@ -705,7 +707,7 @@ func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCreden
 		// fetch.
 		return nil, s.invalid(http.StatusUnauthorized, "invalid_client", 700027, "Client assertion failed signature validation: no keys for issuer '%s'.", c.Issuer)
 	}
-	vc, err := s.keys.verify(ctx, token)
+	vc, err := s.keys.Verify(ctx, token)
 	switch {
 	case errors.Is(err, errBadToken):
 		return nil, s.invalid(http.StatusUnauthorized, "invalid_client", 700027, "Client assertion failed signature validation. (%v)", err)

@@ -54,6 +54,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/credbroker/agent/integration/clusterkeys"
 )
 
 // DefaultProvider is the workload identity provider the server plays when
@@ -254,7 +256,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		cfg:           cfg,
 		audiences:     []string{Audience(cfg.Provider), "https:" + Audience(cfg.Provider)},
-		keys:          &keySet{issuer: cfg.Issuer, client: cfg.HTTPClient},
+		keys:          clusterkeys.NewKeySet(cfg.Issuer, cfg.HTTPClient),
 		log:           log,
 		idKey:         key,
 		idSigner:      signer,
@@ -647,7 +649,7 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 	invalid := func(format string, args ...any) error {
 		return oauthError(http.StatusBadRequest, "invalid_grant", fmt.Sprintf(format, args...))
 	}
-	c, err := s.keys.verify(ctx, token)
+	c, err := s.keys.Verify(ctx, token)
 	if errors.Is(err, errBadToken) {
 		return nil, invalid("%v", err)
 	}
