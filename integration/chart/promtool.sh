@@ -17,8 +17,10 @@ GO=${GO:-go}
 
 # remove_all_sd leaves out Prometheus' service-discovery plugins (the AWS,
 # Azure, GCE, ... SDKs), which rule checks and tests never use: they are
-# most of promtool's build time.
-flags=(-trimpath -tags remove_all_sd -ldflags '-s -w')
+# most of promtool's build time. No -trimpath and no CGO_ENABLED=0: built like
+# `go test` builds this module, promtool reuses the packages the tests
+# compiled (client-go, the Prometheus parser and model, ...).
+flags=(-tags remove_all_sd -ldflags '-s -w')
 hash=$({ cat "$here/go.mod" "$here/go.sum"; "$GO" env GOVERSION GOOS GOARCH; echo "${flags[*]}"; } | sha256sum | cut -c1-16)
 out=$cache/promtool-$hash
 bin=$out/promtool
@@ -43,7 +45,7 @@ tmp=$(mktemp -d "$cache/.promtool-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 echo "promtool: building into $out" >&2
 start=$SECONDS
-(cd "$here" && CGO_ENABLED=0 "$GO" build -mod=mod "${flags[@]}" -o "$tmp/promtool" github.com/prometheus/prometheus/cmd/promtool)
+(cd "$here" && "$GO" build -mod=mod "${flags[@]}" -o "$tmp/promtool" github.com/prometheus/prometheus/cmd/promtool)
 mkdir -p "$out"
 mv "$tmp/promtool" "$bin"
 echo "promtool: built in $((SECONDS - start)) s" >&2
