@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -26,14 +25,6 @@ const (
 	DefaultSessionDuration = time.Hour
 	MinSessionDuration     = 15 * time.Minute
 	MaxSessionDuration     = 12 * time.Hour
-)
-
-// Timeouts of the default HTTP client. STS answers in well under a second;
-// the broker serves cached credentials while a slow call is outstanding, so a
-// hung connection must fail soon enough to be retried with backoff.
-const (
-	defaultConnectTimeout = 3 * time.Second
-	defaultRequestTimeout = 10 * time.Second
 )
 
 // placeholderRegion is given to the SDK when only an endpoint is configured.
@@ -114,7 +105,7 @@ func New(cfg Config) (*STS, error) {
 	}
 	httpClient := cfg.HTTPClient
 	if httpClient == nil {
-		httpClient = defaultHTTPClient()
+		httpClient = exchange.DefaultHTTPClient()
 	}
 
 	client := sts.New(sts.Options{
@@ -128,23 +119,6 @@ func New(cfg Config) (*STS, error) {
 		AppID:       appID,
 	})
 	return &STS{client: client, duration: duration}, nil
-}
-
-func defaultHTTPClient() *http.Client {
-	dialer := &net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Client{
-		Timeout: defaultRequestTimeout,
-		Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           dialer.DialContext,
-			ForceAttemptHTTP2:     true,
-			TLSHandshakeTimeout:   defaultConnectTimeout,
-			MaxIdleConns:          16,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
-			ExpectContinueTimeout: time.Second,
-		},
-	}
 }
 
 func checkDuration(d time.Duration) error {
@@ -280,8 +254,8 @@ func classify(ctx context.Context, err error, role string, token exchange.Secret
 			// client's own timeout below.
 			se.detail = "caller's context: " + ctx.Err().Error()
 		default:
-			se.detail = "request failed: " + sendFailure(err)
-			if containsToken(se.detail, token) {
+			se.detail = "request failed: " + exchange.SendFailure(err)
+			if exchange.Leaks(se.detail, token) {
 				se.detail = "request failed"
 			}
 		}
@@ -290,7 +264,7 @@ func classify(ctx context.Context, err error, role string, token exchange.Secret
 
 	code := api.ErrorCode()
 	se.detail = api.ErrorMessage()
-	if containsToken(se.detail, token) {
+	if exchange.Leaks(se.detail, token) {
 		// Only a peer that is not STS would echo the token; keep it out of
 		// the text and out of the wrapped chain as well.
 		se.detail = "(message withheld: it quotes the token)"
@@ -344,43 +318,6 @@ func kindForStatus(status int) exchange.ErrorKind {
 	}
 }
 
-// sendFailure names why a request got no response, from the innermost
-// network error. The URL (which carries no token: the token travels in the
-// POST body) is left out because the caller knows the endpoint.
-func sendFailure(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return "timeout"
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Op + ": " + oe.Err.Error()
-	}
-	return err.Error()
-}
-
 // maxMessageLen bounds how much of STS's message goes into an error text.
 // STS's messages name the problem (audience, issuer, expiry), never the token.
 const maxMessageLen = 512
-
-// containsToken reports whether s contains the token or any of its
-// dot-separated parts long enough to matter (a JWT's payload or signature).
-func containsToken(s string, token exchange.Secret) bool {
-	t := token.Reveal()
-	if t == "" {
-		return false
-	}
-	if strings.Contains(s, t) {
-		return true
-	}
-	for part := range strings.SplitSeq(t, ".") {
-		if len(part) >= 16 && strings.Contains(s, part) {
-			return true
-		}
-	}
-	return false
-}

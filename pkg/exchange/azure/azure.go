@@ -39,10 +39,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -68,15 +66,6 @@ const (
 	grantTypeClientCredentials = "client_credentials"
 	assertionTypeJWTBearer     = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 	defaultScopeSuffix         = "/.default"
-)
-
-// Timeouts of the default HTTP client, as for the other clouds: Entra
-// answers in well under a second, and the broker serves cached credentials
-// while a call is outstanding, so a hung connection must fail soon enough to
-// be retried with backoff.
-const (
-	defaultConnectTimeout = 3 * time.Second
-	defaultRequestTimeout = 10 * time.Second
 )
 
 // maxBody bounds how much of an answer is read.
@@ -169,30 +158,13 @@ func New(cfg Config) (*Exchanger, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		client = defaultHTTPClient()
+		client = exchange.DefaultHTTPClient()
 	}
 	clk := cfg.Clock
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
 	return &Exchanger{authority: strings.TrimRight(s, "/"), client: client, clock: clk}, nil
-}
-
-func defaultHTTPClient() *http.Client {
-	dialer := &net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Client{
-		Timeout: defaultRequestTimeout,
-		Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           dialer.DialContext,
-			ForceAttemptHTTP2:     true,
-			TLSHandshakeTimeout:   defaultConnectTimeout,
-			MaxIdleConns:          16,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
-			ExpectContinueTimeout: time.Second,
-		},
-	}
 }
 
 // TokenURL returns the token endpoint of tenant.
@@ -376,31 +348,13 @@ func sendError(ctx context.Context, ce *callError, err error, token exchange.Sec
 		// client's own timeout.
 		ce.detail = "caller's context: " + ctx.Err().Error()
 	} else {
-		ce.detail = "request failed: " + sendFailure(err)
+		ce.detail = "request failed: " + exchange.SendFailure(err)
 	}
-	if containsSecret(ce.detail, token) || containsSecret(err.Error(), token) {
+	if exchange.Leaks(ce.detail, token) || exchange.Leaks(err.Error(), token) {
 		ce.detail = "request failed"
 		ce.cause = nil
 	}
 	return &exchange.Error{Kind: exchange.Transient, Err: ce}
-}
-
-// sendFailure names why a request got no answer, from the innermost
-// network error, leaving out the URL the caller knows.
-func sendFailure(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return "timeout"
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Op + ": " + oe.Err.Error()
-	}
-	return err.Error()
 }
 
 // entraError is Entra's error answer:
@@ -423,7 +377,7 @@ func classify(ce *callError, body []byte, token exchange.Secret) *exchange.Error
 		num, _ = strconv.ParseInt(m[1], 10, 64)
 	}
 	oauth := eb.Error
-	if !codeRE.MatchString(oauth) || containsSecret(oauth, token) {
+	if !codeRE.MatchString(oauth) || exchange.Leaks(oauth, token) {
 		oauth = ""
 	}
 	switch {
@@ -460,7 +414,7 @@ func description(s string, token exchange.Secret) string {
 	if s == "" {
 		return ""
 	}
-	if containsSecret(s, token) {
+	if exchange.Leaks(s, token) {
 		// Only a peer that is not Entra would echo the assertion.
 		return "(message withheld: it quotes the token)"
 	}
@@ -496,7 +450,7 @@ func claimsOf(token exchange.Secret) assertion {
 		return assertion{}
 	}
 	safe := func(s string) string {
-		if len(s) > 256 || !resourceRE.MatchString(s) || containsSecret(s, token) {
+		if len(s) > 256 || !resourceRE.MatchString(s) || exchange.Leaks(s, token) {
 			return ""
 		}
 		return s
@@ -608,22 +562,4 @@ func kindForStatus(status int) exchange.ErrorKind {
 		// A redirect or anything else unexpected.
 		return exchange.Transient
 	}
-}
-
-// containsSecret reports whether s contains the token or any of its
-// dot-separated parts long enough to matter (a JWT's payload or signature).
-func containsSecret(s string, token exchange.Secret) bool {
-	t := token.Reveal()
-	if t == "" {
-		return false
-	}
-	if strings.Contains(s, t) {
-		return true
-	}
-	for part := range strings.SplitSeq(t, ".") {
-		if len(part) >= 16 && strings.Contains(s, part) {
-			return true
-		}
-	}
-	return false
 }

@@ -62,7 +62,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -100,15 +99,6 @@ const (
 	grantTypeTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
 	tokenTypeAccessToken   = "urn:ietf:params:oauth:token-type:access_token"
 	tokenTypeJWT           = "urn:ietf:params:oauth:token-type:jwt"
-)
-
-// Timeouts of the default HTTP client, as for AWS STS: Google answers in
-// well under a second, and the broker serves cached credentials while a slow
-// call is outstanding, so a hung connection must fail soon enough to be
-// retried with backoff.
-const (
-	defaultConnectTimeout = 3 * time.Second
-	defaultRequestTimeout = 10 * time.Second
 )
 
 // maxBody bounds how much of an answer is read.
@@ -236,7 +226,7 @@ func New(cfg Config) (*Exchanger, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		client = defaultHTTPClient()
+		client = exchange.DefaultHTTPClient()
 	}
 	clk := cfg.Clock
 	if clk == nil {
@@ -273,23 +263,6 @@ func checkDuration(d time.Duration) error {
 		return fmt.Errorf("%v is outside [%v, %v]", d, MinDuration, MaxDuration)
 	}
 	return nil
-}
-
-func defaultHTTPClient() *http.Client {
-	dialer := &net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Client{
-		Timeout: defaultRequestTimeout,
-		Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           dialer.DialContext,
-			ForceAttemptHTTP2:     true,
-			TLSHandshakeTimeout:   defaultConnectTimeout,
-			MaxIdleConns:          16,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
-			ExpectContinueTimeout: time.Second,
-		},
-	}
 }
 
 // Exchange returns an access token (req.Want KindAccessToken) for
@@ -606,31 +579,13 @@ func sendError(ctx context.Context, call, email string, status int, err error, s
 		// client's own timeout.
 		ce.detail = "caller's context: " + ctx.Err().Error()
 	} else {
-		ce.detail = "request failed: " + sendFailure(err)
+		ce.detail = "request failed: " + exchange.SendFailure(err)
 	}
-	if containsSecret(ce.detail, secrets) || containsSecret(err.Error(), secrets) {
+	if exchange.Leaks(ce.detail, secrets...) || exchange.Leaks(err.Error(), secrets...) {
 		ce.detail = "request failed"
 		ce.cause = nil
 	}
 	return &exchange.Error{Kind: exchange.Transient, Err: ce}
-}
-
-// sendFailure names why a request got no answer, from the innermost
-// network error, leaving out the URL the caller knows.
-func sendFailure(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return "timeout"
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Op + ": " + oe.Err.Error()
-	}
-	return err.Error()
 }
 
 // errorBody holds both error shapes Google answers with: OAuth 2.0's
@@ -673,7 +628,7 @@ func classify(call, email string, status int, body []byte, secrets []exchange.Se
 			}
 		}
 	}
-	if !codeRE.MatchString(ce.code) || containsSecret(ce.code, secrets) {
+	if !codeRE.MatchString(ce.code) || exchange.Leaks(ce.code, secrets...) {
 		// Code goes into metrics and logs: only identifiers of the kind
 		// Google uses, and never a token a peer echoed.
 		ce.code = ""
@@ -681,7 +636,7 @@ func classify(call, email string, status int, body []byte, secrets []exchange.Se
 	switch {
 	case ce.detail == "" && ce.code == "":
 		ce.detail = "unparsable error answer"
-	case containsSecret(ce.detail, secrets):
+	case exchange.Leaks(ce.detail, secrets...):
 		// Only a peer that is not Google would echo a token.
 		ce.detail = "(message withheld: it quotes a token)"
 	case len(ce.detail) > maxMessageLen:
@@ -758,24 +713,4 @@ func kindForStatus(status int) exchange.ErrorKind {
 		// 5xx, a redirect, or anything else unexpected.
 		return exchange.Transient
 	}
-}
-
-// containsSecret reports whether s contains any secret or any of its
-// dot-separated parts long enough to matter (a JWT's payload or signature).
-func containsSecret(s string, secrets []exchange.Secret) bool {
-	for _, sec := range secrets {
-		t := sec.Reveal()
-		if t == "" {
-			continue
-		}
-		if strings.Contains(s, t) {
-			return true
-		}
-		for part := range strings.SplitSeq(t, ".") {
-			if len(part) >= 16 && strings.Contains(s, part) {
-				return true
-			}
-		}
-	}
-	return false
 }
