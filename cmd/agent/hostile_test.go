@@ -177,8 +177,10 @@ func TestRequireAuthorization(t *testing.T) {
 func TestSlowlorisIsCutOff(t *testing.T) {
 	s := newStack(t, nil)
 	addr := s.listen()
-	slow := dial(t, podIdler, addr)
+	// Before the dial: the server's header deadline starts when it accepts,
+	// which can come before dial returns here.
 	start := time.Now()
+	slow := dial(t, podIdler, addr)
 	if _, err := io.WriteString(slow, "GET /v1/credentials HTTP/1.1\r\nHost: x\r\n"); err != nil {
 		t.Fatal(err)
 	}
