@@ -9,11 +9,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -134,34 +133,20 @@ const expirationLayout = "2006-01-02T15:04:05Z"
 // it runs on every cache hit: this way it allocates nothing.
 func appendCredentials(b []byte, c *exchange.Credentials) []byte {
 	b = append(b, `{"AccessKeyId":`...)
-	b = appendJSONString(b, c.AccessKeyID)
+	b = wire.AppendJSONString(b, c.AccessKeyID)
 	b = append(b, `,"SecretAccessKey":`...)
-	b = appendJSONString(b, c.SecretAccessKey.Reveal())
+	b = wire.AppendJSONString(b, c.SecretAccessKey.Reveal())
 	b = append(b, `,"Token":`...)
-	b = appendJSONString(b, c.SessionToken.Reveal())
+	b = wire.AppendJSONString(b, c.SessionToken.Reveal())
 	b = append(b, `,"Expiration":"`...)
 	// Truncate, never round up: a credential must not look longer-lived than it is.
 	b = c.Expiration.UTC().Truncate(time.Second).AppendFormat(b, expirationLayout)
 	b = append(b, '"')
 	if c.AccountID != "" {
 		b = append(b, `,"AccountId":`...)
-		b = appendJSONString(b, c.AccountID)
+		b = wire.AppendJSONString(b, c.AccountID)
 	}
 	return append(b, '}')
-}
-
-// appendJSONString appends s as a JSON string. Keys and tokens are base64
-// and need no escaping; anything else is escaped as encoding/json would.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }
 
 type errorBody struct {
@@ -185,19 +170,9 @@ func WriteError(w http.ResponseWriter, status int, code, message string, retryAf
 	h["Content-Type"] = contentTypeJSON
 	h["Cache-Control"] = noStore
 	if retryAfter > 0 {
-		h.Set("Retry-After", RetryAfterSeconds(retryAfter))
+		h.Set("Retry-After", wire.RetryAfterSeconds(retryAfter))
 	}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 	return status
-}
-
-// RetryAfterSeconds renders d as a Retry-After value: whole seconds,
-// rounded up, at least 1.
-func RetryAfterSeconds(d time.Duration) string {
-	s := int((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		s = 1
-	}
-	return strconv.Itoa(s)
 }

@@ -53,12 +53,10 @@ package azureidentity
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +64,7 @@ import (
 
 	"k8s.io/utils/clock"
 
+	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -150,7 +149,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.IdentityHeader == "" {
 		return nil, errors.New("azureidentity: IdentityHeader is required")
 	}
-	if len(cfg.IdentityHeader) > MaxIdentityHeaderLen || !printable(cfg.IdentityHeader) {
+	if len(cfg.IdentityHeader) > MaxIdentityHeaderLen || !wire.Printable(cfg.IdentityHeader) {
 		return nil, fmt.Errorf("azureidentity: IdentityHeader must be printable ASCII without spaces, at most %d bytes", MaxIdentityHeaderLen)
 	}
 	h := &Handler{b: cfg.Broker, header: []byte(cfg.IdentityHeader), clock: cfg.Clock, classify: cfg.Classify}
@@ -226,13 +225,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		return writeError(w, http.StatusBadRequest, CodeBadRequest, "query string too long")
 	}
 	for _, k := range [...]string{"object_id", "principal_id", "mi_res_id", "msi_res_id"} {
-		if _, ok := queryValue(q, k); ok {
+		if _, ok := wire.QueryValue(q, k); ok {
 			return writeError(w, http.StatusBadRequest, CodeBadRequest,
 				k+" is not supported: name the identity by client_id, or omit it for the one the pod's ServiceAccount names")
 		}
 	}
-	raw, _ := queryValue(q, "resource")
-	res, err := unescape(raw)
+	raw, _ := wire.QueryValue(q, "resource")
+	res, err := wire.Unescape(raw)
 	if err != nil {
 		return writeError(w, http.StatusBadRequest, CodeBadRequest, "resource: invalid escape")
 	}
@@ -241,13 +240,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		return writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 	}
 	var clientID string
-	if raw, ok := queryValue(q, "client_id"); ok {
-		id, err := unescape(raw)
+	if raw, ok := wire.QueryValue(q, "client_id"); ok {
+		id, err := wire.Unescape(raw)
 		if err != nil {
 			return writeError(w, http.StatusBadRequest, CodeBadRequest, "client_id: invalid escape")
 		}
 		id = strings.TrimSpace(id)
-		if len(id) > MaxClientIDLen || !printable(id) {
+		if len(id) > MaxClientIDLen || !wire.Printable(id) {
 			return writeError(w, http.StatusBadRequest, CodeBadRequest,
 				fmt.Sprintf("client_id must be printable ASCII, at most %d bytes", MaxClientIDLen))
 		}
@@ -282,10 +281,10 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, appService bool,
 	expiresOn := c.Expiration.Unix()
 	bp := bufPool.Get().(*[]byte)
 	b := append((*bp)[:0], `{"access_token":`...)
-	b = appendJSONString(b, c.AccessToken.Reveal())
+	b = wire.AppendJSONString(b, c.AccessToken.Reveal())
 	if appService {
 		b = append(b, `,"client_id":`...)
-		b = appendJSONString(b, ans.Identity)
+		b = wire.AppendJSONString(b, ans.Identity)
 	} else {
 		b = append(b, `,"expires_in":"`...)
 		b = strconv.AppendInt(b, secs, 10)
@@ -300,7 +299,7 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, appService bool,
 		b = append(b, '"')
 	}
 	b = append(b, `,"resource":`...)
-	b = appendJSONString(b, res)
+	b = wire.AppendJSONString(b, res)
 	b = append(b, `,"token_type":"Bearer"}`...)
 	hdr := w.Header()
 	hdr["Content-Type"] = contentTypeJSON
@@ -339,18 +338,9 @@ func writeFailure(w http.ResponseWriter, f broker.Failure) int {
 		code = http.StatusText(status)
 	}
 	if status == http.StatusServiceUnavailable || (status == http.StatusTooManyRequests && f.RetryAfter > 0) {
-		w.Header()["Retry-After"] = []string{retryAfterSeconds(f.RetryAfter)}
+		w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(f.RetryAfter)}
 	}
 	return writeError(w, status, code, f.Message)
-}
-
-// retryAfterSeconds is d in whole seconds, rounded up, at least 1.
-func retryAfterSeconds(d time.Duration) string {
-	s := int64((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		s = 1
-	}
-	return strconv.FormatInt(s, 10)
 }
 
 // writeError answers {"error":code,"error_description":message}. code and
@@ -362,9 +352,9 @@ func writeError(w http.ResponseWriter, status int, code, message string) int {
 	hdr["Cache-Control"] = noStore
 	hdr["X-Content-Type-Options"] = nosniff
 	w.WriteHeader(status)
-	b := append([]byte(`{"error":`), appendJSONString(nil, code)...)
+	b := append([]byte(`{"error":`), wire.AppendJSONString(nil, code)...)
 	b = append(b, `,"error_description":`...)
-	b = appendJSONString(b, message)
+	b = wire.AppendJSONString(b, message)
 	b = append(b, "}\n"...)
 	_, _ = w.Write(b)
 	return status
@@ -391,53 +381,8 @@ func canonicalResource(s string) (string, error) {
 		return "", errors.New("the resource parameter is required (the URI of the resource the token is for, e.g. https://management.azure.com/)")
 	case len(s) > MaxResourceLen:
 		return "", fmt.Errorf("resource longer than %d bytes", MaxResourceLen)
-	case !printable(s):
+	case !wire.Printable(s):
 		return "", errors.New("resource holds characters other than printable ASCII")
 	}
 	return s, nil
-}
-
-// printable reports whether s is printable ASCII without spaces.
-func printable(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-// queryValue returns the raw (still escaped) value of the first key=value
-// pair named key in the raw query q, without allocating.
-func queryValue(q, key string) (string, bool) {
-	for q != "" {
-		var pair string
-		pair, q, _ = strings.Cut(q, "&")
-		k, v, _ := strings.Cut(pair, "=")
-		if k == key {
-			return v, true
-		}
-	}
-	return "", false
-}
-
-// unescape decodes a query value, allocating only when it is escaped.
-func unescape(v string) (string, error) {
-	if !strings.ContainsAny(v, "%+") {
-		return v, nil
-	}
-	return url.QueryUnescape(v)
-}
-
-// appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }

@@ -46,7 +46,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,6 +54,7 @@ import (
 
 	"k8s.io/utils/clock"
 
+	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -470,8 +470,8 @@ func (h *Handler) serveAccount(w http.ResponseWriter, r *http.Request, account, 
 // in between).
 func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr, named string) int {
 	scope := h.defaultScope
-	if raw, ok := queryValue(r.URL.RawQuery, "scopes"); ok {
-		s, err := unescape(raw)
+	if raw, ok := wire.QueryValue(r.URL.RawQuery, "scopes"); ok {
+		s, err := wire.Unescape(raw)
 		if err != nil {
 			return writeText(w, http.StatusBadRequest, CodeBadRequest, "scopes: invalid escape")
 		}
@@ -503,7 +503,7 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr,
 	}
 	bp := bufPool.Get().(*[]byte)
 	b := append((*bp)[:0], `{"access_token":`...)
-	b = appendJSONString(b, c.AccessToken.Reveal())
+	b = wire.AppendJSONString(b, c.AccessToken.Reveal())
 	b = append(b, `,"expires_in":`...)
 	b = strconv.AppendInt(b, secs, 10)
 	b = append(b, `,"token_type":"Bearer"}`...)
@@ -531,8 +531,8 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 			"identity tokens need a Google service account, and this pod's ServiceAccount names none "+
 				"(annotate it with iam.gke.io/gcp-service-account, or the agent's --gcp-service-account-annotation)")
 	}
-	raw, _ := queryValue(r.URL.RawQuery, "audience")
-	aud, err := unescape(raw)
+	raw, _ := wire.QueryValue(r.URL.RawQuery, "audience")
+	aud, err := wire.Unescape(raw)
 	switch {
 	case err != nil:
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "audience: invalid escape")
@@ -540,7 +540,7 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "non-empty audience parameter required")
 	case len(aud) > MaxAudienceLen:
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "audience too long")
-	case !printable(aud):
+	case !wire.Printable(aud):
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "audience: invalid characters")
 	}
 	ans, err := h.b.Credentials(r.Context(), addr, broker.Request{
@@ -591,7 +591,7 @@ func writeFailure(w http.ResponseWriter, f broker.Failure) int {
 		code = http.StatusText(status)
 	}
 	if status == http.StatusServiceUnavailable || (status == http.StatusTooManyRequests && f.RetryAfter > 0) {
-		w.Header()["Retry-After"] = []string{retryAfterSeconds(f.RetryAfter)}
+		w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(f.RetryAfter)}
 	}
 	return writeText(w, status, code, f.Message)
 }
@@ -605,23 +605,14 @@ func writeFailure(w http.ResponseWriter, f broker.Failure) int {
 func WriteError(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int {
 	w.Header()["Metadata-Flavor"] = flavorGoogle
 	if retryAfter > 0 {
-		w.Header()["Retry-After"] = []string{retryAfterSeconds(retryAfter)}
+		w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(retryAfter)}
 	}
 	return writeText(w, status, code, message)
 }
 
 func writeRetry(w http.ResponseWriter, code, message string, after time.Duration) int {
-	w.Header()["Retry-After"] = []string{retryAfterSeconds(after)}
+	w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(after)}
 	return writeText(w, http.StatusServiceUnavailable, code, message)
-}
-
-// retryAfterSeconds is d in whole seconds, rounded up, at least 1.
-func retryAfterSeconds(d time.Duration) string {
-	s := int64((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		s = 1
-	}
-	return strconv.FormatInt(s, 10)
 }
 
 // writeText answers an error: "Code: Message\n" as text. code and message
@@ -708,47 +699,15 @@ func checkScope(s string) error {
 	if len(s) > MaxScopeLen {
 		return fmt.Errorf("a scope is longer than %d bytes", MaxScopeLen)
 	}
-	if !printable(s) {
+	if !wire.Printable(s) {
 		return errors.New("a scope holds characters other than printable ASCII")
 	}
 	return nil
 }
 
-// printable reports whether s is printable ASCII without spaces.
-func printable(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-// queryValue returns the raw (still escaped) value of the first key=value
-// pair named key in the raw query q, without allocating.
-func queryValue(q, key string) (string, bool) {
-	for q != "" {
-		var pair string
-		pair, q, _ = strings.Cut(q, "&")
-		k, v, _ := strings.Cut(pair, "=")
-		if k == key {
-			return v, true
-		}
-	}
-	return "", false
-}
-
-// unescape decodes a query value, allocating only when it is escaped.
-func unescape(v string) (string, error) {
-	if !strings.ContainsAny(v, "%+") {
-		return v, nil
-	}
-	return url.QueryUnescape(v)
-}
-
 // recursive reports whether the query asks for ?recursive=true.
 func recursive(q string) bool {
-	v, ok := queryValue(q, "recursive")
+	v, ok := wire.QueryValue(q, "recursive")
 	return ok && strings.EqualFold(v, "true")
 }
 
@@ -784,7 +743,7 @@ func validLeaf(s string) bool {
 // letters, digits and hyphens; older projects carry a "domain:" prefix):
 // it refuses only what would break a path, a header or a line.
 func validProjectID(s string) bool {
-	return s != "" && len(s) <= 100 && printable(s) && !strings.ContainsAny(s, "/")
+	return s != "" && len(s) <= 100 && wire.Printable(s) && !strings.ContainsAny(s, "/")
 }
 
 func allDigits(s string) bool {
@@ -794,17 +753,4 @@ func allDigits(s string) bool {
 		}
 	}
 	return s != ""
-}
-
-// appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }

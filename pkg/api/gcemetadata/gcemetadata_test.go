@@ -639,17 +639,6 @@ func TestIPv4MappedPeer(t *testing.T) {
 	}
 }
 
-func TestAppendJSONString(t *testing.T) {
-	for _, s := range []string{"ya29.abc-_", `a"b`, `a\b`, "a\nb", "<&>", "é", "\xff"} {
-		var want, got any
-		wb, _ := json.Marshal(s)
-		_ = json.Unmarshal(wb, &want)
-		if err := json.Unmarshal(appendJSONString(nil, s), &got); err != nil || got != want {
-			t.Errorf("appendJSONString(%q) = %s (%v)", s, appendJSONString(nil, s), err)
-		}
-	}
-}
-
 // TestTokenHitAllocations: the cache-hit path for a token with the default
 // scopes allocates nothing in the surface.
 func TestTokenHitAllocations(t *testing.T) {

@@ -14,10 +14,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -141,15 +141,9 @@ func writeError(w http.ResponseWriter, code int, reason, message string, retryAf
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	if retryAfter > 0 {
-		h.Set("Retry-After", strconvSeconds(retryAfter))
+		h.Set("Retry-After", wire.RetryAfterSeconds(retryAfter))
 	}
 	w.WriteHeader(code)
 	_, _ = w.Write(body)
 	return code
-}
-
-// strconvSeconds renders a Retry-After: whole seconds, rounded up, at
-// least 1.
-func strconvSeconds(d time.Duration) string {
-	return strconv.Itoa(max(int((d+time.Second-1)/time.Second), 1))
 }

@@ -1,0 +1,65 @@
+// Package wire holds the small pieces every wire surface (pkg/api/*) needs
+// on its hot path: allocation-free JSON strings and query lookups, input
+// checks, Retry-After values.
+package wire
+
+import (
+	"encoding/json"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// AppendJSONString appends s as a JSON string. Keys and tokens are base64
+// or URL-safe and need no escaping, so they are copied as they are;
+// anything else is escaped as encoding/json would.
+func AppendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// RetryAfterSeconds renders d as a Retry-After value: whole seconds,
+// rounded up, at least 1.
+func RetryAfterSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(int64((d+time.Second-1)/time.Second), 1), 10)
+}
+
+// Printable reports whether s is printable ASCII without spaces.
+func Printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// QueryValue returns the raw (still escaped) value of the first key=value
+// pair named key in the raw query q, without allocating.
+func QueryValue(q, key string) (string, bool) {
+	for q != "" {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		k, v, _ := strings.Cut(pair, "=")
+		if k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// Unescape decodes a query value, allocating only when it is escaped.
+func Unescape(v string) (string, error) {
+	if !strings.ContainsAny(v, "%+") {
+		return v, nil
+	}
+	return url.QueryUnescape(v)
+}
