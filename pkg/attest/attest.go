@@ -1,0 +1,628 @@
+package attest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// Errors Resolve returns besides the wrapped resolver's. Both are
+// retryable; callers branch on them with errors.Is.
+var (
+	// ErrRefused means the kernel does not place the connection in the
+	// network namespace of any pod the informer knows (or the request
+	// carries no connection to attest). The informer's pod is not served.
+	ErrRefused = errors.New("attest: the connection is not in the network namespace of any known pod on this node")
+	// ErrUnavailable means the kernel's evidence could not be read.
+	ErrUnavailable = errors.New("attest: the node's kernel evidence for the connection could not be read")
+)
+
+// Results, the values of the result label.
+const (
+	ResultAttested    = "attested"
+	ResultCorrected   = "corrected"
+	ResultRefused     = "refused"
+	ResultUnavailable = "unavailable"
+)
+
+// Defaults.
+const (
+	DefaultProcRoot          = "/proc"
+	DefaultMinRescanInterval = time.Second
+	// inodeRing is how many attested socket inodes each pod remembers.
+	inodeRing = 4
+	// tableReaders bounds concurrent TCP table reads: each walks the
+	// host's whole connection hash, so more would only compete for CPU.
+	tableReaders = 2
+)
+
+// Resolver names the pod the informer sees at an address; podresolve's
+// Resolver is one.
+type Resolver interface {
+	Resolve(ctx context.Context, addr netip.Addr) (podresolve.Pod, error)
+}
+
+// Pods is the informer's view of the node's pods that attestation needs;
+// podresolve's Resolver implements it.
+type Pods interface {
+	// PodByUID returns the live pod with uid, if the informer would serve
+	// it.
+	PodByUID(uid types.UID) (podresolve.Pod, bool)
+	// LivePods returns every pod the informer would serve.
+	LivePods() []podresolve.Pod
+}
+
+// Config configures an Attester.
+type Config struct {
+	Resolver Resolver // required: the informer's resolver, decorated
+	Pods     Pods     // required
+	// ProcRoot is where procfs is mounted. Default DefaultProcRoot.
+	ProcRoot string
+	// Registerer receives the metrics. Required.
+	Registerer prometheus.Registerer
+	// Logger receives one line per attested connection. The agent passes
+	// the per-address log limiter; AddrKey names the attribute it limits
+	// on. Default: discard.
+	Logger  *slog.Logger
+	AddrKey string // default "remote_addr"
+	// MinRescanInterval is the least time between two /proc scans.
+	// Default DefaultMinRescanInterval.
+	MinRescanInterval time.Duration
+}
+
+// Attester decorates a Resolver with the kernel's evidence. Create it with
+// New; its Resolve is safe for concurrent use.
+type Attester struct {
+	inner     Resolver
+	pods      Pods
+	root      string
+	log       *slog.Logger
+	addrKey   string
+	minRescan time.Duration
+	m         metrics
+
+	tableSem chan struct{}
+	// correcting admits one search of the other pods at a time: it reads
+	// one table per pod that has the address, and only a forged or stale
+	// address needs it.
+	correcting chan struct{}
+
+	mu       sync.Mutex
+	procs    map[types.UID]*podProc // guarded by mu; replaced by each scan
+	lastScan time.Time              // guarded by mu: when the last scan started
+	scanMu   sync.Mutex             // one scan at a time
+
+	status atomic.Pointer[Status]
+}
+
+// podProc is what the Attester keeps per pod: a process in it, the last
+// socket inodes attested for it, and the pod's table reads in flight.
+type podProc struct {
+	pid int32
+
+	mu      sync.Mutex
+	inodes  [inodeRing]uint32 // guarded by mu
+	nextIno uint8             // guarded by mu
+	cur     *tableRead        // guarded by mu: the latest read started
+	next    *tableRead        // guarded by mu: queued behind cur
+}
+
+// tableRead is one read of a pod's TCP table, shared by every connection
+// accepted before it started.
+type tableRead struct {
+	v6     bool
+	server string
+	start  time.Time
+	done   chan struct{}
+	lines  []byte // the lines whose remote end is server; set before done closes
+	err    error
+}
+
+type metrics struct {
+	results   *prometheus.CounterVec
+	duration  prometheus.Histogram
+	scans     prometheus.Counter
+	available prometheus.Gauge
+}
+
+// New returns an Attester. It reads nothing yet: call Check once the
+// informer has synced.
+func New(cfg Config) (*Attester, error) {
+	switch {
+	case cfg.Resolver == nil:
+		return nil, errors.New("attest: Config.Resolver is required")
+	case cfg.Pods == nil:
+		return nil, errors.New("attest: Config.Pods is required")
+	case cfg.Registerer == nil:
+		return nil, errors.New("attest: Config.Registerer is required")
+	}
+	a := &Attester{
+		inner: cfg.Resolver, pods: cfg.Pods, root: cfg.ProcRoot, log: cfg.Logger, addrKey: cfg.AddrKey,
+		minRescan:  cfg.MinRescanInterval,
+		tableSem:   make(chan struct{}, tableReaders),
+		correcting: make(chan struct{}, 1),
+		procs:      make(map[types.UID]*podProc),
+	}
+	if a.root == "" {
+		a.root = DefaultProcRoot
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.addrKey == "" {
+		a.addrKey = "remote_addr"
+	}
+	if a.minRescan == 0 {
+		a.minRescan = DefaultMinRescanInterval
+	}
+	a.m = metrics{
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "credbroker_attest_total",
+			Help: "Connections attested by the node's kernel, by result: attested (in the informer's pod's network namespace), corrected (in another known pod's), refused (in none), unavailable (evidence unreadable)."},
+			[]string{"result"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "credbroker_attest_duration_seconds",
+			Help:    "Time to attest one connection (first request on it).",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2.5, 11)}),
+		scans: prometheus.NewCounter(prometheus.CounterOpts{Name: "credbroker_attest_proc_scans_total",
+			Help: "Scans of /proc for the pods' processes (on a pod whose process is unknown or gone)."}),
+		available: prometheus.NewGauge(prometheus.GaugeOpts{Name: "credbroker_attest_available",
+			Help: "1 when the start-up check found that attestation works on this node, 0 when it cannot (see the log and /readyz)."}),
+	}
+	for _, r := range []string{ResultAttested, ResultCorrected, ResultRefused, ResultUnavailable} {
+		a.m.results.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{a.m.results, a.m.duration, a.m.scans, a.m.available} {
+		if err := cfg.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("attest: registering metrics: %w", err)
+		}
+	}
+	return a, nil
+}
+
+type connKey struct{}
+
+// connState is the per-connection value WithConn puts in the context.
+type connState struct {
+	client, server netip.AddrPort
+	accepted       time.Time
+	ok             bool // both addresses are TCP addresses
+
+	mu      sync.Mutex // serialises the first attestation
+	verdict atomic.Pointer[types.UID]
+}
+
+// WithConn returns ctx carrying c, for http.Server.ConnContext: requests on
+// c are then attested against c's addresses, once per connection.
+func WithConn(ctx context.Context, c net.Conn) context.Context {
+	cs := &connState{accepted: time.Now()}
+	ra, ok1 := c.RemoteAddr().(*net.TCPAddr)
+	la, ok2 := c.LocalAddr().(*net.TCPAddr)
+	if ok1 && ok2 {
+		cl, sv := ra.AddrPort(), la.AddrPort()
+		cs.client = netip.AddrPortFrom(cl.Addr().Unmap(), cl.Port())
+		cs.server = netip.AddrPortFrom(sv.Addr().Unmap(), sv.Port())
+		cs.ok = cs.client.Addr().Is4() == cs.server.Addr().Is4()
+	}
+	return context.WithValue(ctx, connKey{}, cs)
+}
+
+// Resolve returns the pod the kernel places the caller's connection in.
+// The wrapped resolver's errors pass through unchanged; see the package
+// documentation for the rest.
+//
+// SECURITY: the pod returned is the one whose network namespace holds the
+// connection carried by ctx; the informer's answer for addr only says where
+// to look first.
+func (a *Attester) Resolve(ctx context.Context, addr netip.Addr) (podresolve.Pod, error) {
+	cs, _ := ctx.Value(connKey{}).(*connState)
+	if cs == nil || !cs.ok || cs.client.Addr() != addr.Unmap().WithZone("") {
+		a.m.results.WithLabelValues(ResultRefused).Inc()
+		return podresolve.Pod{}, fmt.Errorf("attesting %s: the request carries no TCP connection from that address: %w", addr, ErrRefused)
+	}
+	pod, err := a.inner.Resolve(ctx, addr)
+	if v := cs.verdict.Load(); v != nil {
+		if err == nil && pod.UID == *v {
+			return pod, nil
+		}
+		return a.again(*v, err)
+	}
+	if err != nil {
+		return pod, err
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if v := cs.verdict.Load(); v != nil {
+		if pod.UID == *v {
+			return pod, nil
+		}
+		return a.again(*v, nil)
+	}
+	return a.attest(ctx, cs, pod)
+}
+
+// again answers a later request on a connection already attested for the
+// pod uid, when the informer now names another pod (or none) for its
+// address: the connection still comes from uid's namespace, so uid is
+// served while the informer still has it live, and nobody otherwise.
+func (a *Attester) again(uid types.UID, err error) (podresolve.Pod, error) {
+	if p, ok := a.pods.PodByUID(uid); ok {
+		return p, nil
+	}
+	if err != nil {
+		return podresolve.Pod{}, err
+	}
+	return podresolve.Pod{}, fmt.Errorf("the pod attested for this connection (UID %s) is gone: %w", uid, ErrRefused)
+}
+
+// evidence is what the kernel showed for one connection.
+type evidence struct {
+	pid   int32
+	inode uint64
+}
+
+func (a *Attester) attest(ctx context.Context, cs *connState, cand podresolve.Pod) (podresolve.Pod, error) {
+	start := time.Now()
+	defer func() { a.m.duration.Observe(time.Since(start).Seconds()) }()
+
+	ev, found, err := a.search(ctx, cs, cand.UID)
+	switch {
+	case err != nil:
+		return a.unavailable(ctx, cs, cand, err)
+	case found:
+		if err := a.remember(cand.UID, ev); err != nil {
+			return a.refuse(ctx, cs, cand, err)
+		}
+		return a.accept(ctx, cs, cand, cand, ev), nil
+	}
+
+	// Not in the informer's pod's namespace: the kernel names the pod.
+	select {
+	case a.correcting <- struct{}{}:
+		defer func() { <-a.correcting }()
+	case <-ctx.Done():
+		return a.unavailable(ctx, cs, cand, context.Cause(ctx))
+	}
+	var errs []error
+	buf := make([]byte, 64<<10)
+	for _, p := range a.pods.LivePods() {
+		if p.UID == cand.UID {
+			continue
+		}
+		has, err := a.hasAddr(p.UID, cs.client.Addr(), buf)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !has {
+			continue
+		}
+		ev, found, err := a.search(ctx, cs, p.UID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if found {
+			if err := a.remember(p.UID, ev); err != nil {
+				return a.refuse(ctx, cs, cand, err)
+			}
+			return a.accept(ctx, cs, cand, p, ev), nil
+		}
+	}
+	if len(errs) > 0 {
+		// Some namespace could not be read: it might hold the
+		// connection, so this is no refusal.
+		return a.unavailable(ctx, cs, cand, errors.Join(errs...))
+	}
+	return a.refuse(ctx, cs, cand, fmt.Errorf("connection %s -> %s is in no known pod's network namespace: %w", cs.client, cs.server, ErrRefused))
+}
+
+func (a *Attester) accept(ctx context.Context, cs *connState, cand, pod podresolve.Pod, ev evidence) podresolve.Pod {
+	uid := pod.UID
+	cs.verdict.Store(&uid)
+	result, level, msg := ResultAttested, slog.LevelInfo, "connection attested"
+	if pod.UID != cand.UID {
+		result, level, msg = ResultCorrected, slog.LevelWarn, "connection attested to another pod than the informer's"
+	}
+	a.m.results.WithLabelValues(result).Inc()
+	if a.log.Enabled(ctx, level) {
+		attrs := []slog.Attr{
+			slog.String(a.addrKey, cs.client.Addr().String()),
+			slog.String("namespace", pod.Namespace), slog.String("pod", pod.Name), slog.String("uid", string(pod.UID)),
+			slog.String("result", result),
+			slog.Int("pid", int(ev.pid)),
+			slog.Uint64("socket_inode", ev.inode),
+			slog.Int("client_port", int(cs.client.Port())),
+		}
+		if d, err := openProc(a.root, int(ev.pid)); err == nil {
+			if ino := d.netnsInode(); ino != 0 {
+				attrs = append(attrs, slog.Uint64("netns_inode", ino))
+			}
+			d.close()
+		}
+		if result == ResultCorrected {
+			attrs = append(attrs, slog.String("informer_namespace", cand.Namespace), slog.String("informer_pod", cand.Name),
+				slog.String("informer_uid", string(cand.UID)))
+		}
+		a.log.LogAttrs(ctx, level, msg, attrs...)
+	}
+	return pod
+}
+
+func (a *Attester) refuse(ctx context.Context, cs *connState, cand podresolve.Pod, err error) (podresolve.Pod, error) {
+	a.m.results.WithLabelValues(ResultRefused).Inc()
+	a.log.LogAttrs(ctx, slog.LevelWarn, "connection refused: the kernel does not place it in the informer's pod", slog.String(a.addrKey, cs.client.Addr().String()),
+		slog.String("informer_namespace", cand.Namespace), slog.String("informer_pod", cand.Name), slog.String("informer_uid", string(cand.UID)),
+		slog.Int("client_port", int(cs.client.Port())), slog.String("error", err.Error()))
+	return podresolve.Pod{}, fmt.Errorf("attesting %s: %w", cs.client, err)
+}
+
+func (a *Attester) unavailable(ctx context.Context, cs *connState, cand podresolve.Pod, err error) (podresolve.Pod, error) {
+	a.m.results.WithLabelValues(ResultUnavailable).Inc()
+	a.log.LogAttrs(ctx, slog.LevelWarn, "connection not attested: kernel evidence unreadable", slog.String(a.addrKey, cs.client.Addr().String()),
+		slog.String("informer_namespace", cand.Namespace), slog.String("informer_pod", cand.Name), slog.String("error", err.Error()))
+	return podresolve.Pod{}, fmt.Errorf("attesting %s: %w: %w", cs.client, ErrUnavailable, err)
+}
+
+// remember records the attested socket for its pod, and refuses a socket
+// already attested for an earlier connection: one client socket is one
+// connection, so a second connection matching it was forged on a 4-tuple
+// whose agent end is gone while the victim's end lingers.
+func (a *Attester) remember(uid types.UID, ev evidence) error {
+	a.mu.Lock()
+	p := a.procs[uid]
+	a.mu.Unlock()
+	if p == nil || ev.inode == 0 {
+		return nil
+	}
+	ino := uint32(ev.inode)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, seen := range p.inodes {
+		if seen == ino {
+			return fmt.Errorf("socket inode %d was already attested for another connection: %w", ev.inode, ErrRefused)
+		}
+	}
+	p.inodes[p.nextIno] = ino
+	p.nextIno = (p.nextIno + 1) % inodeRing
+	return nil
+}
+
+// search looks for the connection in the network namespace of pod uid.
+// found is false when the pod has no process (after a scan) or its
+// namespace does not hold the connection; err is for unreadable evidence.
+func (a *Attester) search(ctx context.Context, cs *connState, uid types.UID) (evidence, bool, error) {
+	for attempt := 0; ; attempt++ {
+		p := a.proc(uid)
+		if p == nil {
+			if attempt > 0 {
+				return evidence{}, false, nil
+			}
+			if err := a.rescan(ctx, time.Now()); err != nil {
+				return evidence{}, false, err
+			}
+			continue
+		}
+		ev, found, err := a.searchProc(ctx, cs, uid, p)
+		if errors.Is(err, errGone) && attempt == 0 {
+			a.forget(uid, p)
+			if err := a.rescan(ctx, time.Now()); err != nil {
+				return evidence{}, false, err
+			}
+			continue
+		}
+		if errors.Is(err, errGone) {
+			return evidence{}, false, nil
+		}
+		return ev, found, err
+	}
+}
+
+func (a *Attester) searchProc(ctx context.Context, cs *connState, uid types.UID, p *podProc) (evidence, bool, error) {
+	v6 := cs.client.Addr().Is6()
+	for _, fam := range [2]bool{v6, true} {
+		lines, err := a.table(ctx, p, uid, fam, cs.server, cs.accepted)
+		if err != nil {
+			return evidence{}, false, err
+		}
+		if sl, ok := findSocket(lines, needle(cs.client, cs.server, fam)); ok {
+			return evidence{pid: p.pid, inode: sl.inode}, true, nil
+		}
+		if v6 {
+			break
+		}
+	}
+	return evidence{}, false, nil
+}
+
+// table returns the lines of pod uid's TCP table (IPv6 if v6) whose remote
+// end is server, from a read that started after since. Connections
+// accepted while a read is running share the next one.
+func (a *Attester) table(ctx context.Context, p *podProc, uid types.UID, v6 bool, server netip.AddrPort, since time.Time) ([]byte, error) {
+	srv := string(serverField(server, v6))
+	p.mu.Lock()
+	if c := p.cur; c != nil && c.v6 == v6 && c.server == srv && c.start.After(since) {
+		p.mu.Unlock()
+		return c.wait(ctx)
+	}
+	if c := p.cur; c != nil && c.v6 == v6 && c.server == srv && !c.finished() {
+		if n := p.next; n != nil && n.v6 == v6 && n.server == srv {
+			p.mu.Unlock()
+			return n.wait(ctx)
+		}
+		n := &tableRead{v6: v6, server: srv, done: make(chan struct{})}
+		p.next = n
+		p.mu.Unlock()
+		// Bounded by one table read; n must run even if ctx ends, for
+		// the connections queued on it.
+		<-c.done
+		p.mu.Lock()
+		n.start = time.Now()
+		p.cur, p.next = n, nil
+		p.mu.Unlock()
+		a.run(n, p, uid)
+		return n.wait(ctx)
+	}
+	n := &tableRead{v6: v6, server: srv, start: time.Now(), done: make(chan struct{})}
+	p.cur = n
+	p.mu.Unlock()
+	a.run(n, p, uid)
+	return n.wait(ctx)
+}
+
+func (t *tableRead) finished() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (t *tableRead) wait(ctx context.Context) ([]byte, error) {
+	select {
+	case <-t.done:
+		return t.lines, t.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// run reads the table of p's process, after checking that the process
+// still belongs to pod uid (through the same /proc/<pid> handle, so a
+// reused PID cannot answer for it).
+func (a *Attester) run(t *tableRead, p *podProc, uid types.UID) {
+	defer close(t.done)
+	a.tableSem <- struct{}{}
+	defer func() { <-a.tableSem }()
+	d, err := openProc(a.root, int(p.pid))
+	if err != nil {
+		t.err = err
+		return
+	}
+	defer d.close()
+	var cg [4096]byte
+	b, err := d.readSmall("cgroup", cg[:])
+	if err != nil {
+		t.err = err
+		return
+	}
+	if got := podUIDFromCgroup(b); got != string(uid) {
+		t.err = fmt.Errorf("process %d left pod %s: %w", p.pid, uid, errGone)
+		return
+	}
+	buf := make([]byte, 64<<10)
+	t.lines, t.err = d.readTable(t.v6, []byte(t.server), buf)
+}
+
+// hasAddr reports whether pod uid's namespace has addr as a local address.
+// A pod without a known process cannot hold the connection as far as the
+// kernel can tell: false.
+func (a *Attester) hasAddr(uid types.UID, addr netip.Addr, buf []byte) (bool, error) {
+	p := a.proc(uid)
+	if p == nil {
+		return false, nil
+	}
+	d, err := openProc(a.root, int(p.pid))
+	if errors.Is(err, errGone) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer d.close()
+	has, err := d.hasLocalAddr(addr, buf)
+	if errors.Is(err, errGone) {
+		return false, nil
+	}
+	return has, err
+}
+
+func (a *Attester) proc(uid types.UID) *podProc {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.procs[uid]
+}
+
+func (a *Attester) forget(uid types.UID, p *podProc) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.procs[uid] == p {
+		delete(a.procs, uid)
+	}
+}
+
+// rescan scans /proc unless a scan started after need, waiting first when
+// the last one started less than MinRescanInterval ago.
+func (a *Attester) rescan(ctx context.Context, need time.Time) error {
+	a.scanMu.Lock()
+	defer a.scanMu.Unlock()
+	a.mu.Lock()
+	last := a.lastScan
+	a.mu.Unlock()
+	if last.After(need) {
+		return nil
+	}
+	if wait := a.minRescan - time.Since(last); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	_, err := a.scan()
+	return err
+}
+
+// scan rebuilds the per-pod cache from /proc, keeping only pods the
+// informer serves now (so the cache never outgrows the informer's pods).
+// It returns how many processes it read.
+func (a *Attester) scan() (int, error) {
+	a.mu.Lock()
+	a.lastScan = time.Now()
+	a.mu.Unlock()
+	a.m.scans.Inc()
+	live := a.pods.LivePods()
+	known := make(map[string]types.UID, len(live))
+	for _, p := range live {
+		known[string(p.UID)] = p.UID
+	}
+	found, procs, err := scanProc(a.root, func(raw string) (types.UID, bool) {
+		uid, ok := known[raw]
+		return uid, ok
+	})
+	if err != nil {
+		return 0, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	next := make(map[types.UID]*podProc, len(found))
+	for uid, pid := range found {
+		old := a.procs[uid]
+		switch {
+		case old != nil && old.pid == pid:
+			next[uid] = old
+		case old != nil:
+			p := &podProc{pid: pid}
+			old.mu.Lock()
+			p.inodes, p.nextIno = old.inodes, old.nextIno
+			old.mu.Unlock()
+			next[uid] = p
+		default:
+			next[uid] = &podProc{pid: pid}
+		}
+	}
+	a.procs = next
+	return procs, nil
+}

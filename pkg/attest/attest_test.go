@@ -1,0 +1,236 @@
+package attest
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+func newAttester(t testing.TB, inf *fakeInformer) (*Attester, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	a, err := New(Config{Resolver: inf, Pods: inf, Registerer: reg, MinRescanInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, reg
+}
+
+func results(a *Attester) map[string]float64 {
+	m := map[string]float64{}
+	for _, r := range []string{ResultAttested, ResultCorrected, ResultRefused, ResultUnavailable} {
+		m[r] = testutil.ToFloat64(a.m.results.WithLabelValues(r))
+	}
+	return m
+}
+
+func want(t *testing.T, a *Attester, attested, corrected, refused, unavailable float64) {
+	t.Helper()
+	got := results(a)
+	exp := map[string]float64{ResultAttested: attested, ResultCorrected: corrected, ResultRefused: refused, ResultUnavailable: unavailable}
+	for k, v := range exp {
+		if got[k] != v {
+			t.Errorf("credbroker_attest_total{result=%q} = %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+}
+
+var (
+	ipA   = netip.MustParseAddr("10.250.0.2")
+	ipB   = netip.MustParseAddr("10.250.0.3")
+	ipN   = netip.MustParseAddr("10.250.0.5")
+	ip6A  = netip.MustParseAddr("fd00:250::2")
+	srv6  = netip.MustParseAddr("fd00:250::1")
+	srv4  = netip.MustParseAddr("10.250.0.1")
+	ctrID = "0123456789abcdef"
+)
+
+// TestKernel covers the outcomes on the real kernel. Pod A holds ipA (and
+// a duplicate of ipB, to which the agent does not route); pod B holds
+// ipB; namespace N holds ipN and is no pod.
+func TestKernel(t *testing.T) {
+	l := newLab(t)
+	inf := &fakeInformer{}
+	uidA, uidB := randUID(t), randUID(t)
+	podA := inf.add("a", uidA, ipA, ip6A)
+	podB := inf.add("b", uidB, ipB)
+	nsA := l.netns([]netip.Addr{ipA, ipB, ip6A}, []bool{true, false, true})
+	nsB := l.netns([]netip.Addr{ipB}, []bool{true})
+	nsN := l.netns([]netip.Addr{ipN}, []bool{true})
+	l.process(nsA, uidA, ctrID)
+	l.process(nsB, uidB, ctrID)
+	l.process(nsN, "", "")
+	a, _ := newAttester(t, inf)
+	if st := a.Check(context.Background()); !st.Available || st.PodsWithProcess != 2 {
+		t.Fatalf("Check = %+v, want available with 2 pods with a process", st)
+	}
+
+	t.Run("attested, once per connection", func(t *testing.T) {
+		_, conn := l.dial(nsA, srv4)
+		ctx := WithConn(context.Background(), conn)
+		before := results(a)[ResultAttested]
+		for range 3 {
+			got, err := a.Resolve(ctx, ipA)
+			if err != nil || got.UID != uidA {
+				t.Fatalf("Resolve = %v, %v; want pod A", got.Name, err)
+			}
+		}
+		if n := results(a)[ResultAttested] - before; n != 1 {
+			t.Errorf("attested %v times over 3 requests on one connection, want 1", n)
+		}
+	})
+
+	t.Run("attested over IPv6", func(t *testing.T) {
+		_, conn := l.dial(nsA, srv6)
+		got, err := a.Resolve(WithConn(context.Background(), conn), ip6A)
+		if err != nil || got.UID != uidA {
+			t.Fatalf("Resolve = %v, %v; want pod A", got.Name, err)
+		}
+	})
+
+	t.Run("corrected: a duplicate address, the informer stale", func(t *testing.T) {
+		// The informer still gives ipB to pod A (whose namespace also has
+		// it); the agent's route sends ipB to B, whose socket it is.
+		inf.say(ipB, podA)
+		defer inf.say(ipB, podB)
+		_, conn := l.dial(nsB, srv4)
+		before := results(a)
+		got, err := a.Resolve(WithConn(context.Background(), conn), ipB)
+		if err != nil || got.UID != uidB {
+			t.Fatalf("Resolve = %v, %v; want pod B (the kernel's), never A", got.Name, err)
+		}
+		if n := results(a)[ResultCorrected] - before[ResultCorrected]; n != 1 {
+			t.Errorf("corrected += %v, want 1", n)
+		}
+	})
+
+	t.Run("refused: a namespace that is no pod", func(t *testing.T) {
+		inf.say(ipN, podA)
+		_, conn := l.dial(nsN, srv4)
+		before := results(a)
+		got, err := a.Resolve(WithConn(context.Background(), conn), ipN)
+		if !errors.Is(err, ErrRefused) || got.UID != "" {
+			t.Fatalf("Resolve = %q, %v; want ErrRefused and no pod", got.Name, err)
+		}
+		if n := results(a)[ResultRefused] - before[ResultRefused]; n != 1 {
+			t.Errorf("refused += %v, want 1", n)
+		}
+	})
+
+	t.Run("refused: no connection in the context", func(t *testing.T) {
+		_, err := a.Resolve(context.Background(), ipA)
+		if !errors.Is(err, ErrRefused) {
+			t.Fatalf("Resolve without a connection = %v, want ErrRefused", err)
+		}
+	})
+
+	t.Run("refused: a second connection on an attested socket", func(t *testing.T) {
+		// A forger that reset the agent's end of A's idle connection and
+		// opened a new one on the same 4-tuple: the kernel shows A's old
+		// socket, which was already attested for the first connection.
+		_, conn := l.dial(nsA, srv4)
+		if _, err := a.Resolve(WithConn(context.Background(), conn), ipA); err != nil {
+			t.Fatal(err)
+		}
+		_, err := a.Resolve(WithConn(context.Background(), conn), ipA)
+		if !errors.Is(err, ErrRefused) {
+			t.Fatalf("second connection on one socket: %v, want ErrRefused", err)
+		}
+	})
+
+	t.Run("a deleted pod is not served on its attested connection", func(t *testing.T) {
+		_, conn := l.dial(nsB, srv4)
+		ctx := WithConn(context.Background(), conn)
+		if _, err := a.Resolve(ctx, ipB); err != nil {
+			t.Fatal(err)
+		}
+		inf.remove(uidB)
+		defer inf.add("b", uidB, ipB)
+		got, err := a.Resolve(ctx, ipB)
+		if err == nil || got.UID != "" {
+			t.Fatalf("after delete: %q, %v; want an error", got.Name, err)
+		}
+	})
+
+	t.Run("the pod's process replaced: found by a rescan", func(t *testing.T) {
+		a.mu.Lock()
+		old := a.procs[uidA].pid
+		a.mu.Unlock()
+		if err := syscall.Kill(int(old), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, int(old))
+		newPid := l.process(nsA, uidA, "fedcba9876543210")
+		_, conn := l.dial(nsA, srv4)
+		got, err := a.Resolve(WithConn(context.Background(), conn), ipA)
+		if err != nil || got.UID != uidA {
+			t.Fatalf("Resolve = %v, %v; want pod A", got.Name, err)
+		}
+		a.mu.Lock()
+		pid := a.procs[uidA].pid
+		a.mu.Unlock()
+		if int(pid) != newPid {
+			t.Errorf("cached pid %d, want the new process %d", pid, newPid)
+		}
+	})
+}
+
+func waitGone(t *testing.T, pid int) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat")
+		if err != nil || strings.Contains(string(b), ") Z ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still running", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestCheckNoVisibleProcess: pods the informer knows, none with a process
+// under a cgroup named after it (a sandboxed runtime): unavailable, said at
+// start.
+func TestCheckNoVisibleProcess(t *testing.T) {
+	needRoot(t)
+	inf := &fakeInformer{}
+	inf.add("x", randUID(t), ipA)
+	a, _ := newAttester(t, inf)
+	st := a.Check(context.Background())
+	if st.Available || !strings.Contains(st.Detail, "none of the 1 running pods") {
+		t.Fatalf("Check = %+v, want unavailable naming the invisible pods", st)
+	}
+	if v := testutil.ToFloat64(a.m.available); v != 0 {
+		t.Errorf("credbroker_attest_available = %v, want 0", v)
+	}
+}
+
+// TestNoConnectionRefusedWithoutKernel: a request without a connection in
+// its context is refused before anything is read.
+func TestNoConnectionRefusedWithoutKernel(t *testing.T) {
+	inf := &fakeInformer{}
+	p := inf.add("x", "uid-x", ipA)
+	a, _ := newAttester(t, inf)
+	got, err := a.Resolve(context.Background(), ipA)
+	if !errors.Is(err, ErrRefused) || got.UID != "" {
+		t.Fatalf("Resolve = %v, %v; want ErrRefused, never %s", got, err, p.Name)
+	}
+	if inf.calls != 0 {
+		t.Errorf("informer asked %d times, want 0", inf.calls)
+	}
+	_ = podresolve.Pod{}
+}
