@@ -187,6 +187,13 @@ patches:
         path: /spec/template/spec/containers/0/args/-
         value: --sts-endpoint=%s
 `, base, components, w.sts.URL())
+	if m := os.Getenv("CREDBROKER_NODE_ATTEST"); m != "" {
+		// The last --attest wins over the base's.
+		k += fmt.Sprintf(`      - op: add
+        path: /spec/template/spec/containers/0/args/-
+        value: --attest=%s
+`, m)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return err
 	}
@@ -194,6 +201,16 @@ patches:
 		return err
 	}
 	return nil
+}
+
+// attestMode is the agent's --attest: the base's netns, unless
+// CREDBROKER_NODE_ATTEST overrides it (off shows what the attest tests
+// catch).
+func (w *world) attestMode() string {
+	if m := os.Getenv("CREDBROKER_NODE_ATTEST"); m != "" {
+		return m
+	}
+	return "netns"
 }
 
 // waitRollout waits until the DaemonSet's rollout is complete: every pod
