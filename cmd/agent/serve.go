@@ -69,6 +69,7 @@ type serveConfig struct {
 	// credential listeners serve (pkg/nodetaint); empty: none.
 	removeStartupTaint string
 	recordEvents       bool
+	attest             attestConfig
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
@@ -110,6 +111,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	c.gcp.register(fs)
 	c.azure.register(fs)
 	c.podToken.register(fs)
+	c.attest.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -140,6 +142,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		return c, errors.New("--sts-region (or $AWS_REGION) or --sts-endpoint is required")
 	}
 	if err := c.guard.validate(); err != nil {
+		return c, err
+	}
+	if err := c.attest.validate(); err != nil {
 		return c, err
 	}
 	return c, nil
@@ -210,6 +215,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	bcfg.Registerer, bcfg.Logger = reg, grd.brokerLogger()
+	att, err := newAttestation(cfg.attest, resolver, reg, slog.New(grd.logs))
+	if err != nil {
+		return err
+	}
+	bcfg.Resolver = att.resolver(resolver)
 	if cfg.recordEvents {
 		events := record.NewBroadcaster(record.WithContext(ctx))
 		events.StartRecordingToSink(client.EventSink())
@@ -248,7 +258,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		credHandler = withMetadataFlavor(credHandler)
 	}
 	credServer := newCredentialServer(credHandler, log)
-	probeServer := newOpsServer(probeHandler(ready))
+	credServer.ConnContext = att.connContext()
+	probeServer := newOpsServer(att.probe(probeHandler(ready)))
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if cfg.enablePprof {
@@ -296,6 +307,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// lists decoded, a fetch per pod); hand what it no longer uses back to
 	// the node now rather than over minutes of background scavenging.
 	debug.FreeOSMemory()
+	att.check(gctx)
 	credListeners, err := listenAll(gctx, cfg.listen, log)
 	if err != nil {
 		stopWork()

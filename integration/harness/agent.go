@@ -117,6 +117,11 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		"--sts-region=" + cfg.STSRegion,
 		"--log-format=json",
 		"--log-level=" + cfg.LogLevel,
+		// The harness's pods are network namespaces with no pod cgroup,
+		// so the kernel could place no connection in any pod. Tests of
+		// attestation pass --attest=netns in ExtraArgs (the last one
+		// wins) and put their pods' processes in pod<uid> cgroups.
+		"--attest=off",
 	}, cfg.ExtraArgs...)
 	env := append([]string{"PATH=" + os.Getenv("PATH")}, cfg.Env...)
 	a.Process, err = StartProcess(cfg.Name, filepath.Join(cfg.Dir, "logs", cfg.Name+".log"), env, cfg.Binary, args...)

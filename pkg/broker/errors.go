@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/credbroker/agent/pkg/attest"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -106,6 +107,12 @@ func Classify(err error) Failure {
 			Message: "the identity provider refused this pod's ServiceAccount for the identity (" + code + "); retrying for a while in case the identity or its trust policy was just created, then this becomes final: check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)"}
 	case errors.As(err, &refusal):
 		return Failure{Class: Refused, Code: refusal.Code, Message: refusal.Message}
+	case errors.Is(err, attest.ErrRefused):
+		return Failure{Class: Unavailable, Code: CodePodNotIdentified, RetryAfter: time.Second,
+			Message: "the node's kernel does not place this connection in the network namespace of the pod that has the caller's address (or of any pod on this node); retry once the agent's view of the node's pods catches up"}
+	case errors.Is(err, attest.ErrUnavailable):
+		return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+			Message: "the agent could not read the node's kernel evidence of which pod this connection comes from; retry later"}
 	case errors.Is(err, podresolve.ErrHostAddress):
 		return Failure{Class: Refused, Code: CodeHostNetwork,
 			Message: "the caller's address belongs to the node: host-network pods and node processes share it, so they cannot be identified and get no credentials"}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/agent/pkg/attest"
+	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// Attestation modes (--attest).
+const (
+	attestNetns = "netns"
+	attestOff   = "off"
+)
+
+// attestConfig is the command line of kernel attestation (pkg/attest).
+type attestConfig struct {
+	mode     string
+	procRoot string
+}
+
+func (c *attestConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.mode, "attest", attestNetns,
+		"netns: the node's kernel must show each connection in the network namespace of the pod it is served as (needs hostPID: true and no capability); off: the pod informer's addresses alone decide")
+	fs.StringVar(&c.procRoot, "proc-root", attest.DefaultProcRoot, "where the host's procfs is mounted (for --attest=netns)")
+}
+
+func (c attestConfig) validate() error {
+	switch c.mode {
+	case attestNetns, attestOff:
+	default:
+		return fmt.Errorf("--attest=%q: want %s or %s", c.mode, attestNetns, attestOff)
+	}
+	if c.procRoot == "" {
+		return fmt.Errorf("--proc-root must not be empty")
+	}
+	return nil
+}
+
+// attestation is the agent's attester, or nil with --attest=off; every
+// method is a no-op on nil.
+type attestation struct {
+	a *attest.Attester
+}
+
+// newAttestation decorates res with kernel attestation when it is on. log
+// is the per-address limited logger (one line per attested connection).
+func newAttestation(cfg attestConfig, res *podresolve.Resolver, reg prometheus.Registerer, log *slog.Logger) (*attestation, error) {
+	if cfg.mode == attestOff {
+		return nil, nil
+	}
+	a, err := attest.New(attest.Config{Resolver: res, Pods: res, ProcRoot: cfg.procRoot, Registerer: reg,
+		Logger: log.With("component", "attest"), AddrKey: broker.LogKeyRemoteAddr})
+	if err != nil {
+		return nil, err
+	}
+	return &attestation{a: a}, nil
+}
+
+// resolver is what the broker resolves callers with.
+func (at *attestation) resolver(res *podresolve.Resolver) broker.PodResolver {
+	if at == nil {
+		return res
+	}
+	return at.a
+}
+
+// connContext is the credential server's ConnContext: each connection's
+// requests carry it, to be attested once.
+func (at *attestation) connContext() func(context.Context, net.Conn) context.Context {
+	if at == nil {
+		return nil
+	}
+	return attest.WithConn
+}
+
+// check runs the start-up check, once the informer has synced: a node where
+// attestation cannot work is said so now, not at the first request.
+func (at *attestation) check(ctx context.Context) {
+	if at != nil {
+		at.a.Check(ctx)
+	}
+}
+
+// probe answers /readyz with 503 and the reason while the start-up check
+// says attestation cannot work here (every request would be refused).
+func (at *attestation) probe(next http.Handler) http.Handler {
+	if at == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			if st := at.a.LastStatus(); st != nil && !st.Available {
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, "not ready: --attest=netns cannot work on this node: "+st.Detail+"\n")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
