@@ -70,6 +70,7 @@ type serveConfig struct {
 	removeStartupTaint string
 	recordEvents       bool
 	attest             attestConfig
+	nodeRestricted     nodeRestrictMode
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
@@ -112,6 +113,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	c.azure.register(fs)
 	c.podToken.register(fs)
 	c.attest.register(fs)
+	registerNodeRestrict(fs, &c.nodeRestricted)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -168,7 +170,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	client, err := kubeClient(cfg)
+	if w := cfg.gcp.lifetimeWarning(); w != "" {
+		log.Warn(w)
+	}
+	rc, err := kubeRESTConfig(cfg)
+	if err != nil {
+		return err
+	}
+	client, nodeRestricted, err := connectKube(ctx, cfg, rc, log)
 	if err != nil {
 		return err
 	}
@@ -184,6 +193,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(nodeRestrictedGauge(nodeRestricted))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credbroker_pods_indexed", Help: "Live pods on this node indexed by address.",
 	}, func() float64 { return float64(resolver.Len()) }))
@@ -246,20 +256,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	routes, err := surfaces(brk, cfg.gcp, cfg.azure, cfg.podToken)
+	credHandler, err := surfaces(brk, grd, cfg.gcp, cfg.azure, cfg.podToken)
 	if err != nil {
 		return err
-	}
-	credHandler, err := grd.handler(routes)
-	if err != nil {
-		return err
-	}
-	if cfg.gcp.enabled() {
-		credHandler = withMetadataFlavor(credHandler)
 	}
 	credServer := newCredentialServer(credHandler, log)
 	credServer.ConnContext = att.connContext()
-	probeServer := newOpsServer(att.probe(probeHandler(ready)))
+	probeServer := newOpsServer(att.probe(probeHandler(ready, nodeRestricted.detail(cfg.nodeName))))
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if cfg.enablePprof {
@@ -404,7 +407,7 @@ func shutdownBeforeServing(probe, metrics *http.Server, stopWork context.CancelF
 	return g.Wait()
 }
 
-func kubeClient(cfg serveConfig) (*kube.Client, error) {
+func kubeRESTConfig(cfg serveConfig) (*rest.Config, error) {
 	var rc *rest.Config
 	var err error
 	if cfg.kubeconfig != "" {
@@ -420,34 +423,42 @@ func kubeClient(cfg serveConfig) (*kube.Client, error) {
 	// Protobuf halves the bytes of the pod watch compared with JSON.
 	rc.ContentType = "application/vnd.kubernetes.protobuf"
 	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-	client, err := kube.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("building Kubernetes client: %w", err)
-	}
-	return client, nil
+	return rc, nil
 }
 
 // surfaces routes each request to the wire surface that owns its path:
 // the GCE metadata server's "/" and /computeMetadata/ tree when GCP is on,
-// the container-credentials API otherwise.
-func surfaces(b *broker.Broker, gcp gcpConfig, az azureConfig, podToken podTokenConfig) (http.Handler, error) {
-	aws := awscreds.New(b)
+// the container-credentials API otherwise. Each surface has its own request
+// guard (its error format, its header rules; one budget per address).
+func surfaces(b *broker.Broker, grd *guards, gcp gcpConfig, az azureConfig, podToken podTokenConfig) (http.Handler, error) {
+	aws, err := grd.surface(grd.awsRules(), awscreds.New(b))
+	if err != nil {
+		return nil, err
+	}
 	var gce, azureTokens, tokens http.Handler
 	if gcp.enabled() {
-		var err error
-		if gce, err = gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
-			NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes}); err != nil {
+		h, err := gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
+			NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes})
+		if err != nil {
 			return nil, fmt.Errorf("GCE metadata surface: %w", err)
+		}
+		if gce, err = grd.surface(gcemetadata.GuardRules(), h); err != nil {
+			return nil, err
 		}
 	}
 	if az.enabled() {
-		var err error
-		if azureTokens, err = azureidentity.New(azureidentity.Config{Broker: b, IdentityHeader: az.identityHeader}); err != nil {
+		h, err := azureidentity.New(azureidentity.Config{Broker: b, IdentityHeader: az.identityHeader})
+		if err != nil {
 			return nil, fmt.Errorf("Azure managed-identity surface: %w", err)
+		}
+		if azureTokens, err = grd.surface(azureidentity.GuardRules(), h); err != nil {
+			return nil, err
 		}
 	}
 	if podToken.enabled() {
-		tokens = podtoken.New(b)
+		if tokens, err = grd.surface(podtoken.GuardRules(), podtoken.New(b)); err != nil {
+			return nil, err
+		}
 	}
 	if gce == nil && azureTokens == nil && tokens == nil {
 		return aws, nil
@@ -469,19 +480,6 @@ func surfaces(b *broker.Broker, gcp gcpConfig, az azureConfig, podToken podToken
 
 // isGCEPath reports whether p belongs to the GCE metadata server's tree.
 func isGCEPath(p string) bool { return p == "/" || strings.HasPrefix(p, "/computeMetadata") }
-
-// withMetadataFlavor puts Metadata-Flavor: Google on every answer on a GCE
-// path, the guard's refusals (429, 400) included: Node's gcp-metadata
-// rejects an answer without it, whatever its status.
-func withMetadataFlavor(next http.Handler) http.Handler {
-	flavor := []string{"Google"}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isGCEPath(r.URL.Path) {
-			w.Header()["Metadata-Flavor"] = flavor
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 // listenAll binds every address it can. An address the node does not have
 // (no IPv6, or the init step has not put the address on yet) is skipped
@@ -538,7 +536,9 @@ func newOpsServer(h http.Handler) *http.Server {
 	}
 }
 
-func probeHandler(ready func() bool) http.Handler {
+// probeHandler serves /healthz and /readyz; details are lines /readyz
+// adds after "ok" (the node-restricted mode).
+func probeHandler(ready func() bool, details ...string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
@@ -549,6 +549,9 @@ func probeHandler(ready func() bool) http.Handler {
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")
+		for _, d := range details {
+			_, _ = io.WriteString(w, d+"\n")
+		}
 	})
 	return mux
 }

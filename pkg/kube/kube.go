@@ -39,7 +39,12 @@ func init() {
 // client-go's typed clients, so callers see the same List, Watch, Get and
 // Patch as with the generated clientset.
 type Client struct {
-	rest rest.Interface
+	rest  rest.Interface // core/v1, as the agent itself
+	authn rest.Interface // authentication.k8s.io/v1, as the agent itself
+	// node, when set (NewNodeRestricted), is core/v1 as the agent's node:
+	// pod reads, TokenRequests and Events go through it.
+	node     rest.Interface
+	nodeName string
 }
 
 // NewForConfig builds a Client. cfg is copied; its content type settings
@@ -57,12 +62,21 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building core/v1 REST client: %w", err)
 	}
-	return &Client{rest: rc}, nil
+	a := rest.CopyConfig(c)
+	agv := authenticationv1.SchemeGroupVersion
+	a.GroupVersion = &agv
+	a.APIPath = "/apis"
+	ac, err := rest.RESTClientFor(a)
+	if err != nil {
+		return nil, fmt.Errorf("building authentication/v1 REST client: %w", err)
+	}
+	return &Client{rest: rc, authn: ac}, nil
 }
 
-// Pods lists and watches the pods of every namespace.
+// Pods lists and watches the pods of every namespace; as the node, only
+// with the field selector spec.nodeName=<node>.
 func (c *Client) Pods() *gentype.ClientWithList[*corev1.Pod, *corev1.PodList] {
-	return gentype.NewClientWithList("pods", c.rest, parameterCodec, metav1.NamespaceAll,
+	return gentype.NewClientWithList("pods", c.asNode(), parameterCodec, metav1.NamespaceAll,
 		func() *corev1.Pod { return &corev1.Pod{} },
 		func() *corev1.PodList { return &corev1.PodList{} },
 		gentype.PrefersProtobuf[*corev1.Pod]())
@@ -76,14 +90,14 @@ func (c *Client) Nodes() *gentype.Client[*corev1.Node] {
 }
 
 // ServiceAccounts lists and watches the ServiceAccounts of every namespace
-// and asks for their tokens.
+// and asks for their tokens (as the node, when node-restricted).
 func (c *Client) ServiceAccounts() *ServiceAccounts {
 	return &ServiceAccounts{
 		ClientWithList: gentype.NewClientWithList("serviceaccounts", c.rest, parameterCodec, metav1.NamespaceAll,
 			func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
 			func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} },
 			gentype.PrefersProtobuf[*corev1.ServiceAccount]()),
-		rest: c.rest,
+		rest: c.asNode(),
 	}
 }
 
@@ -91,7 +105,7 @@ func (c *Client) ServiceAccounts() *ServiceAccounts {
 // the token subresource.
 type ServiceAccounts struct {
 	*gentype.ClientWithList[*corev1.ServiceAccount, *corev1.ServiceAccountList]
-	rest rest.Interface
+	rest rest.Interface // for TokenRequests
 }
 
 // CreateToken posts a TokenRequest for the ServiceAccount namespace/name,
@@ -116,8 +130,9 @@ func (s *ServiceAccounts) CreateToken(ctx context.Context, namespace, name strin
 func Scheme() *runtime.Scheme { return scheme }
 
 // EventSink writes Events for client-go's event broadcaster
-// (k8s.io/client-go/tools/record), in the namespace of each Event.
-func (c *Client) EventSink() *EventSink { return &EventSink{rest: c.rest} }
+// (k8s.io/client-go/tools/record), in the namespace of each Event (as the
+// node, when node-restricted: the Node authorizer lets nodes write Events).
+func (c *Client) EventSink() *EventSink { return &EventSink{rest: c.asNode()} }
 
 // EventSink is a record.EventSink over the core/v1 events API.
 type EventSink struct{ rest rest.Interface }
