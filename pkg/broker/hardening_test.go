@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/util/workqueue"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/pkg/exchange"
@@ -42,6 +43,8 @@ func newRealResolverEnv(t *testing.T) *realResolverEnv {
 		r, err = podresolve.New(podresolve.Config{
 			Pods: kubetest.Pods(c.ServiceAccounts.(kubetest.ServiceAccountClient).Clientset()), NodeName: testNode, WaitForPod: -1,
 			HostAddrs: func() ([]netip.Addr, error) { return nil, nil },
+			// The env's fake clock also ends deletion grace periods.
+			Clock: c.Clock.(*clocktesting.FakeClock),
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -46,8 +46,9 @@ type Listener interface {
 	// resolvable (with no PodGone before: it is the same pod).
 	PodReady(Pod)
 	// PodGone is called when a pod stops being resolvable: deleted,
-	// terminal, being deleted, left without IPs, or one of its IPs given to
-	// another pod. It is only called for a pod that had a PodReady, and the
+	// terminal, at the end of its deletion grace period, left without IPs,
+	// or one of its IPs claimed by another pod. (The start of a pod's
+	// deletion is no event: it is served through its grace period.) It is only called for a pod that had a PodReady, and the
 	// same pod may have a PodReady again later.
 	PodGone(Pod)
 }

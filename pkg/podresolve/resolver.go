@@ -14,8 +14,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 )
 
 // Log attribute keys.
@@ -59,14 +61,18 @@ type Config struct {
 	// starts, every minute, and on an unknown address at most once a
 	// second.
 	HostAddrs func() ([]netip.Addr, error)
+	// Clock ends deletion grace periods: a pod being deleted is served
+	// until its deletionTimestamp on this clock. Default: the real clock.
+	Clock clock.WithDelayedExecution
 }
 
 // Resolver maps source addresses to the pods on this node. Create it with
 // New, register listeners, then call Run.
 type Resolver struct {
-	node string
-	wait time.Duration
-	log  *slog.Logger
+	node  string
+	wait  time.Duration
+	log   *slog.Logger
+	clock clock.WithDelayedExecution
 
 	informer cache.SharedIndexInformer
 	reg      cache.ResourceEventHandlerRegistration
@@ -82,6 +88,19 @@ type Resolver struct {
 	// changed is closed, and replaced, whenever idx changes; await
 	// selects on it. Guarded by mu.
 	changed chan struct{}
+	// graceTimers holds one timer per pod in its deletion grace period
+	// that is still served (so at most one per pod on the node); each
+	// ends that pod's grace period. Guarded by mu.
+	graceTimers map[podKey]graceTimer
+	// stopped is set when Run returns: no timer is armed after it.
+	// Guarded by mu.
+	stopped bool
+
+	// deliver serializes changes to the index with the listener calls
+	// they cause, so that listeners hear one pod's events in order even
+	// when a grace timer and the informer act at once. It is taken before
+	// mu and never held by Resolve.
+	deliver sync.Mutex
 
 	// testHookHandled, when set, runs after each informer event has been
 	// applied and its listeners called.
@@ -101,11 +120,16 @@ func New(cfg Config) (*Resolver, error) {
 		return nil, errors.New("podresolve: Config.NodeName is required")
 	}
 	r := &Resolver{
-		node:    cfg.NodeName,
-		wait:    cfg.WaitForPod,
-		log:     cfg.Logger,
-		idx:     newIndex(),
-		changed: make(chan struct{}),
+		node:        cfg.NodeName,
+		wait:        cfg.WaitForPod,
+		log:         cfg.Logger,
+		clock:       cfg.Clock,
+		idx:         newIndex(),
+		changed:     make(chan struct{}),
+		graceTimers: make(map[podKey]graceTimer),
+	}
+	if r.clock == nil {
+		r.clock = clock.RealClock{}
 	}
 	if r.wait == 0 {
 		r.wait = DefaultWaitForPod
@@ -185,6 +209,13 @@ func (r *Resolver) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	wg.Wait()
+	r.mu.Lock()
+	r.stopped = true
+	for key, gt := range r.graceTimers {
+		gt.timer.Stop()
+		delete(r.graceTimers, key)
+	}
+	r.mu.Unlock()
 	return nil
 }
 
@@ -319,15 +350,81 @@ func (r *Resolver) handleDelete(obj any) {
 }
 
 func (r *Resolver) apply(key podKey, next *entry, initial bool) {
+	r.deliver.Lock()
+	defer r.deliver.Unlock()
+	now := r.clock.Now()
 	r.mu.Lock()
-	evs, changed := r.idx.set(key, next, initial, nil)
+	evs, changed := r.idx.set(key, next, initial, now, nil)
+	r.afterChangeLocked(key, evs, changed, now)
+	r.mu.Unlock()
+	r.notify(evs)
+	if r.testHookHandled != nil {
+		r.testHookHandled()
+	}
+}
+
+// expire ends the grace period of the pod at key, on its timer.
+func (r *Resolver) expire(key podKey, uid types.UID, deadline time.Time) {
+	r.deliver.Lock()
+	defer r.deliver.Unlock()
+	r.mu.Lock()
+	evs, changed := r.idx.expire(key, uid, deadline, nil)
+	// The timer fired: no need to read the clock (a fake clock runs
+	// this while it steps).
+	r.afterChangeLocked(key, evs, changed, deadline)
+	r.mu.Unlock()
+	r.notify(evs)
+}
+
+// afterChangeLocked wakes waiters and arms or stops the grace timers of
+// the pod at key and of the pods evs are about (a pod being deleted ends
+// when another claims its address). r.mu must be held.
+func (r *Resolver) afterChangeLocked(key podKey, evs []event, changed bool, now time.Time) {
 	if changed {
 		close(r.changed)
 		r.changed = make(chan struct{})
 	}
-	r.mu.Unlock()
+	r.syncTimerLocked(key, now)
+	for _, ev := range evs {
+		if k := (podKey{namespace: ev.pod.Namespace, name: ev.pod.Name}); k != key {
+			r.syncTimerLocked(k, now)
+		}
+	}
+}
 
-	// Listeners run outside the lock so they may call Resolve.
+// syncTimerLocked arms the grace timer of the pod at key if it is served
+// in its grace period, and stops it otherwise. r.mu must be held.
+func (r *Resolver) syncTimerLocked(key podKey, now time.Time) {
+	e := r.idx.byKey[key]
+	want := e != nil && e.terminating() && !e.ended && !r.stopped
+	gt, armed := r.graceTimers[key]
+	if armed && want && gt.uid == e.pod.UID && gt.deadline.Equal(e.deadline) {
+		return
+	}
+	if armed {
+		gt.timer.Stop()
+		delete(r.graceTimers, key)
+	}
+	if !want {
+		return
+	}
+	uid, deadline := e.pod.UID, e.deadline
+	r.graceTimers[key] = graceTimer{uid: uid, deadline: deadline,
+		// On its own goroutine: a fake clock calls this while it steps,
+		// holding a lock that arming a timer takes.
+		timer: r.clock.AfterFunc(deadline.Sub(now), func() { go r.expire(key, uid, deadline) })}
+}
+
+// graceTimer ends one pod's deletion grace period.
+type graceTimer struct {
+	uid      types.UID
+	deadline time.Time
+	timer    clock.Timer
+}
+
+// notify calls the listeners for evs, outside r.mu so they may call
+// Resolve.
+func (r *Resolver) notify(evs []event) {
 	var ls []Listener
 	if p := r.listeners.Load(); p != nil {
 		ls = *p
@@ -342,17 +439,23 @@ func (r *Resolver) apply(key podKey, next *entry, initial bool) {
 			}
 		case eventGone:
 			if ev.by.UID != "" {
-				log.Info("pod's address taken by a newer pod; it will not be served again",
-					logKeyIPs, ev.pod.IPs, "newNamespace", ev.by.Namespace, "newPod", ev.by.Name, "newUID", ev.by.UID)
-			} else {
+				log = log.With("newNamespace", ev.by.Namespace, "newPod", ev.by.Name, "newUID", ev.by.UID)
+			}
+			switch ev.why {
+			case goneDisplaced:
+				log.Info("another pod newly claims this pod's address; this pod is not served until it reports new addresses",
+					logKeyIPs, ev.pod.IPs)
+			case goneTaken:
+				log.Info("pod being deleted lost its address to another pod; it will not be served again",
+					logKeyIPs, ev.pod.IPs)
+			case goneExpired:
+				log.Debug("pod's deletion grace period ended")
+			default:
 				log.Debug("pod left the index")
 			}
 			for _, l := range ls {
 				l.PodGone(ev.pod)
 			}
 		}
-	}
-	if r.testHookHandled != nil {
-		r.testHookHandled()
 	}
 }

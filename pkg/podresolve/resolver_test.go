@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
 )
@@ -75,8 +76,15 @@ func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Ph
 func uid(u string) podOpt             { return func(p *corev1.Pod) { p.UID = types.UID(u) } }
 func onNode(n string) podOpt          { return func(p *corev1.Pod) { p.Spec.NodeName = n } }
 func hostNet() podOpt                 { return func(p *corev1.Pod) { p.Spec.HostNetwork = true } }
-func deleting() podOpt {
-	return func(p *corev1.Pod) { ts := metav1.NewTime(t0.Add(time.Hour)); p.DeletionTimestamp = &ts }
+
+// deleting marks a pod as being deleted with its grace period ending an
+// hour after t0 (the harness's clock starts at t0).
+func deleting() podOpt { return deletingUntil(t0.Add(time.Hour)) }
+
+// deletingUntil marks a pod as being deleted with its grace period ending
+// at deadline (its deletionTimestamp).
+func deletingUntil(deadline time.Time) podOpt {
+	return func(p *corev1.Pod) { ts := metav1.NewTime(deadline); p.DeletionTimestamp = &ts }
 }
 func createdAfter(d time.Duration) podOpt {
 	return func(p *corev1.Pod) { p.CreationTimestamp = metav1.NewTime(t0.Add(d)) }
@@ -108,6 +116,7 @@ func (rec *recorder) take() []string {
 // clientset.
 type harness struct {
 	client  *fake.Clientset
+	clock   *clocktesting.FakeClock
 	r       *Resolver
 	rec     *recorder
 	handled atomic.Int64
@@ -140,6 +149,7 @@ func newHarness(t testing.TB, o harnessOpts, objs ...*corev1.Pod) *harness {
 	}
 	h := &harness{
 		client:  fake.NewClientset(robjs...),
+		clock:   clocktesting.NewFakeClock(t0),
 		rec:     &recorder{},
 		wake:    make(chan struct{}, 1),
 		watches: make(chan struct{}, 10),
@@ -167,6 +177,7 @@ func newHarness(t testing.TB, o harnessOpts, objs ...*corev1.Pod) *harness {
 		Pods:       kubetest.Pods(h.client),
 		NodeName:   testNode,
 		WaitForPod: o.wait,
+		Clock:      h.clock,
 		HostAddrs: func() ([]netip.Addr, error) {
 			h.hostReads.Add(1)
 			if h.hostErr.Load() {
@@ -390,13 +401,19 @@ func TestResolve(t *testing.T) {
 		initial: []*corev1.Pod{mkPod("elsewhere", onNode("node-b"), ips("10.0.0.5"))},
 		want:    []want{{ip: "10.0.0.5", err: ErrNotFound}},
 	}, {
-		name: "terminal and deleting pods are not indexed",
+		name: "terminal pods and pods past their deletion grace period are not indexed",
 		initial: []*corev1.Pod{
 			mkPod("s", phase(corev1.PodSucceeded), ips("10.0.0.1")),
 			mkPod("f", phase(corev1.PodFailed), ips("10.0.0.2")),
-			mkPod("d", deleting(), ips("10.0.0.3")),
+			mkPod("d", deletingUntil(t0), ips("10.0.0.3")),
 		},
 		want: []want{{ip: "10.0.0.1", err: ErrNotFound}, {ip: "10.0.0.2", err: ErrNotFound}, {ip: "10.0.0.3", err: ErrNotFound}},
+	}, {
+		name:       "a pod in its deletion grace period is served",
+		initial:    []*corev1.Pod{mkPod("d", deleting(), ips("10.0.0.3"))},
+		want:       []want{{ip: "10.0.0.3", pod: "d"}},
+		initEvents: []string{ev("ready", "d", "10.0.0.3")},
+		len:        1,
 	}, {
 		name: "IP reuse in the initial list: the live pod is chosen over Succeeded, Failed and deleting ones",
 		initial: []*corev1.Pod{
@@ -437,12 +454,18 @@ func TestResolve(t *testing.T) {
 		events:     []string{ev("gone", "old", "10.0.0.1"), ev("ready", "new", "10.0.0.1")},
 		len:        1,
 	}, {
-		name:    "IP reuse seen live, old pod being deleted first",
+		// Invariant 1: the pod being deleted is served in its grace period
+		// only while no other pod claims its address.
+		name:    "IP reuse seen live, old pod being deleted first: served until the new pod claims the IP, which wins at once",
 		initial: []*corev1.Pod{mkPod("old", ips("10.0.0.1"))},
 		actions: []action{
 			{what: "old pod is being deleted", fn: update(mkPod("old", deleting(), ips("10.0.0.1"))),
-				check: []want{{ip: "10.0.0.1", err: ErrNotFound}}},
-			{what: "new pod takes the IP", fn: create(mkPod("new", createdAfter(time.Minute), ips("10.0.0.1")))},
+				check: []want{{ip: "10.0.0.1", pod: "old"}}},
+			{what: "new pod takes the IP", fn: create(mkPod("new", createdAfter(time.Minute), ips("10.0.0.1"))),
+				check: []want{{ip: "10.0.0.1", pod: "new"}}},
+			{what: "old pod's status written again", fn: update(mkPod("old", deleting(), ips("10.0.0.1"),
+				func(p *corev1.Pod) { p.Labels = map[string]string{"x": "y"} })),
+				check: []want{{ip: "10.0.0.1", pod: "new"}}},
 		},
 		want:       []want{{ip: "10.0.0.1", pod: "new"}},
 		initEvents: []string{ev("ready", "old", "10.0.0.1")},
@@ -488,16 +511,83 @@ func TestResolve(t *testing.T) {
 		initEvents: []string{ev("ready", "old", "10.0.0.1")},
 		events:     []string{ev("gone", "old", "10.0.0.1"), ev("ready", "new", "10.0.0.1"), ev("gone", "new", "10.0.0.1")},
 	}, {
-		name:    "a late claim by an older pod displaces that older pod, not the owner",
+		// Issue 18 item 12: the newer claim wins, whichever pod was
+		// created first; the displaced pod is not served from its old
+		// address even once the claimant goes (the address may be handed
+		// out again before a status says so), only from new addresses.
+		name:    "a late claim by an older pod displaces the earlier claimant until it reports a new address",
 		initial: []*corev1.Pod{mkPod("new", createdAfter(time.Minute), ips("10.0.0.1"))},
 		actions: []action{
 			{what: "older pod claims the IP", fn: create(mkPod("old", ips("10.0.0.1"))),
 				check: []want{{ip: "10.0.0.1", err: ErrAmbiguous}}},
-			{what: "older pod deleted", fn: del("old")},
+			{what: "older pod deleted", fn: del("old"),
+				check: []want{{ip: "10.0.0.1", err: ErrNotFound}}},
+			{what: "the displaced pod reports a new address", fn: update(mkPod("new", createdAfter(time.Minute), ips("10.0.0.2")))},
 		},
-		want:       []want{{ip: "10.0.0.1", pod: "new"}},
+		want:       []want{{ip: "10.0.0.1", err: ErrNotFound}, {ip: "10.0.0.2", pod: "new"}},
 		initEvents: []string{ev("ready", "new", "10.0.0.1")},
-		len:        1,
+		events: []string{
+			ev("gone", "new", "10.0.0.1"), ev("ready", "old", "10.0.0.1"), ev("gone", "old", "10.0.0.1"),
+			ev("ready", "new", "10.0.0.2"),
+		},
+		len: 1,
+	}, {
+		// Issue 18 item 12, as a kubelet writes statuses after a node
+		// reboot: p (created first) moves to q's address while q still
+		// holds it, then q moves to p's old one. Neither is ever served
+		// as the other.
+		name:    "two live pods swap addresses, the pod created first moving first: both served after, each as itself",
+		initial: []*corev1.Pod{mkPod("p", ips("10.0.0.1")), mkPod("q", createdAfter(time.Minute), ips("10.0.0.2"))},
+		actions: []action{
+			{what: "p takes q's address", fn: update(mkPod("p", ips("10.0.0.2"))),
+				check: []want{{ip: "10.0.0.2", err: ErrAmbiguous}, {ip: "10.0.0.1", err: ErrNotFound}}},
+			{what: "q takes p's old address", fn: update(mkPod("q", createdAfter(time.Minute), ips("10.0.0.1")))},
+		},
+		want:       []want{{ip: "10.0.0.1", pod: "q"}, {ip: "10.0.0.2", pod: "p"}},
+		initEvents: []string{ev("ready", "p", "10.0.0.1"), ev("ready", "q", "10.0.0.2")},
+		events:     []string{ev("gone", "q", "10.0.0.2"), ev("ready", "p", "10.0.0.2"), ev("ready", "q", "10.0.0.1")},
+		len:        2,
+	}, {
+		name: "dual stack swap: the displaced pod keeps an address it won and moves off the one it lost",
+		initial: []*corev1.Pod{
+			mkPod("p", ips("10.0.0.1", "fd00:1::1")), mkPod("q", ips("10.0.0.2", "fd00:1::2")),
+		},
+		actions: []action{
+			{what: "p takes q's IPv4 address, keeps its IPv6 one", fn: update(mkPod("p", ips("10.0.0.2", "fd00:1::1")))},
+			{what: "q takes p's old IPv4 address, keeps its IPv6 one", fn: update(mkPod("q", ips("10.0.0.1", "fd00:1::2")))},
+		},
+		want: []want{
+			{ip: "10.0.0.1", pod: "q"}, {ip: "fd00:1::2", pod: "q"}, {ip: "10.0.0.2", pod: "p"}, {ip: "fd00:1::1", pod: "p"},
+		},
+		initEvents: []string{ev("ready", "p", "10.0.0.1", "fd00:1::1"), ev("ready", "q", "10.0.0.2", "fd00:1::2")},
+		events: []string{
+			ev("gone", "q", "10.0.0.2", "fd00:1::2"), ev("ready", "p", "10.0.0.2", "fd00:1::1"),
+			ev("ready", "q", "10.0.0.1", "fd00:1::2"),
+		},
+		len: 2,
+	}, {
+		name: "claims from the initial list are unordered, whatever the creation times: ambiguous until one moves",
+		initial: []*corev1.Pod{
+			mkPod("p", ips("10.0.0.1")), mkPod("q", createdAfter(time.Minute), ips("10.0.0.1")),
+		},
+		actions: []action{
+			{what: "p moves", fn: update(mkPod("p", ips("10.0.0.2"))),
+				check: []want{{ip: "10.0.0.1", pod: "q"}}},
+		},
+		want:       []want{{ip: "10.0.0.1", pod: "q"}, {ip: "10.0.0.2", pod: "p"}},
+		initEvents: []string{ev("ready", "p", "10.0.0.1"), ev("ready", "q", "10.0.0.1")},
+		events:     []string{ev("ready", "p", "10.0.0.2")},
+		len:        2,
+	}, {
+		name:    "a pod whose deletion starts while a displaced pod still claims its address is not served",
+		initial: []*corev1.Pod{mkPod("p", ips("10.0.0.1")), mkPod("q", ips("10.0.0.2"))},
+		actions: []action{
+			{what: "p takes q's address", fn: update(mkPod("p", ips("10.0.0.2")))},
+			{what: "p is being deleted", fn: update(mkPod("p", deleting(), ips("10.0.0.2")))},
+		},
+		want:       []want{{ip: "10.0.0.2", err: ErrNotFound}},
+		initEvents: []string{ev("ready", "p", "10.0.0.1"), ev("ready", "q", "10.0.0.2")},
+		events:     []string{ev("gone", "q", "10.0.0.2"), ev("ready", "p", "10.0.0.2"), ev("gone", "p", "10.0.0.2")},
 	}, {
 		name:       "IP change: the same pod, ready with the new IPs and never gone",
 		initial:    []*corev1.Pod{mkPod("a", ips("10.0.0.1"))},
