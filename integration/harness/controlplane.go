@@ -276,14 +276,17 @@ func (cp *ControlPlane) AuditLog() string { return filepath.Join(cp.Dir, "logs/a
 
 // TokenRequest is one TokenRequest the API server answered, from its audit log.
 type TokenRequest struct {
-	User           string // who asked
-	Namespace      string // of the ServiceAccount
-	ServiceAccount string
-	Code           int32 // HTTP status of the answer
-	BoundKind      string
-	BoundName      string
-	BoundUID       string
-	Audiences      []string
+	User string // who asked
+	// ImpersonatedUser is who the request was made as, when User
+	// impersonated someone (the agent's node, in node-restricted mode).
+	ImpersonatedUser string
+	Namespace        string // of the ServiceAccount
+	ServiceAccount   string
+	Code             int32 // HTTP status of the answer
+	BoundKind        string
+	BoundName        string
+	BoundUID         string
+	Audiences        []string
 }
 
 // TokenRequests returns every TokenRequest the API server has answered so
@@ -305,6 +308,9 @@ func (cp *ControlPlane) TokenRequests() ([]TokenRequest, error) {
 			User  struct {
 				Username string `json:"username"`
 			} `json:"user"`
+			ImpersonatedUser *struct {
+				Username string `json:"username"`
+			} `json:"impersonatedUser"`
 			ObjectRef struct {
 				Namespace   string `json:"namespace"`
 				Name        string `json:"name"`
@@ -335,6 +341,9 @@ func (cp *ControlPlane) TokenRequests() ([]TokenRequest, error) {
 		tr := TokenRequest{
 			User: ev.User.Username, Namespace: ev.ObjectRef.Namespace, ServiceAccount: ev.ObjectRef.Name,
 			Code: ev.ResponseStatus.Code, Audiences: ev.RequestObject.Spec.Audiences,
+		}
+		if ev.ImpersonatedUser != nil {
+			tr.ImpersonatedUser = ev.ImpersonatedUser.Username
 		}
 		if b := ev.RequestObject.Spec.BoundObjectRef; b != nil {
 			tr.BoundKind, tr.BoundName, tr.BoundUID = b.Kind, b.Name, b.UID
@@ -470,6 +479,12 @@ const (
 // deploy/daemonset/rbac.yaml with kubectl, requests a token for the
 // credbroker-agent ServiceAccount and writes a kubeconfig with it to path.
 // rbacPath empty means <repo>/deploy/daemonset/rbac.yaml.
+//
+// The token is bound to nothing, so the agent cannot act as a node
+// (--node-restricted=auto falls back): AgentKubeconfig also applies the
+// opt-in deploy/daemonset/broad-rbac, as an operator of a cluster without
+// node restriction would. integration/noderestrict gives the agent a
+// pod-bound token instead.
 func (cp *ControlPlane) AgentKubeconfig(ctx context.Context, rbacPath, path string) error {
 	if rbacPath == "" {
 		root, err := RepoRoot()
@@ -483,6 +498,13 @@ func (cp *ControlPlane) AgentKubeconfig(ctx context.Context, rbacPath, path stri
 	}
 	if _, err := cp.Kubectl(ctx, "apply", "-f", rbacPath); err != nil {
 		return fmt.Errorf("applying agent RBAC: %w", err)
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	if _, err := cp.Kubectl(ctx, "apply", "-f", filepath.Join(root, "deploy/daemonset/broad-rbac/rbac.yaml")); err != nil {
+		return fmt.Errorf("applying the agent's broad RBAC: %w", err)
 	}
 	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, AgentServiceAccount, 24*time.Hour)
 	if err != nil {
