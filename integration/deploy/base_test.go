@@ -44,16 +44,34 @@ const (
 	testNodeName = "node-1"
 )
 
-// render runs `kubectl kustomize deploy/daemonset` and returns the YAML.
-func render(t *testing.T) []byte {
+// render runs `kubectl kustomize deploy/daemonset` (with the components
+// under deploy/daemonset named, e.g. "broad-rbac") and returns the YAML.
+func render(t *testing.T, components ...string) []byte {
 	t.Helper()
 	testenv.RequireCommand(t, "kubectl")
 	root, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
+	dir := filepath.Join(root, "deploy/daemonset")
+	if len(components) > 0 {
+		// kustomize takes only relative paths to other directories.
+		overlay := t.TempDir()
+		base, err := filepath.Rel(overlay, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := "resources: [" + base + "]\ncomponents:\n"
+		for _, c := range components {
+			k += "  - " + filepath.Join(base, c) + "\n"
+		}
+		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dir = overlay
+	}
 	var stderr bytes.Buffer
-	cmd := exec.Command("kubectl", "kustomize", filepath.Join(root, "deploy/daemonset"))
+	cmd := exec.Command("kubectl", "kustomize", dir)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -87,13 +105,15 @@ func docs(t *testing.T, rendered []byte) map[string][]byte {
 	return out
 }
 
-// applyBase applies the rendered base for real (server-side) and returns a
-// client that acts as the agent's ServiceAccount, with its kubeconfig path.
-func applyBase(t *testing.T, cp *harness.ControlPlane) (kubernetes.Interface, string) {
+// applyBase applies the rendered base (with components) for real
+// (server-side) and returns a client that acts as the agent's
+// ServiceAccount, with its kubeconfig path. The token is bound to nothing:
+// the agent cannot act as a node, and needs the component broad-rbac.
+func applyBase(t *testing.T, cp *harness.ControlPlane, components ...string) (kubernetes.Interface, string) {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(cp.Dir, "base.yaml")
-	if err := os.WriteFile(path, render(t), 0o644); err != nil {
+	if err := os.WriteFile(path, render(t, components...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// The Namespace first: kubectl sends the documents in order, but the
@@ -134,7 +154,9 @@ func TestRenderedBase(t *testing.T) {
 	slices.Sort(kinds)
 	want := []string{
 		"ClusterRole/credbroker-agent",
+		"ClusterRole/credbroker-node-token-audiences",
 		"ClusterRoleBinding/credbroker-agent",
+		"ClusterRoleBinding/credbroker-node-token-audiences",
 		"DaemonSet/credbroker-agent",
 		"Namespace/credbroker-system",
 		"ServiceAccount/credbroker-agent",
@@ -149,11 +171,14 @@ func TestRenderedBase(t *testing.T) {
 	if err := yaml.Unmarshal(d["ClusterRole/credbroker-agent"], &role); err != nil {
 		t.Fatal(err)
 	}
+	// Node-restricted (docs/security.md): what it does as its node, and
+	// the ServiceAccount watch as itself.
 	wantRules := []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"nodes"}, Verbs: []string{"impersonate:associated-node"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"impersonate-on:associated-node:list", "impersonate-on:associated-node:watch"}},
+		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"impersonate-on:associated-node:create"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"impersonate-on:associated-node:create", "impersonate-on:associated-node:patch"}},
 		{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"list", "watch"}},
-		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
-		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
 	if len(role.Rules) != len(wantRules) {
 		t.Errorf("ClusterRole has %d rules, want %d: %+v", len(role.Rules), len(wantRules), role.Rules)
@@ -252,6 +277,15 @@ func TestRenderedBase(t *testing.T) {
 	if i < 0 || vap.Spec.Variables[i].Expression != "['"+stsAudience+"']" || !slices.Contains(agent.Args, "--audience="+stsAudience) {
 		t.Errorf("agent args %v and the policy's variables %+v disagree on the audience %s", agent.Args, vap.Spec.Variables, stsAudience)
 	}
+	// ... and one the nodes are granted (NodeRestriction's audience rule).
+	var aud rbacv1.ClusterRole
+	if err := yaml.Unmarshal(d["ClusterRole/credbroker-node-token-audiences"], &aud); err != nil {
+		t.Fatal(err)
+	}
+	if len(aud.Rules) != 1 || !slices.Equal(aud.Rules[0].Resources, []string{stsAudience}) ||
+		!slices.Equal(aud.Rules[0].Verbs, []string{"request-serviceaccounts-token-audience"}) {
+		t.Errorf("audience grant %+v, want request-serviceaccounts-token-audience on %s", aud.Rules, stsAudience)
+	}
 }
 
 // TestServerSideDryRun sends the whole rendered base to a real API server in
@@ -274,8 +308,8 @@ func TestServerSideDryRun(t *testing.T) {
 		t.Fatalf("server-side dry run: %v", err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 7 {
-		t.Errorf("dry run reported %d objects, want 7:\n%s", len(lines), out)
+	if len(lines) != 9 {
+		t.Errorf("dry run reported %d objects, want 9:\n%s", len(lines), out)
 	}
 	for _, l := range lines {
 		if !strings.HasSuffix(l, "(server dry run)") {
@@ -302,13 +336,16 @@ func TestAgentRBAC(t *testing.T) {
 		verb, resource, subresource string
 		want                        bool
 	}{
-		// What it needs, in every namespace.
-		{"get", "pods", "", true},
-		{"list", "pods", "", true},
-		{"watch", "pods", "", true},
+		// What it needs as itself, in every namespace.
 		{"list", "serviceaccounts", "", true},
 		{"watch", "serviceaccounts", "", true},
-		{"create", "serviceaccounts", "token", true},
+		// What it does only as its node (node-restricted; the Node
+		// authorizer decides then), never as itself.
+		{"get", "pods", "", false},
+		{"list", "pods", "", false},
+		{"watch", "pods", "", false},
+		{"create", "serviceaccounts", "token", false},
+		{"create", "events", "", false},
 		// What it must not have.
 		{"get", "secrets", "", false},
 		{"list", "secrets", "", false},
@@ -368,7 +405,7 @@ func TestAgentRBAC(t *testing.T) {
 
 	// The complete list of what it may do, minus what every authenticated
 	// identity may do (system:basic-user, system:discovery): nothing beyond
-	// the three rules.
+	// the base's rules.
 	out, err := cp.Kubectl(ctx, "auth", "can-i", "--list", "-n", "team", "--as="+agentUser, "--no-headers")
 	if err != nil {
 		t.Fatal(err)
@@ -393,10 +430,11 @@ func TestAgentRBAC(t *testing.T) {
 		got[f[0]] = line[strings.LastIndex(line, "["):]
 	}
 	wantList := map[string]string{
-		"pods":                  "[get list watch]",
-		"serviceaccounts":       "[list watch]",
-		"serviceaccounts/token": "[create]",
-		"events":                "[create patch]",
+		"nodes.authentication.k8s.io": "[impersonate:associated-node]",
+		"pods":                        "[impersonate-on:associated-node:list impersonate-on:associated-node:watch]",
+		"serviceaccounts":             "[list watch]",
+		"serviceaccounts/token":       "[impersonate-on:associated-node:create]",
+		"events":                      "[impersonate-on:associated-node:create impersonate-on:associated-node:patch]",
 	}
 	if len(got) != len(wantList) {
 		t.Errorf("the agent may act on %v, want exactly %v\n%s", got, wantList, out)
@@ -411,7 +449,7 @@ func TestAgentRBAC(t *testing.T) {
 // TestAdmissionPolicy makes TokenRequests with the agent's own identity.
 func TestAdmissionPolicy(t *testing.T) {
 	cp := testenv.StartControlPlane(t)
-	agent, _ := applyBase(t, cp)
+	agent, _ := applyBase(t, cp, "broad-rbac")
 	ctx := context.Background()
 	if _, err := cp.CreateServiceAccount(ctx, "team", "app", "arn:aws:iam::123456789012:role/app"); err != nil {
 		t.Fatal(err)
@@ -478,7 +516,7 @@ func TestAdmissionPolicy(t *testing.T) {
 // its real TokenRequests pass, and a pod gets credentials.
 func TestAdmissionPolicyAdmitsTheAgent(t *testing.T) {
 	cp := testenv.StartControlPlane(t)
-	_, kc := applyBase(t, cp)
+	_, kc := applyBase(t, cp, "broad-rbac")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	agentBin, err := harness.AgentBinary()

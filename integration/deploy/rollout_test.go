@@ -169,7 +169,7 @@ func served(ctx context.Context, a *harness.Agent) float64 {
 // see is logged, with tcp_migrate_req off and on.
 func TestRolloutZeroDowntime(t *testing.T) {
 	cp := testenv.StartControlPlane(t)
-	_, kc := applyBase(t, cp)
+	_, kc := applyBase(t, cp, "broad-rbac")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	agentBin, err := harness.AgentBinary()
