@@ -104,6 +104,7 @@ type Attester struct {
 	scanMu   sync.Mutex             // one scan at a time
 
 	status atomic.Pointer[Status]
+	reads  atomic.Int64 // TCP table reads run, for tests
 }
 
 // podProc is what the Attester keeps per pod: a process in it, the last
@@ -470,13 +471,25 @@ func (a *Attester) table(ctx context.Context, p *podProc, uid types.UID, v6 bool
 		p.cur, p.next = n, nil
 		p.mu.Unlock()
 		a.run(n, p, uid)
-		return n.wait(ctx)
+		return p.release(n)
 	}
 	n := &tableRead{v6: v6, server: srv, start: time.Now(), done: make(chan struct{})}
 	p.cur = n
 	p.mu.Unlock()
 	a.run(n, p, uid)
-	return n.wait(ctx)
+	return p.release(n)
+}
+
+// release returns the finished read's lines to the connection that ran it
+// and drops the pod's reference to them: only connections that joined
+// while it ran need them, and a pod's idle cache entry stays small.
+func (p *podProc) release(n *tableRead) ([]byte, error) {
+	p.mu.Lock()
+	if p.cur == n {
+		p.cur = nil
+	}
+	p.mu.Unlock()
+	return n.lines, n.err
 }
 
 func (t *tableRead) finished() bool {
@@ -502,6 +515,7 @@ func (t *tableRead) wait(ctx context.Context) ([]byte, error) {
 // reused PID cannot answer for it).
 func (a *Attester) run(t *tableRead, p *podProc, uid types.UID) {
 	defer close(t.done)
+	a.reads.Add(1)
 	a.tableSem <- struct{}{}
 	defer func() { <-a.tableSem }()
 	d, err := openProc(a.root, int(p.pid))

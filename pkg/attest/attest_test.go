@@ -3,6 +3,7 @@ package attest
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -233,4 +235,92 @@ func TestNoConnectionRefusedWithoutKernel(t *testing.T) {
 		t.Errorf("informer asked %d times, want 0", inf.calls)
 	}
 	_ = podresolve.Pod{}
+}
+
+// TestBurstSharesTableReads: connections accepted together share reads of
+// the pod's TCP table (each read walks the host's whole connection hash).
+func TestBurstSharesTableReads(t *testing.T) {
+	l := newLab(t)
+	inf := &fakeInformer{}
+	uid := randUID(t)
+	inf.add("a", uid, ipA)
+	ns := l.netns([]netip.Addr{ipA}, []bool{true})
+	l.process(ns, uid, ctrID)
+	a, _ := newAttester(t, inf)
+	a.Check(context.Background())
+	const n = 32
+	conns := l.dialMany(ns, n)
+	errs := make(chan error, n)
+	for _, c := range conns {
+		go func() {
+			p, err := a.Resolve(WithConn(context.Background(), c), ipA)
+			if err == nil && p.UID != uid {
+				err = errors.New("wrong pod " + p.Name)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := a.reads.Load(); r >= n/2 {
+		t.Errorf("%d table reads for %d connections accepted together, want them shared (fewer than %d)", r, n, n/2)
+	} else {
+		t.Logf("%d table reads for %d connections", r, n)
+	}
+}
+
+// TestStaleClientSocketNotEvidence: a client socket whose server end sent
+// its FIN (CLOSE_WAIT: the agent restarted and the client never closed) is
+// not evidence for a new connection on the same 4-tuple.
+func TestStaleClientSocketNotEvidence(t *testing.T) {
+	l := newLab(t)
+	inf := &fakeInformer{}
+	uid := randUID(t)
+	inf.add("a", uid, ipA)
+	ns := l.netns([]netip.Addr{ipA}, []bool{true})
+	l.process(ns, uid, ctrID)
+	a, _ := newAttester(t, inf)
+	client, conn := l.dial(ns, srv4)
+	// The agent's end closes; the client's stays open, in CLOSE_WAIT.
+	ctx := WithConn(context.Background(), conn)
+	conn.Close()
+	waitState(t, a, uid, client, 0x08)
+	_, err := a.Resolve(ctx, ipA)
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("Resolve over a CLOSE_WAIT client socket: %v, want ErrRefused", err)
+	}
+}
+
+// waitState polls the pod's TCP table until the client socket is in state.
+func waitState(t *testing.T, a *Attester, uid types.UID, client net.Conn, state uint8) {
+	t.Helper()
+	a.Check(context.Background())
+	c := client.LocalAddr().(*net.TCPAddr).AddrPort()
+	s := client.RemoteAddr().(*net.TCPAddr).AddrPort()
+	ndl := needle(c, s, false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d, err := openProc(a.root, int(a.proc(uid).pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines, err := d.readTable(false, serverField(s, false), make([]byte, 64<<10))
+		d.close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := strings.Index(string(lines), string(ndl)); i >= 0 {
+			st, _ := strconv.ParseUint(string(lines[i+len(ndl):i+len(ndl)+2]), 16, 8)
+			if uint8(st) == state {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client socket never reached state %#x", state)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
