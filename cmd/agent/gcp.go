@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
 	"github.com/credbroker/agent/pkg/broker"
@@ -22,6 +23,9 @@ type gcpConfig struct {
 	iamEndpoint   string
 	annotation    string
 	defaultScopes listFlag
+	// lifetime is what generateAccessToken is asked for; GCP's own, since
+	// Google grants an hour where AWS grants twelve.
+	lifetime time.Duration
 }
 
 func (g *gcpConfig) register(fs *flag.FlagSet) {
@@ -31,6 +35,7 @@ func (g *gcpConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.stsEndpoint, "gcp-sts-endpoint", gcp.DefaultSTSEndpoint, "Google STS base URL")
 	fs.StringVar(&g.iamEndpoint, "gcp-iamcredentials-endpoint", gcp.DefaultIAMCredentialsEndpoint, "IAM Credentials base URL")
 	fs.StringVar(&g.annotation, "gcp-service-account-annotation", "iam.gke.io/gcp-service-account", "ServiceAccount annotation naming the Google service account to impersonate")
+	fs.DurationVar(&g.lifetime, "gcp-token-lifetime", gcp.UnextendedMaxDuration, "lifetime of impersonated access tokens (generateAccessToken); at most 1h unless the organisation policy constraints/iam.allowServiceAccountCredentialLifetimeExtension lists the service accounts (then up to 12h); federated and identity tokens live as long as Google grants (1h)")
 	fs.Var(&g.defaultScopes, "gcp-default-scopes", "scopes of tokens asked for without ?scopes=, and of the prefetched token (default "+gcp.CloudPlatformScope+")")
 }
 
@@ -49,6 +54,12 @@ func (g *gcpConfig) validate() error {
 	}
 	if g.projectNumber == "" {
 		g.projectNumber = p.ProjectNumber
+	}
+	switch {
+	case g.lifetime < 2*broker.FreshnessFloor:
+		return fmt.Errorf("--gcp-token-lifetime %s leaves no room to refresh before the %s freshness floor; use at least %s", g.lifetime, broker.FreshnessFloor, 2*broker.FreshnessFloor)
+	case g.lifetime > gcp.MaxDuration:
+		return fmt.Errorf("--gcp-token-lifetime %s is above the %s Google grants even where the organisation policy constraints/iam.allowServiceAccountCredentialLifetimeExtension allows longer tokens (and %s without it)", g.lifetime, gcp.MaxDuration, gcp.UnextendedMaxDuration)
 	}
 	if len(g.defaultScopes) == 0 {
 		g.defaultScopes = listFlag{gcp.CloudPlatformScope}
@@ -79,5 +90,18 @@ func (g *gcpConfig) cloud() (broker.Cloud, error) {
 		Annotation: strings.TrimSpace(g.annotation),
 		Federated:  true,
 		Prefetch:   []broker.Request{prefetch},
+		Lifetime:   g.lifetime,
+		// Google's IAM propagation is slower than AWS's.
+		DeniedRetryWindow: gcp.DeniedRetryWindow,
 	}, nil
+}
+
+// lifetimeWarning is what to say at start about a lifetime above the hour
+// Google grants by default: it works only where the organisation policy
+// allows it, and where it does not, every impersonation is refused.
+func (g *gcpConfig) lifetimeWarning() string {
+	if !g.enabled() || g.lifetime <= gcp.UnextendedMaxDuration {
+		return ""
+	}
+	return fmt.Sprintf("--gcp-token-lifetime %s is above the %s Google grants unless the organisation policy constraints/iam.allowServiceAccountCredentialLifetimeExtension lists the impersonated service accounts; where it does not, Google refuses every impersonation (LifetimeRefused)", g.lifetime, gcp.UnextendedMaxDuration)
 }

@@ -34,6 +34,8 @@ const (
 	CodeTokenRequestRefused   = "TokenRequestRefused"
 	CodeUpstreamDenied        = "AccessDenied"
 	CodeInvalidRole           = "InvalidRole"
+	CodeAudienceRefused       = "AudienceRefused"
+	CodeLifetimeRefused       = "LifetimeRefused"
 	CodePodNotIdentified      = "PodNotIdentified"
 	CodeUnavailable           = "ServiceUnavailable"
 	CodeThrottled             = "Throttled"
@@ -103,8 +105,12 @@ func Classify(err error) Failure {
 		if errors.As(err, &xe) && xe.Code != "" {
 			code = xe.Code
 		}
+		if xe != nil && xe.Cause == exchange.CauseAudience {
+			return Failure{Class: Unavailable, Code: CodeAudienceRefused, RetryAfter: 2 * time.Second,
+				Message: audienceMessage(xe) + "; retrying for a while in case the provider was just configured, then this becomes final"}
+		}
 		return Failure{Class: Unavailable, Code: CodeUpstreamDenied, RetryAfter: 2 * time.Second,
-			Message: "the identity provider refused this pod's ServiceAccount for the identity (" + code + "); retrying for a while in case the identity or its trust policy was just created, then this becomes final: check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)"}
+			Message: withHint("the identity provider refused this pod's ServiceAccount for the identity ("+code+"); retrying for a while in case the identity or its trust policy was just created, then this becomes final: check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)", xe)}
 	case errors.As(err, &refusal):
 		return Failure{Class: Refused, Code: refusal.Code, Message: refusal.Message}
 	case errors.Is(err, attest.ErrRefused):
@@ -138,13 +144,23 @@ func Classify(err error) Failure {
 		return Failure{Class: Throttled, Code: CodeThrottled, RetryAfter: 5 * time.Second,
 			Message: "this pod has caused too many credential fetches recently; retry later"}
 	case errors.As(err, &xe):
+		switch {
+		case xe.Cause == exchange.CauseAudience && !xe.Retryable():
+			return Failure{Class: Refused, Code: CodeAudienceRefused, Message: audienceMessage(xe)}
+		case xe.Cause == exchange.CauseLifetime && !xe.Retryable():
+			return Failure{Class: Invalid, Code: CodeLifetimeRefused,
+				Message: withHint("the identity provider refused the credential lifetime the agent asked for ("+xe.Code+"); the identity annotation is not the cause: the agent's lifetime setting for this cloud is", xe)}
+		case xe.Cause == exchange.CauseIdentityForm && xe.Kind == exchange.InvalidRequest:
+			return Failure{Class: Invalid, Code: CodeInvalidRole,
+				Message: withHint("the identity the ServiceAccount's annotation names is not of a form the agent sends to the identity provider, so no provider was asked; check the identity annotation", xe)}
+		}
 		switch xe.Kind {
 		case exchange.Denied, exchange.InvalidToken:
 			return Failure{Class: Refused, Code: CodeUpstreamDenied,
-				Message: "the identity provider refused this pod's ServiceAccount for the identity (" + xe.Code + "); check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)"}
+				Message: withHint("the identity provider refused this pod's ServiceAccount for the identity ("+xe.Code+"); check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)", xe)}
 		case exchange.InvalidRequest:
 			return Failure{Class: Invalid, Code: CodeInvalidRole,
-				Message: "the identity provider rejected the request for this identity (" + xe.Code + "); check the identity annotation"}
+				Message: withHint("the identity provider rejected the request for this identity ("+xe.Code+"); check the identity annotation", xe)}
 		case exchange.Throttled:
 			return Failure{Class: Throttled, Code: CodeThrottled, RetryAfter: 2 * time.Second,
 				Message: "the identity provider is throttling requests; retry later"}
@@ -165,4 +181,19 @@ func Classify(err error) Failure {
 		return Failure{Class: Unavailable, Code: CodeUnavailable, RetryAfter: time.Second,
 			Message: "the agent could not get credentials for this pod; retry later"}
 	}
+}
+
+// withHint appends the exchanger's own hint, if any, to a message. Hints
+// are the exchanger's words (never an upstream text) and name no secret.
+func withHint(msg string, xe *exchange.Error) string {
+	if xe == nil || xe.Hint == "" {
+		return msg
+	}
+	return msg + ": " + xe.Hint
+}
+
+// audienceMessage tells the pod that the token's audience, an agent
+// setting, was refused: the identity annotation is not the cause.
+func audienceMessage(xe *exchange.Error) string {
+	return withHint("the identity provider refused the audience of the ServiceAccount token the agent sends ("+xe.Code+"); the identity annotation is not the cause: the agent's token audience for this cloud (AWS: --audience; Azure: --azure-audience) must be one the provider accepts", xe)
 }

@@ -142,11 +142,54 @@ func (k ErrorKind) String() string {
 	}
 }
 
+// Cause names what a refusal was about, so that the caller is pointed at
+// what to fix: an identity's trust, or a setting of the agent that no
+// annotation can change. It is decided where the error is classified, from
+// upstream codes and what was sent, never from upstream message texts
+// unless an exchanger documents why only the text tells.
+type Cause int
+
+const (
+	// CauseIdentity is the default: the identity the ServiceAccount names,
+	// or its trust policy, was refused.
+	CauseIdentity Cause = iota
+	// CauseIdentityForm means the exchanger refused the identity's form
+	// (the annotation's value) itself: no request was sent upstream.
+	CauseIdentityForm
+	// CauseLifetime means the credential lifetime the agent asked for was
+	// refused: an agent setting, not the identity.
+	CauseLifetime
+	// CauseAudience means the audience of the ServiceAccount token the agent
+	// sent was refused: an agent setting, not the identity.
+	CauseAudience
+)
+
+func (c Cause) String() string {
+	switch c {
+	case CauseIdentity:
+		return "identity"
+	case CauseIdentityForm:
+		return "identity_form"
+	case CauseLifetime:
+		return "lifetime"
+	case CauseAudience:
+		return "audience"
+	default:
+		return "unknown"
+	}
+}
+
 // Error is an upstream failure classified by Kind. Code is the upstream's own
 // error code (for example "AccessDenied"); it never carries a secret.
 type Error struct {
 	Kind ErrorKind
 	Code string
+	// Cause says what was refused; the zero value is CauseIdentity.
+	Cause Cause
+	// Hint, when set, says what to fix in the exchanger's own words (never
+	// an upstream text): it may be shown to the pod, so it names only
+	// identities, settings and token claims, never a secret.
+	Hint string
 	Err  error
 }
 

@@ -65,6 +65,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -87,7 +88,20 @@ const (
 	MaxDuration = 12 * time.Hour
 	// MinDuration is the shortest lifetime asked for.
 	MinDuration = time.Minute
+	// UnextendedMaxDuration is the longest lifetime generateAccessToken
+	// grants without that organisation policy: longer requests are refused
+	// (classified InvalidRequest with exchange.CauseLifetime).
+	UnextendedMaxDuration = time.Hour
 )
+
+// DeniedRetryWindow is how long a denial from Google is worth retrying:
+// Google documents that changes to allow policies (a new
+// roles/iam.workloadIdentityUser binding, say) "typically propagate in 2
+// minutes, but could potentially take 7 minutes or longer"
+// (https://cloud.google.com/iam/docs/access-change-propagation). Ten
+// minutes covers the documented 7 with the broker's backoff of up to 30 s
+// between tries to spare.
+const DeniedRetryWindow = 10 * time.Minute
 
 // CloudPlatformScope is the scope asked of STS when the federated token
 // only serves to call IAM Credentials, and the scope of an access token
@@ -320,9 +334,10 @@ func check(req exchange.Request) error {
 		return bad("empty ServiceAccount token")
 	}
 	if req.Role != "" && !emailRE.MatchString(req.Role) {
-		return &exchange.Error{Kind: exchange.InvalidRequest, Err: &callError{
-			call: "gcp exchange", detail: fmt.Sprintf("%q is not a Google service account email", req.Role),
-		}}
+		return &exchange.Error{Kind: exchange.InvalidRequest, Cause: exchange.CauseIdentityForm,
+			Hint: fmt.Sprintf("%q is not a Google service account email (NAME@PROJECT.iam.gserviceaccount.com) or unique ID", req.Role), Err: &callError{
+				call: "gcp exchange", detail: fmt.Sprintf("%q is not a Google service account email", req.Role),
+			}}
 	}
 	switch req.Want {
 	case exchange.KindAccessToken:
@@ -333,7 +348,9 @@ func check(req exchange.Request) error {
 		}
 		if req.Role != "" && req.Duration != 0 {
 			if err := checkDuration(req.Duration.Truncate(time.Second)); err != nil {
-				return bad("token lifetime %v", err)
+				return &exchange.Error{Kind: exchange.InvalidRequest, Cause: exchange.CauseLifetime, Err: &callError{
+					call: "gcp exchange", email: req.Role, detail: fmt.Sprintf("token lifetime %v", err),
+				}}
 			}
 		}
 	case exchange.KindIDToken:
@@ -402,7 +419,7 @@ func (x *Exchanger) generateAccessToken(ctx context.Context, email string, scope
 		ExpireTime  string `json:"expireTime"`
 	}
 	if err := x.do(ctx, call, email, x.saURL(email, "generateAccessToken"), bytes.NewReader(body), iamHeader(fed), &out, secrets); err != nil {
-		return exchange.Credentials{}, err
+		return exchange.Credentials{}, lifetimeRefusal(err, email, d)
 	}
 	if out.AccessToken == "" {
 		return exchange.Credentials{}, upstreamFault(call, email, "answer lacks accessToken")
@@ -421,6 +438,31 @@ func (x *Exchanger) generateAccessToken(ctx context.Context, email string, scope
 		Scopes:      append([]string(nil), scopes...),
 		Expiration:  exp.UTC(),
 	}, nil
+}
+
+// lifetimeRefusal marks a refusal of generateAccessToken as one of the
+// lifetime asked for, so that the caller is told to fix the agent's
+// lifetime and not the identity annotation: when Google names the lifetime
+// field, or when Google found the request invalid and it asked for more
+// than the hour Google grants unless the organisation policy
+// constraints/iam.allowServiceAccountCredentialLifetimeExtension lists the
+// service account. The second is a deduction from what was sent, not from
+// Google's message text: the other fields are an email that passed emailRE
+// and scopes that passed scopeRE.
+func lifetimeRefusal(err error, email string, d time.Duration) error {
+	var xe *exchange.Error
+	if !errors.As(err, &xe) || xe.Kind != exchange.InvalidRequest {
+		return err
+	}
+	var ce *callError
+	named := errors.As(err, &ce) && slices.Contains(ce.fields, "lifetime")
+	if !named && d <= UnextendedMaxDuration {
+		return err
+	}
+	xe.Cause = exchange.CauseLifetime
+	xe.Hint = fmt.Sprintf("Google refused an access token lifetime of %s for %s: it grants at most %s unless the organisation policy constraints/iam.allowServiceAccountCredentialLifetimeExtension lists the service account (then at most %s); lower the agent's --gcp-token-lifetime or extend the policy",
+		d, email, UnextendedMaxDuration, MaxDuration)
+	return xe
 }
 
 func (x *Exchanger) generateIDToken(ctx context.Context, email, audience string, fed exchange.Secret, secrets []exchange.Secret) (exchange.Credentials, error) {
@@ -545,6 +587,9 @@ type callError struct {
 	status int
 	code   string
 	detail string
+	// fields are the request fields Google named as refused
+	// (google.rpc.BadRequest field violations); not part of the text.
+	fields []string
 	cause  error
 }
 
@@ -604,6 +649,11 @@ type googleError struct {
 	Status  string `json:"status"`
 	Details []struct {
 		Reason string `json:"reason"`
+		// FieldViolations are google.rpc.BadRequest's: which request
+		// field was refused.
+		FieldViolations []struct {
+			Field string `json:"field"`
+		} `json:"fieldViolations"`
 	} `json:"details"`
 }
 
@@ -624,6 +674,11 @@ func classify(call, email string, status int, body []byte, secrets []exchange.Se
 			for _, d := range g.Details {
 				if d.Reason != "" {
 					reasons = append(reasons, d.Reason)
+				}
+				for _, v := range d.FieldViolations {
+					if codeRE.MatchString(v.Field) {
+						ce.fields = append(ce.fields, v.Field)
+					}
 				}
 			}
 		}
