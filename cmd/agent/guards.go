@@ -29,7 +29,7 @@ type guardConfig struct {
 
 func (c *guardConfig) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.requireAuthorization, "require-authorization", false,
-		"refuse requests without an Authorization header (401); workloads then set AWS_CONTAINER_AUTHORIZATION_TOKEN to any value, which a request forgery inside the pod cannot add")
+		"refuse AWS credential requests without an Authorization header (401); workloads then set AWS_CONTAINER_AUTHORIZATION_TOKEN to any value, which a request forgery inside the pod cannot add. The GCE and Azure surfaces keep their own headers (Metadata-Flavor, X-IDENTITY-HEADER) and /v1/token needs none")
 	fs.Float64Var(&c.requestQPS, "pod-request-qps", guard.DefaultRequestQPS, "credential requests per second per source address (429 beyond)")
 	fs.IntVar(&c.requestBurst, "pod-request-burst", guard.DefaultRequestBurst, "burst of credential requests per source address above --pod-request-qps")
 	fs.IntVar(&c.maxConnsPerAddr, "pod-max-connections", guard.DefaultMaxConnsPerAddr, "open connections per source address; more are closed as they are accepted")
@@ -49,14 +49,16 @@ func (c guardConfig) validate() error {
 	return nil
 }
 
-// guards is what stands between a pod and the broker: the request guard
-// in front of the handler, the connection limit around the listeners, and
-// the log budget around the broker's logger.
+// guards is what stands between a pod and the broker: a request guard in
+// front of each surface (one request budget per address, shared), the
+// connection limit around the listeners, and the log budget around the
+// broker's logger.
 type guards struct {
-	cfg     guardConfig
-	metrics *guard.Metrics
-	logs    *guard.LogLimiter
-	conns   *guard.ConnLimiter
+	cfg      guardConfig
+	metrics  *guard.Metrics
+	logs     *guard.LogLimiter
+	conns    *guard.ConnLimiter
+	requests *guard.Limiter
 }
 
 func newGuards(cfg guardConfig, reg prometheus.Registerer, logs slog.Handler) (*guards, error) {
@@ -76,7 +78,11 @@ func newGuards(cfg guardConfig, reg prometheus.Registerer, logs slog.Handler) (*
 	if err != nil {
 		return nil, fmt.Errorf("connection limiter: %w", err)
 	}
-	return &guards{cfg: cfg, metrics: m, logs: ll, conns: cl}, nil
+	rl, err := guard.NewLimiter(guard.LimiterConfig{RequestQPS: cfg.requestQPS, RequestBurst: cfg.requestBurst})
+	if err != nil {
+		return nil, fmt.Errorf("request limiter: %w", err)
+	}
+	return &guards{cfg: cfg, metrics: m, logs: ll, conns: cl, requests: rl}, nil
 }
 
 // brokerLogger is the broker's logger: its per-request lines pass the
@@ -85,10 +91,18 @@ func (g *guards) brokerLogger() *slog.Logger {
 	return slog.New(g.logs).With("component", "broker")
 }
 
-// handler puts the request guard in front of next.
-func (g *guards) handler(next http.Handler) (http.Handler, error) {
-	h, err := guard.NewHandler(guard.HandlerConfig{Next: next, WriteError: awscreds.WriteError, Metrics: g.metrics,
-		RequestQPS: g.cfg.requestQPS, RequestBurst: g.cfg.requestBurst, RequireAuthorization: g.cfg.requireAuthorization})
+// awsRules are the AWS surface's guard rules: the only surface whose
+// clients can send Authorization, so the only one --require-authorization
+// applies to. Every other surface takes its package's GuardRules as they
+// are.
+func (g *guards) awsRules() guard.Rules {
+	return awscreds.GuardRules(g.cfg.requireAuthorization)
+}
+
+// surface puts a request guard with the surface's rules in front of next;
+// every surface's guard draws on the same per-address request budget.
+func (g *guards) surface(rules guard.Rules, next http.Handler) (http.Handler, error) {
+	h, err := guard.NewHandler(guard.HandlerConfig{Next: next, Rules: rules, Metrics: g.metrics, Limiter: g.requests})
 	if err != nil {
 		return nil, fmt.Errorf("request guard: %w", err)
 	}

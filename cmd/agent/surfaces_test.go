@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/credbroker/agent/internal/kubetest"
@@ -26,7 +28,8 @@ func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = b.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	routes, err := surfaces(b, gcpConfig{provider: "p", projectID: "proj"}, azureConfig{}, podTokenConfig{})
+	gcp := gcpConfig{provider: "p", projectID: "proj"}
+	routes, err := surfaces(b, testGuards(t, nil), gcp, azureConfig{}, podTokenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,12 +42,32 @@ func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 			t.Errorf("%s: %d %v, want %d from the GCE surface", path, rec.Code, rec.Header(), status)
 		}
 	}
-	throttled := withMetadataFlavor(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTooManyRequests) }))
+	// A budget of one request: after the first, the guard refuses every
+	// request from this address, whichever surface it is for.
+	throttled, err := surfaces(b, testGuards(t, func(c *guardConfig) { c.requestBurst, c.requestQPS = 1, 1e-9 }), gcp, azureConfig{}, podTokenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	throttled.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
 	for path, want := range map[string]string{"/computeMetadata/v1/instance/": "Google", "/v1/credentials": ""} {
 		rec := httptest.NewRecorder()
 		throttled.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		if got := rec.Header().Get("Metadata-Flavor"); got != want {
-			t.Errorf("%s: Metadata-Flavor %q, want %q", path, got, want)
+		if got := rec.Header().Get("Metadata-Flavor"); rec.Code != http.StatusTooManyRequests || got != want {
+			t.Errorf("%s: %d, Metadata-Flavor %q, want 429 and %q", path, rec.Code, got, want)
 		}
 	}
+}
+
+// testGuards are the guards of the default flags, changed by mutate.
+func testGuards(t testing.TB, mutate func(*guardConfig)) *guards {
+	t.Helper()
+	gc := defaultGuardConfig(t)
+	if mutate != nil {
+		mutate(&gc)
+	}
+	g, err := newGuards(gc, prometheus.NewRegistry(), slog.DiscardHandler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
 }

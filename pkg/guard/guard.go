@@ -4,9 +4,13 @@
 // which on a node is a pod (a pod is its IPs), so no limit needs an API call
 // and every refusal happens before the broker does any work.
 //
-//   - Handler refuses forwarded requests (X-Forwarded-For, Forwarded, Via and
-//     kin), optionally requests without an Authorization header, and limits
-//     the request rate per source address (token bucket; 429 + Retry-After).
+//   - Handler stands in front of one wire surface and refuses forwarded
+//     requests (X-Forwarded-For, Forwarded, Via and kin), requests without
+//     an Authorization header where the surface's Rules ask for one, and
+//     requests past the source address's rate (429 + Retry-After). Every
+//     refusal is written by the surface's own error writer (Rules).
+//   - Limiter is the per-address token bucket; the Handlers of all surfaces
+//     share one, so that a pod has one budget across surfaces.
 //   - Listener limits open connections per source address; excess
 //     connections are closed as they are accepted.
 //   - LogLimiter is a slog.Handler that caps per-request log lines per
@@ -32,8 +36,9 @@ import (
 )
 
 // ErrorWriter writes an error answer in the wire format of the API being
-// guarded; for the AWS container-credentials API that is awscreds.WriteError.
-// The guard passes only its own constant texts as code and message.
+// guarded (awscreds.WriteError, gcemetadata.WriteError and so on: each
+// surface's GuardRules name its own). The guard passes only its own
+// constant texts as code and message.
 type ErrorWriter func(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int
 
 // Error codes the guard answers with. They are part of the API: callers and

@@ -58,7 +58,7 @@ func newHandlerEnv(t *testing.T, mutate func(*HandlerConfig)) *handlerEnv {
 			e.served++
 			w.WriteHeader(http.StatusOK)
 		}),
-		WriteError: jsonError, Metrics: m, Clock: e.clock,
+		Rules: Rules{WriteError: jsonError}, Metrics: m, Clock: e.clock,
 	}
 	if mutate != nil {
 		mutate(&cfg)
@@ -177,8 +177,75 @@ func TestHandlerTableIsBounded(t *testing.T) {
 	for i := range 1000 {
 		e.do(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}).String(), nil)
 	}
-	if n := e.h.limiters.Len(); n != 8 {
+	if n := e.h.limit.addrs.Len(); n != 8 {
 		t.Fatalf("rate-limiter table holds %d addresses, want the bound 8", n)
+	}
+}
+
+// One Handler per surface, one Limiter for all: each surface writes the
+// guard's refusals in its own format and decides whether Authorization is
+// required, and a pod has one request budget, not one per surface.
+func TestHandlersPerSurfaceShareOneLimiter(t *testing.T) {
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clocktesting.NewFakeClock(t0)
+	lim, err := NewLimiter(LimiterConfig{RequestQPS: 1, RequestBurst: 3, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	// textError stands in for a surface whose errors are not JSON.
+	textError := func(w http.ResponseWriter, status int, code, message string, _ time.Duration) int {
+		w.Header().Set("Metadata-Flavor", "Google")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, code+": "+message+"\n")
+		return status
+	}
+	strict, err := NewHandler(HandlerConfig{Next: ok, Rules: Rules{WriteError: jsonError, RequireAuthorization: true}, Metrics: m, Limiter: lim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := NewHandler(HandlerConfig{Next: ok, Rules: Rules{WriteError: textError}, Metrics: m, Limiter: lim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	do := func(h http.Handler, hdr map[string]string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.RemoteAddr = "10.0.0.1:40000"
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := do(text, nil); rec.Code != http.StatusOK {
+		t.Fatalf("no Authorization on a surface that does not require it: %d %q", rec.Code, rec.Body)
+	}
+	if rec := do(strict, nil); rec.Code != http.StatusUnauthorized || errCode(t, rec) != CodeUnauthorized {
+		t.Fatalf("no Authorization on the surface that requires it: %d %q", rec.Code, rec.Body)
+	}
+	if rec := do(text, map[string]string{"Via": "proxy"}); rec.Code != http.StatusBadRequest ||
+		rec.Body.String() != CodeForwarded+": "+msgForwarded+"\n" || rec.Header().Get("Metadata-Flavor") != "Google" {
+		t.Fatalf("forwarded, on the text surface: %d %v %q", rec.Code, rec.Header(), rec.Body)
+	}
+	// Three requests took the burst of three, across both surfaces.
+	rec := do(text, nil)
+	if rec.Code != http.StatusTooManyRequests || !strings.HasPrefix(rec.Body.String(), CodeRateLimited+": ") || rec.Header().Get("Metadata-Flavor") != "Google" {
+		t.Fatalf("past the shared burst, text surface: %d %v %q", rec.Code, rec.Header(), rec.Body)
+	}
+	rec = do(strict, map[string]string{"Authorization": "x"})
+	if rec.Code != http.StatusTooManyRequests || errCode(t, rec) != CodeRateLimited || rec.Header().Get("Retry-After") != "1" {
+		t.Fatalf("past the shared burst, JSON surface: %d %v %q", rec.Code, rec.Header(), rec.Body)
+	}
+	clk.Step(time.Second)
+	if rec := do(strict, map[string]string{"Authorization": "x"}); rec.Code != http.StatusOK {
+		t.Fatalf("after refill: %d", rec.Code)
+	}
+	if _, err := NewHandler(HandlerConfig{Next: ok, Rules: Rules{WriteError: jsonError}, Metrics: m, Limiter: lim, RequestQPS: 5}); err == nil {
+		t.Fatal("a Handler with a shared Limiter and limits of its own was accepted")
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/guard"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -147,6 +148,14 @@ func appendCredentials(b []byte, c *exchange.Credentials) []byte {
 		b = wire.AppendJSONString(b, c.AccountID)
 	}
 	return append(b, '}')
+}
+
+// GuardRules are this surface's rules for the request guard in front of
+// it: refusals in this surface's error JSON and, when the operator asks
+// for it (--require-authorization), an Authorization header, which every
+// AWS SDK sends once the workload sets AWS_CONTAINER_AUTHORIZATION_TOKEN.
+func GuardRules(requireAuthorization bool) guard.Rules {
+	return guard.Rules{WriteError: WriteError, RequireAuthorization: requireAuthorization}
 }
 
 type errorBody struct {

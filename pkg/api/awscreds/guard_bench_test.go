@@ -22,8 +22,8 @@ func BenchmarkCacheHitGuarded(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := guard.NewHandler(guard.HandlerConfig{Next: New(hitBroker{credsFor("ASIAPODA")}), WriteError: WriteError, Metrics: m,
-		RequestQPS: 1e12, RequestBurst: 1 << 30, RequireAuthorization: true})
+	h, err := guard.NewHandler(guard.HandlerConfig{Next: New(hitBroker{credsFor("ASIAPODA")}), Rules: GuardRules(true), Metrics: m,
+		RequestQPS: 1e12, RequestBurst: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -67,6 +67,7 @@ import (
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/guard"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -341,6 +342,26 @@ func writeFailure(w http.ResponseWriter, f broker.Failure) int {
 		w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(f.RetryAfter)}
 	}
 	return writeError(w, status, code, f.Message)
+}
+
+// GuardRules are this surface's rules for the request guard in front of
+// it: refusals written by WriteError, and never a demand for
+// Authorization, which no Azure client sends to the managed-identity
+// endpoint. X-IDENTITY-HEADER (or IMDS's Metadata: true) is this surface's
+// own guard against request forgery, checked by the Handler.
+func GuardRules() guard.Rules { return guard.Rules{WriteError: WriteError} }
+
+// WriteError answers an error in this surface's format, so that refusals
+// made in front of it (package guard: its signature is a
+// guard.ErrorWriter) read like its own: {"error","error_description"} JSON,
+// and Retry-After in whole seconds (at least 1) when retryAfter is
+// positive. code and message go to the caller verbatim: never put a secret
+// or anything the caller sent into them. It returns status.
+func WriteError(w http.ResponseWriter, status int, code, message string, retryAfter time.Duration) int {
+	if retryAfter > 0 {
+		w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(retryAfter)}
+	}
+	return writeError(w, status, code, message)
 }
 
 // writeError answers {"error":code,"error_description":message}. code and

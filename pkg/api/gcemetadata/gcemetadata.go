@@ -57,6 +57,7 @@ import (
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/guard"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -609,6 +610,14 @@ func WriteError(w http.ResponseWriter, status int, code, message string, retryAf
 	}
 	return writeText(w, status, code, message)
 }
+
+// GuardRules are this surface's rules for the request guard in front of
+// it: refusals written by WriteError (so they carry Metadata-Flavor: Google
+// and this surface's text), and never a demand for Authorization, which no
+// Google client sends to the metadata server (Python google-auth detects
+// GCE with a bare GET /). Metadata-Flavor is this surface's own guard
+// against request forgery, checked by the Handler.
+func GuardRules() guard.Rules { return guard.Rules{WriteError: WriteError} }
 
 func writeRetry(w http.ResponseWriter, code, message string, after time.Duration) int {
 	w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(after)}

@@ -733,3 +733,19 @@ func TestWriteError(t *testing.T) {
 		t.Errorf("headers %v", w.Header())
 	}
 }
+
+// The guard in front of the surface writes its refusals with WriteError
+// (Metadata-Flavor: Google, this surface's text), and never asks for
+// Authorization: no Google client sends it, and Python's detection is a
+// bare GET /.
+func TestGuardRules(t *testing.T) {
+	r := GuardRules()
+	if r.RequireAuthorization {
+		t.Fatal("the GCE surface requires Authorization, which no Google client sends")
+	}
+	w := httptest.NewRecorder()
+	r.WriteError(w, http.StatusTooManyRequests, "Throttled", "slow down", time.Second)
+	if w.Header().Get("Metadata-Flavor") != "Google" || w.Body.String() != "Throttled: slow down\n" || w.Header().Get("Retry-After") != "1" {
+		t.Errorf("headers %v body %q", w.Header(), w.Body)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/guard"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -68,30 +69,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if r.URL.Path != Path || r.URL.RawPath != "" {
-		return writeError(w, http.StatusNotFound, "NotFound", "no such path; tokens are served at "+Path+"?audience=...", 0)
+		return WriteError(w, http.StatusNotFound, "NotFound", "no such path; tokens are served at "+Path+"?audience=...", 0)
 	}
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
-		return writeError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "only GET is supported", 0)
+		return WriteError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "only GET is supported", 0)
 	}
 	q := r.URL.Query()
 	aud := q.Get("audience")
 	switch {
 	case len(q["audience"]) != 1 || aud == "":
-		return writeError(w, http.StatusBadRequest, "BadRequest", "name exactly one audience: ?audience=...", 0)
+		return WriteError(w, http.StatusBadRequest, "BadRequest", "name exactly one audience: ?audience=...", 0)
 	case len(aud) > MaxAudienceLen || strings.ContainsFunc(aud, func(c rune) bool { return c <= ' ' || c > '~' }):
-		return writeError(w, http.StatusBadRequest, "BadRequest", "the audience must be printable ASCII without spaces, at most 512 bytes", 0)
+		return WriteError(w, http.StatusBadRequest, "BadRequest", "the audience must be printable ASCII without spaces, at most 512 bytes", 0)
 	}
 	peer, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return writeError(w, http.StatusBadRequest, "BadRequest", "the caller's address could not be read", 0)
+		return WriteError(w, http.StatusBadRequest, "BadRequest", "the caller's address could not be read", 0)
 	}
 	addr := peer.Addr().Unmap()
 	ans, err := h.broker.Credentials(r.Context(), addr, broker.Request{Cloud: Cloud, Want: exchange.KindIDToken, Scope: aud})
 	if err != nil {
 		f := broker.Classify(err)
 		h.broker.LogFailure(r.Context(), addr, ans.Pod, f, err)
-		return writeError(w, status(f.Class), f.Code, f.Message, f.RetryAfter)
+		return WriteError(w, status(f.Class), f.Code, f.Message, f.RetryAfter)
 	}
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
@@ -135,7 +136,17 @@ func status(c broker.Class) int {
 	}
 }
 
-func writeError(w http.ResponseWriter, code int, reason, message string, retryAfter time.Duration) int {
+// GuardRules are this surface's rules for the request guard in front of
+// it: refusals written by WriteError, and no demand for Authorization
+// (--require-authorization is the AWS SDKs' opt-in; callers of this
+// surface are told no header to send).
+func GuardRules() guard.Rules { return guard.Rules{WriteError: WriteError} }
+
+// WriteError answers {"code","message"} JSON with the given status, and
+// Retry-After in whole seconds when retryAfter is positive; its signature
+// is a guard.ErrorWriter. reason and message go to the caller verbatim:
+// never a secret, never what the caller sent. It returns code.
+func WriteError(w http.ResponseWriter, code int, reason, message string, retryAfter time.Duration) int {
 	body, _ := json.Marshal(errorBody{Code: reason, Message: message})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
