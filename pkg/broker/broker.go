@@ -79,7 +79,7 @@ type Cloud struct {
 	// lists and, when set, one of AllowedIdentities, and be none of
 	// ReservedAudiences (the other clouds' token audiences: handing those
 	// out would let a pod skip their policy). It needs no Exchanger; the
-	// token lives Lifetime.
+	// token lives SessionDuration.
 	TokenPerAudience  bool
 	AudiencePrefix    string
 	ReservedAudiences []string
@@ -87,24 +87,7 @@ type Cloud struct {
 	// the identity's tenant (Azure); DefaultTenant applies without it.
 	TenantAnnotation string
 	DefaultTenant    string
-	// Lifetime is the credential lifetime asked of this cloud's exchanger
-	// (exchange.Request.Duration), or of the API server for pod tokens.
-	// Zero means, for AWS, Config.SessionDuration (--session-duration);
-	// for pod tokens, an hour; for other clouds, the exchanger's own
-	// default. Each cloud has its own: Google caps impersonated tokens at
-	// an hour where AWS grants twelve.
-	Lifetime time.Duration
-	// DeniedRetryWindow is how long this cloud's denials are answered as
-	// retryable after the first of a run of them, because its IAM is
-	// eventually consistent (a binding or trust created a moment ago is
-	// refused for a while); final (403) after. The exchanger's package
-	// documents its cloud's figure. Zero means deniedRetryWindow.
-	DeniedRetryWindow time.Duration
 }
-
-// podTokenLifetime is the default Lifetime of pod tokens: what the kubelet
-// projects by default, whatever the other clouds' lifetimes.
-const podTokenLifetime = time.Hour
 
 // FreshnessFloor is the least lifetime a served credential has whenever a
 // fresh one can be had. botocore refetches on every call below 15 minutes
@@ -122,7 +105,7 @@ type Config struct {
 	Clouds          []Cloud              // at least one
 
 	TokenExpiration            time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
-	SessionDuration            time.Duration // AWS credential lifetime unless its Cloud sets Lifetime; default 1h
+	SessionDuration            time.Duration // requested credential lifetime; default 1h
 	AllowDefaultServiceAccount bool
 	CacheSize                  int // credentials cached in all; default 4096
 	// PodCacheEntries bounds what one pod holds in the cache (and in the
@@ -191,16 +174,6 @@ func (c *Config) setDefaults() {
 	}
 	setDefault(&c.TokenExpiration, 10*time.Minute)
 	setDefault(&c.SessionDuration, time.Hour)
-	for i := range c.Clouds {
-		cl := &c.Clouds[i]
-		switch {
-		case cl.Lifetime != 0:
-		case cl.Name == exchange.AWS:
-			cl.Lifetime = c.SessionDuration
-		case cl.TokenPerAudience:
-			cl.Lifetime = podTokenLifetime
-		}
-	}
 	setDefault(&c.PodFetchInterval, 6*time.Second)
 	if c.PodFetchBurst == 0 {
 		c.PodFetchBurst = 10
@@ -291,7 +264,7 @@ var podSync = Request{}
 // refresh replaces it, so readers need no lock beyond the cache's.
 type entry struct {
 	pod        podresolve.Pod
-	identity   string
+	who        principal
 	creds      *exchange.Credentials
 	expiration time.Time
 	fetchedAt  time.Time
@@ -301,26 +274,13 @@ type entry struct {
 // fetchFailure remembers a failed fetch so that callers get the same answer
 // without another upstream call until it expires: this is the backoff.
 type fetchFailure struct {
-	identity string
+	who      principal
 	err      error
 	until    time.Time
 	failures int
 	// firstDenied is when upstream first denied this pod the identity, in
 	// the current run of denials; zero otherwise.
 	firstDenied time.Time
-	// windowEnd is, while the denial is provisional, when its window ends:
-	// from then on the remembered denial is answered as final.
-	windowEnd time.Time
-}
-
-// current is the error a caller is told now: a provisional denial becomes
-// final once its window has ended, without waiting for the next fetch,
-// which the backoff may put up to maxDeniedBackoff later.
-func (f fetchFailure) current(now time.Time) error {
-	if pd, ok := f.err.(*provisionalDenial); ok && !f.windowEnd.IsZero() && !now.Before(f.windowEnd) {
-		return pd.err
-	}
-	return f.err
 }
 
 // negativeTTL is how long a permanent refusal (by the operator's policy,
@@ -331,21 +291,13 @@ const negativeTTL = 30 * time.Second
 // that a new pod is served within this long once upstream recovers.
 const maxTransientBackoff = 10 * time.Second
 
-// deniedRetryWindow is, unless a Cloud sets its own, how long upstream
-// denials (AccessDenied, an invalid token) are treated as possibly
-// transient, retried with backoff and answered with a retryable status. IAM is eventually consistent: a role or
+// deniedRetryWindow is how long upstream denials (AccessDenied, an invalid
+// token) are treated as possibly transient, retried with backoff and
+// answered with a retryable status. IAM is eventually consistent: a role or
 // trust policy created seconds ago is denied for a while, and STS answers
 // InvalidIdentityToken when it could not fetch the issuer's keys. After the
 // window the denial is final (403), which SDKs do not retry.
 const deniedRetryWindow = 2 * time.Minute
-
-// deniedWindow returns cloud's denied-retry window.
-func (b *Broker) deniedWindow(cloud exchange.Cloud) time.Duration {
-	if i := b.cloudIndex(cloud); i >= 0 && b.cfg.Clouds[i].DeniedRetryWindow > 0 {
-		return b.cfg.Clouds[i].DeniedRetryWindow
-	}
-	return deniedRetryWindow
-}
 
 // maxDeniedBackoff caps the backoff between fetches during the window.
 const maxDeniedBackoff = 30 * time.Second
@@ -391,11 +343,6 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: cloud %s needs a token audience and an annotation", c.Name)
 		case slices.Contains(c.AllowedIdentities, ""):
 			return nil, fmt.Errorf("broker: cloud %s: empty allowed-identity pattern", c.Name)
-		case c.Lifetime != 0 && c.Lifetime < 2*FreshnessFloor:
-			return nil, fmt.Errorf("broker: cloud %s: lifetime %s leaves no room to refresh before the %s freshness floor; use at least %s",
-				c.Name, c.Lifetime, FreshnessFloor, 2*FreshnessFloor)
-		case c.DeniedRetryWindow < 0:
-			return nil, fmt.Errorf("broker: cloud %s: negative denied-retry window", c.Name)
 		}
 		for _, r := range c.Prefetch {
 			if r.Cloud != c.Name || r.Identity != "" || r.Want == 0 {
@@ -462,22 +409,22 @@ func (b *Broker) Credentials(ctx context.Context, addr netip.Addr, req Request) 
 	if err != nil {
 		return Answer{Pod: pod}, fmt.Errorf("identifying caller: %w", err)
 	}
-	ci, identity, err := b.identityFor(pod, req)
+	ci, who, err := b.identityFor(pod, req)
 	if err != nil {
 		return Answer{Pod: pod}, err
 	}
 	key := entryKey{uid: pod.UID, req: req}
 	key.req.Identity = ""
 	cached, ok := b.cache.Get(key)
-	if ok && cached.identity == identity && cached.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
+	if ok && cached.who == who && cached.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
 		b.metrics.cacheHits.Inc()
-		return Answer{Pod: pod, Identity: identity, Credentials: cached.creds}, nil
+		return Answer{Pod: pod, Identity: who.identity, Credentials: cached.creds}, nil
 	}
-	if !ok || cached.identity != identity {
+	if !ok || cached.who != who {
 		cached = nil
 	}
-	creds, err := b.credentialsNotFresh(ctx, start, pod, ci, identity, key, cached)
-	return Answer{Pod: pod, Identity: identity, Credentials: creds}, err
+	creds, err := b.credentialsNotFresh(ctx, start, pod, ci, who, key, cached)
+	return Answer{Pod: pod, Identity: who.identity, Credentials: creds}, err
 }
 
 // Identity resolves the pod at addr and returns the identity its
@@ -488,8 +435,8 @@ func (b *Broker) Identity(ctx context.Context, addr netip.Addr, cloud exchange.C
 	if err != nil {
 		return pod, "", fmt.Errorf("identifying caller: %w", err)
 	}
-	_, identity, err := b.identityFor(pod, Request{Cloud: cloud})
-	return pod, identity, err
+	_, who, err := b.identityFor(pod, Request{Cloud: cloud})
+	return pod, who.identity, err
 }
 
 // credentialsNotFresh is the path for a pod with no fresh credential
@@ -497,16 +444,16 @@ func (b *Broker) Identity(ctx context.Context, addr netip.Addr, cloud exchange.C
 // still valid cached credential while upstream fails. It is kept apart from
 // Credentials so that the cache-hit path stays small (on a new connection's
 // goroutine a larger frame costs a stack growth per request).
-func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod podresolve.Pod, ci int, identity string, key entryKey, cached *entry) (*exchange.Credentials, error) {
+func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod podresolve.Pod, ci int, who principal, key entryKey, cached *entry) (*exchange.Credentials, error) {
 	usable := func(err error) bool {
 		return cached != nil && cached.expiration.Sub(b.clock.Now()) >= staleServeFloor && !endsStaleServing(err)
 	}
-	if f, failing := b.failures.Get(key); failing && f.identity == identity && b.clock.Now().Before(f.until) {
+	if f, failing := b.failures.Get(key); failing && f.who == who && b.clock.Now().Before(f.until) {
 		if usable(f.err) {
 			b.metrics.cacheStale.Inc()
 			return cached.creds, nil
 		}
-		return nil, f.current(b.clock.Now())
+		return nil, f.err
 	}
 	if b.dead.Contains(pod.UID) {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
@@ -517,7 +464,7 @@ func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod p
 	// caller included.
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout-b.clock.Since(start))
 	defer cancel()
-	fresh, err := b.fetchShared(ctx, pod, ci, identity, key, true)
+	fresh, err := b.fetchShared(ctx, pod, ci, who, key, true)
 	if err == nil {
 		return fresh.creds, nil
 	}
@@ -537,7 +484,8 @@ func (b *Broker) allowPodFetch(uid types.UID) bool {
 			lim = prev
 		}
 	}
-	return lim.Allow()
+	// On the broker's clock, like the rest of its time keeping.
+	return lim.AllowN(b.clock.Now(), 1)
 }
 
 // cloudIndex returns the index of cloud in Config.Clouds, or -1.
@@ -551,25 +499,40 @@ func (b *Broker) cloudIndex(cloud exchange.Cloud) int {
 }
 
 // identityFor applies the operator's policy and returns the cloud's index
-// and the identity the pod's ServiceAccount names on it. It reads the
+// and the principal the pod's ServiceAccount names on it: its identity and
+// tenant, both read from one version of the account. It reads the
 // ServiceAccount watch and makes no API call.
-func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, string, error) {
+func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, principal, error) {
 	if err := b.policy.checkServiceAccount(pod.Namespace, pod.ServiceAccount); err != nil {
-		return 0, "", err
+		return 0, principal{}, err
 	}
 	ci := b.cloudIndex(req.Cloud)
 	if ci < 0 {
-		return 0, "", &Refusal{Code: CodeCloudNotServed,
+		return 0, principal{}, &Refusal{Code: CodeCloudNotServed,
 			Message: fmt.Sprintf("this agent is not configured to serve %s credentials", req.Cloud)}
 	}
-	identity, err := b.accounts.Identity(pod.Namespace, pod.ServiceAccount, ci)
+	fields, err := b.accounts.fields(pod.Namespace, pod.ServiceAccount)
 	if err != nil {
-		return 0, "", err
+		return 0, principal{}, err
 	}
-	if err := b.policy.checkIdentity(&b.cfg.Clouds[ci], pod.Namespace, pod.ServiceAccount, identity, req); err != nil {
-		return 0, "", err
+	cloud := &b.cfg.Clouds[ci]
+	var who principal
+	if fields != nil {
+		who.identity = fields[ci]
 	}
-	return ci, identity, nil
+	who.tenant = cloud.DefaultTenant
+	if f := b.tenantField[ci]; f >= 0 && fields != nil && fields[f] != "" {
+		who.tenant = fields[f]
+	}
+	if hasControl(who.identity) || hasControl(who.tenant) {
+		return 0, principal{}, &Refusal{Code: CodeInvalidRole,
+			Message: fmt.Sprintf("an annotation of ServiceAccount %s/%s that names this pod's %s identity (%s or its tenant) holds a control character; fix the annotation", pod.Namespace, pod.ServiceAccount, cloud.Name, cloud.Annotation)}
+	}
+	who = principal{identity: canonicalGUID(who.identity), tenant: canonicalGUID(who.tenant)}
+	if err := b.policy.checkIdentity(cloud, pod.Namespace, pod.ServiceAccount, who.identity, req); err != nil {
+		return 0, principal{}, err
+	}
+	return ci, who, nil
 }
 
 // fetchShared fetches once for all concurrent callers asking for the same
@@ -579,13 +542,13 @@ func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, string, erro
 //
 // A fetch a request starts spends one of the pod's request-driven fetches
 // (callers joining it spend nothing); background fetches spend none.
-func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, ci int, identity string, key entryKey, requestDriven bool) (*entry, error) {
-	flight := strings.Join([]string{string(pod.UID), string(key.req.Cloud), strconv.Itoa(int(key.req.Want)), identity, key.req.Scope}, "\x00")
+func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, ci int, who principal, key entryKey, requestDriven bool) (*entry, error) {
+	flight := strings.Join([]string{string(pod.UID), string(key.req.Cloud), strconv.Itoa(int(key.req.Want)), who.identity, who.tenant, key.req.Scope}, "\x00")
 	ch := b.inflight.DoChan(flight, func() (any, error) {
 		// A caller that missed the cache just before the previous flight
 		// for this key landed joins nothing: it finds the result here
 		// rather than fetching again.
-		if e, ok := b.cache.Peek(key); ok && requestDriven && e.identity == identity && e.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
+		if e, ok := b.cache.Peek(key); ok && requestDriven && e.who == who && e.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
 			return e, nil
 		}
 		if requestDriven && !b.allowPodFetch(pod.UID) {
@@ -594,8 +557,8 @@ func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, ci int, id
 		}
 		fctx, cancel := context.WithTimeout(context.Background(), b.cfg.FetchTimeout)
 		defer cancel()
-		e, err := b.fetch(fctx, pod, ci, identity, key.req)
-		return e, b.record(pod, key, identity, e, err)
+		e, err := b.fetch(fctx, pod, ci, who, key.req)
+		return e, b.record(pod, key, who, e, err)
 	})
 	select {
 	case r := <-ch:
@@ -608,7 +571,7 @@ func (b *Broker) fetchShared(ctx context.Context, pod podresolve.Pod, ci int, id
 	}
 }
 
-func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity string, req Request) (*entry, error) {
+func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, who principal, req Request) (*entry, error) {
 	if b.dead.Contains(pod.UID) {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
 	}
@@ -617,7 +580,7 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity
 	}
 	cloud := &b.cfg.Clouds[ci]
 	if cloud.TokenPerAudience {
-		return b.fetchPodToken(ctx, pod, identity, req, cloud.Lifetime)
+		return b.fetchPodToken(ctx, pod, who, req)
 	}
 	token, _, err := b.tokens.token(ctx, pod, cloud.Audience, 0)
 	if err != nil {
@@ -626,15 +589,10 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity
 	xreq := exchange.Request{
 		Token:       token,
 		Want:        req.Want,
-		Role:        identity,
+		Role:        who.identity,
+		Tenant:      who.tenant,
 		SessionName: exchange.SessionName(pod.Namespace, pod.Name, string(pod.UID)),
-		Duration:    cloud.Lifetime,
-	}
-	xreq.Tenant = cloud.DefaultTenant
-	if f := b.tenantField[ci]; f >= 0 {
-		if t, err := b.accounts.Identity(pod.Namespace, pod.ServiceAccount, f); err == nil && t != "" {
-			xreq.Tenant = t
-		}
+		Duration:    b.cfg.SessionDuration,
 	}
 	if req.Want == exchange.KindIDToken {
 		xreq.Audience = req.Scope
@@ -645,20 +603,20 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, identity
 	creds, err := cloud.Exchanger.Exchange(ctx, xreq)
 	b.metrics.observeUpstream(upstreamSTS, err, b.clock.Since(start))
 	if err != nil {
-		return nil, fmt.Errorf("exchanging token of pod %s/%s for %s identity %q: %w", pod.Namespace, pod.Name, cloud.Name, identity, err)
+		return nil, fmt.Errorf("exchanging token of pod %s/%s for %s identity %q: %w", pod.Namespace, pod.Name, cloud.Name, who.identity, err)
 	}
 	if err := checkCredentials(req.Want, creds); err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	e := &entry{pod: pod, identity: identity, creds: &creds, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
+	e := &entry{pod: pod, who: who, creds: &creds, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
 	e.refreshAt = refreshTime(e)
 	return e, nil
 }
 
 // fetchPodToken gets the pod-bound token for the request's audience: the
 // credential is the token itself.
-func (b *Broker) fetchPodToken(ctx context.Context, pod podresolve.Pod, identity string, req Request, lifetime time.Duration) (*entry, error) {
-	token, exp, err := b.tokens.token(ctx, pod, req.Scope, lifetime)
+func (b *Broker) fetchPodToken(ctx context.Context, pod podresolve.Pod, who principal, req Request) (*entry, error) {
+	token, exp, err := b.tokens.token(ctx, pod, req.Scope, b.cfg.SessionDuration)
 	if err != nil {
 		return nil, err
 	}
@@ -666,7 +624,7 @@ func (b *Broker) fetchPodToken(ctx context.Context, pod podresolve.Pod, identity
 		return nil, &errKubeAPI{err: fmt.Errorf("TokenRequest for %s/%s returned no expiry", pod.Namespace, pod.ServiceAccount)}
 	}
 	creds := &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: token, Expiration: exp}
-	e := &entry{pod: pod, identity: identity, creds: creds, expiration: exp, fetchedAt: b.clock.Now()}
+	e := &entry{pod: pod, who: who, creds: creds, expiration: exp, fetchedAt: b.clock.Now()}
 	e.refreshAt = refreshTime(e)
 	return e, nil
 }
@@ -695,10 +653,10 @@ func checkCredentials(want exchange.Kind, c exchange.Credentials) error {
 // record caches a fetch's outcome and schedules the next refresh. It returns
 // the error callers are to see: during the denied-retry window a denial
 // comes back marked as provisional.
-func (b *Broker) record(pod podresolve.Pod, key entryKey, identity string, e *entry, err error) error {
+func (b *Broker) record(pod podresolve.Pod, key entryKey, who principal, e *entry, err error) error {
 	now := b.clock.Now()
 	if err != nil {
-		return b.recordFailure(pod, key, identity, err, now)
+		return b.recordFailure(pod, key, who, err, now)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -733,16 +691,16 @@ func (b *Broker) askedLocked(key entryKey) {
 	b.asked[key.uid] = list
 }
 
-func (b *Broker) recordFailure(pod podresolve.Pod, key entryKey, identity string, err error, now time.Time) error {
+func (b *Broker) recordFailure(pod podresolve.Pod, key entryKey, who principal, err error, now time.Time) error {
 	if errors.Is(err, errPodGone) {
 		b.markDead(pod)
 		return err
 	}
 	prev, _ := b.failures.Peek(key)
-	if prev.identity != identity {
+	if prev.who != who {
 		prev = fetchFailure{}
 	}
-	f := fetchFailure{identity: identity, err: err, failures: prev.failures + 1}
+	f := fetchFailure{who: who, err: err, failures: prev.failures + 1}
 	var xe *exchange.Error
 	var refusal *Refusal
 	switch {
@@ -750,14 +708,14 @@ func (b *Broker) recordFailure(pod podresolve.Pod, key entryKey, identity string
 		if xe.Kind == exchange.Denied {
 			// The identity's trust policy no longer admits the pod: what
 			// is cached for that identity must not be served on.
-			b.evictIdentity(pod.UID, key.req.Cloud, identity, evictDenied)
+			b.evictIdentity(pod.UID, key.req.Cloud, who, evictDenied)
 		}
-		f.deny(prev, now, 2*time.Second, b.deniedWindow(key.req.Cloud))
+		f.deny(prev, now, 2*time.Second)
 	case errors.As(err, &refusal) && refusal.Code == CodeTokenRequestRefused && apierrors.IsForbidden(err):
 		// A restarting API server answers 403 for a moment, before its
 		// RBAC cache has synced; an admission denial is answered the same
 		// way. Like an upstream denial, it is retried for a while first.
-		f.deny(prev, now, time.Second, deniedRetryWindow)
+		f.deny(prev, now, time.Second)
 	case errors.As(err, &refusal), errors.As(err, &xe) && !xe.Retryable():
 		f.until = now.Add(negativeTTL)
 	default:
@@ -773,18 +731,16 @@ func (b *Broker) recordFailure(pod podresolve.Pod, key entryKey, identity string
 }
 
 // deny records a denial: provisional (retryable, backing off from base)
-// until window after the first of an unbroken run of them, final after.
-// A provisional denial remembered past the window's end is answered as
-// final from then on (fetchFailure.current).
-func (f *fetchFailure) deny(prev fetchFailure, now time.Time, base, window time.Duration) {
+// until deniedRetryWindow after the first of an unbroken run of them, final
+// after.
+func (f *fetchFailure) deny(prev fetchFailure, now time.Time, base time.Duration) {
 	f.firstDenied = prev.firstDenied
 	if f.firstDenied.IsZero() {
 		f.firstDenied = now
 	}
-	if end := f.firstDenied.Add(window); now.Before(end) {
+	if now.Sub(f.firstDenied) < deniedRetryWindow {
 		f.err = &provisionalDenial{err: f.err}
 		f.until = now.Add(backoff(f.failures, base, maxDeniedBackoff))
-		f.windowEnd = end
 		return
 	}
 	f.until = now.Add(negativeTTL)

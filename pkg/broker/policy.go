@@ -27,8 +27,8 @@ func (p rolePolicy) checkServiceAccount(namespace, serviceAccount string) error 
 }
 
 // checkIdentity checks the identity the ServiceAccount names on cloud c
-// ("" when it names none) and the one the caller asked for ("" for
-// whichever the ServiceAccount names).
+// ("" when it names none; a GUID in lower case, see canonicalGUID) and the
+// one the caller asked for ("" for whichever the ServiceAccount names).
 func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity string, req Request) error {
 	requested := req.Identity
 	if c.TokenPerAudience {
@@ -39,7 +39,7 @@ func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity 
 		return &Refusal{Code: CodeNoRole,
 			Message: fmt.Sprintf("ServiceAccount %s/%s has no %s annotation naming the %s to use", namespace, serviceAccount, c.Annotation, noun)}
 	}
-	if requested != "" && requested != identity {
+	if requested != "" && canonicalGUID(requested) != identity {
 		return &Refusal{Code: CodeIdentityNotAllowed,
 			Message: fmt.Sprintf("ServiceAccount %s/%s does not name the %s this request asks for; it may use only the one its %s annotation names", namespace, serviceAccount, noun, c.Annotation)}
 	}
@@ -47,7 +47,7 @@ func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity 
 		return nil
 	}
 	for _, pat := range c.AllowedIdentities {
-		if globMatch(pat, identity) {
+		if globMatch(pat, identity) || isGUID(identity) && globMatch(strings.ToLower(pat), identity) {
 			return nil
 		}
 	}
@@ -83,6 +83,57 @@ func checkAudience(c *Cloud, namespace, serviceAccount, patterns, audience strin
 		}
 	}
 	return refuse(fmt.Sprintf("its %s annotation does not list it", c.Annotation))
+}
+
+// principal is whom a pod's credentials on a cloud stand for: the identity
+// its ServiceAccount names and, on a cloud with tenants, the tenant (Azure:
+// a client ID means nothing without its tenant). Cached entries, remembered
+// failures and flights are matched on the whole of it, so that a change of
+// either annotation takes effect on the next request and the next refresh.
+// Both fields are canonical (canonicalGUID), so that == compares them as
+// the identity provider does.
+type principal struct {
+	identity string
+	tenant   string
+}
+
+// canonicalGUID returns s in lower case if it is a GUID, else s unchanged.
+// GUIDs (Azure client and tenant IDs) are case-insensitive (RFC 9562; Entra
+// ID matches them so), and lower case is their canonical form; role ARNs
+// and email addresses are never GUIDs and stay exact.
+func canonicalGUID(s string) string {
+	if isGUID(s) {
+		return strings.ToLower(s)
+	}
+	return s
+}
+
+// isGUID reports whether s has the 8-4-4-4-12 hexadecimal form of a GUID.
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// hasControl reports whether s holds a control character. No identity,
+// tenant or audience has one; an annotation that does (the API server
+// checks only the total size of annotation values) is a mistake or an
+// attempt to confuse whatever reads it, and is refused.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || 0x80 <= r && r < 0xa0 })
 }
 
 // identityNoun names what an identity is on a cloud, for messages.

@@ -102,7 +102,7 @@ func (b *Broker) prefetch(ctx context.Context, uid types.UID) (retry bool, err e
 			// (which every ServiceAccount has, so prefetching it would
 			// fetch for every pod whether it uses the cloud or not):
 			// nothing to prefetch; the first request fetches.
-			if _, id, perr := b.identityFor(pod, req); perr != nil && isRefusal(perr) || perr == nil && id == "" {
+			if _, who, perr := b.identityFor(pod, req); perr != nil && isRefusal(perr) || perr == nil && who.identity == "" {
 				continue
 			}
 			r, serr := b.sync(ctx, entryKey{uid: uid, req: req})
@@ -121,8 +121,16 @@ func isRefusal(err error) bool {
 }
 
 // sync makes sure a pod that is on the node has a fresh credential for
-// key's request: it fetches one that is missing and refreshes one due for
-// it. It reports whether a failure is worth retrying.
+// key's request: it refreshes one due for it, and fetches a missing one
+// only if it is one of the cloud's Prefetch requests. Any other key that is
+// not cached was evicted (past the pod's PodCacheEntries, or by the LRU)
+// after its refresh was queued: fetching it would put it back, evicting
+// the pod's next entry, whose refresh is queued too, and so on for the
+// pod's whole life (a pod asking for a new scope set or audience every few
+// seconds would have the agent refresh an ever-growing set in the
+// background); it is dropped, and the pod's next request for it fetches,
+// within the pod's fetch budget. It reports whether a failure is worth
+// retrying.
 func (b *Broker) sync(ctx context.Context, key entryKey) (retry bool, err error) {
 	b.mu.Lock()
 	pod, known := b.known[key.uid]
@@ -134,7 +142,7 @@ func (b *Broker) sync(ctx context.Context, key entryKey) (retry bool, err error)
 		}
 		pod = cached.pod
 	}
-	ci, identity, err := b.identityFor(pod, key.req)
+	ci, who, err := b.identityFor(pod, key.req)
 	switch {
 	case isRefusal(err):
 		// No identity (any more), or not allowed: stop refreshing what the
@@ -148,15 +156,20 @@ func (b *Broker) sync(ctx context.Context, key entryKey) (retry bool, err error)
 		// yet: keep what is cached and try again.
 		return true, err
 	}
+	if !cachedOK && (who.identity == "" || !slices.Contains(b.cfg.Clouds[ci].Prefetch, key.req)) {
+		// Evicted, and no prefetch would fetch it (prefetch skips a
+		// federated principal, which every pod has).
+		return false, nil
+	}
 	now := b.clock.Now()
-	if cachedOK && cached.identity == identity {
+	if cachedOK && cached.who == who {
 		if due := cached.refreshAt.Sub(now); due > 0 && cached.expiration.Sub(now) > FreshnessFloor {
 			// Queued early (a pod update, a duplicate add): come back when due.
 			b.queue.AddAfter(key, due)
 			return false, nil
 		}
 	}
-	if _, err := b.fetchShared(ctx, pod, ci, identity, key, false); err != nil {
+	if _, err := b.fetchShared(ctx, pod, ci, who, key, false); err != nil {
 		if cachedOK && cached.expiration.Before(b.clock.Now()) {
 			b.evict(key, evictExpired)
 		}
@@ -195,14 +208,14 @@ func (b *Broker) evict(key entryKey, reason string) {
 	}
 }
 
-// evictIdentity evicts what the pod has cached for identity on cloud.
-func (b *Broker) evictIdentity(uid types.UID, cloud exchange.Cloud, identity, reason string) {
+// evictIdentity evicts what the pod has cached for who on cloud.
+func (b *Broker) evictIdentity(uid types.UID, cloud exchange.Cloud, who principal, reason string) {
 	b.mu.Lock()
 	reqs := slices.Clone(b.asked[uid])
 	b.mu.Unlock()
 	for _, req := range reqs {
 		key := entryKey{uid: uid, req: req}
-		if e, ok := b.cache.Peek(key); ok && req.Cloud == cloud && e.identity == identity {
+		if e, ok := b.cache.Peek(key); ok && req.Cloud == cloud && e.who == who {
 			b.evict(key, reason)
 		}
 	}

@@ -42,9 +42,14 @@ type serviceAccounts struct {
 	synced      atomic.Bool
 
 	mu sync.RWMutex
-	// roles is keyed by a struct, not a "namespace/name" string, so that a
-	// lookup on the cache-hit path allocates nothing. Guarded by mu.
-	roles map[saKey]string
+	// roles holds each account's annotation values, one field per entry of
+	// annotations, each on its own: the API server accepts any string as
+	// a value, NUL included, so no separator can keep one cloud's value
+	// from spilling into another's field. nil for an account with none of
+	// the annotations. Keyed by a struct, not a "namespace/name" string,
+	// so that a lookup on the cache-hit path allocates nothing. Guarded by
+	// mu; a stored slice is never modified.
+	roles map[saKey][]string
 	// namespaces interns namespace names: thousands of accounts share a
 	// few hundred. Guarded by mu.
 	namespaces map[string]string
@@ -61,7 +66,7 @@ type ServiceAccountClient interface {
 }
 
 func newServiceAccounts(sas ServiceAccountClient, annotations []string) (*serviceAccounts, error) {
-	s := &serviceAccounts{annotations: annotations, roles: make(map[saKey]string), namespaces: make(map[string]string)}
+	s := &serviceAccounts{annotations: annotations, roles: make(map[saKey][]string), namespaces: make(map[string]string)}
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return sas.List(ctx, o)
@@ -118,7 +123,7 @@ func (s *serviceAccounts) Delete(obj any) error {
 // Replace installs a complete list (the first one, or a relist after the
 // watch could not resume): accounts deleted meanwhile disappear with it.
 func (s *serviceAccounts) Replace(list []any, _ string) error {
-	roles := make(map[saKey]string, len(list))
+	roles := make(map[saKey][]string, len(list))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.namespaces = make(map[string]string)
@@ -134,43 +139,23 @@ func (s *serviceAccounts) Replace(list []any, _ string) error {
 	return nil
 }
 
-// roleOf packs the identities the account is annotated with, one per
-// cloud in the order of s.annotations, into one string separated by NUL
-// (which no annotation value can hold): with one cloud configured, it is
-// the annotation itself, and a map value stays one string header.
-func (s *serviceAccounts) roleOf(sa *corev1.ServiceAccount) string {
-	if len(s.annotations) == 1 {
+// roleOf returns the values of the account's annotations, one per entry of
+// s.annotations, trimmed, or nil when it has none of them.
+func (s *serviceAccounts) roleOf(sa *corev1.ServiceAccount) []string {
+	var fields []string
+	for i, a := range s.annotations {
+		v := strings.TrimSpace(sa.Annotations[a])
+		if v == "" {
+			continue
+		}
+		if fields == nil {
+			fields = make([]string, len(s.annotations))
+		}
 		// A copy, so that the decoded object (managed fields, labels, the
 		// last-applied configuration) is not kept alive by a substring.
-		return strings.Clone(strings.TrimSpace(sa.Annotations[s.annotations[0]]))
+		fields[i] = strings.Clone(v)
 	}
-	var b strings.Builder
-	for i, a := range s.annotations {
-		if i > 0 {
-			b.WriteByte(0)
-		}
-		b.WriteString(strings.TrimSpace(sa.Annotations[a]))
-	}
-	if strings.Trim(b.String(), "\x00") == "" {
-		return ""
-	}
-	return b.String()
-}
-
-// field returns the i-th NUL-separated field of packed, without
-// allocating.
-func field(packed string, i int) string {
-	for ; i > 0; i-- {
-		n := strings.IndexByte(packed, 0)
-		if n < 0 {
-			return ""
-		}
-		packed = packed[n+1:]
-	}
-	if n := strings.IndexByte(packed, 0); n >= 0 {
-		return packed[:n]
-	}
-	return packed
+	return fields
 }
 
 // keyLocked returns the key for sa with an interned namespace. s.mu must
@@ -190,16 +175,27 @@ func (s *serviceAccounts) keyLocked(sa *corev1.ServiceAccount) saKey {
 // be created without its ServiceAccount, so a missing one is being
 // replaced (a GitOps apply) or deleted, and SDKs treat a 403 as final.
 func (s *serviceAccounts) Identity(namespace, name string, i int) (string, error) {
+	fields, err := s.fields(namespace, name)
+	if err != nil || i >= len(fields) {
+		return "", err
+	}
+	return fields[i], nil
+}
+
+// fields returns the account's annotation values (see roles), read at
+// once, so that an identity and its tenant come from one version of the
+// account. The caller must not modify them.
+func (s *serviceAccounts) fields(namespace, name string) ([]string, error) {
 	s.mu.RLock()
-	packed, ok := s.roles[saKey{namespace, name}]
+	fields, ok := s.roles[saKey{namespace, name}]
 	s.mu.RUnlock()
 	switch {
 	case ok:
-		return field(packed, i), nil
+		return fields, nil
 	case !s.hasSynced():
-		return "", errServiceAccountsNotSynced
+		return nil, errServiceAccountsNotSynced
 	default:
-		return "", fmt.Errorf("ServiceAccount %s/%s: %w", namespace, name, errServiceAccountMissing)
+		return nil, fmt.Errorf("ServiceAccount %s/%s: %w", namespace, name, errServiceAccountMissing)
 	}
 }
 
