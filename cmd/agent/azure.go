@@ -61,8 +61,9 @@ func (a *azureConfig) cloud() (broker.Cloud, error) {
 	if err != nil {
 		return broker.Cloud{}, fmt.Errorf("Azure exchanger: %w", err)
 	}
+	// No Lifetime: the client credentials grant has none, Entra decides.
 	c := broker.Cloud{Name: exchange.Azure, Exchanger: x, Audience: a.audience, Annotation: a.clientAnnotation,
-		TenantAnnotation: a.tenantAnnotation, DefaultTenant: a.tenant}
+		TenantAnnotation: a.tenantAnnotation, DefaultTenant: a.tenant, DeniedRetryWindow: azure.DeniedRetryWindow}
 	for _, r := range a.prefetch {
 		req, err := azureidentity.TokenRequest(r)
 		if err != nil {

@@ -32,6 +32,9 @@
 // lifetime parameter; Entra decides (an hour or more, never less than five
 // minutes).
 //
+// Entra's directory is eventually consistent: denials are worth retrying
+// for DeniedRetryWindow (the broker's Cloud.DeniedRetryWindow).
+//
 // An Exchanger is safe for concurrent use.
 package azure
 
@@ -56,6 +59,17 @@ import (
 // DefaultAuthorityHost is Entra ID's public cloud authority (the default of
 // the Azure SDKs' AZURE_AUTHORITY_HOST).
 const DefaultAuthorityHost = "https://login.microsoftonline.com/"
+
+// DeniedRetryWindow is how long a denial from Entra is worth retrying.
+// Microsoft documents Entra's directory as eventually consistent, with a
+// newly created application, service principal or credential possibly
+// "Not Found" at first ("Designing for Eventual Consistency for Microsoft
+// Entra", devblogs.microsoft.com/identity, 2026-03-24), and Azure Workload
+// Identity's FAQ names a propagation delay after creating a federated
+// identity credential; neither gives an upper bound. Five minutes: longer
+// than AWS's two, short enough that a real misconfiguration turns into a
+// final 403 soon.
+const DeniedRetryWindow = 5 * time.Minute
 
 // TokenAudience is the audience Entra expects of a federated assertion, and
 // the default audience of a federated identity credential.
@@ -506,8 +520,14 @@ func kindForAADSTS(code int64, client, tenant string, a assertion) (exchange.Err
 		return exchange.Denied, fmt.Sprintf("%s is disabled in tenant %s or not allowed to get tokens", app, tenant), true
 	case 700016:
 		// "Application with identifier '…' was not found in the directory
-		// '…'."
-		return exchange.InvalidRequest, fmt.Sprintf("%s was not found in tenant %s: check the ServiceAccount's client-id annotation and that the tenant (annotation azure.workload.identity/tenant-id, or the agent's --azure-tenant-id) is the application's",
+		// '…'." A wrong client ID or tenant, or an application created a
+		// moment ago: Entra's directory is eventually consistent, and
+		// Microsoft documents that a newly created object may be "Not
+		// Found" until it has replicated (DeniedRetryWindow). So it is a
+		// denial, retried through the window and then a final 403, never
+		// a 400: Python azure-identity gives up on the endpoint for good
+		// after a 400.
+		return exchange.Denied, fmt.Sprintf("%s was not found in tenant %s: check the ServiceAccount's client-id annotation and that the tenant (annotation azure.workload.identity/tenant-id, or the agent's --azure-tenant-id) is the application's",
 			app, tenant), true
 	case 90002, 50034, 900023, 90013:
 		// "Tenant '…' not found."; an invalid tenant identifier.

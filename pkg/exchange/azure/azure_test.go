@@ -345,7 +345,10 @@ func TestErrorClassification(t *testing.T) {
 			exchange.Denied, "AADSTS70025", []string{"has no federated identity credentials"}},
 		{"application not found", 400, entraErr("unauthorized_client", 700016,
 			"AADSTS700016: Application with identifier '"+clientID+"' was not found in the directory '"+tenant+"'."),
-			exchange.InvalidRequest, "AADSTS700016", []string{"application " + clientID + " was not found in tenant " + tenant, "client-id annotation"}},
+			// Issue 18, item 9: it was InvalidRequest (a 400 on the surface,
+			// after which Python azure-identity gives up for good), though
+			// Entra also answers it while a new application replicates.
+			exchange.Denied, "AADSTS700016", []string{"application " + clientID + " was not found in tenant " + tenant, "client-id annotation"}},
 		{"tenant not found", 400, entraErr("invalid_request", 90002, "AADSTS90002: Tenant 'x' not found."),
 			exchange.InvalidRequest, "AADSTS90002", []string{"tenant " + tenant + " was not found"}},
 		{"tenant not found 50034", 400, entraErr("invalid_request", 50034, "AADSTS50034: The account does not exist."),
