@@ -29,6 +29,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/credbroker/agent/integration/harness"
@@ -440,7 +441,14 @@ func (f *faults) testChurn(t *testing.T) {
 					_, err = f.cp.SetPodPhase(ctx, ns, te.name, corev1.PodSucceeded)
 					lingering = append(lingering, te.name)
 				case 2:
+					// A pod is served through its grace period (invariant
+					// 12); its address goes to another pod only once its
+					// sandbox is gone, and the kubelet writes the terminal
+					// phase when its containers have exited.
 					err = f.cp.BeginDeletePod(ctx, ns, te.name, 30)
+					if err == nil {
+						_, err = f.cp.SetPodPhase(ctx, ns, te.name, corev1.PodSucceeded)
+					}
 					lingering = append(lingering, te.name)
 				}
 				te.left = time.Now()
@@ -715,8 +723,15 @@ func (f *faults) testSandbox(t *testing.T) {
 		}
 	})
 	t.Run("Swap", func(t *testing.T) {
+		// x is created first (creationTimestamp has one-second
+		// resolution, so at least a second apart) and moves first: the
+		// newer claim wins, whichever pod is older (issue 18 item 12).
 		x := create(t, "swap-x", "svc-a", spots[3])
+		waitFor(ctx, time.Until(x.CreationTimestamp.Add(1100*time.Millisecond)))
 		y := create(t, "swap-y", "svc-b", spots[4])
+		if !x.CreationTimestamp.Before(&y.CreationTimestamp) {
+			t.Fatalf("x created %v, y %v: the test needs x older", x.CreationTimestamp, y.CreationTimestamp)
+		}
 		servedAs(t, spots[3], x, "sandbox-a")
 		servedAs(t, spots[4], y, "sandbox-b")
 		// x moves to y's address first, then y to x's old one.
@@ -740,6 +755,90 @@ func (f *faults) testSandbox(t *testing.T) {
 			mid, tookX.Round(time.Millisecond), tookY.Round(time.Millisecond), cx, cy, tx, ty))
 		if cx+cy > 2 || tx+ty > 2 {
 			t.Errorf("after the swap, 20 requests per pod caused %d STS calls and %d TokenRequests; want them served from the cache", cx+cy, tx+ty)
+		}
+	})
+	// Invariant 12: a pod being deleted is served its own credentials
+	// until its deletionTimestamp, not after; a pod claiming its address
+	// meanwhile wins at once and for good (invariant 1). No kubelet runs
+	// here, so the objects stay in the API past their grace periods.
+	t.Run("LastSeconds", func(t *testing.T) {
+		const grace = 6
+		s := spots[5]
+		z := create(t, "last-z", "svc-a", s)
+		servedAs(t, s, z, "sandbox-a")
+		if err := f.cp.BeginDeletePod(ctx, ns, z.Name, grace); err != nil {
+			t.Fatal(err)
+		}
+		cur, err := f.cp.Client.CoreV1().Pods(ns).Get(ctx, z.Name, metav1.GetOptions{})
+		if err != nil || cur.DeletionTimestamp == nil {
+			t.Fatalf("pod %s after the graceful delete: %v %+v", z.Name, err, cur)
+		}
+		end := cur.DeletionTimestamp.Time
+		var inGrace, otherInGrace int
+		for time.Until(end) > 500*time.Millisecond {
+			an := s.k.ask()
+			if an.got.After(end) {
+				break
+			}
+			id, _ := f.sts.Lookup(an.keyID)
+			switch {
+			case an.status == http.StatusOK && id.PodUID == string(z.UID) && id.RoleArn == roleARN("sandbox-a"):
+				inGrace++
+			case an.got.Before(end.Add(-500 * time.Millisecond)):
+				otherInGrace++
+				t.Errorf("in its grace period (%v left), pod %s got %v, identity %+v; want its own credentials", time.Until(end), z.Name, an, id)
+			}
+			waitFor(ctx, 200*time.Millisecond)
+		}
+		waitFor(ctx, time.Until(end))
+		var stopped time.Duration
+		stoppedSeen := false
+		for start := time.Now(); time.Since(start) < 5*time.Second && !stoppedSeen; waitFor(ctx, 100*time.Millisecond) {
+			if an := s.k.ask(); an.status != http.StatusOK {
+				stopped, stoppedSeen = an.got.Sub(end), true
+			}
+		}
+		if !stoppedSeen {
+			t.Fatalf("pod %s still served 5 s after its grace period ended", z.Name)
+		}
+		notServedAs(t, s, z)
+
+		// A pod in a long grace period loses its address to a new pod.
+		if err := f.cp.DeletePod(ctx, ns, z.Name); err != nil {
+			t.Fatal(err)
+		}
+		old := create(t, "last-old", "svc-a", s)
+		servedAs(t, s, old, "sandbox-a")
+		if err := f.cp.BeginDeletePod(ctx, ns, old.Name, 300); err != nil {
+			t.Fatal(err)
+		}
+		servedAs(t, s, old, "sandbox-a")
+		nu := create(t, "last-new", "svc-b", s)
+		start := time.Now()
+		var taken time.Duration
+		for time.Since(start) < 10*time.Second && taken == 0 {
+			an := s.k.ask()
+			id, _ := f.sts.Lookup(an.keyID)
+			switch {
+			case an.status != http.StatusOK:
+			case id.PodUID == string(nu.UID):
+				taken = time.Since(start)
+			case id.PodUID != string(old.UID):
+				t.Fatalf("address %s answered with a third pod: %+v", s.ip, id)
+			}
+		}
+		if taken == 0 {
+			t.Fatalf("the new pod %s was not served within 10 s of its creation", nu.Name)
+		}
+		calls, _ := steady(t, s, nu, "sandbox-b") // every answer the new pod's
+		notServedAs(t, s, old)
+		figures = append(figures, fmt.Sprintf("last seconds: %d answers with its own credentials in a %d s grace period (%d others), none from %v after its end; a new pod on the address of a pod in its grace period served %v after its creation (%d STS calls for 20 requests after)",
+			inGrace, grace, otherInGrace, stopped.Round(time.Millisecond), taken.Round(time.Millisecond), calls))
+		if inGrace < 5 {
+			t.Errorf("only %d answers with its own credentials during the grace period", inGrace)
+		}
+		for _, p := range []string{old.Name, nu.Name} {
+			_ = f.cp.DeletePod(ctx, ns, p)
 		}
 	})
 	t.Logf("figures: %s", strings.Join(figures, "; "))

@@ -283,6 +283,9 @@ type workloadSpec struct {
 	hostNetwork  bool
 	restart      corev1.RestartPolicy
 	grace        int64 // terminationGracePeriodSeconds
+	// hostDir, when set, is a host directory mounted at /out (for the
+	// workload's -out file).
+	hostDir string
 }
 
 func (w *world) createWorkload(ctx context.Context, t *testing.T, s workloadSpec) *corev1.Pod {
@@ -311,6 +314,10 @@ func (w *world) createWorkload(ctx context.Context, t *testing.T, s workloadSpec
 				},
 			}},
 		},
+	}
+	if s.hostDir != "" {
+		pod.Spec.Volumes = []corev1.Volume{{Name: "out", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: s.hostDir}}}}
+		pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "out", MountPath: "/out"}}
 	}
 	p, err := w.node.CP.Client.CoreV1().Pods(s.ns).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
@@ -437,6 +444,16 @@ func (w *world) tryLogs(ctx context.Context, ns, name string, previous bool) (re
 	}
 	defer rc.Close()
 	raw, _ := io.ReadAll(rc)
+	r = parseResult(raw)
+	if !r.summary.Summary && len(r.rounds) == 0 {
+		return r, fmt.Errorf("no output from %s/%s:\n%s", ns, name, raw)
+	}
+	return r, nil
+}
+
+// parseResult reads the workload client's JSON lines.
+func parseResult(raw []byte) result {
+	var r result
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	for sc.Scan() {
 		line := sc.Bytes()
@@ -449,10 +466,7 @@ func (w *world) tryLogs(ctx context.Context, ns, name string, previous bool) (re
 			r.rounds = append(r.rounds, rl)
 		}
 	}
-	if !r.summary.Summary && len(r.rounds) == 0 {
-		return r, fmt.Errorf("no output from %s/%s:\n%s", ns, name, raw)
-	}
-	return r, nil
+	return r
 }
 
 // probe GETs a URL from inside the node's network namespace (as the

@@ -232,10 +232,10 @@ func (r *Resolver) HasSynced() bool {
 	return false
 }
 
-// Len returns the number of indexed pods: live, with an IP, and not
-// displaced by a pod that took one of their addresses. Pods sharing an
-// address with another live pod count, though Resolve refuses that
-// address.
+// Len returns the number of served pods: live (or in their deletion
+// grace period), with an IP, and not displaced by a newer claim of one of
+// their addresses. Pods sharing an address with another live pod count,
+// though Resolve refuses that address.
 func (r *Resolver) Len() int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

@@ -61,6 +61,7 @@ func main() {
 	duration := flag.Duration("duration", 0, "stop after this long")
 	interval := flag.Duration("interval", 200*time.Millisecond, "pause between rounds")
 	termGrace := flag.Duration("term-grace", 0, "on SIGTERM, go on for this long (a pod being deleted with a grace period), then stop")
+	out := flag.String("out", "", "also append every line to this file (on a hostPath: a deleted pod's log may be gone before it is read)")
 	flag.Parse()
 	var terminating atomic.Int64 // unix nanos of the deadline after SIGTERM; 0: none
 	sigs := make(chan os.Signal, 1)
@@ -72,7 +73,17 @@ func main() {
 	if *rounds == 0 && *duration == 0 {
 		*rounds = 1
 	}
-	enc := json.NewEncoder(os.Stdout)
+	var w io.Writer = os.Stdout
+	if *out != "" {
+		f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "workload: opening -out:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		w = io.MultiWriter(os.Stdout, f)
+	}
+	enc := json.NewEncoder(w)
 	sum := summary{Summary: true, RawFailed: map[string]int{}, Arns: map[string]int{}}
 	end := time.Now().Add(*duration)
 	raw := &http.Client{Timeout: 2 * time.Second}
