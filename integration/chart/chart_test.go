@@ -218,7 +218,8 @@ func compareObjects(t *testing.T, want, got map[string]object) {
 }
 
 // TestChartMatchesKustomizeBase: with default values the chart renders the
-// base's objects; with the startup taint on, the base plus its component.
+// base's objects; with the startup taint on (rbac.broad), the base plus its
+// component startup-taint (broad-rbac).
 func TestChartMatchesKustomizeBase(t *testing.T) {
 	root := repoRoot(t)
 	t.Run("defaults", func(t *testing.T) {
@@ -240,6 +241,22 @@ func TestChartMatchesKustomizeBase(t *testing.T) {
 			t.Fatal(err)
 		}
 		chartObjs, _ := render(t, map[string]any{"startupTaint": map[string]any{"enabled": true}})
+		compareObjects(t, kustomize(t, overlay), chartObjs)
+	})
+	t.Run("broad-rbac", func(t *testing.T) {
+		overlay := t.TempDir()
+		rel := func(p string) string {
+			r, err := filepath.Rel(overlay, filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel("deploy/daemonset/broad-rbac"))
+		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		chartObjs, _ := render(t, map[string]any{"rbac": map[string]any{"broad": true}})
 		compareObjects(t, kustomize(t, overlay), chartObjs)
 	})
 }
@@ -364,6 +381,7 @@ func valueMatrix() map[string]map[string]any {
 		"no-namespace":    {"namespace": map[string]any{"create": false}},
 		"other-clouds":    {"gcp": map[string]any{"workloadIdentityProvider": "projects/123/locations/global/workloadIdentityPools/p/providers/k", "projectID": "proj", "projectNumber": "123"}, "azure": map[string]any{"tenantID": "00000000-0000-0000-0000-000000000000", "identityHeader": "secret-header"}},
 		"empty-lists":     {"tolerations": []any{}, "priorityClassName": "", "extraArgs": []any{}},
+		"attest-off":      {"attest": map[string]any{"mode": "off"}},
 		"monitoring-only": {"podMonitor": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true}, "dashboards": map[string]any{"enabled": true}},
 	}
 }
@@ -519,6 +537,30 @@ func TestTemplateMatrix(t *testing.T) {
 		}
 		if _, ok := spec["priorityClassName"]; ok {
 			t.Errorf("priorityClassName rendered: %v", spec["priorityClassName"])
+		}
+	})
+	t.Run("attest", func(t *testing.T) {
+		// netns (the default) reads the node's /proc: hostPID and nothing
+		// else; off needs neither.
+		for _, c := range []struct {
+			vals    map[string]any
+			hostPID any
+			arg     string
+		}{
+			{nil, true, "--attest=netns"},
+			{valueMatrix()["attest-off"], nil, "--attest=off"},
+		} {
+			objs, _ := render(t, c.vals)
+			if h := dig(objs[dsKey], "spec", "template", "spec", "hostPID"); h != c.hostPID {
+				t.Errorf("%v: hostPID = %v, want %v", c.vals, h, c.hostPID)
+			}
+			if a := args(t, objs); !slices.Contains(a, c.arg) {
+				t.Errorf("%v: args %v lack %s", c.vals, a, c.arg)
+			}
+		}
+		_, _, err := renderErr(t, map[string]any{"attest": map[string]any{"mode": "container"}})
+		if err == nil || !strings.Contains(err.Error(), "want netns or off") {
+			t.Errorf("attest.mode=container rendered: %v", err)
 		}
 	})
 	t.Run("bad-audience", func(t *testing.T) {

@@ -14,6 +14,7 @@ var chartSetFlags = map[string]string{
 	"node-name":  "always $(NODE_NAME), from the pod's spec.nodeName",
 	"kubeconfig": "the agent uses its in-cluster config",
 	"sts-region": "AWS_REGION in the environment (aws.region)",
+	"proc-root":  "hostPID: true gives the agent the node's /proc, the flag's default",
 }
 
 // agentBinary builds this work tree's agent (the module replaces

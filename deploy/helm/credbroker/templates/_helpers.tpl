@@ -79,3 +79,17 @@ exist before the install; this one the chart can create and label.
 {{- define "credbroker.namespace" -}}
 {{- .Values.namespace.name | default .Release.Namespace -}}
 {{- end }}
+
+{{/*
+credbroker.attestMode is attest.mode, checked: netns (the default) or off.
+The agent's container mode needs a capability (ptrace access to read other
+processes' /proc/<pid>/fd) that this chart does not grant, so it is refused
+here rather than at the agent's start.
+*/}}
+{{- define "credbroker.attestMode" -}}
+{{- $m := .Values.attest.mode | default "netns" -}}
+{{- if not (has $m (list "netns" "off")) -}}
+{{- fail (printf "attest.mode %q: want netns or off" $m) -}}
+{{- end -}}
+{{- $m -}}
+{{- end }}
