@@ -1,6 +1,8 @@
 package exchange
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -70,4 +72,54 @@ func Leaks(s string, secrets ...Secret) bool {
 		}
 	}
 	return false
+}
+
+// TokenAudiences reads the aud claim of a JWT without verifying it, for
+// error texts only: the audience is no secret (the token as a whole is).
+// A token that is not a JWT, or an audience that does not look like one
+// (over 256 bytes, not printable ASCII, or quoting a part of the token),
+// gives nothing.
+func TokenAudiences(token Secret) []string {
+	parts := strings.Split(token.Reveal(), ".")
+	if len(parts) != 3 {
+		return nil
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return nil
+	}
+	var claims struct {
+		Aud json.RawMessage `json:"aud"`
+	}
+	if json.Unmarshal(payload, &claims) != nil || len(claims.Aud) == 0 {
+		return nil
+	}
+	var auds []string
+	if err := json.Unmarshal(claims.Aud, &auds); err != nil {
+		var one string
+		if json.Unmarshal(claims.Aud, &one) != nil {
+			return nil
+		}
+		auds = []string{one}
+	}
+	var out []string
+	for _, a := range auds {
+		if len(a) == 0 || len(a) > 256 || !printable(a) || Leaks(a, token) {
+			continue
+		}
+		out = append(out, a)
+		if len(out) == 4 {
+			break
+		}
+	}
+	return out
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' || s[i] == '"' || s[i] == '\\' {
+			return false
+		}
+	}
+	return true
 }

@@ -279,7 +279,40 @@ func classify(ctx context.Context, err error, role string, token exchange.Secret
 			kind = exchange.InvalidRequest
 		}
 	}
+	if audienceRefused(code, api.ErrorMessage()) {
+		// The token itself was refused, for a setting of the agent's: the
+		// caller is told to fix --audience, not the role annotation.
+		return &exchange.Error{Kind: exchange.InvalidToken, Code: code, Cause: exchange.CauseAudience,
+			Hint: audienceHint(token), Err: se}
+	}
 	return &exchange.Error{Kind: kind, Code: code, Err: se}
+}
+
+// audienceRefused reports whether the STS refused the token's audience.
+// Only the message tells, so it is matched, for these two codes only: AWS
+// answers InvalidIdentityToken for every fault of a token (signature,
+// issuer, expiry, and "Incorrect token audience"), and MinIO
+// InvalidParameterValue for any bad parameter, the audience check included
+// ("STS JWT Token has `aud` claim invalid, `aud` must match configured
+// OpenID Client ID", the same for `azp`).
+func audienceRefused(code, msg string) bool {
+	switch code {
+	case "InvalidIdentityToken":
+		return strings.Contains(strings.ToLower(msg), "audience")
+	case "InvalidParameterValue":
+		return strings.Contains(msg, "`aud`") || strings.Contains(msg, "`azp`")
+	}
+	return false
+}
+
+// audienceHint says which audience was refused and where to fix it.
+func audienceHint(token exchange.Secret) string {
+	aud := "the agent's --audience"
+	if a := exchange.TokenAudiences(token); len(a) > 0 {
+		aud = strings.Join(a, ", ") + " (the agent's --audience)"
+	}
+	return "the STS refused the token's audience " + aud + ": it accepts only the client IDs its OpenID Connect provider lists " +
+		"(AWS: the IAM OIDC provider's audiences; MinIO: its identity_openid client_id); set --audience to one of them, or add this one there"
 }
 
 // kindForCode classifies the error codes AssumeRoleWithWebIdentity is
