@@ -231,8 +231,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	bcfg.Resolver = att.resolver(resolver)
 	if cfg.recordEvents {
+		// An agent whose RBAC lacks events says so once, not per refusal.
+		sink, err := broker.NewQuietEventSink(client.EventSink(), log.With("component", "events"), reg, nil)
+		if err != nil {
+			return err
+		}
 		events := record.NewBroadcaster(record.WithContext(ctx))
-		events.StartRecordingToSink(client.EventSink())
+		events.StartRecordingToSink(sink)
 		defer events.Shutdown()
 		bcfg.Events = events.NewRecorder(kube.Scheme(), corev1.EventSource{Component: "credbroker-agent", Host: cfg.nodeName})
 	}

@@ -3,11 +3,17 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/clock"
 
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -55,4 +61,97 @@ func (b *Broker) LogFailure(ctx context.Context, addr netip.Addr, pod podresolve
 			slog.String("serviceaccount", pod.ServiceAccount))
 	}
 	b.log.LogAttrs(ctx, level, "credentials request refused", attrs...)
+}
+
+// EventSink writes Events to the API server; client-go's record.EventSink
+// is one, and what record.EventBroadcaster.StartRecordingToSink takes.
+type EventSink interface {
+	Create(event *corev1.Event) (*corev1.Event, error)
+	Update(event *corev1.Event) (*corev1.Event, error)
+	Patch(oldEvent *corev1.Event, data []byte) (*corev1.Event, error)
+}
+
+// forbiddenEventsPause is how long no Event is sent after the API server
+// refused one as forbidden: RBAC rarely changes within minutes, and every
+// refused Event is an API call.
+const forbiddenEventsPause = 5 * time.Minute
+
+// QuietEventSink stands between client-go's event broadcaster and the API
+// server for an agent whose RBAC may lack events: without it, every
+// refusal the broker records as an Event costs an ERROR line from
+// client-go ("events is forbidden"). It logs the first forbidden answer
+// once, with the API server's reason, then counts the Events it drops in
+// credbroker_events_forbidden_total, sends none for forbiddenEventsPause,
+// and tries again after (saying so, once, when Events go through again).
+// A forbidden Event is reported to the broadcaster as written, so that
+// client-go neither logs nor retries it. Other errors pass through.
+type QuietEventSink struct {
+	sink    EventSink
+	log     *slog.Logger
+	clock   clock.PassiveClock
+	dropped prometheus.Counter
+
+	mu          sync.Mutex
+	forbidden   bool      // the last answer was forbidden; guarded by mu
+	pausedUntil time.Time // guarded by mu
+}
+
+// NewQuietEventSink wraps sink. reg registers the counter; clk may be nil
+// (the real clock).
+func NewQuietEventSink(sink EventSink, log *slog.Logger, reg prometheus.Registerer, clk clock.PassiveClock) (*QuietEventSink, error) {
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	q := &QuietEventSink{sink: sink, log: log, clock: clk, dropped: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credbroker_events_forbidden_total",
+		Help: "Events on refused pods not recorded because the API server forbids the agent to write Events (RBAC without events).",
+	})}
+	if err := reg.Register(q.dropped); err != nil {
+		return nil, fmt.Errorf("registering the Events counter: %w", err)
+	}
+	return q, nil
+}
+
+// Create creates event, unless Events are forbidden.
+func (q *QuietEventSink) Create(event *corev1.Event) (*corev1.Event, error) {
+	return q.do(event, func() (*corev1.Event, error) { return q.sink.Create(event) })
+}
+
+// Update updates event, unless Events are forbidden.
+func (q *QuietEventSink) Update(event *corev1.Event) (*corev1.Event, error) {
+	return q.do(event, func() (*corev1.Event, error) { return q.sink.Update(event) })
+}
+
+// Patch patches oldEvent, unless Events are forbidden.
+func (q *QuietEventSink) Patch(oldEvent *corev1.Event, data []byte) (*corev1.Event, error) {
+	return q.do(oldEvent, func() (*corev1.Event, error) { return q.sink.Patch(oldEvent, data) })
+}
+
+func (q *QuietEventSink) do(event *corev1.Event, write func() (*corev1.Event, error)) (*corev1.Event, error) {
+	q.mu.Lock()
+	paused := q.forbidden && q.clock.Now().Before(q.pausedUntil)
+	q.mu.Unlock()
+	if paused {
+		q.dropped.Inc()
+		return event, nil
+	}
+	out, err := write()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch {
+	case apierrors.IsForbidden(err):
+		if !q.forbidden {
+			q.log.Error("the API server forbids the agent to write Events, so refusals are not recorded on pods; "+
+				"the rest are counted in credbroker_events_forbidden_total (grant create and patch on events, or run with --record-events=false)",
+				"error", err.Error())
+		}
+		q.forbidden = true
+		q.pausedUntil = q.clock.Now().Add(forbiddenEventsPause)
+		q.dropped.Inc()
+		return event, nil
+	case err == nil && q.forbidden:
+		q.forbidden = false
+		q.log.Info("the API server accepts the agent's Events again")
+	}
+	return out, err
 }
