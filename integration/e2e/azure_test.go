@@ -28,6 +28,7 @@ import (
 	"github.com/credbroker/agent/integration/netns"
 	"github.com/credbroker/agent/integration/oidcsts"
 	"github.com/credbroker/agent/integration/testenv"
+	"github.com/credbroker/agent/pkg/exchange/azure"
 )
 
 const (
@@ -84,7 +85,8 @@ type azWorld struct {
 // token a client got was minted for its own pod, client ID and tenant.
 func TestAzure(t *testing.T) {
 	w := setupAzure(t)
-	// First, so that its two-minute denial window runs out during the rest.
+	// First, so that its denial window (azure.DeniedRetryWindow) runs out
+	// during the rest.
 	t.Run("NotAdmitted", w.testNotAdmitted)
 	t.Run("Clients", w.testClients)
 	t.Run("SecondPodOwnToken", w.testSecondPod)
@@ -738,7 +740,7 @@ func (w *azWorld) testRefusals(t *testing.T) {
 
 // A ServiceAccount naming an application none of whose federated
 // credentials has its subject: Entra answers AADSTS70021, which the agent
-// treats as possibly eventual consistency for two minutes (503
+// treats as possibly eventual consistency for azure.DeniedRetryWindow (503
 // AccessDenied, Retry-After) before it becomes final
 // (NotAdmittedBecomesFinal).
 func (w *azWorld) testNotAdmitted(t *testing.T) {
@@ -764,14 +766,14 @@ func (w *azWorld) testNotAdmitted(t *testing.T) {
 	}
 }
 
-// After the two-minute window the same pod's denial is final: 403
+// After Azure's denial window the same pod's denial is final: 403
 // AccessDenied, as the raw surface and a real client (azidentity, which
 // does not retry a 403) report it.
 func (w *azWorld) testDenialFinal(t *testing.T) {
 	if w.rogue == nil {
 		t.Skip("NotAdmitted did not run")
 	}
-	deadline := w.deniedAt.Add(2*time.Minute + 90*time.Second)
+	deadline := w.deniedAt.Add(azure.DeniedRetryWindow + 90*time.Second)
 	var r azResponse
 	for {
 		r = w.get(t, w.rogue, azResource, "", azHeader)
