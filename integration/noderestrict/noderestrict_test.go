@@ -304,6 +304,46 @@ func TestNodeRestricted(t *testing.T) {
 		t.Errorf("as node-a for its pod, an audience not granted: %v, want 403", err)
 	}
 
+	// The chart grants GCP's and Azure's audiences the same way: RBAC takes
+	// resource names with "/" and ":" as they are.
+	gcpAud := "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k8s"
+	grant := `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: test-cloud-audiences}
+rules:
+- apiGroups: [""]
+  resources: ["api://AzureADTokenExchange", "` + gcpAud + `"]
+  verbs: ["request-serviceaccounts-token-audience"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: test-cloud-audiences}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: test-cloud-audiences}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}
+`
+	grantPath := filepath.Join(c.dir, "cloud-audiences.yaml")
+	if err := os.WriteFile(grantPath, []byte(grant), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.cp.Kubectl(ctx, "apply", "-f", grantPath); err != nil {
+		t.Fatal(err)
+	}
+	for _, aud := range []string{"api://AzureADTokenExchange", gcpAud} {
+		r := reqFor(web.Pod)
+		r.Spec.Audiences = []string{aud}
+		var err error
+		// RBAC's cache sees the new binding within moments.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if _, err = asA.CoreV1().ServiceAccounts("team").CreateToken(ctx, "app", r, metav1.CreateOptions{}); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Errorf("as node-a for its pod, granted audience %s: %v", aud, err)
+		}
+	}
+
 	// As node-a the agent sees node-a's pods only, and no list without the
 	// node's field selector.
 	list, err := asA.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeA})
