@@ -218,7 +218,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// Last: the other clouds' audiences are reserved from it.
 	if cfg.podToken.enabled() {
-		bcfg.Clouds = append(bcfg.Clouds, cfg.podToken.cloud(bcfg.Clouds))
+		podTokens, err := cfg.podToken.startCloud(ctx, rc, bcfg.Clouds)
+		if err != nil {
+			return err
+		}
+		bcfg.Clouds = append(bcfg.Clouds, podTokens)
 	}
 	grd, err := newGuards(cfg.guard, reg, log.Handler())
 	if err != nil {

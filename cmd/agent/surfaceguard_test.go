@@ -92,7 +92,11 @@ func surfaceStack(t *testing.T, args []string) string {
 	}
 	gcpCloud.Exchanger, azureCloud.Exchanger = cloudsExchanger{}, cloudsExchanger{}
 	clouds := []broker.Cloud{{Name: exchange.AWS, Exchanger: cloudsExchanger{}}, gcpCloud, azureCloud}
-	clouds = append(clouds, cfg.podToken.cloud(clouds))
+	podTokens, err := cfg.podToken.cloud(clouds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clouds = append(clouds, podTokens)
 	reg := prometheus.NewRegistry()
 	grd, err := newGuards(cfg.guard, reg, slog.DiscardHandler)
 	if err != nil {

@@ -78,11 +78,14 @@ type Cloud struct {
 	// of the comma-separated glob patterns the ServiceAccount's annotation
 	// lists and, when set, one of AllowedIdentities, and be none of
 	// ReservedAudiences (the other clouds' token audiences: handing those
-	// out would let a pod skip their policy). It needs no Exchanger; the
-	// token lives SessionDuration.
+	// out would let a pod skip their policy) nor one ReservedAudience
+	// reports (the same audiences under other spellings; package podtoken
+	// describes this cloud). It needs no Exchanger; the token lives
+	// SessionDuration.
 	TokenPerAudience  bool
 	AudiencePrefix    string
 	ReservedAudiences []string
+	ReservedAudience  func(audience string) bool
 	// TenantAnnotation, when set, is the ServiceAccount annotation naming
 	// the identity's tenant (Azure); DefaultTenant applies without it.
 	TenantAnnotation string

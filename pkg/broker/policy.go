@@ -70,7 +70,7 @@ func checkAudience(c *Cloud, namespace, serviceAccount, patterns, audience strin
 	switch {
 	case audience == "":
 		return &Refusal{Code: CodeAudienceNotAllowed, Message: "a token needs an audience"}
-	case slices.Contains(c.ReservedAudiences, audience):
+	case slices.Contains(c.ReservedAudiences, audience), c.ReservedAudience != nil && c.ReservedAudience(audience):
 		return refuse("it is the audience of a cloud exchange, never handed out")
 	case !strings.HasPrefix(audience, c.AudiencePrefix):
 		return refuse(fmt.Sprintf("service audiences on this cluster start with %q", c.AudiencePrefix))

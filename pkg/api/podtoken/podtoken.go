@@ -6,7 +6,10 @@
 // The token is pod-bound (it dies with the pod), short-lived and cached
 // and refreshed by the broker like any credential; which audiences a pod
 // may ask for is the broker's policy (the ServiceAccount's annotation, the
-// cluster's prefix and patterns, never a cloud exchange's audience).
+// cluster's prefix and patterns), over this package's description of the
+// cloud (BrokerCloud): never a cloud exchange's audience nor the API
+// server's, under any spelling their receivers accept, and no prefix that
+// covers one (CheckPrefix).
 package podtoken
 
 import (
