@@ -54,6 +54,8 @@ type serveConfig struct {
 	kubeBurst     int
 	stsRegion     string
 	stsEndpoint   string
+	// stsPartitions are ARN partitions of an S3-compatible STS's roles.
+	stsPartitions listFlag
 	broker        broker.Config
 	aws           broker.Cloud // the AWS cloud's settings; its exchanger is built in serve
 	gcp           gcpConfig
@@ -87,6 +89,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.BoolVar(&c.enablePprof, "enable-pprof", false, "serve /debug/pprof on the metrics listener")
 	fs.StringVar(&c.stsRegion, "sts-region", firstEnv("AWS_REGION", "AWS_DEFAULT_REGION"), "STS region, for its regional endpoint (default $AWS_REGION)")
 	fs.StringVar(&c.stsEndpoint, "sts-endpoint", "", "STS endpoint URL overriding the regional one")
+	fs.Var(&c.stsPartitions, "sts-extra-arn-partitions", "ARN partitions accepted in role annotations besides AWS's, for an S3-compatible STS at --sts-endpoint (minio: arn:minio:iam:::role/ID); repeatable")
 	fs.DurationVar(&c.broker.SessionDuration, "session-duration", time.Hour, "lifetime of the credentials requested from STS (at least 30m)")
 	fs.DurationVar(&c.broker.TokenExpiration, "token-expiration", 10*time.Minute, "lifetime of the pod-bound ServiceAccount token (the API minimum is 10m)")
 	fs.StringVar(&c.aws.Audience, "audience", "sts.amazonaws.com", "audience of the ServiceAccount token exchanged at AWS STS")
@@ -142,6 +145,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		return c, errors.New("--node-name (or $NODE_NAME) is required")
 	case c.stsRegion == "" && c.stsEndpoint == "":
 		return c, errors.New("--sts-region (or $AWS_REGION) or --sts-endpoint is required")
+	case len(c.stsPartitions) > 0 && c.stsEndpoint == "":
+		return c, errors.New("--sts-extra-arn-partitions needs --sts-endpoint: AWS's own STS knows only AWS partitions")
 	}
 	if err := c.guard.validate(); err != nil {
 		return c, err
@@ -187,7 +192,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sts, err := awsexchange.New(awsexchange.Config{Region: cfg.stsRegion, Endpoint: cfg.stsEndpoint, Duration: cfg.broker.SessionDuration})
+	sts, err := awsexchange.New(awsexchange.Config{Region: cfg.stsRegion, Endpoint: cfg.stsEndpoint, Duration: cfg.broker.SessionDuration,
+		ExtraPartitions: cfg.stsPartitions})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,6 +58,10 @@ type Config struct {
 	// and TLS handshake timeout, a 10 s overall timeout, keep-alive, and the
 	// proxy from the environment (HTTPS_PROXY, NO_PROXY).
 	HTTPClient *http.Client
+	// ExtraPartitions are ARN partitions accepted besides AWS's (aws,
+	// aws-*): an S3-compatible STS names its roles in its own, as MinIO's
+	// arn:minio:iam:::role/ID. Roles in them need no 12-digit account.
+	ExtraPartitions []string
 }
 
 // STS exchanges Kubernetes ServiceAccount tokens for AWS credentials with
@@ -75,6 +80,7 @@ type Config struct {
 type STS struct {
 	client   *sts.Client
 	duration time.Duration
+	extra    []string
 }
 
 // NewSTS returns an STS exchanger. It makes no network call.
@@ -107,6 +113,11 @@ func New(cfg Config) (*STS, error) {
 	if httpClient == nil {
 		httpClient = exchange.DefaultHTTPClient()
 	}
+	for _, p := range cfg.ExtraPartitions {
+		if !ValidPartition(p) || p == "aws" || strings.HasPrefix(p, "aws-") {
+			return nil, fmt.Errorf("sts: extra ARN partition %q is not a partition name other than AWS's (lower-case letters, digits and dashes)", p)
+		}
+	}
 
 	client := sts.New(sts.Options{
 		Region:       region,
@@ -118,7 +129,7 @@ func New(cfg Config) (*STS, error) {
 		Retryer:     aws.NopRetryer{},
 		AppID:       appID,
 	})
-	return &STS{client: client, duration: duration}, nil
+	return &STS{client: client, duration: duration, extra: slices.Clone(cfg.ExtraPartitions)}, nil
 }
 
 func checkDuration(d time.Duration) error {
@@ -140,9 +151,10 @@ func (s *STS) Exchange(ctx context.Context, req exchange.Request) (exchange.Cred
 	if req.Token == "" {
 		return exchange.Credentials{}, invalidRequest(req.Role, "empty web identity token")
 	}
-	roleARN, err := parseARN(req.Role)
+	roleARN, err := parseRoleARN(req.Role, s.extra)
 	if err != nil {
-		return exchange.Credentials{}, &exchange.Error{Kind: exchange.InvalidRequest, Err: fmt.Errorf("role %q: %w", req.Role, err)}
+		return exchange.Credentials{}, &exchange.Error{Kind: exchange.InvalidRequest, Cause: exchange.CauseIdentityForm,
+			Hint: roleHint(req.Role, err), Err: fmt.Errorf("role %q: %w", req.Role, err)}
 	}
 	sessionName, ok := exchange.SessionNameFor(req.SessionName)
 	if !ok {
@@ -175,6 +187,11 @@ func (s *STS) Exchange(ctx context.Context, req exchange.Request) (exchange.Cred
 		}}
 	}
 	account := roleARN.AccountID
+	if !isAccountID(account) {
+		// An extra partition's account field is the STS's own business:
+		// AccountId is an AWS account or nothing.
+		account = ""
+	}
 	if out.AssumedRoleUser != nil {
 		if id, err := AccountIDFromARN(aws.ToString(out.AssumedRoleUser.Arn)); err == nil {
 			account = id
@@ -188,6 +205,15 @@ func (s *STS) Exchange(ctx context.Context, req exchange.Request) (exchange.Cred
 		AccountID:       account,
 		Expiration:      c.Expiration.UTC(),
 	}, nil
+}
+
+// roleHint says what is wrong with a role the exchanger refused to send.
+func roleHint(role string, err error) string {
+	if errors.Is(err, ErrOtherPartition) {
+		return fmt.Sprintf("%q is not in an AWS partition (arn:aws:iam::ACCOUNT:role/NAME); an S3-compatible STS's own role forms "+
+			"(MinIO: arn:minio:iam:::role/ID) are sent once the agent's --sts-extra-arn-partitions names their partition", role)
+	}
+	return fmt.Sprintf("%q is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME, a 12-digit account): %v", role, err)
 }
 
 func invalidRequest(role, detail string) *exchange.Error {
