@@ -10,6 +10,7 @@ package exchange
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -193,11 +194,26 @@ type Error struct {
 	Err  error
 }
 
+// Error names the kind, the code, what was refused when it is not the
+// identity, and ends with the hint, so that the agent's log says what to
+// fix as the pod is told.
 func (e *Error) Error() string {
-	if e.Code != "" {
-		return fmt.Sprintf("exchange %s (%s): %v", e.Kind, e.Code, e.Err)
+	var b strings.Builder
+	fmt.Fprintf(&b, "exchange %s", e.Kind)
+	switch {
+	case e.Code != "" && e.Cause != CauseIdentity:
+		fmt.Fprintf(&b, " (%s, %s refused)", e.Code, e.Cause)
+	case e.Code != "":
+		fmt.Fprintf(&b, " (%s)", e.Code)
+	case e.Cause != CauseIdentity:
+		fmt.Fprintf(&b, " (%s refused)", e.Cause)
 	}
-	return fmt.Sprintf("exchange %s: %v", e.Kind, e.Err)
+	fmt.Fprintf(&b, ": %v", e.Err)
+	if e.Hint != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Hint)
+	}
+	return b.String()
 }
 
 func (e *Error) Unwrap() error { return e.Err }

@@ -55,6 +55,10 @@ func TestAudienceRefusalNamesTheAgentsAudience(t *testing.T) {
 			if tc.audience && (!strings.Contains(xe.Hint, "sts.amazonaws.com") || !strings.Contains(xe.Hint, "--audience")) {
 				t.Errorf("hint %q does not name the audience and --audience", xe.Hint)
 			}
+			// The agent's log line (the error text) says it too.
+			if tc.audience != strings.Contains(err.Error(), "audience refused") || tc.audience != strings.Contains(err.Error(), "--audience") {
+				t.Errorf("error text %q: want it to name the audience as the cause: %v", err, tc.audience)
+			}
 			fl := broker.Classify(err)
 			if fl.Code != tc.failure || strings.Contains(fl.Message, tc.notInFinal) {
 				t.Errorf("pod told %s %q; want code %s, not saying %q", fl.Code, fl.Message, tc.failure, tc.notInFinal)

@@ -419,7 +419,13 @@ func classify(ce *callError, body []byte, token exchange.Secret) *exchange.Error
 			}
 		}
 	}
-	return &exchange.Error{Kind: kind, Code: ce.code, Err: ce}
+	xe := &exchange.Error{Kind: kind, Code: ce.code, Err: ce}
+	if num == 700212 && kind == exchange.Denied {
+		// No federated credential has the token's audience: the agent's
+		// --azure-audience, or the credential's, not the client ID.
+		xe.Cause = exchange.CauseAudience
+	}
+	return xe
 }
 
 // description is Entra's error_description on one line, bounded, or
