@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -48,14 +49,16 @@ func TestDeniedRetryWindowIsPerCloud(t *testing.T) {
 		}
 	}
 	e.clock.Step(deniedRetryWindow - time.Second)
-	for _, c := range []exchange.Cloud{exchange.AWS, exchange.GCP} {
-		if f := ask(c); !retryable(f) {
-			t.Fatalf("%s just inside the default window: %+v, want retryable", c, f)
-		}
+	if r := e.get("10.0.9.1"); r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("AWS just inside its window: %d %s, want a retryable 503", r.status, r.body)
+	}
+	if f := ask(exchange.GCP); !retryable(f) {
+		t.Fatalf("GCP just inside the default window: %+v, want retryable", f)
 	}
 	e.clock.Step(time.Second + time.Millisecond)
-	if f := ask(exchange.AWS); !final(f) {
-		t.Fatalf("AWS just after its window: %+v, want final", f)
+	// As the AWS surface answers it: 403, no longer 503.
+	if r := e.get("10.0.9.1"); r.status != http.StatusForbidden || r.errObj["code"] != CodeUpstreamDenied {
+		t.Fatalf("AWS just after its window: %d %s, want a final 403", r.status, r.body)
 	}
 	if f := ask(exchange.GCP); !retryable(f) {
 		t.Fatalf("GCP past the default window but inside its own: %+v, want retryable", f)
