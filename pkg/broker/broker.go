@@ -81,7 +81,7 @@ type Cloud struct {
 	// out would let a pod skip their policy) nor one ReservedAudience
 	// reports (the same audiences under other spellings; package podtoken
 	// describes this cloud). It needs no Exchanger; the token lives
-	// SessionDuration.
+	// Lifetime.
 	TokenPerAudience  bool
 	AudiencePrefix    string
 	ReservedAudiences []string
@@ -90,7 +90,24 @@ type Cloud struct {
 	// the identity's tenant (Azure); DefaultTenant applies without it.
 	TenantAnnotation string
 	DefaultTenant    string
+	// Lifetime is the credential lifetime asked of this cloud's exchanger
+	// (exchange.Request.Duration), or of the API server for pod tokens.
+	// Zero means, for AWS, Config.SessionDuration (--session-duration);
+	// for pod tokens, an hour; for other clouds, the exchanger's own
+	// default. Each cloud has its own: Google caps impersonated tokens at
+	// an hour where AWS grants twelve.
+	Lifetime time.Duration
+	// DeniedRetryWindow is how long this cloud's denials are answered as
+	// retryable after the first of a run of them, because its IAM is
+	// eventually consistent (a binding or trust created a moment ago is
+	// refused for a while); final (403) after. The exchanger's package
+	// documents its cloud's figure. Zero means deniedRetryWindow.
+	DeniedRetryWindow time.Duration
 }
+
+// podTokenLifetime is the default Lifetime of pod tokens: what the kubelet
+// projects by default, whatever the other clouds' lifetimes.
+const podTokenLifetime = time.Hour
 
 // FreshnessFloor is the least lifetime a served credential has whenever a
 // fresh one can be had. botocore refetches on every call below 15 minutes
@@ -108,7 +125,7 @@ type Config struct {
 	Clouds          []Cloud              // at least one
 
 	TokenExpiration            time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
-	SessionDuration            time.Duration // requested credential lifetime; default 1h
+	SessionDuration            time.Duration // AWS credential lifetime unless its Cloud sets Lifetime; default 1h
 	AllowDefaultServiceAccount bool
 	CacheSize                  int // credentials cached in all; default 4096
 	// PodCacheEntries bounds what one pod holds in the cache (and in the
@@ -177,6 +194,16 @@ func (c *Config) setDefaults() {
 	}
 	setDefault(&c.TokenExpiration, 10*time.Minute)
 	setDefault(&c.SessionDuration, time.Hour)
+	for i := range c.Clouds {
+		cl := &c.Clouds[i]
+		switch {
+		case cl.Lifetime != 0:
+		case cl.Name == exchange.AWS:
+			cl.Lifetime = c.SessionDuration
+		case cl.TokenPerAudience:
+			cl.Lifetime = podTokenLifetime
+		}
+	}
 	setDefault(&c.PodFetchInterval, 6*time.Second)
 	if c.PodFetchBurst == 0 {
 		c.PodFetchBurst = 10
@@ -284,6 +311,19 @@ type fetchFailure struct {
 	// firstDenied is when upstream first denied this pod the identity, in
 	// the current run of denials; zero otherwise.
 	firstDenied time.Time
+	// windowEnd is, while the denial is provisional, when its window ends:
+	// from then on the remembered denial is answered as final.
+	windowEnd time.Time
+}
+
+// current is the error a caller is told now: a provisional denial becomes
+// final once its window has ended, without waiting for the next fetch,
+// which the backoff may put up to maxDeniedBackoff later.
+func (f fetchFailure) current(now time.Time) error {
+	if pd, ok := f.err.(*provisionalDenial); ok && !f.windowEnd.IsZero() && !now.Before(f.windowEnd) {
+		return pd.err
+	}
+	return f.err
 }
 
 // negativeTTL is how long a permanent refusal (by the operator's policy,
@@ -294,13 +334,22 @@ const negativeTTL = 30 * time.Second
 // that a new pod is served within this long once upstream recovers.
 const maxTransientBackoff = 10 * time.Second
 
-// deniedRetryWindow is how long upstream denials (AccessDenied, an invalid
-// token) are treated as possibly transient, retried with backoff and
-// answered with a retryable status. IAM is eventually consistent: a role or
-// trust policy created seconds ago is denied for a while, and STS answers
-// InvalidIdentityToken when it could not fetch the issuer's keys. After the
-// window the denial is final (403), which SDKs do not retry.
+// deniedRetryWindow is, unless a Cloud sets its own, how long upstream
+// denials (AccessDenied, an invalid token) are treated as possibly
+// transient, retried with backoff and answered with a retryable status.
+// IAM is eventually consistent: a role or trust policy created seconds ago
+// is denied for a while, and STS answers InvalidIdentityToken when it could
+// not fetch the issuer's keys. After the window the denial is final (403),
+// which SDKs do not retry.
 const deniedRetryWindow = 2 * time.Minute
+
+// deniedWindow returns cloud's denied-retry window.
+func (b *Broker) deniedWindow(cloud exchange.Cloud) time.Duration {
+	if i := b.cloudIndex(cloud); i >= 0 && b.cfg.Clouds[i].DeniedRetryWindow > 0 {
+		return b.cfg.Clouds[i].DeniedRetryWindow
+	}
+	return deniedRetryWindow
+}
 
 // maxDeniedBackoff caps the backoff between fetches during the window.
 const maxDeniedBackoff = 30 * time.Second
@@ -346,6 +395,11 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: cloud %s needs a token audience and an annotation", c.Name)
 		case slices.Contains(c.AllowedIdentities, ""):
 			return nil, fmt.Errorf("broker: cloud %s: empty allowed-identity pattern", c.Name)
+		case c.Lifetime != 0 && c.Lifetime < 2*FreshnessFloor:
+			return nil, fmt.Errorf("broker: cloud %s: lifetime %s leaves no room to refresh before the %s freshness floor; use at least %s",
+				c.Name, c.Lifetime, FreshnessFloor, 2*FreshnessFloor)
+		case c.DeniedRetryWindow < 0:
+			return nil, fmt.Errorf("broker: cloud %s: negative denied-retry window", c.Name)
 		}
 		for _, r := range c.Prefetch {
 			if r.Cloud != c.Name || r.Identity != "" || r.Want == 0 {
@@ -456,7 +510,7 @@ func (b *Broker) credentialsNotFresh(ctx context.Context, start time.Time, pod p
 			b.metrics.cacheStale.Inc()
 			return cached.creds, nil
 		}
-		return nil, f.err
+		return nil, f.current(b.clock.Now())
 	}
 	if b.dead.Contains(pod.UID) {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, errPodGone)
@@ -583,7 +637,7 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, who prin
 	}
 	cloud := &b.cfg.Clouds[ci]
 	if cloud.TokenPerAudience {
-		return b.fetchPodToken(ctx, pod, who, req)
+		return b.fetchPodToken(ctx, pod, who, req, cloud.Lifetime)
 	}
 	token, _, err := b.tokens.token(ctx, pod, cloud.Audience, 0)
 	if err != nil {
@@ -595,7 +649,7 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, who prin
 		Role:        who.identity,
 		Tenant:      who.tenant,
 		SessionName: exchange.SessionName(pod.Namespace, pod.Name, string(pod.UID)),
-		Duration:    b.cfg.SessionDuration,
+		Duration:    cloud.Lifetime,
 	}
 	if req.Want == exchange.KindIDToken {
 		xreq.Audience = req.Scope
@@ -618,8 +672,8 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, who prin
 
 // fetchPodToken gets the pod-bound token for the request's audience: the
 // credential is the token itself.
-func (b *Broker) fetchPodToken(ctx context.Context, pod podresolve.Pod, who principal, req Request) (*entry, error) {
-	token, exp, err := b.tokens.token(ctx, pod, req.Scope, b.cfg.SessionDuration)
+func (b *Broker) fetchPodToken(ctx context.Context, pod podresolve.Pod, who principal, req Request, lifetime time.Duration) (*entry, error) {
+	token, exp, err := b.tokens.token(ctx, pod, req.Scope, lifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -713,12 +767,12 @@ func (b *Broker) recordFailure(pod podresolve.Pod, key entryKey, who principal, 
 			// is cached for that identity must not be served on.
 			b.evictIdentity(pod.UID, key.req.Cloud, who, evictDenied)
 		}
-		f.deny(prev, now, 2*time.Second)
+		f.deny(prev, now, 2*time.Second, b.deniedWindow(key.req.Cloud))
 	case errors.As(err, &refusal) && refusal.Code == CodeTokenRequestRefused && apierrors.IsForbidden(err):
 		// A restarting API server answers 403 for a moment, before its
 		// RBAC cache has synced; an admission denial is answered the same
 		// way. Like an upstream denial, it is retried for a while first.
-		f.deny(prev, now, time.Second)
+		f.deny(prev, now, time.Second, deniedRetryWindow)
 	case errors.As(err, &refusal), errors.As(err, &xe) && !xe.Retryable():
 		f.until = now.Add(negativeTTL)
 	default:
@@ -734,16 +788,18 @@ func (b *Broker) recordFailure(pod podresolve.Pod, key entryKey, who principal, 
 }
 
 // deny records a denial: provisional (retryable, backing off from base)
-// until deniedRetryWindow after the first of an unbroken run of them, final
-// after.
-func (f *fetchFailure) deny(prev fetchFailure, now time.Time, base time.Duration) {
+// until window after the first of an unbroken run of them, final after.
+// A provisional denial remembered past the window's end is answered as
+// final from then on (fetchFailure.current).
+func (f *fetchFailure) deny(prev fetchFailure, now time.Time, base, window time.Duration) {
 	f.firstDenied = prev.firstDenied
 	if f.firstDenied.IsZero() {
 		f.firstDenied = now
 	}
-	if now.Sub(f.firstDenied) < deniedRetryWindow {
+	if end := f.firstDenied.Add(window); now.Before(end) {
 		f.err = &provisionalDenial{err: f.err}
 		f.until = now.Add(backoff(f.failures, base, maxDeniedBackoff))
+		f.windowEnd = end
 		return
 	}
 	f.until = now.Add(negativeTTL)
