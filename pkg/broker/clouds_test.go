@@ -346,7 +346,12 @@ func TestPodTokensForAllowedAudiences(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the watch", func() bool { _, err := e.broker.accounts.Identity("ns", "mute", 1); return err == nil })
+	// Both: the map above creates them in either order.
+	waitFor(t, "the watch", func() bool {
+		_, errMute := e.broker.accounts.Identity("ns", "mute", 1)
+		_, errCaller := e.broker.accounts.Identity("ns", "caller", 1)
+		return errMute == nil && errCaller == nil
+	})
 	e.pod("10.0.0.1", "ns", "a", "caller")
 	e.pod("10.0.0.2", "ns", "b", "mute")
 	tokenFor := func(addr, aud string) (Answer, Failure, error) {
