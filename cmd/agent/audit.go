@@ -130,6 +130,12 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		cfg.audit.AuditLog, cfg.audit.AuditLogName = f, cfg.auditLog
 	}
 	cfg.audit.Logger = log
+	// The DaemonSet token check depends on it; unknown, it is run anyway.
+	if v, err := client.ServerVersion(ctx); err == nil {
+		cfg.audit.ServerVersion = v
+	} else {
+		log.Warn("API server version unknown", "error", err)
+	}
 	report, err := audit.Run(ctx, client, cfg.audit)
 	if err != nil {
 		return fail(err)

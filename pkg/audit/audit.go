@@ -40,6 +40,7 @@ const (
 	IDMalformedIdentity   = "CLOUD-MALFORMED-IDENTITY"
 	IDReusedIdentity      = "CLOUD-IDENTITY-REUSED"
 	IDCloudTokenMounted   = "CLOUD-TOKEN-MOUNTED"
+	// IDDaemonSetTokens is in nodetoken.go.
 )
 
 // Annotations naming a ServiceAccount's cloud identity.
@@ -90,6 +91,9 @@ type Config struct {
 	// permission-debt check; AuditLogName names it in messages.
 	AuditLog     io.Reader
 	AuditLogName string
+	// ServerVersion is the API server's version ("v1.37.2"), for the
+	// checks that depend on it; empty: unknown, checked as if recent.
+	ServerVersion string
 	// Logger gets progress at debug level; nil discards.
 	Logger *slog.Logger
 }
@@ -128,15 +132,20 @@ func (a *auditor) run(ctx context.Context, l Lister) error {
 		return err
 	}
 	log.DebugContext(ctx, "listed", "kind", "serviceaccounts", "count", a.report.Scanned["serviceaccounts"])
-	// Role rules are only needed to say which grants went unused.
-	if a.cfg.AuditLog != nil {
-		if err := l.ClusterRoles(ctx, func(r *rbacv1.ClusterRole) error {
-			a.report.Scanned["clusterroles"]++
+	// ClusterRoles: which grant serviceaccounts/token create (the
+	// DaemonSet check) and, with an audit log, their rules, to say which
+	// grants went unused.
+	if err := l.ClusterRoles(ctx, func(r *rbacv1.ClusterRole) error {
+		a.report.Scanned["clusterroles"]++
+		a.clusterRole(r)
+		if a.cfg.AuditLog != nil {
 			a.rules[roleKey{kind: "ClusterRole", name: r.Name}] = compactRules(r.Rules)
-			return nil
-		}); err != nil {
-			return err
 		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if a.cfg.AuditLog != nil {
 		if err := l.Roles(ctx, ns, func(r *rbacv1.Role) error {
 			a.report.Scanned["roles"]++
 			a.rules[roleKey{kind: "Role", namespace: r.Namespace, name: r.Name}] = compactRules(r.Rules)
@@ -193,6 +202,7 @@ func (a *auditor) run(ctx context.Context, l Lister) error {
 	}
 	log.DebugContext(ctx, "listed", "kind", "pods", "count", a.report.Scanned["pods"])
 	a.serviceAccountFindings()
+	a.daemonSetTokenFindings()
 	if a.cfg.AuditLog != nil {
 		if err := a.permissionDebt(ctx); err != nil {
 			return err

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -256,4 +257,20 @@ func (c *Client) Metadata(ctx context.Context, resource schema.GroupVersionResou
 		}
 		return nil
 	})
+}
+
+// ServerVersion returns the API server's gitVersion ("v1.37.2"), which
+// every identity may read (system:public-info-viewer).
+func (c *Client) ServerVersion(ctx context.Context) (string, error) {
+	var v struct {
+		GitVersion string `json:"gitVersion"`
+	}
+	body, err := c.core.Get().AbsPath("/version").Do(ctx).Raw()
+	if err != nil {
+		return "", fmt.Errorf("reading the API server's version: %w", err)
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		return "", fmt.Errorf("decoding the API server's version: %w", err)
+	}
+	return v.GitVersion, nil
 }

@@ -36,6 +36,12 @@ func (a *auditor) pod(p *corev1.Pod) {
 	}
 	key := saKey{namespace: p.Namespace, name: saName}
 	wl := a.workloadOf(p.Namespace, p.Name, p.OwnerReferences)
+	if wl.Kind == "DaemonSet" {
+		if a.daemonSets[wl] == nil {
+			a.daemonSets[wl] = map[saKey]struct{}{}
+		}
+		a.daemonSets[wl][key] = struct{}{}
+	}
 	info := a.sas[key]
 	if info != nil {
 		info.pods++

@@ -63,12 +63,14 @@ func (a *auditor) binding(b bindingRef, labels map[string]string, ref rbacv1.Rol
 				ns = b.namespace
 			}
 			a.saSubject(b, g, roleName, saKey{namespace: ns, name: s.Name}, subjects, i)
+			a.clusterTokenSubject(b, ref, saKey{namespace: ns, name: s.Name})
 		case s.Kind == rbacv1.UserKind && strings.HasPrefix(s.Name, saUserPrefix):
 			// A User subject named like a ServiceAccount's username
 			// grants to that ServiceAccount: RBAC compares user names.
 			ns, name, ok := strings.Cut(strings.TrimPrefix(s.Name, saUserPrefix), ":")
 			if ok && ns != "" && name != "" && !strings.Contains(name, ":") {
 				a.saSubject(b, g, roleName, saKey{namespace: ns, name: name}, subjects, i)
+				a.clusterTokenSubject(b, ref, saKey{namespace: ns, name: name})
 			}
 		case s.Kind == rbacv1.GroupKind:
 			a.groupSubject(b, labels, ref, g, roleName, s.Name, subjects, i)

@@ -34,6 +34,12 @@ type auditor struct {
 	// owners maps a ReplicaSet or Job to its controller (Deployment,
 	// CronJob, or anything else that controls it).
 	owners map[Object]Object
+	// tokenRoles are the ClusterRoles granting serviceaccounts/token
+	// create; tokenGrants the ServiceAccounts bound to them cluster-wide;
+	// daemonSets the ServiceAccounts each DaemonSet's pods run as.
+	tokenRoles  map[string]struct{}
+	tokenGrants map[saKey][]tokenGrant
+	daemonSets  map[Object]map[saKey]struct{}
 	// agg holds the per-workload findings, which many pods add to.
 	agg      map[aggKey]*Finding
 	aggOrder []aggKey
@@ -82,6 +88,9 @@ func newAuditor(cfg Config) *auditor {
 		rules:        map[roleKey][]rule{},
 		owners:       map[Object]Object{},
 		agg:          map[aggKey]*Finding{},
+		tokenRoles:   map[string]struct{}{},
+		tokenGrants:  map[saKey][]tokenGrant{},
+		daemonSets:   map[Object]map[saKey]struct{}{},
 	}
 }
 
