@@ -17,8 +17,9 @@ func TestAgentLinksOnlyTheAPIGroupsItUses(t *testing.T) {
 		t.Fatalf("go list -deps: %v", err)
 	}
 	// core and authentication for the agent; rbac, apps and batch for
-	// `agent audit`, which reads bindings and workload owners.
-	allowed := []string{"core/v1", "authentication/v1", "rbac/v1", "apps/v1", "batch/v1"}
+	// `agent audit`, which reads bindings and workload owners; admission
+	// for `agent webhook`'s AdmissionReview.
+	allowed := []string{"core/v1", "authentication/v1", "rbac/v1", "apps/v1", "batch/v1", "admission/v1"}
 	for _, pkg := range strings.Fields(string(out)) {
 		switch {
 		case strings.HasPrefix(pkg, "k8s.io/client-go/kubernetes"), strings.HasPrefix(pkg, "k8s.io/client-go/informers"),

@@ -5,6 +5,7 @@
 //	agent serve    serve credentials (the DaemonSet's main container)
 //	agent init     put the link-local service addresses on the node (the init container)
 //	agent audit    report the cluster's identity misconfigurations (read-only)
+//	agent webhook  add the SDK variables to new pods (a mutating admission webhook)
 //	agent version  print the version
 package main
 
@@ -44,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAudit(ctx, args[1:], stdout, stderr)
 	case "init":
 		err = initNode(ctx, args[1:], stdout, stderr)
+	case "webhook":
+		err = runWebhook(ctx, args[1:], stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version)
 		return 0
@@ -76,6 +79,7 @@ commands:
   serve    serve per-pod credentials on the link-local address
   init     put the link-local service addresses on this node
   audit    report a cluster's identity misconfigurations (read-only; docs/audit.md)
+  webhook  add the SDK variables to new pods (mutating admission webhook; docs/deploy.md)
   version  print the version
 
 Run "agent <command> -h" for a command's flags.

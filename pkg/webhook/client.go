@@ -77,12 +77,13 @@ const mwcPath = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurat
 
 // GetWebhookConfiguration reads a MutatingWebhookConfiguration as JSON.
 func (c *Client) GetWebhookConfiguration(ctx context.Context, name string) ([]byte, error) {
-	return c.rest.Get().AbsPath(mwcPath, name).DoRaw(ctx)
+	// JSON whatever the client's content types: publish decodes it so.
+	return c.rest.Get().AbsPath(mwcPath, name).SetHeader("Accept", "application/json").DoRaw(ctx)
 }
 
 // PatchWebhookConfiguration applies a JSON patch to a
 // MutatingWebhookConfiguration.
 func (c *Client) PatchWebhookConfiguration(ctx context.Context, name string, patch []byte) error {
-	_, err := c.rest.Patch(types.JSONPatchType).AbsPath(mwcPath, name).Body(patch).DoRaw(ctx)
+	_, err := c.rest.Patch(types.JSONPatchType).AbsPath(mwcPath, name).SetHeader("Accept", "application/json").Body(patch).DoRaw(ctx)
 	return err
 }
