@@ -12,6 +12,7 @@ package noderestrict
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -34,6 +35,7 @@ import (
 	"github.com/credbroker/agent/integration/netns"
 	"github.com/credbroker/agent/integration/oidcsts"
 	"github.com/credbroker/agent/integration/testenv"
+	"github.com/credbroker/agent/pkg/verify"
 )
 
 const (
@@ -271,8 +273,25 @@ func TestNodeRestricted(t *testing.T) {
 	asA := agentClient(t, kc, "system:node:"+nodeA)
 	// First the agent's own pod's token is accepted as node-a for web-a: the
 	// refusals below are about the other node, not about the client.
-	if _, err := asA.CoreV1().ServiceAccounts("team").CreateToken(ctx, "app", reqFor(web.Pod), metav1.CreateOptions{}); err != nil {
+	own, err := asA.CoreV1().ServiceAccounts("team").CreateToken(ctx, "app", reqFor(web.Pod), metav1.CreateOptions{})
+	if err != nil {
 		t.Fatalf("TokenRequest as node-a for its own pod: %v", err)
+	}
+	// The token names its node (KEP-4193), and a receiver can require it.
+	v, err := verify.New(verify.Config{Kubernetes: c.cp.Config, Audiences: []string{stsAudience},
+		Subjects: []string{"system:serviceaccount:team:app"}, Nodes: []string{nodeA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := v.Verify(ctx, own.Status.Token)
+	if err != nil {
+		t.Fatalf("verifying the node-a token: %v", err)
+	}
+	if id.NodeName != nodeA || id.NodeUID != c.uids[nodeA] || id.PodName != "web-a" {
+		t.Errorf("token claims node %q/%q pod %q, want %s/%s web-a", id.NodeName, id.NodeUID, id.PodName, nodeA, c.uids[nodeA])
+	}
+	if err := id.RequireNode(nodeB, ""); !errors.Is(err, verify.ErrNode) {
+		t.Errorf("RequireNode(node-b) = %v, want ErrNode", err)
 	}
 	for name, tc := range map[string]struct {
 		client kubernetes.Interface

@@ -55,6 +55,12 @@ type Config struct {
 	// every ServiceAccount; it has to be said.
 	Subjects []string
 
+	// Nodes, when set, accepts only tokens minted for a pod bound to one of
+	// these nodes: the API server puts the pod's node name (and UID) in the
+	// kubernetes.io claim of a pod-bound token (KEP-4193, Kubernetes 1.32+).
+	// Identity.RequireNode checks one node per request instead.
+	Nodes []string
+
 	// Algorithms are the accepted signature algorithms, a subset of RS256
 	// and ES256. Default both. Whatever a token's header, the discovery
 	// document or the key set say, nothing else is accepted: not "none", not

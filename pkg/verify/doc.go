@@ -28,6 +28,9 @@
 //   - iss, aud (one of Audiences), exp (required), nbf and iat are checked
 //     with Leeway (30 s by default); sub must match the kubernetes.io claim
 //     and one of the Subjects patterns.
+//   - With Config.Nodes (or Identity.RequireNode per request), only tokens
+//     minted for a pod bound to an accepted node pass: the API server puts
+//     the pod's node name and UID in pod-bound tokens (KEP-4193).
 //   - With TokenReview, the API server must still authenticate the token,
 //     which rejects tokens of deleted pods and ServiceAccounts.
 //   - Every refusal is an *Error with a Kind (ErrExpired, ErrAudience, ...)

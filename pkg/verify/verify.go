@@ -220,7 +220,7 @@ func (v *Verifier) checkClaims(c *claims, issuer string) error {
 	}
 	for _, p := range v.s.subjects {
 		if p.match(ns, name) {
-			return nil
+			return v.checkNode(c)
 		}
 	}
 	return newError(ErrSubject, "sub "+quote(c.Subject), nil)
