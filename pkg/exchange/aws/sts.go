@@ -165,7 +165,9 @@ func (s *STS) Exchange(ctx context.Context, req exchange.Request) (exchange.Cred
 		duration = req.Duration.Truncate(time.Second)
 	}
 	if err := checkDuration(duration); err != nil {
-		return exchange.Credentials{}, invalidRequest(req.Role, "session duration "+err.Error())
+		xe := invalidRequest(req.Role, "session duration "+err.Error())
+		xe.Cause = exchange.CauseLifetime
+		return exchange.Credentials{}, xe
 	}
 
 	out, err := s.client.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
@@ -175,7 +177,7 @@ func (s *STS) Exchange(ctx context.Context, req exchange.Request) (exchange.Cred
 		DurationSeconds:  aws.Int32(int32(duration / time.Second)),
 	})
 	if err != nil {
-		return exchange.Credentials{}, classify(ctx, err, req.Role, req.Token)
+		return exchange.Credentials{}, classify(ctx, err, req.Role, req.Token, duration)
 	}
 
 	c := out.Credentials
@@ -257,7 +259,7 @@ func (e *stsError) Unwrap() error { return e.cause }
 // classify turns an SDK error into an *exchange.Error. The AWS error code decides
 // where it is known; the HTTP status decides otherwise; a failure without a
 // response (connection refused, timeout, cancelled context) is exchange.Transient.
-func classify(ctx context.Context, err error, role string, token exchange.Secret) *exchange.Error {
+func classify(ctx context.Context, err error, role string, token exchange.Secret, duration time.Duration) *exchange.Error {
 	se := &stsError{role: role, cause: err}
 
 	var status interface{ HTTPStatusCode() int }
@@ -305,6 +307,9 @@ func classify(ctx context.Context, err error, role string, token exchange.Secret
 			kind = exchange.InvalidRequest
 		}
 	}
+	if kind == exchange.InvalidRequest && durationRefused(code, api.ErrorMessage()) {
+		return &exchange.Error{Kind: kind, Code: code, Cause: exchange.CauseLifetime, Hint: durationHint(role, duration), Err: se}
+	}
 	if audienceRefused(code, api.ErrorMessage()) {
 		// The token itself was refused, for a setting of the agent's: the
 		// caller is told to fix --audience, not the role annotation.
@@ -329,6 +334,22 @@ func audienceRefused(code, msg string) bool {
 		return strings.Contains(msg, "`aud`") || strings.Contains(msg, "`azp`")
 	}
 	return false
+}
+
+// durationRefused reports whether STS refused the session's duration: a
+// role's MaxSessionDuration below --session-duration. STS answers
+// ValidationError for every malformed parameter and names the parameter
+// only in the message ("The requested DurationSeconds exceeds the
+// MaxSessionDuration set for this role", "Value at 'durationSeconds' failed
+// to satisfy constraint"), so the message is matched, for that code only.
+func durationRefused(code, msg string) bool {
+	return code == "ValidationError" && strings.Contains(strings.ToLower(msg), "durationseconds")
+}
+
+// durationHint says which duration was refused and where to fix it.
+func durationHint(role string, d time.Duration) string {
+	return "STS refused a session of " + d.String() + " (the agent's --session-duration) for " + role +
+		": lower --session-duration to at most the role's MaxSessionDuration (1h unless raised), or raise the role's"
 }
 
 // audienceHint says which audience was refused and where to fix it.
