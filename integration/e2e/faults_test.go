@@ -791,11 +791,11 @@ func (f *faults) testSandbox(t *testing.T) {
 			waitFor(ctx, 200*time.Millisecond)
 		}
 		waitFor(ctx, time.Until(end))
-		var stopped time.Duration
+		var refused answer
 		stoppedSeen := false
 		for start := time.Now(); time.Since(start) < 5*time.Second && !stoppedSeen; waitFor(ctx, 100*time.Millisecond) {
 			if an := s.k.ask(); an.status != http.StatusOK {
-				stopped, stoppedSeen = an.got.Sub(end), true
+				refused, stoppedSeen = an, true
 			}
 		}
 		if !stoppedSeen {
@@ -832,8 +832,8 @@ func (f *faults) testSandbox(t *testing.T) {
 		}
 		calls, _ := steady(t, s, nu, "sandbox-b") // every answer the new pod's
 		notServedAs(t, s, old)
-		figures = append(figures, fmt.Sprintf("last seconds: %d answers with its own credentials in a %d s grace period (%d others), none from %v after its end; a new pod on the address of a pod in its grace period served %v after its creation (%d STS calls for 20 requests after)",
-			inGrace, grace, otherInGrace, stopped.Round(time.Millisecond), taken.Round(time.Millisecond), calls))
+		figures = append(figures, fmt.Sprintf("last seconds: %d answers with its own credentials in a %d s grace period (%d others); the first request after its end, sent %v after it, answered %v (after the resolver's wait for a new owner); a new pod on the address of a pod in its grace period served %v after its creation (%d STS calls for 20 requests after)",
+			inGrace, grace, otherInGrace, refused.sent.Sub(end).Round(time.Millisecond), refused, taken.Round(time.Millisecond), calls))
 		if inGrace < 5 {
 			t.Errorf("only %d answers with its own credentials during the grace period", inGrace)
 		}
