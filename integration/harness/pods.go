@@ -134,6 +134,10 @@ type Pods struct {
 	CP       *ControlPlane
 	NodeName string
 	Prefix   string
+	// Attestable gives every pod started from now on a process in its
+	// network namespace and in a cgroup named after its UID (see
+	// PodCgroupParent), so an agent with --attest=netns can attest it.
+	Attestable bool
 
 	mu   sync.Mutex
 	next int
@@ -153,9 +157,10 @@ func NewPods(ctx context.Context, cp *ControlPlane, nodeName, prefix string) (*P
 // Pod is a simulated pod: the API object and the network namespace whose
 // traffic carries the pod's IP.
 type Pod struct {
-	Pod *corev1.Pod
-	NS  *netns.Namespace
-	p   *Pods
+	Pod     *corev1.Pod
+	NS      *netns.Namespace
+	p       *Pods
+	sandbox *sandbox // with Pods.Attestable
 }
 
 // Start creates the network namespace for s.IP (and s.IPv6) and then the
@@ -176,6 +181,13 @@ func (ps *Pods) Start(ctx context.Context, s PodSpec) (*Pod, error) {
 		return nil, err
 	}
 	p := &Pod{Pod: pod, NS: ns, p: ps}
+	if ps.Attestable {
+		if p.sandbox, err = startSandbox(ns, pod.UID); err != nil {
+			_ = ps.CP.DeletePod(ctx, pod.Namespace, pod.Name)
+			ns.Close()
+			return nil, err
+		}
+	}
 	ps.mu.Lock()
 	ps.live[p] = struct{}{}
 	ps.mu.Unlock()
@@ -188,7 +200,7 @@ func (p *Pod) Delete(ctx context.Context) error {
 	p.p.mu.Lock()
 	delete(p.p.live, p)
 	p.p.mu.Unlock()
-	return errors.Join(err, p.NS.Close())
+	return errors.Join(err, p.sandbox.stop(), p.NS.Close())
 }
 
 // Exec returns a command that runs inside the pod's network namespace with
