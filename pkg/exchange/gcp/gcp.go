@@ -391,7 +391,7 @@ func (x *Exchanger) exchangeToken(ctx context.Context, token exchange.Secret, sc
 	start := x.clock.Now()
 	var out stsResponse
 	if err := x.do(ctx, call, "", x.stsToken, strings.NewReader(form.Encode()), hdr, &out, []exchange.Secret{token}); err != nil {
-		return exchange.Credentials{}, err
+		return exchange.Credentials{}, x.audienceRefusal(err)
 	}
 	if out.AccessToken == "" || out.ExpiresIn <= 0 {
 		return exchange.Credentials{}, upstreamFault(call, "", "answer lacks access_token or a positive expires_in")
@@ -438,6 +438,26 @@ func (x *Exchanger) generateAccessToken(ctx context.Context, email string, scope
 		Scopes:      append([]string(nil), scopes...),
 		Expiration:  exp.UTC(),
 	}, nil
+}
+
+// audienceRefusal marks Google STS's refusal of the token's audience as
+// such, so that the caller is told to fix the provider's allowed audiences
+// and not the identity. Google answers invalid_grant for every fault of a
+// subject token (signature, expiry, issuer, audience) and names the
+// audience only in error_description ("The audience in ID Token [...] does
+// not match the expected audience"), so the description is matched, for
+// that code only.
+func (x *Exchanger) audienceRefusal(err error) error {
+	var xe *exchange.Error
+	var ce *callError
+	if !errors.As(err, &xe) || xe.Code != "invalid_grant" || !errors.As(err, &ce) ||
+		!strings.Contains(strings.ToLower(ce.detail), "audience") {
+		return err
+	}
+	xe.Cause = exchange.CauseAudience
+	xe.Hint = fmt.Sprintf("Google STS refused the token's audience %s: the workload identity provider %s must accept it (no allowed-audiences list, or one that includes it)",
+		x.audience, x.provider)
+	return xe
 }
 
 // lifetimeRefusal marks a refusal of generateAccessToken as one of the

@@ -80,3 +80,28 @@ func exchangeErr(x *gcp.Exchanger, req exchange.Request) error {
 	_, err := x.Exchange(context.Background(), req)
 	return err
 }
+
+// Issue 18, item 11, on Google: STS refusing the token's audience (an
+// allowed-audiences list on the provider without the agent's audience) is
+// the audience's fault, not the identity's.
+func TestAudienceRefusalNamesTheAudience(t *testing.T) {
+	for _, tc := range []struct {
+		desc     string
+		audience bool
+	}{
+		{"The audience in ID Token [//iam.googleapis.com/" + provider + "] does not match the expected audience.", true},
+		{"ID Token issued at 1 is stale to sign-in.", false},
+	} {
+		p := newPeer(t)
+		p.set("sts", reply{400, oauthErr("invalid_grant", tc.desc), false})
+		_, err := newExchanger(t, p, nil).Exchange(context.Background(), accessReq(email))
+		xe := asError(t, err)
+		if xe.Kind != exchange.InvalidToken || (xe.Cause == exchange.CauseAudience) != tc.audience {
+			t.Errorf("%q: kind %v cause %v, want invalid_token, audience %v", tc.desc, xe.Kind, xe.Cause, tc.audience)
+		}
+		if tc.audience && (!strings.Contains(xe.Hint, "//iam.googleapis.com/"+provider) || !strings.Contains(xe.Hint, "allowed-audiences")) {
+			t.Errorf("hint %q", xe.Hint)
+		}
+		assertNoSecret(t, err)
+	}
+}
