@@ -17,13 +17,16 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,6 +34,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -120,9 +124,14 @@ type tally struct {
 	firstErr string
 	// creds counts answers that carried credentials.
 	creds int
+	// took is how long each answered request took.
+	took []time.Duration
+	// owners counts the credentials served by the pod UID the STS issued
+	// them for.
+	owners map[string]int
 }
 
-func newTally() tally { return tally{byStatus: map[int]int{}} }
+func newTally() tally { return tally{byStatus: map[int]int{}, owners: map[string]int{}} }
 
 func (t tally) String() string {
 	var codes []int
@@ -138,6 +147,14 @@ func (t tally) String() string {
 	if t.errors > 0 {
 		s += fmt.Sprintf(", %d without an answer (first: %s)", t.errors, t.firstErr)
 	}
+	if len(t.owners) > 0 {
+		s += fmt.Sprintf(", credentials of pods %v", t.owners)
+	}
+	if len(t.took) > 0 {
+		d := append([]time.Duration(nil), t.took...)
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		s += fmt.Sprintf(" (answered in median %v, max %v)", d[len(d)/2].Round(time.Millisecond), d[len(d)-1].Round(time.Millisecond))
+	}
 	return s
 }
 
@@ -147,6 +164,10 @@ func (t *tally) add(o tally) {
 	t.requests += o.requests
 	t.errors += o.errors
 	t.creds += o.creds
+	t.took = append(t.took, o.took...)
+	for u, n := range o.owners {
+		t.owners[u] += n
+	}
 	if t.firstErr == "" {
 		t.firstErr = o.firstErr
 	}
@@ -155,16 +176,26 @@ func (t *tally) add(o tally) {
 	}
 }
 
-// ask makes n credential requests from the impostor: each on a new
-// connection, or all on one keep-alive connection.
-func (im *impostor) ask(ctx context.Context, n int, keepAlive bool) tally {
-	tr := &http.Transport{DialContext: im.h.DialContext, DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 1}
+// dialFunc opens a connection as http.Transport.DialContext does.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// ask makes n credential requests from the impostor.
+func (w *world) ask(ctx context.Context, im *impostor, n int, keepAlive bool) tally {
+	return w.askFrom(ctx, im.h.DialContext, n, keepAlive)
+}
+
+// askFrom makes n credential requests through dial: each on a new
+// connection, or all on one keep-alive connection. Credentials served are
+// traced to the pod they were issued for by the STS.
+func (w *world) askFrom(ctx context.Context, dial dialFunc, n int, keepAlive bool) tally {
+	tr := &http.Transport{DialContext: dial, DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 1}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: tr}
 	res := newTally()
 	for i := 0; i < n; i++ {
 		res.requests++
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, credsURL, nil)
+		sent := time.Now()
 		resp, err := c.Do(req)
 		if err != nil {
 			res.errors++
@@ -174,16 +205,66 @@ func (im *impostor) ask(ctx context.Context, n int, keepAlive bool) tally {
 		} else {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
+			res.took = append(res.took, time.Since(sent))
 			res.byStatus[resp.StatusCode]++
-			if strings.Contains(string(body), "SecretAccessKey") {
+			var creds struct{ AccessKeyId, SecretAccessKey string }
+			if json.Unmarshal(body, &creds) == nil && creds.SecretAccessKey != "" {
 				res.creds++
+				owner := "an unknown pod"
+				if id, ok := w.sts.Lookup(creds.AccessKeyId); ok {
+					owner = id.PodUID
+				}
+				res.owners[owner]++
 			}
 		}
-		// Pacing: the impostor shares the victim's per-address request
+		// Pacing: an impostor shares its victim's per-address request
 		// budget (--pod-request-qps), which must not decide the outcome.
 		time.Sleep(50 * time.Millisecond)
 	}
 	return res
+}
+
+// dialFromNS dials from the network namespace at nsPath with the local
+// address local (one of the namespace's addresses, not necessarily the one
+// its routes would pick).
+func dialFromNS(nsPath string, local netip.Addr) dialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type res struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() {
+			// The thread is in another namespace while dialling; if it
+			// cannot be switched back, it ends with this goroutine
+			// (a locked thread whose goroutine exits is discarded).
+			runtime.LockOSThread()
+			orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				ch <- res{nil, err}
+				return
+			}
+			defer unix.Close(orig)
+			target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				ch <- res{nil, err}
+				return
+			}
+			defer unix.Close(target)
+			if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+				ch <- res{nil, fmt.Errorf("entering %s: %w", nsPath, err)}
+				return
+			}
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}
+			c, err := d.DialContext(ctx, network, addr)
+			if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+				runtime.UnlockOSThread()
+			}
+			ch <- res{c, err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
 }
 
 // attestCounts scrapes the agent's attestation counters by result.
@@ -349,7 +430,7 @@ func TestAttestStaleStatus(t *testing.T) {
 	w.createWorkload(ctx, t, workloadSpec{ns: "team-as2", name: "b", sa: "app", restart: corev1.RestartPolicyAlways, args: loop})
 	t.Cleanup(func() { w.deletePodAndWait(ctx, t, "team-as2", "b") })
 	pa := w.waitPhase(ctx, t, "team-as", "a", time.Minute, corev1.PodRunning)
-	w.waitPhase(ctx, t, "team-as2", "b", time.Minute, corev1.PodRunning)
+	pb := w.waitPhase(ctx, t, "team-as2", "b", time.Minute, corev1.PodRunning)
 	start := time.Now()
 	w.waitRounds(ctx, t, "team-as", "a", start, 3, roleA)
 	w.waitRounds(ctx, t, "team-as2", "b", start, 3, roleB)
@@ -378,14 +459,15 @@ func TestAttestStaleStatus(t *testing.T) {
 		t.Fatalf("with the kubelet paused, the API server should still show A Running at %s: %v %+v", x, err, p.Status)
 	}
 	im := w.newImpostor(ctx, t, "cbimp-stale", x)
-	got := im.ask(ctx, 10, false)
-	ka := im.ask(ctx, 10, true)
+	got := w.ask(ctx, im, 10, false)
+	ka := w.ask(ctx, im, 10, true)
 	got.add(ka)
 	paused := time.Since(stopped)
 	t.Logf("kubelet paused, A (%s) gone, the impostor on %s: %s (new connections and one keep-alive connection); kubelet paused %v",
 		uidA, x, got, paused.Round(100*time.Millisecond))
 	if got.byStatus[http.StatusOK] != 0 || got.creds != 0 {
-		t.Errorf("the impostor on A's stale address got %d answers 200, %d with credentials: A'S CREDENTIALS TO ANOTHER NAMESPACE", got.byStatus[http.StatusOK], got.creds)
+		t.Errorf("the impostor on A's stale address got %d answers 200, %d with credentials (A's: %d): A'S CREDENTIALS TO ANOTHER NAMESPACE",
+			got.byStatus[http.StatusOK], got.creds, got.owners[uidA])
 	}
 	if got.answered() < got.requests/2 {
 		t.Errorf("the agent answered only %d of the impostor's %d requests: the scenario did not reach it", got.answered(), got.requests)
@@ -402,6 +484,30 @@ func TestAttestStaleStatus(t *testing.T) {
 		t.Errorf("no connection refused by attestation: %v", d)
 	}
 
+	// Pod B takes X as a second address (as a pod with NET_ADMIN could) and
+	// asks from it: the informer still names A for X, the kernel shows the
+	// connection in B's namespace, so B gets its own role ("corrected").
+	im.close()
+	if out, err := w.node.NSCommand(ctx, "ip", "neigh", "del", x.String(), "dev", "cni0").CombinedOutput(); err != nil {
+		t.Logf("deleting the impostor's neighbour entry: %v: %s", err, out)
+	}
+	nsB := fmt.Sprintf("/proc/%d/ns/net", pausePID(t, string(pb.UID)))
+	if out, err := exec.CommandContext(ctx, "nsenter", "--net="+nsB, "--", "ip", "addr", "add", x.String()+"/32", "dev", "eth0").CombinedOutput(); err != nil {
+		t.Fatalf("adding %s to B: %v: %s", x, err, out)
+	}
+	corr := w.askFrom(ctx, dialFromNS(nsB, x), 5, false)
+	if out, err := exec.CommandContext(ctx, "nsenter", "--net="+nsB, "--", "ip", "addr", "del", x.String()+"/32", "dev", "eth0").CombinedOutput(); err != nil {
+		t.Errorf("removing %s from B: %v: %s", x, err, out)
+	}
+	dc := delta(mid, w.attestCounts(ctx, t))
+	t.Logf("pod B asking from A's stale address %s: %s; attestation %v", x, corr, dc)
+	if corr.owners[uidA] != 0 || corr.owners[string(pb.UID)] != corr.requests {
+		t.Errorf("B on A's stale address: %s; want B's own credentials (pod %s) every time, never A's (pod %s)", corr, pb.UID, uidA)
+	}
+	if w.attestMode() == "netns" && dc["corrected"] < 1 {
+		t.Errorf("no connection corrected: %v", dc)
+	}
+
 	resume()
 	resumed := time.Now()
 	var newIP string
@@ -416,7 +522,8 @@ func TestAttestStaleStatus(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	after := im.ask(ctx, 3, false)
+	im = w.newImpostor(ctx, t, "cbimp-stale", x)
+	after := w.ask(ctx, im, 3, false)
 	t.Logf("kubelet resumed: A running again at %s after %v; the impostor on %s then: %s",
 		newIP, time.Since(resumed).Round(100*time.Millisecond), x, after)
 	if after.byStatus[http.StatusOK] != 0 || after.creds != 0 {
@@ -460,8 +567,8 @@ func TestAttestDuplicateAddress(t *testing.T) {
 
 	dupAt := time.Now()
 	im := w.newImpostor(ctx, t, "cbimp-dup", x)
-	got := im.ask(ctx, 10, false)
-	got.add(im.ask(ctx, 10, true))
+	got := w.ask(ctx, im, 10, false)
+	got.add(w.ask(ctx, im, 10, true))
 	neigh, _ := w.node.NSCommand(ctx, "ip", "neigh", "show", x.String(), "dev", "cni0").CombinedOutput()
 	t.Logf("duplicate of A's %s (impostor MAC %s; the node's neighbour entry: %s): %s",
 		x, im.mac, strings.TrimSpace(string(neigh)), got)
@@ -483,7 +590,7 @@ func TestAttestDuplicateAddress(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	again := im.ask(ctx, 10, false)
+	again := w.ask(ctx, im, 10, false)
 	t.Logf("the duplicate again, after A's rounds beside it: %s", again)
 	if again.byStatus[http.StatusOK] != 0 || again.creds != 0 {
 		t.Errorf("the duplicate got credentials: %s", again)
