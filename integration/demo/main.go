@@ -144,7 +144,9 @@ func run(ctx context.Context, wait, keepDir bool) (err error) {
 	if err := cp.AgentKubeconfig(ctx, filepath.Join(root, "deploy/daemonset/rbac.yaml"), kc); err != nil {
 		return err
 	}
-	note("ServiceAccount %s/%s may: list/watch pods, get serviceaccounts, create serviceaccounts/token",
+	// The demo's token is bound to no pod, so the agent cannot act as a
+	// node and falls back to the broad RBAC, which AgentKubeconfig adds.
+	note("ServiceAccount %s/%s may: list/watch serviceaccounts; and, from deploy/daemonset/broad-rbac (the agent's token here is bound to no pod, so it cannot act as its node): get/list/watch pods, create serviceaccounts/token, create/patch events",
 		harness.AgentNamespace, harness.AgentServiceAccount)
 
 	listen := harness.DefaultAgentListen
