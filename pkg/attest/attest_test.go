@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -322,5 +323,38 @@ func waitState(t *testing.T, a *Attester, uid types.UID, client net.Conn, state 
 			t.Fatalf("client socket never reached state %#x", state)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestMappedIPv4: a client on a dual-stack AF_INET6 socket (as Java's)
+// connecting to an IPv4 address shows in tcp6 as ::ffff:X.
+func TestMappedIPv4(t *testing.T) {
+	l := newLab(t)
+	inf := &fakeInformer{}
+	uid := randUID(t)
+	inf.add("a", uid, ipA)
+	ns := l.netns([]netip.Addr{ipA}, []bool{true})
+	l.process(ns, uid, ctrID)
+	a, _ := newAttester(t, inf)
+	var fd int
+	var err error
+	inNetns(t, ns, func() {
+		if fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return
+		}
+		err = unix.Connect(fd, &unix.SockaddrInet6{Port: int(l.port()), Addr: netip.AddrFrom16(srv4.As16()).As16()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	conn, err := l.ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	p, err := a.Resolve(WithConn(context.Background(), conn), ipA)
+	if err != nil || p.UID != uid {
+		t.Fatalf("Resolve = %q, %v; want pod a", p.Name, err)
 	}
 }
