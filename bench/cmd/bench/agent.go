@@ -63,6 +63,7 @@ func (e *env) startAgent(ctx context.Context, o agentOptions) (*agentProc, error
 		"--gcp-project-id="+gcpProjectID,
 		"--gcp-sts-endpoint="+e.gsts.URL(),
 		"--gcp-iamcredentials-endpoint="+e.gsts.URL())
+	args = append(args, e.agentArgs...)
 	args = append(args, o.extra...)
 	started := time.Now()
 	a, err := harness.StartAgent(ctx, harness.AgentConfig{

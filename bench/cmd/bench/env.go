@@ -48,6 +48,7 @@ type env struct {
 	agentBin        string
 	floorBin        string
 	agentEnv        []string
+	agentArgs       []string // flags every agent gets (-attest)
 	cp              *harness.ControlPlane
 	apiHTTP         *http.Client
 	sts             *oidcsts.Server
@@ -228,6 +229,10 @@ func (e *env) close() {
 	pods := e.netPods
 	e.netPods = nil
 	e.mu.Unlock()
+	if e.pods != nil {
+		// -attest=netns pods' processes; none otherwise.
+		e.pods.StopSandboxes()
+	}
 	_ = parallel(ctx, len(pods), 6, func(ctx context.Context, i int) error {
 		return pods[i].NS.Close()
 	})

@@ -52,6 +52,7 @@ type options struct {
 	timeout        time.Duration
 	skip           map[string]bool
 	agentEnv       []string
+	attest         string // the agent's --attest
 	soak           time.Duration
 	soakSession    time.Duration
 }
@@ -91,6 +92,7 @@ func run() error {
 	var skip, agentEnv, render string
 	flag.StringVar(&render, "render", "", "only rewrite -doc from this results.json of an earlier run")
 	flag.StringVar(&skip, "skip", "", "comma-separated scenarios to leave out: sweep, cold (which ends the run there), large (ends it after cold), mem; for quick experiments, the report then lacks them")
+	flag.StringVar(&o.attest, "attest", "off", "the agent's --attest mode; netns gives every pod a sandbox process in a cgroup named after its UID, so the kernel can attest it")
 	flag.StringVar(&agentEnv, "agent-env", "", "comma-separated VAR=value pairs for the agent's environment (e.g. GOGC=200), for experiments")
 	flag.Parse()
 	o.skip = map[string]bool{}
@@ -198,6 +200,8 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 		return nil, err
 	}
 	e.agentEnv = o.agentEnv
+	e.agentArgs = []string{"--attest=" + o.attest}
+	e.pods.Attestable = o.attest != "off"
 	b.env = e
 	defer func() {
 		if b.agent != nil {
