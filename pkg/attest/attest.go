@@ -210,8 +210,8 @@ func WithConn(ctx context.Context, c net.Conn) context.Context {
 	la, ok2 := c.LocalAddr().(*net.TCPAddr)
 	if ok1 && ok2 {
 		cl, sv := ra.AddrPort(), la.AddrPort()
-		cs.client = netip.AddrPortFrom(cl.Addr().Unmap(), cl.Port())
-		cs.server = netip.AddrPortFrom(sv.Addr().Unmap(), sv.Port())
+		cs.client = netip.AddrPortFrom(cl.Addr().Unmap().WithZone(""), cl.Port())
+		cs.server = netip.AddrPortFrom(sv.Addr().Unmap().WithZone(""), sv.Port())
 		cs.ok = cs.client.Addr().Is4() == cs.server.Addr().Is4()
 	}
 	return context.WithValue(ctx, connKey{}, cs)

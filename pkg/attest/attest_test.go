@@ -16,8 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 func newAttester(t testing.TB, inf *fakeInformer) (*Attester, *prometheus.Registry) {
@@ -235,7 +233,6 @@ func TestNoConnectionRefusedWithoutKernel(t *testing.T) {
 	if inf.calls != 0 {
 		t.Errorf("informer asked %d times, want 0", inf.calls)
 	}
-	_ = podresolve.Pod{}
 }
 
 // TestBurstSharesTableReads: connections accepted together share reads of
