@@ -36,6 +36,8 @@ var expected = []string{
 	"CLOUD-ROLE-NOT-ALLOWED ServiceAccount/team/outside ",
 	"CLOUD-TOKEN-MOUNTED Pod/other/copy-0 ServiceAccount other/copy",
 	"CLOUD-TOKEN-MOUNTED Pod/team/cloudy ServiceAccount team/cloudy",
+	"CLOUD-VARIABLES-MISSING Pod/team/outside ServiceAccount team/outside",
+	"CLOUD-VARIABLES-MISSING Pod/team/typo ServiceAccount team/typo",
 	"POD-DEFAULT-SA CronJob/team/nightly ServiceAccount team/default",
 	"POD-DEFAULT-SA Deployment/team/legacy ServiceAccount team/default",
 	"SA-SHARED ServiceAccount/team/shared ",

@@ -228,6 +228,7 @@ func (a *auditor) agentSettings(ctx context.Context, l Lister) error {
 			if !hasServe(args) {
 				continue
 			}
+			a.cloudsFromArgs(args)
 			roles = append(roles, flagValues(args, "allowed-role-arn")...)
 			if v := flagValues(args, "role-annotation"); len(v) > 0 {
 				annotation = v[len(v)-1]

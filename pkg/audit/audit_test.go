@@ -184,6 +184,9 @@ func TestSeededFindings(t *testing.T) {
 		"CLOUD-MALFORMED-IDENTITY ServiceAccount/team/typo",
 		"CLOUD-ROLE-NOT-ALLOWED ServiceAccount/team/outside",
 		"CLOUD-TOKEN-MOUNTED Pod/team/cloudy",
+		"CLOUD-VARIABLES-MISSING Deployment/other/copy",
+		"CLOUD-VARIABLES-MISSING Pod/team/outside",
+		"CLOUD-VARIABLES-MISSING Pod/team/typo",
 		"POD-DEFAULT-SA Deployment/team/legacy",
 		"SA-SHARED ServiceAccount/team/shared",
 		"CLOUD-UNUSED-IDENTITY ServiceAccount/team/ghost",
@@ -235,7 +238,7 @@ func TestNamespaceScope(t *testing.T) {
 	}
 	// team's bindings to other's default still count; team's own do not.
 	want := []string{"RBAC-AUTHENTICATED ClusterRoleBinding/everyone", "RBAC-DEFAULT-SA RoleBinding/team/to-other-default",
-		"RBAC-UNAUTHENTICATED ClusterRoleBinding/everyone"}
+		"RBAC-UNAUTHENTICATED ClusterRoleBinding/everyone", "CLOUD-VARIABLES-MISSING Deployment/other/copy"}
 	if got := keys(r); !slices.Equal(got, want) {
 		t.Errorf("findings in namespace other:\n%s", strings.Join(got, "\n"))
 	}

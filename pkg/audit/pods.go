@@ -50,6 +50,7 @@ func (a *auditor) pod(p *corev1.Pod) {
 		}
 		info.workloads[wl] = struct{}{}
 	}
+	a.variablesMissing(p, key, info, wl)
 	if saName == "default" {
 		a.addPod(IDPodDefaultSA, wl, p.Name, func() Finding {
 			return Finding{

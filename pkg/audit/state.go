@@ -12,7 +12,10 @@ import (
 // ServiceAccount, binding and owner, and the findings so far. It is used
 // by one goroutine.
 type auditor struct {
-	cfg          Config
+	cfg Config
+	// agentClouds are the clouds the agent's DaemonSet turns on; nil when
+	// it was not read (every cloud is then checked).
+	agentClouds  map[string]bool
 	patternsFrom string // where AllowedRoles came from, for messages
 	report       Report
 
