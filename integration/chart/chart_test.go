@@ -319,6 +319,7 @@ func allOn() map[string]any {
 			"allowedAudiences": []any{"https://svc.example.com/*"},
 		},
 		"agent":             agentAllSet(),
+		"rbac":              map[string]any{"nodeRestricted": "required"},
 		"extraArgs":         []any{"--log-level=debug"},
 		"extraEnv":          []any{map[string]any{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}},
 		"tolerations":       []any{map[string]any{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}},
