@@ -55,6 +55,12 @@ type cluster struct {
 }
 
 func startCluster(t *testing.T, extraFlags ...string) *cluster {
+	return startClusterAdmission(t, true, extraFlags...)
+}
+
+// startClusterAdmission starts the cluster with or without the
+// NodeRestriction admission plugin.
+func startClusterAdmission(t *testing.T, nodeRestriction bool, extraFlags ...string) *cluster {
 	t.Helper()
 	testenv.RequireCommand(t, "kubectl")
 	binDir, err := harness.K8sBinDir()
@@ -67,9 +73,11 @@ func startCluster(t *testing.T, extraFlags ...string) *cluster {
 	}
 	c := &cluster{root: root, dir: t.TempDir(), uids: map[string]string{}}
 	ctx := context.Background()
+	if nodeRestriction {
+		extraFlags = append([]string{"--enable-admission-plugins=NodeRestriction"}, extraFlags...)
+	}
 	c.cp, err = harness.StartControlPlane(ctx, harness.ControlPlaneConfig{
-		Dir: c.dir, BinDir: binDir, AuthorizationModes: "Node,RBAC",
-		ExtraAPIServerFlags: append([]string{"--enable-admission-plugins=NodeRestriction"}, extraFlags...),
+		Dir: c.dir, BinDir: binDir, AuthorizationModes: "Node,RBAC", ExtraAPIServerFlags: extraFlags,
 	})
 	if err != nil {
 		t.Fatalf("StartControlPlane: %v", err)
@@ -492,4 +500,31 @@ func TestFallback(t *testing.T) {
 			t.Errorf("the log does not say it falls back:\n%s", log)
 		}
 	})
+}
+
+// TestFallbackWithoutNodeRestriction: constrained impersonation works, but
+// without the NodeRestriction admission plugin a node could mint tokens for
+// pods of other nodes (the Node authorizer alone checks only the
+// ServiceAccount): the probe sees it, and the agent does not act as its node.
+func TestFallbackWithoutNodeRestriction(t *testing.T) {
+	c := startClusterAdmission(t, false)
+	c.applyRBAC(t, "deploy/daemonset/rbac.yaml", "deploy/daemonset/broad-rbac/rbac.yaml")
+	kc := c.agentKubeconfig(t, nodeA)
+	if err := netns.AddHostAddr(context.Background(), netns.ServiceAddr4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.startAgent(t, kc, nodeA, "required", ""); err == nil {
+		t.Fatal("the agent started node-restricted without NodeRestriction")
+	}
+	log, _ := os.ReadFile(filepath.Join(c.dir, "logs", "agent-required.log"))
+	if !strings.Contains(string(log), "does not run the NodeRestriction admission plugin") {
+		t.Errorf("the agent's log does not name NodeRestriction:\n%s", log)
+	}
+	a, err := c.startAgent(t, kc, nodeA, "auto", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readyz(t, a); !strings.Contains(got, "node-restricted: off (the API server does not run the NodeRestriction admission plugin") {
+		t.Errorf("/readyz = %q", got)
+	}
 }
