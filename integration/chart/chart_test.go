@@ -259,6 +259,22 @@ func TestChartMatchesKustomizeBase(t *testing.T) {
 		chartObjs, _ := render(t, map[string]any{"rbac": map[string]any{"broad": true}})
 		compareObjects(t, kustomize(t, overlay), chartObjs)
 	})
+	t.Run("webhook", func(t *testing.T) {
+		overlay := t.TempDir()
+		rel := func(p string) string {
+			r, err := filepath.Rel(overlay, filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel("deploy/webhook"))
+		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		chartObjs, _ := render(t, map[string]any{"webhook": map[string]any{"enabled": true}})
+		compareObjects(t, kustomize(t, overlay), chartObjs)
+	})
 }
 
 // TestChartLabels: every object carries the chart's labels and the base's

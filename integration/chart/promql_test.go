@@ -23,6 +23,9 @@ var externalMetrics = map[string]string{
 	"kube_pod_status_ready": "kube-state-metrics",
 	"kube_pod_info":         "kube-state-metrics",
 	"kube_pod_status_phase": "kube-state-metrics",
+	// CredbrokerWebhookFailingOpen: the API server's count of webhook
+	// calls that failed and were ignored.
+	"apiserver_admission_webhook_fail_open_count": "kube-apiserver",
 }
 
 // expression is one PromQL query shipped with the chart and where it is.
