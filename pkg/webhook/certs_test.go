@@ -1,11 +1,14 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -195,5 +198,51 @@ func TestMergeBundle(t *testing.T) {
 	}
 	if n := count(MergeBundle(many, mine, now)); n != maxBundle {
 		t.Errorf("%d certificates kept, want %d", n, maxBundle)
+	}
+}
+
+// With --tls-cert-file (cert-manager), the files are served and re-read
+// when they change; no webhook configuration is touched.
+func TestCertificateFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+	write := func(mod time.Time) []byte {
+		c := &Certs{cfg: CertConfig{Validity: time.Hour, Clock: clk, DNSNames: []string{"x"}}}
+		pair, _, _, err := c.issue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := x509.MarshalPKCS8PrivateKey(pair.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certPath, keyPath := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+		if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: pair.Certificate[0]}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(certPath, mod, mod); err != nil {
+			t.Fatal(err)
+		}
+		return pair.Certificate[0]
+	}
+	first := write(time.Unix(1000, 0))
+	c, err := NewCerts(CertConfig{CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"), Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.GetCertificate(nil)
+	if err != nil || !bytes.Equal(got.Certificate[0], first) || !c.Ready() {
+		t.Fatalf("first: %v", err)
+	}
+	second := write(time.Unix(2000, 0))
+	if got, _ := c.GetCertificate(nil); !bytes.Equal(got.Certificate[0], first) {
+		t.Fatal("re-read within a second of the last look")
+	}
+	clk.Step(time.Second)
+	if got, _ := c.GetCertificate(nil); !bytes.Equal(got.Certificate[0], second) {
+		t.Fatal("the changed files were not re-read")
 	}
 }
