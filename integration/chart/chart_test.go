@@ -351,6 +351,9 @@ func allOn() map[string]any {
 		"podMonitor":        map[string]any{"enabled": true, "labels": map[string]any{"release": "prom"}},
 		"prometheusRule":    map[string]any{"enabled": true, "labels": map[string]any{"release": "prom"}},
 		"dashboards":        map[string]any{"enabled": true, "namespace": "monitoring"},
+		"webhook": map[string]any{"enabled": true, "replicas": 3, "timeoutSeconds": 2, "awsAuthorizationToken": "guard",
+			"certValidity": "72h", "nodeSelector": map[string]any{"kubernetes.io/os": "linux"},
+			"tolerations": []any{map[string]any{"key": "dedicated", "operator": "Exists"}}},
 	}
 }
 
