@@ -318,12 +318,14 @@ func allOn() map[string]any {
 			"region": "eu-west-1", "audience": "sts.amazonaws.com", "roleAnnotation": "example.com/role",
 			"allowedRoleARNs": []any{"arn:aws:iam::111122223333:role/team-*", "arn:aws:iam::111122223333:role/ops"},
 			"stsEndpoint":     "https://sts.eu-west-1.amazonaws.com", "sessionDuration": "2h",
+			"extraARNPartitions": []any{"minio"},
 		},
 		"gcp": map[string]any{
 			"workloadIdentityProvider": "projects/123456/locations/global/workloadIdentityPools/pool-1/providers/prov-1",
 			"projectID":                "proj-1", "projectNumber": "123456", "serviceAccountAnnotation": "example.com/gsa",
 			"defaultScopes": []any{"https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/userinfo.email"},
 			"stsEndpoint":   "https://sts.googleapis.com", "iamCredentialsEndpoint": "https://iamcredentials.googleapis.com",
+			"tokenLifetime": "1h",
 		},
 		"azure": map[string]any{
 			"tenantID": "00000000-0000-0000-0000-000000000001", "identityHeader": "guard-value", "audience": "api://AzureADTokenExchange",
