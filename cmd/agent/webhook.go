@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/credbroker/agent/pkg/kube"
 	"github.com/credbroker/agent/pkg/webhook"
 )
 
@@ -145,7 +146,7 @@ func runWebhook(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	rc.QPS, rc.Burst = float32(cfg.kubeQPS), cfg.kubeBurst
 	rc.UserAgent = "credbroker-webhook/" + version
-	client, err := webhook.NewClient(rc)
+	client, err := kube.NewForConfig(rc)
 	if err != nil {
 		return err
 	}

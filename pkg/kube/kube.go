@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/rest"
 )
@@ -156,4 +157,41 @@ func (s *EventSink) Update(ev *corev1.Event) (*corev1.Event, error) {
 // ev.
 func (s *EventSink) Patch(ev *corev1.Event, data []byte) (*corev1.Event, error) {
 	return s.events(ev.Namespace).Patch(context.Background(), ev.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
+}
+
+// ListServiceAccounts, WatchServiceAccounts and GetServiceAccount serve the
+// admission webhook's ServiceAccount cache (its read on a cache miss
+// included), always as the caller itself.
+func (c *Client) ListServiceAccounts(ctx context.Context, opts metav1.ListOptions) (*corev1.ServiceAccountList, error) {
+	return c.ServiceAccounts().List(ctx, opts)
+}
+
+// WatchServiceAccounts watches the ServiceAccounts of every namespace.
+func (c *Client) WatchServiceAccounts(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	return c.ServiceAccounts().Watch(ctx, opts)
+}
+
+// GetServiceAccount reads one ServiceAccount.
+func (c *Client) GetServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	return gentype.NewClientWithList("serviceaccounts", c.rest, parameterCodec, namespace,
+		func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
+		func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} },
+		gentype.PrefersProtobuf[*corev1.ServiceAccount]()).Get(ctx, name, metav1.GetOptions{})
+}
+
+// mutatingWebhookConfigurations is read and patched as JSON: linking the
+// admissionregistration API group for one object would grow the binary
+// for nothing (the dependency guard in cmd/agent keeps it out).
+const mutatingWebhookConfigurations = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+// GetWebhookConfiguration reads a MutatingWebhookConfiguration as JSON.
+func (c *Client) GetWebhookConfiguration(ctx context.Context, name string) ([]byte, error) {
+	return c.rest.Get().AbsPath(mutatingWebhookConfigurations, name).SetHeader("Accept", "application/json").DoRaw(ctx)
+}
+
+// PatchWebhookConfiguration applies a JSON patch to a
+// MutatingWebhookConfiguration.
+func (c *Client) PatchWebhookConfiguration(ctx context.Context, name string, patch []byte) error {
+	_, err := c.rest.Patch(types.JSONPatchType).AbsPath(mutatingWebhookConfigurations, name).SetHeader("Accept", "application/json").Body(patch).DoRaw(ctx)
+	return err
 }

@@ -25,7 +25,7 @@ import (
 )
 
 // WebhookConfigurationClient reads and patches the webhook's own
-// MutatingWebhookConfiguration; *Client is one.
+// MutatingWebhookConfiguration; pkg/kube's Client is one.
 type WebhookConfigurationClient interface {
 	GetWebhookConfiguration(ctx context.Context, name string) ([]byte, error)
 	PatchWebhookConfiguration(ctx context.Context, name string, patch []byte) error

@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// ServiceAccountClient lists, watches and reads ServiceAccounts; *Client
+// ServiceAccountClient lists, watches and reads ServiceAccounts; pkg/kube's Client
 // is one.
 type ServiceAccountClient interface {
 	ListServiceAccounts(ctx context.Context, opts metav1.ListOptions) (*corev1.ServiceAccountList, error)
