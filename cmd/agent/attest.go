@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -108,4 +109,29 @@ func (at *attestation) probe(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// tracedBroker is the broker as the wire surfaces see it: with attestation
+// on, every credential it grants is logged once per connection against the
+// connection's attestation (attest.Attester.Served), cache hits included.
+type tracedBroker struct {
+	*broker.Broker
+	att *attest.Attester // nil: attestation off, nothing traced
+}
+
+// traced wraps b for the surfaces.
+func (at *attestation) traced(b *broker.Broker) tracedBroker {
+	if at == nil {
+		return tracedBroker{Broker: b}
+	}
+	return tracedBroker{Broker: b, att: at.a}
+}
+
+// Credentials is the broker's, traced.
+func (t tracedBroker) Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error) {
+	ans, err := t.Broker.Credentials(ctx, addr, req)
+	if err == nil && t.att != nil {
+		t.att.Served(ctx, ans.Pod, string(req.Cloud), ans.Identity, req.Scope)
+	}
+	return ans, err
 }

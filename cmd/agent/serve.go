@@ -271,7 +271,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	credHandler, err := surfaces(brk, grd, cfg.gcp, cfg.azure, cfg.podToken)
+	credHandler, err := surfaces(att.traced(brk), grd, cfg.gcp, cfg.azure, cfg.podToken)
 	if err != nil {
 		return err
 	}
@@ -445,7 +445,7 @@ func kubeRESTConfig(cfg serveConfig) (*rest.Config, error) {
 // the GCE metadata server's "/" and /computeMetadata/ tree when GCP is on,
 // the container-credentials API otherwise. Each surface has its own request
 // guard (its error format, its header rules; one budget per address).
-func surfaces(b *broker.Broker, grd *guards, gcp gcpConfig, az azureConfig, podToken podTokenConfig) (http.Handler, error) {
+func surfaces(b tracedBroker, grd *guards, gcp gcpConfig, az azureConfig, podToken podTokenConfig) (http.Handler, error) {
 	aws, err := grd.surface(grd.awsRules(), awscreds.New(b))
 	if err != nil {
 		return nil, err

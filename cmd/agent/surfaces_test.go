@@ -29,7 +29,7 @@ func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 	go func() { defer close(done); _ = b.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	gcp := gcpConfig{provider: "p", projectID: "proj"}
-	routes, err := surfaces(b, testGuards(t, nil), gcp, azureConfig{}, podTokenConfig{})
+	routes, err := surfaces(tracedBroker{Broker: b}, testGuards(t, nil), gcp, azureConfig{}, podTokenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 	}
 	// A budget of one request: after the first, the guard refuses every
 	// request from this address, whichever surface it is for.
-	throttled, err := surfaces(b, testGuards(t, func(c *guardConfig) { c.requestBurst, c.requestQPS = 1, 1e-9 }), gcp, azureConfig{}, podTokenConfig{})
+	throttled, err := surfaces(tracedBroker{Broker: b}, testGuards(t, func(c *guardConfig) { c.requestBurst, c.requestQPS = 1, 1e-9 }), gcp, azureConfig{}, podTokenConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -175,6 +175,15 @@ func TestAttest(t *testing.T) {
 		if n := metric(t, `credbroker_attest_total{result="attested"}`) - before; n != 1 {
 			t.Errorf("attested %v times for 3 requests on one keep-alive connection, want 1", n)
 		}
+		// Who got what: the grant is logged once for the connection (two
+		// of the three answers came from cache), with the pod and role.
+		if n := metric(t, "credbroker_attest_grants_logged_total"); n != 1 {
+			t.Errorf("credbroker_attest_grants_logged_total = %v after 3 requests on one connection, want 1", n)
+		}
+		if tail := agent.LogTail(200); !strings.Contains(tail, "credentials served on an attested connection") ||
+			!strings.Contains(tail, string(app.Pod.UID)) || !strings.Contains(tail, role("app")) {
+			t.Errorf("no trace of the grant (pod UID %s, role app) in the agent's log:\n%s", app.Pod.UID, tail)
+		}
 	})
 
 	t.Run("StaleStatusNeverServesTheOldPod", func(t *testing.T) {

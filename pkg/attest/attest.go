@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -135,6 +136,7 @@ type metrics struct {
 	duration  prometheus.Histogram
 	scans     prometheus.Counter
 	available prometheus.Gauge
+	served    prometheus.Counter
 }
 
 // New returns an Attester. It reads nothing yet: call Check once the
@@ -178,11 +180,13 @@ func New(cfg Config) (*Attester, error) {
 			Help: "Scans of /proc for the pods' processes (on a pod whose process is unknown or gone)."}),
 		available: prometheus.NewGauge(prometheus.GaugeOpts{Name: "credbroker_attest_available",
 			Help: "1 when the start-up check found that attestation works on this node, 0 when it cannot (see the log and /readyz)."}),
+		served: prometheus.NewCounter(prometheus.CounterOpts{Name: "credbroker_attest_grants_logged_total",
+			Help: "Credential grants logged against their attested connection (once per connection and grant; cache hits included)."}),
 	}
 	for _, r := range []string{ResultAttested, ResultCorrected, ResultRefused, ResultUnavailable} {
 		a.m.results.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{a.m.results, a.m.duration, a.m.scans, a.m.available} {
+	for _, c := range []prometheus.Collector{a.m.results, a.m.duration, a.m.scans, a.m.available, a.m.served} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("attest: registering metrics: %w", err)
 		}
@@ -198,9 +202,23 @@ type connState struct {
 	accepted       time.Time
 	ok             bool // both addresses are TCP addresses
 
-	mu      sync.Mutex // serialises the first attestation
+	mu      sync.Mutex // serialises the first attestation; guards served
 	verdict atomic.Pointer[types.UID]
+	// served lists what was logged as served on this connection, so that a
+	// keep-alive connection asking again and again logs each grant once.
+	served []servedGrant
 }
+
+// servedGrant is one credential grant logged for a connection.
+type servedGrant struct {
+	uid                    types.UID
+	cloud, identity, scope string
+}
+
+// maxServedPerConn bounds what a connection remembers of its grants: past
+// it, further grants are still logged (through the per-address log
+// limiter), only no longer deduplicated.
+const maxServedPerConn = 8
 
 // WithConn returns ctx carrying c, for http.Server.ConnContext: requests on
 // c are then attested against c's addresses, once per connection.
@@ -263,6 +281,34 @@ func (a *Attester) again(uid types.UID, err error) (podresolve.Pod, error) {
 		return podresolve.Pod{}, err
 	}
 	return podresolve.Pod{}, fmt.Errorf("the pod attested for this connection (UID %s) is gone: %w", uid, ErrRefused)
+}
+
+// Served logs that pod was granted a credential for identity (and scope)
+// on cloud over the connection carried by ctx, once per connection and
+// grant. With the line that attested the connection (same remote address
+// and client port) it says afterwards who got what, on which evidence: a
+// credential served from cache leaves this line too. Nothing secret is
+// logged: identities, scopes and audiences are names.
+func (a *Attester) Served(ctx context.Context, pod podresolve.Pod, cloud, identity, scope string) {
+	cs, _ := ctx.Value(connKey{}).(*connState)
+	if cs == nil {
+		return
+	}
+	g := servedGrant{uid: pod.UID, cloud: cloud, identity: identity, scope: scope}
+	cs.mu.Lock()
+	seen := slices.Contains(cs.served, g)
+	if !seen && len(cs.served) < maxServedPerConn {
+		cs.served = append(cs.served, g)
+	}
+	cs.mu.Unlock()
+	if seen {
+		return
+	}
+	a.m.served.Inc()
+	a.log.LogAttrs(ctx, slog.LevelInfo, "credentials served on an attested connection",
+		slog.String(a.addrKey, cs.client.Addr().String()), slog.Int("client_port", int(cs.client.Port())),
+		slog.String("namespace", pod.Namespace), slog.String("pod", pod.Name), slog.String("uid", string(pod.UID)),
+		slog.String("cloud", cloud), slog.String("identity", identity), slog.String("scope", scope))
 }
 
 // evidence is what the kernel showed for one connection.
