@@ -101,7 +101,13 @@ type Attester struct {
 
 	mu       sync.Mutex
 	procs    map[types.UID]*podProc // guarded by mu; replaced by each scan
-	lastScan time.Time              // guarded by mu: when the last scan started
+	// absent holds the pods the informer served at the last scan that had
+	// no process then. Their sandbox existed before the kubelet reported
+	// their address, so until the next scan is due, a connection naming
+	// one of them is answered without waiting for it. Guarded by mu;
+	// replaced by each scan.
+	absent   map[types.UID]struct{}
+	lastScan time.Time // guarded by mu: when the last scan started
 	scanMu   sync.Mutex             // one scan at a time
 
 	status atomic.Pointer[Status]
@@ -451,7 +457,7 @@ func (a *Attester) search(ctx context.Context, cs *connState, uid types.UID) (ev
 	for attempt := 0; ; attempt++ {
 		p := a.proc(uid)
 		if p == nil {
-			if attempt > 0 {
+			if attempt > 0 || a.knownAbsent(uid) {
 				return evidence{}, false, nil
 			}
 			if err := a.rescan(ctx, time.Now()); err != nil {
@@ -613,6 +619,16 @@ func (a *Attester) proc(uid types.UID) *podProc {
 	return a.procs[uid]
 }
 
+// knownAbsent reports whether the last scan, still recent enough that a
+// new one would wait, found no process of pod uid although the informer
+// served it: a rescan now would only delay the answer.
+func (a *Attester) knownAbsent(uid types.UID) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.absent[uid]
+	return ok && time.Since(a.lastScan) < a.minRescan
+}
+
 func (a *Attester) forget(uid types.UID, p *podProc) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -684,5 +700,12 @@ func (a *Attester) scan() (int, error) {
 		}
 	}
 	a.procs = next
+	absent := make(map[types.UID]struct{})
+	for _, uid := range known {
+		if _, ok := found[uid]; !ok {
+			absent[uid] = struct{}{}
+		}
+	}
+	a.absent = absent
 	return procs, nil
 }

@@ -355,3 +355,39 @@ func TestMappedIPv4(t *testing.T) {
 		t.Fatalf("Resolve = %q, %v; want pod a", p.Name, err)
 	}
 }
+
+// TestAbsentPodAnsweredWithoutWaiting: the informer still gives an address
+// to a pod whose sandbox is gone (no process at the last scan), and a
+// namespace that is no pod holds it. Each new connection is refused at
+// once: it does not wait for the next /proc scan (up to
+// MinRescanInterval), which would outlast an SDK's one-second timeout.
+func TestAbsentPodAnsweredWithoutWaiting(t *testing.T) {
+	l := newLab(t)
+	inf := &fakeInformer{}
+	uidA, uidGone := randUID(t), randUID(t)
+	inf.add("a", uidA, ipA)
+	inf.add("gone", uidGone, ipN)
+	nsA := l.netns([]netip.Addr{ipA}, []bool{true})
+	nsN := l.netns([]netip.Addr{ipN}, []bool{true})
+	l.process(nsA, uidA, ctrID)
+	l.process(nsN, "", "")
+	a, err := New(Config{Resolver: inf, Pods: inf, Registerer: prometheus.NewRegistry(), MinRescanInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := a.Check(context.Background()); !st.Available {
+		t.Fatalf("Check = %+v, want available", st)
+	}
+	for i := range 3 {
+		_, conn := l.dial(nsN, srv4)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := a.Resolve(WithConn(ctx, conn), ipN)
+		cancel()
+		if !errors.Is(err, ErrRefused) {
+			t.Fatalf("connection %d: %v; want ErrRefused at once, not a wait for the next scan", i, err)
+		}
+	}
+	if n := testutil.ToFloat64(a.m.scans); n != 1 {
+		t.Errorf("%v scans, want 1 (the start-up check's)", n)
+	}
+}
