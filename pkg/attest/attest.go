@@ -99,16 +99,16 @@ type Attester struct {
 	// address needs it.
 	correcting chan struct{}
 
-	mu       sync.Mutex
-	procs    map[types.UID]*podProc // guarded by mu; replaced by each scan
+	mu    sync.Mutex
+	procs map[types.UID]*podProc // guarded by mu; replaced by each scan
 	// absent holds the pods the informer served at the last scan that had
 	// no process then. Their sandbox existed before the kubelet reported
 	// their address, so until the next scan is due, a connection naming
 	// one of them is answered without waiting for it. Guarded by mu;
 	// replaced by each scan.
 	absent   map[types.UID]struct{}
-	lastScan time.Time // guarded by mu: when the last scan started
-	scanMu   sync.Mutex             // one scan at a time
+	lastScan time.Time  // guarded by mu: when the last scan started
+	scanMu   sync.Mutex // one scan at a time
 
 	status atomic.Pointer[Status]
 	reads  atomic.Int64 // TCP table reads run, for tests
