@@ -242,7 +242,8 @@ func WithConn(ctx context.Context, c net.Conn) context.Context {
 }
 
 // Resolve returns the pod the kernel places the caller's connection in.
-// The wrapped resolver's errors pass through unchanged; see the package
+// The wrapped resolver's errors pass through unchanged, except that an
+// address two live pods claim is settled by the kernel; see the package
 // documentation for the rest.
 //
 // SECURITY: the pod returned is the one whose network namespace holds the
@@ -261,16 +262,22 @@ func (a *Attester) Resolve(ctx context.Context, addr netip.Addr) (podresolve.Pod
 		}
 		return a.again(*v, err)
 	}
-	if err != nil {
+	// Two live pods claiming the address is a question the kernel can
+	// answer: whichever namespace holds the connection.
+	ambiguous := errors.Is(err, podresolve.ErrAmbiguous)
+	if err != nil && !ambiguous {
 		return pod, err
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if v := cs.verdict.Load(); v != nil {
-		if pod.UID == *v {
+		if !ambiguous && pod.UID == *v {
 			return pod, nil
 		}
 		return a.again(*v, nil)
+	}
+	if ambiguous {
+		pod = podresolve.Pod{}
 	}
 	return a.attest(ctx, cs, pod)
 }
@@ -327,15 +334,18 @@ func (a *Attester) attest(ctx context.Context, cs *connState, cand podresolve.Po
 	start := time.Now()
 	defer func() { a.m.duration.Observe(time.Since(start).Seconds()) }()
 
-	ev, found, err := a.search(ctx, cs, cand.UID)
-	switch {
-	case err != nil:
-		return a.unavailable(ctx, cs, cand, err)
-	case found:
-		if err := a.remember(cand.UID, ev); err != nil {
-			return a.refuse(ctx, cs, cand, err)
+	// cand is empty when the informer has no single pod for the address.
+	if cand.UID != "" {
+		ev, found, err := a.search(ctx, cs, cand.UID)
+		switch {
+		case err != nil:
+			return a.unavailable(ctx, cs, cand, err)
+		case found:
+			if err := a.remember(cand.UID, ev); err != nil {
+				return a.refuse(ctx, cs, cand, err)
+			}
+			return a.accept(ctx, cs, cand, cand, ev), nil
 		}
-		return a.accept(ctx, cs, cand, cand, ev), nil
 	}
 
 	// Not in the informer's pod's namespace: the kernel names the pod.

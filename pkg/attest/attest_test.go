@@ -116,6 +116,21 @@ func TestKernel(t *testing.T) {
 		}
 	})
 
+	t.Run("ambiguous in the informer: the kernel decides", func(t *testing.T) {
+		// Two live pods claim ipB (A's namespace has a duplicate of it);
+		// the connection is in B's namespace.
+		inf.contest(ipB, true)
+		defer inf.contest(ipB, false)
+		_, conn := l.dial(nsB, srv4)
+		ctx := WithConn(context.Background(), conn)
+		for range 2 {
+			got, err := a.Resolve(ctx, ipB)
+			if err != nil || got.UID != uidB {
+				t.Fatalf("Resolve = %q, %v; want pod B, whose namespace holds the connection", got.Name, err)
+			}
+		}
+	})
+
 	t.Run("refused: a namespace that is no pod", func(t *testing.T) {
 		inf.say(ipN, podA)
 		_, conn := l.dial(nsN, srv4)

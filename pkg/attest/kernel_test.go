@@ -231,16 +231,21 @@ func (l *lab) dial(name string, server netip.Addr) (client, accepted net.Conn) {
 // fakeInformer is the informer's side: which pod it says owns an address,
 // and which pods are live.
 type fakeInformer struct {
-	mu    sync.Mutex
-	byIP  map[netip.Addr]podresolve.Pod
-	pods  []podresolve.Pod
-	calls int
+	mu   sync.Mutex
+	byIP map[netip.Addr]podresolve.Pod
+	// ambiguous addresses are claimed by more than one live pod.
+	ambiguous map[netip.Addr]bool
+	pods      []podresolve.Pod
+	calls     int
 }
 
 func (f *fakeInformer) Resolve(_ context.Context, a netip.Addr) (podresolve.Pod, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
+	if f.ambiguous[a.Unmap()] {
+		return podresolve.Pod{}, podresolve.ErrAmbiguous
+	}
 	p, ok := f.byIP[a.Unmap()]
 	if !ok {
 		return podresolve.Pod{}, podresolve.ErrNotFound
@@ -277,6 +282,17 @@ func (f *fakeInformer) add(name string, uid types.UID, ips ...netip.Addr) podres
 		f.byIP[ip] = p
 	}
 	return p
+}
+
+// contest makes the informer answer ErrAmbiguous for addr (two live pods
+// claim it), or stop doing so.
+func (f *fakeInformer) contest(addr netip.Addr, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ambiguous == nil {
+		f.ambiguous = make(map[netip.Addr]bool)
+	}
+	f.ambiguous[addr] = on
 }
 
 // say makes the informer name pod p for addr (a stale status).
