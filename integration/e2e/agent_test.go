@@ -42,6 +42,7 @@ func TestAgent(t *testing.T) {
 	t.Run("DualStackPod", w.testDualStack)
 	t.Run("UpstreamErrors", w.testUpstreamErrors)
 	t.Run("S3WithMoto", w.testS3WithMoto)
+	t.Run("S3WithMinIO", w.testS3WithMinIO)
 	t.Run("STSDown", w.testSTSDown)
 	t.Run("APIServerRestart", w.testAPIServerRestart)
 	t.Run("NoSecretInLogsOrMetrics", w.testNoSecretLeaked)
