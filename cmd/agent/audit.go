@@ -33,6 +33,8 @@ type auditConfig struct {
 	logLevel            string
 	allowedRoles        listFlag
 	allowedRolesSet     bool
+	partitions          listFlag
+	partitionsSet       bool
 	audit               audit.Config
 }
 
@@ -53,6 +55,7 @@ func parseAuditFlags(args []string, stderr io.Writer) (auditConfig, error) {
 	fs.StringVar(&c.failOn, "fail-on", "low", "exit 1 when a finding is at or above this severity: low, medium, high, or none")
 	fs.StringVar(&c.auditLog, "audit-log", "", "a Kubernetes audit log (JSON lines): report what each ServiceAccount was granted and did not use")
 	fs.Var(&c.allowedRoles, "allowed-role-arn", "the agent's --allowed-role-arn patterns (repeatable); default: read from the agent's DaemonSet")
+	fs.Var(&c.partitions, "sts-extra-arn-partitions", "the agent's --sts-extra-arn-partitions (repeatable): role ARNs in them are well formed; default: read from the agent's DaemonSet")
 	fs.StringVar(&c.audit.RoleAnnotation, "role-annotation", "", "the agent's --role-annotation (default: from the agent's DaemonSet, else "+audit.DefaultRoleAnnotation+")")
 	fs.StringVar(&c.audit.AgentNamespace, "agent-namespace", "credbroker-system", "namespace of the agent's DaemonSet")
 	fs.StringVar(&c.audit.AgentDaemonSet, "agent-daemonset", "credbroker-agent", "name of the agent's DaemonSet")
@@ -63,7 +66,10 @@ func parseAuditFlags(args []string, stderr io.Writer) (auditConfig, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	fs.Visit(func(f *flag.Flag) { c.allowedRolesSet = c.allowedRolesSet || f.Name == "allowed-role-arn" })
+	fs.Visit(func(f *flag.Flag) {
+		c.allowedRolesSet = c.allowedRolesSet || f.Name == "allowed-role-arn"
+		c.partitionsSet = c.partitionsSet || f.Name == "sts-extra-arn-partitions"
+	})
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "agent audit: unexpected arguments %q\n", fs.Args())
 		return c, errUsage
@@ -85,6 +91,9 @@ func parseAuditFlags(args []string, stderr io.Writer) (auditConfig, error) {
 	if c.allowedRolesSet {
 		// Non-nil, even if empty: the caller has said what the agent allows.
 		c.audit.AllowedRoles = append([]string{}, c.allowedRoles...)
+	}
+	if c.partitionsSet {
+		c.audit.ExtraPartitions = append([]string{}, c.partitions...)
 	}
 	return c, nil
 }

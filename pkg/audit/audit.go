@@ -87,6 +87,10 @@ type Config struct {
 	// RoleAnnotation is the agent's --role-annotation. Default
 	// eks.amazonaws.com/role-arn (or what the DaemonSet says).
 	RoleAnnotation string
+	// ExtraPartitions are the agent's --sts-extra-arn-partitions: role
+	// ARNs in them (MinIO's arn:minio:iam:::role/ID) are well formed.
+	// Nil: read from the agent's DaemonSet.
+	ExtraPartitions []string
 	// AuditLog, when set, is a Kubernetes audit log (JSON lines) for the
 	// permission-debt check; AuditLogName names it in messages.
 	AuditLog     io.Reader
@@ -212,14 +216,15 @@ func (a *auditor) run(ctx context.Context, l Lister) error {
 	return nil
 }
 
-// agentSettings reads --allowed-role-arn and --role-annotation from the
-// agent's DaemonSet unless the caller gave them.
+// agentSettings reads --allowed-role-arn, --role-annotation and
+// --sts-extra-arn-partitions from the agent's DaemonSet unless the caller
+// gave them.
 func (a *auditor) agentSettings(ctx context.Context, l Lister) error {
-	if a.cfg.AllowedRoles != nil && a.cfg.RoleAnnotation != "" {
+	if a.cfg.AllowedRoles != nil && a.cfg.RoleAnnotation != "" && a.cfg.ExtraPartitions != nil {
 		return nil
 	}
 	found := false
-	var roles []string
+	var roles, partitions []string
 	annotation := ""
 	err := l.DaemonSets(ctx, a.cfg.AgentNamespace, a.cfg.AgentDaemonSet, func(ds *appsv1.DaemonSet) error {
 		found = true
@@ -230,6 +235,7 @@ func (a *auditor) agentSettings(ctx context.Context, l Lister) error {
 			}
 			a.cloudsFromArgs(args)
 			roles = append(roles, flagValues(args, "allowed-role-arn")...)
+			partitions = append(partitions, flagValues(args, "sts-extra-arn-partitions")...)
 			if v := flagValues(args, "role-annotation"); len(v) > 0 {
 				annotation = v[len(v)-1]
 			}
@@ -250,6 +256,9 @@ func (a *auditor) agentSettings(ctx context.Context, l Lister) error {
 	}
 	if a.cfg.RoleAnnotation == "" {
 		a.cfg.RoleAnnotation = annotation
+	}
+	if a.cfg.ExtraPartitions == nil {
+		a.cfg.ExtraPartitions = partitions
 	}
 	if a.cfg.RoleAnnotation == "" {
 		a.cfg.RoleAnnotation = DefaultRoleAnnotation

@@ -347,21 +347,27 @@ func TestGlobMatch(t *testing.T) {
 
 func TestValidateIdentities(t *testing.T) {
 	for _, c := range []struct {
-		id identity
-		ok bool
+		id    identity
+		ok    bool
+		extra []string
 	}{
-		{identity{"aws role", "", "arn:aws:iam::111122223333:role/a/b"}, true},
-		{identity{"aws role", "", "arn:aws-cn:iam::111122223333:role/a"}, true},
-		{identity{"aws role", "", "arn:aws:iam::111122223333:user/a"}, false},
-		{identity{"aws role", "", "arn:aws:iam::1111:role/a"}, false},
-		{identity{"aws role", "", "my-role"}, false},
-		{identity{"aws role", "", "arn:aws:sts::111122223333:role/a"}, false},
-		{identity{"google service account", "", "app-runner@proj-1.iam.gserviceaccount.com"}, true},
-		{identity{"google service account", "", "app-runner@gmail.com"}, false},
-		{identity{"azure client", "", "8c3f1b7e-2d4a-4f6b-9e0a-1b2c3d4e5f60"}, true},
-		{identity{"azure client", "", "client-1"}, false},
+		{identity{"aws role", "", "arn:aws:iam::111122223333:role/a/b"}, true, nil},
+		// MinIO's roles, with the agent's --sts-extra-arn-partitions=minio.
+		{identity{"aws role", "", "arn:minio:iam:::role/dummy-internal"}, false, nil},
+		{identity{"aws role", "", "arn:minio:iam:::role/dummy-internal"}, true, []string{"minio"}},
+		{identity{"aws role", "", "arn:minio:iam:::user/x"}, false, []string{"minio"}},
+		{identity{"aws role", "", "arn:ceph:iam:::role/x"}, false, []string{"minio"}},
+		{identity{"aws role", "", "arn:aws-cn:iam::111122223333:role/a"}, true, nil},
+		{identity{"aws role", "", "arn:aws:iam::111122223333:user/a"}, false, nil},
+		{identity{"aws role", "", "arn:aws:iam::1111:role/a"}, false, nil},
+		{identity{"aws role", "", "my-role"}, false, nil},
+		{identity{"aws role", "", "arn:aws:sts::111122223333:role/a"}, false, nil},
+		{identity{"google service account", "", "app-runner@proj-1.iam.gserviceaccount.com"}, true, nil},
+		{identity{"google service account", "", "app-runner@gmail.com"}, false, nil},
+		{identity{"azure client", "", "8c3f1b7e-2d4a-4f6b-9e0a-1b2c3d4e5f60"}, true, nil},
+		{identity{"azure client", "", "client-1"}, false, nil},
 	} {
-		if err := c.id.validate(); (err == nil) != c.ok {
+		if err := c.id.validate(c.extra); (err == nil) != c.ok {
 			t.Errorf("%s %q: err %v, want ok=%v", c.id.kind, c.id.value, err, c.ok)
 		}
 	}
@@ -484,5 +490,34 @@ func TestGroupsAndBootstrap(t *testing.T) {
 	// system:serviceaccounts is bound: every account has a binding.
 	if slices.Contains(got, "POD-UNUSED-TOKEN Pod/team/lonely") {
 		t.Error("POD-UNUSED-TOKEN although system:serviceaccounts is bound")
+	}
+}
+
+// A MinIO role (arn:minio:iam:::role/ID) is malformed to an agent without
+// --sts-extra-arn-partitions=minio, and well formed to one with it: the
+// audit reads the partitions from the DaemonSet as it reads the patterns.
+func TestExtraPartitionsFromTheDaemonSet(t *testing.T) {
+	for _, c := range []struct {
+		args      []string
+		cfg       Config
+		malformed bool
+	}{
+		{args: []string{"serve"}, malformed: true},
+		{args: []string{"serve", "--sts-extra-arn-partitions", "minio"}, malformed: false},
+		{args: []string{"serve", "--sts-extra-arn-partitions=minio"}, cfg: Config{ExtraPartitions: []string{}}, malformed: true},
+		{args: []string{"serve"}, cfg: Config{ExtraPartitions: []string{"minio"}}, malformed: false},
+	} {
+		o := seeded()
+		o.sas = append(o.sas, sa("team", "minio", map[string]string{DefaultRoleAnnotation: "arn:minio:iam:::role/dummy-internal"}, nil))
+		o.pods = append(o.pods, pod("team", "minio", "minio", "", ptr.To(false)))
+		o.ds[0].Spec.Template.Spec.Containers[0].Args = c.args
+		r, err := Run(context.Background(), o, c.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := slices.Contains(keys(r), IDMalformedIdentity+" ServiceAccount/team/minio")
+		if got != c.malformed {
+			t.Errorf("args %q, config partitions %q: malformed finding %v, want %v (findings %q)", c.args, c.cfg.ExtraPartitions, got, c.malformed, keys(r))
+		}
 	}
 }

@@ -53,7 +53,7 @@ func (a *auditor) serviceAccountFindings() {
 		}
 		for _, id := range ids {
 			identities[id.kind+" "+id.value] = append(identities[id.kind+" "+id.value], key)
-			if err := id.validate(); err != nil {
+			if err := id.validate(a.cfg.ExtraPartitions); err != nil {
 				a.add(Finding{
 					ID: IDMalformedIdentity, Severity: Medium, Object: saObject(key),
 					Message: fmt.Sprintf("annotation %s=%q is malformed: %v", id.annotation, id.value, err),
@@ -156,7 +156,7 @@ func (id identity) expected() string {
 	return "client ID, a GUID"
 }
 
-func (id identity) validate() error {
+func (id identity) validate(extraPartitions []string) error {
 	switch id.kind {
 	case "google service account":
 		if !gcpServiceAccount.MatchString(id.value) {
@@ -167,25 +167,27 @@ func (id identity) validate() error {
 			return fmt.Errorf("not a GUID")
 		}
 	case "aws role":
-		return validateRoleARN(id.value)
+		return validateRoleARN(id.value, extraPartitions)
 	}
 	return nil
 }
 
-// validateRoleARN accepts an IAM role ARN in any AWS partition, as the
-// agent's STS exchange does (pkg/exchange), and nothing else: a user,
-// policy or instance-profile ARN, a bare role name, a short account.
-func validateRoleARN(s string) error {
+// validateRoleARN accepts an IAM role ARN in any AWS partition, or in one
+// of the agent's extra partitions (whose account may be empty, as MinIO's
+// is), as the agent's STS exchange does (pkg/exchange), and nothing else: a
+// user, policy or instance-profile ARN, a bare role name, a short account.
+func validateRoleARN(s string, extraPartitions []string) error {
 	a, err := arn.Parse(s)
 	if err != nil {
 		return err
 	}
+	extra := slices.Contains(extraPartitions, a.Partition)
 	switch {
-	case a.Partition != "aws" && !strings.HasPrefix(a.Partition, "aws-"):
-		return fmt.Errorf("partition %q is not an AWS partition", a.Partition)
+	case !extra && a.Partition != "aws" && !strings.HasPrefix(a.Partition, "aws-"):
+		return fmt.Errorf("partition %q is not an AWS partition (nor one of the agent's --sts-extra-arn-partitions)", a.Partition)
 	case a.Service != "iam":
 		return fmt.Errorf("service %q is not iam", a.Service)
-	case len(a.AccountID) != 12 || strings.Trim(a.AccountID, "0123456789") != "":
+	case !extra && (len(a.AccountID) != 12 || strings.Trim(a.AccountID, "0123456789") != ""):
 		return fmt.Errorf("account %q is not 12 digits", a.AccountID)
 	case !strings.HasPrefix(a.Resource, "role/") || len(a.Resource) == len("role/"):
 		return fmt.Errorf("resource %q is not role/<name>", a.Resource)
