@@ -14,6 +14,7 @@
 //
 //	workload -rounds 1                    # one call, for a Job or a check
 //	workload -duration 60s -interval 200ms
+//	workload -clouds aws,gcp,azure        # each cloud's SDK once (clouds.go)
 //
 // The exit status is 1 if any SDK call failed.
 package main
@@ -61,8 +62,14 @@ func main() {
 	duration := flag.Duration("duration", 0, "stop after this long")
 	interval := flag.Duration("interval", 200*time.Millisecond, "pause between rounds")
 	termGrace := flag.Duration("term-grace", 0, "on SIGTERM, go on for this long (a pod being deleted with a grace period), then stop")
+	clouds := flag.String("clouds", "", "instead of rounds: get credentials once from each of these clouds' SDKs (aws,gcp,azure), print one JSON line and stay up until SIGTERM")
+	azureResource := flag.String("azure-resource", "https://vault.azure.net", "with -clouds: the resource of the Azure token")
 	out := flag.String("out", "", "also append every line to this file (on a hostPath: a deleted pod's log may be gone before it is read)")
 	flag.Parse()
+	if *clouds != "" {
+		runClouds(*clouds, *azureResource)
+		return
+	}
 	var terminating atomic.Int64 // unix nanos of the deadline after SIGTERM; 0: none
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM)

@@ -1,0 +1,185 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// WebhookServiceAccount is the webhook's identity in deploy/webhook/rbac.yaml
+// (in AgentNamespace).
+const WebhookServiceAccount = "credbroker-webhook"
+
+// WebhookKubeconfig gives `agent webhook` exactly the identity and RBAC it
+// has in a cluster: it applies deploy/webhook/rbac.yaml with kubectl,
+// requests a token for its ServiceAccount and writes a kubeconfig with it
+// to path.
+func (cp *ControlPlane) WebhookKubeconfig(ctx context.Context, path string) error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	if err := cp.EnsureNamespace(ctx, AgentNamespace); err != nil {
+		return err
+	}
+	if _, err := cp.Kubectl(ctx, "apply", "-f", filepath.Join(root, "deploy/webhook/rbac.yaml")); err != nil {
+		return fmt.Errorf("applying the webhook's RBAC: %w", err)
+	}
+	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, WebhookServiceAccount, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	return cp.WriteKubeconfig(path, WebhookServiceAccount, token)
+}
+
+// registerWebhook applies deploy/webhook's MutatingWebhookConfiguration
+// with its clientConfig pointed at url.
+func (cp *ControlPlane) registerWebhook(ctx context.Context, dir, url string) error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(root, "deploy/webhook/mutatingwebhook.yaml"))
+	if err != nil {
+		return err
+	}
+	var obj map[string]any
+	if err := yaml.Unmarshal(b, &obj); err != nil {
+		return fmt.Errorf("parsing deploy/webhook/mutatingwebhook.yaml: %w", err)
+	}
+	hooks, _ := obj["webhooks"].([]any)
+	if len(hooks) == 0 {
+		return fmt.Errorf("deploy/webhook/mutatingwebhook.yaml has no webhooks")
+	}
+	for _, w := range hooks {
+		w.(map[string]any)["clientConfig"] = map[string]any{"url": url}
+	}
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, "mutatingwebhook.json")
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		return err
+	}
+	if _, err := cp.Kubectl(ctx, "apply", "-f", path); err != nil {
+		return fmt.Errorf("registering the webhook: %w", err)
+	}
+	return nil
+}
+
+// WebhookConfig configures StartWebhook.
+type WebhookConfig struct {
+	// Binary is the agent executable. Default AgentBinary() (bin/agent).
+	Binary string
+	// Dir receives the log (logs/<Name>.log). Required.
+	Dir string
+	// Name names the process and its log. Default "webhook".
+	Name string
+	// Kubeconfig is the webhook's kubeconfig (see WebhookKubeconfig). Required.
+	Kubeconfig string
+	// ExtraArgs are appended to the webhook command's flags: the clouds'
+	// flags, the same as the agent's.
+	ExtraArgs []string
+	// ReadyTimeout bounds the wait for /readyz. Default 60s.
+	ReadyTimeout time.Duration
+}
+
+// Webhook is a running `agent webhook` on 127.0.0.1.
+type Webhook struct {
+	Process *Process
+	// URL is its admission endpoint, https://127.0.0.1:PORT/mutate.
+	URL string
+	// ProbeURL serves /metrics, /healthz and /readyz.
+	ProbeURL string
+}
+
+// StartWebhook registers deploy/webhook's MutatingWebhookConfiguration
+// with its clientConfig pointed at https://127.0.0.1:PORT/mutate (the API
+// server runs on this host and no Service reaches a process here; rules,
+// selectors, failurePolicy and timeout are as shipped), starts `agent
+// webhook` there with a self-issued certificate naming 127.0.0.1, which it
+// publishes into that configuration's caBundle, and waits until /readyz
+// answers 200: the webhook is ready only once its CA is published.
+func (cp *ControlPlane) StartWebhook(ctx context.Context, cfg WebhookConfig) (*Webhook, error) {
+	var err error
+	if cfg.Binary == "" {
+		if cfg.Binary, err = AgentBinary(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Dir == "" || cfg.Kubeconfig == "" {
+		return nil, fmt.Errorf("harness: WebhookConfig needs Dir and Kubeconfig")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "webhook"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 60 * time.Second
+	}
+	port, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	mport, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	w := &Webhook{
+		URL:      "https://127.0.0.1:" + strconv.Itoa(port) + "/mutate",
+		ProbeURL: "http://127.0.0.1:" + strconv.Itoa(mport),
+	}
+	if err := cp.registerWebhook(ctx, cfg.Dir, w.URL); err != nil {
+		return nil, err
+	}
+	args := append([]string{"webhook",
+		"--kubeconfig=" + cfg.Kubeconfig,
+		"--listen=127.0.0.1:" + strconv.Itoa(port),
+		"--metrics-listen=127.0.0.1:" + strconv.Itoa(mport),
+		"--tls-ip-san=127.0.0.1",
+		"--namespace=" + AgentNamespace,
+		// The API server here is the only one and sees the caBundle at
+		// once; the default 10 s is for API servers behind a watch.
+		"--ca-publish-delay=1s",
+	}, cfg.ExtraArgs...)
+	w.Process, err = StartProcess(cfg.Name, filepath.Join(cfg.Dir, "logs", cfg.Name+".log"),
+		[]string{"PATH=" + os.Getenv("PATH")}, cfg.Binary, args...)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
+	defer cancel()
+	client := &http.Client{Timeout: time.Second}
+	for {
+		if resp, err := client.Get(w.ProbeURL + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return w, nil
+			}
+		}
+		select {
+		case <-w.Process.Done():
+			return nil, fmt.Errorf("webhook exited: %v; log tail:\n%s", w.Process.exitError(), w.Process.LogTail(20))
+		case <-ctx.Done():
+			w.Stop()
+			return nil, fmt.Errorf("webhook not ready: %w; log tail:\n%s", ctx.Err(), w.Process.LogTail(20))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Stop stops the webhook.
+func (w *Webhook) Stop() { w.Process.Stop(10 * time.Second) }
+
+// LogTail returns the last n lines of the webhook's log.
+func (w *Webhook) LogTail(n int) string { return w.Process.LogTail(n) }
