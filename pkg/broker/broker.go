@@ -248,12 +248,12 @@ type Broker struct {
 	// imagesField and ephemeralField are the watch's fields holding
 	// AnnotationAllowedImages and AnnotationAllowEphemeral.
 	imagesField, ephemeralField int
-	clock       clock.WithTicker
-	log         *slog.Logger
-	metrics     *metrics
-	limiter     *rate.Limiter
-	inflight    singleflight.Group
-	queue       workqueue.TypedRateLimitingInterface[entryKey]
+	clock                       clock.WithTicker
+	log                         *slog.Logger
+	metrics                     *metrics
+	limiter                     *rate.Limiter
+	inflight                    singleflight.Group
+	queue                       workqueue.TypedRateLimitingInterface[entryKey]
 
 	cache    *lru.Cache[entryKey, *entry]
 	failures *lru.Cache[entryKey, fetchFailure]
