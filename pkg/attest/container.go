@@ -457,25 +457,66 @@ func sockfsMount(root string) (int, error) {
 	return mnt, nil
 }
 
-// checkContainers is Check's part for container mode: the socket
-// filesystem's mount, and ptrace read access to a process of another user
-// (the host's PID 1).
+// capSysPtrace is CAP_SYS_PTRACE's bit (linux/capability.h).
+const capSysPtrace = 19
+
+// checkContainers is Check's part for container mode, after the scan: the
+// socket filesystem's mount, CAP_SYS_PTRACE among the agent's effective
+// capabilities, and ptrace read access to a pod's process in fact (an LSM
+// such as AppArmor may refuse it still).
 func (a *Attester) checkContainers() (string, bool) {
 	mnt, err := sockfsMount(a.root)
 	if err != nil {
 		return fmt.Sprintf("--attest=container cannot name a socket's holder: %v", err), false
 	}
 	a.sockMnt = mnt
-	d, err := openProc(a.root, 1)
+	var buf [4096]byte
+	b, err := readFileInto(a.root+"/self/status", buf[:])
 	if err != nil {
-		return fmt.Sprintf("--attest=container cannot open %s/1: %v", a.root, err), false
+		return fmt.Sprintf("--attest=container cannot read %s/self/status: %v", a.root, err), false
 	}
-	defer d.close()
-	budget := 1
-	if _, err := d.holdsSocket(mnt, 0, &budget); err != nil && errors.Is(err, errNoPtrace) {
-		return fmt.Sprintf("--attest=container needs CAP_SYS_PTRACE: reading another user's /proc/<pid>/fdinfo, which names the sockets a process holds, takes ptrace read access, and the agent was refused it for PID 1 (%v); add SYS_PTRACE to the container's capabilities (deploy/daemonset/attest-container), or use --attest=netns", err), false
+	eff, ok := statusHex(b, "CapEff:")
+	if !ok {
+		return fmt.Sprintf("--attest=container: %s/self/status has no CapEff line", a.root), false
+	}
+	if eff&(1<<capSysPtrace) == 0 {
+		return fmt.Sprintf("--attest=container needs CAP_SYS_PTRACE, which the agent lacks (CapEff %016x): reading another user's /proc/<pid>/fdinfo, which names the sockets a process holds, takes ptrace read access; add SYS_PTRACE to the container's capabilities (deploy/daemonset/attest-container), or use --attest=netns", eff), false
+	}
+	a.mu.Lock()
+	var pids []int32
+	for _, p := range a.procs {
+		if len(pids) < 3 {
+			pids = append(pids, p.pid)
+		}
+	}
+	a.mu.Unlock()
+	for _, pid := range pids {
+		d, err := openProc(a.root, int(pid))
+		if err != nil {
+			continue
+		}
+		budget := 1
+		_, err = d.holdsSocket(mnt, 0, &budget)
+		d.close()
+		if errors.Is(err, errNoPtrace) {
+			return fmt.Sprintf("--attest=container: the agent has CAP_SYS_PTRACE but was refused ptrace read access to process %d of a pod (%v): a security module (AppArmor, SELinux) confines the agent", pid, err), false
+		}
 	}
 	return "", true
+}
+
+// statusHex reads a hexadecimal field of /proc/<pid>/status.
+func statusHex(b []byte, key string) (uint64, bool) {
+	i := bytes.Index(b, []byte("\n"+key))
+	if i < 0 {
+		return 0, false
+	}
+	line := b[i+1+len(key):]
+	if j := bytes.IndexByte(line, '\n'); j >= 0 {
+		line = line[:j]
+	}
+	v, err := strconv.ParseUint(string(bytes.TrimSpace(line)), 16, 64)
+	return v, err == nil
 }
 
 // hostNetworkCaller attests a connection from one of the node's own
