@@ -25,16 +25,21 @@ ARG VERSION=dev
 ARG TARGETOS
 ARG TARGETARCH
 # make passes GOOS and GOARCH through its environment to `go build`.
-# The agent binds port 80 as a non-root user. Kubernetes grants no ambient
-# capabilities, so NET_BIND_SERVICE in the pod's securityContext alone does
-# not reach a non-root process: the binary carries it as a file capability,
-# which the kernel grants on exec as far as the container's bounding set
-# (capabilities.add) allows. getcap fails the build if it did not stick.
+# The agent binds port 80 as a non-root user, and with --attest=container
+# reads other processes' fd tables. Kubernetes grants no ambient
+# capabilities, so NET_BIND_SERVICE (and SYS_PTRACE) in the pod's
+# securityContext alone do not reach a non-root process: the binary carries
+# them as file capabilities, which the kernel grants on exec as far as the
+# container's bounding set (capabilities.add) allows. Permitted only (=p, no
+# effective flag): with the flag, the kernel would refuse to run the binary
+# where the bounding set lacks SYS_PTRACE (--attest=netns); the agent makes
+# what it was granted effective itself (cmd/agent/caps.go). getcap fails
+# the build if they did not stick.
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH make build VERSION=$VERSION \
- && setcap cap_net_bind_service=+ep bin/agent \
- && getcap bin/agent | grep -q cap_net_bind_service
+ && setcap cap_net_bind_service,cap_sys_ptrace=p bin/agent \
+ && getcap bin/agent | grep -q cap_net_bind_service,cap_sys_ptrace
 
 FROM gcr.io/distroless/static-debian12:nonroot
 # BuildKit (Docker 23 and later, buildx, buildah) keeps the

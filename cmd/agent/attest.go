@@ -19,8 +19,9 @@ import (
 
 // Attestation modes (--attest).
 const (
-	attestNetns = "netns"
-	attestOff   = "off"
+	attestNetns     = "netns"
+	attestContainer = "container"
+	attestOff       = "off"
 )
 
 // attestConfig is the command line of kernel attestation (pkg/attest).
@@ -31,15 +32,17 @@ type attestConfig struct {
 
 func (c *attestConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.mode, "attest", attestNetns,
-		"netns: the node's kernel must show each connection in the network namespace of the pod it is served as (needs hostPID: true and no capability); off: the pod informer's addresses alone decide")
-	fs.StringVar(&c.procRoot, "proc-root", attest.DefaultProcRoot, "where the host's procfs is mounted (for --attest=netns)")
+		"netns: the node's kernel must show each connection in the network namespace of the pod it is served as (needs hostPID: true and no capability); "+
+			"container: netns, and the container whose process holds the connection is named, for image rules, ephemeral containers and hostNetwork pods (needs hostPID: true and CAP_SYS_PTRACE); "+
+			"off: the pod informer's addresses alone decide")
+	fs.StringVar(&c.procRoot, "proc-root", attest.DefaultProcRoot, "where the host's procfs is mounted (for --attest=netns and container)")
 }
 
 func (c attestConfig) validate() error {
 	switch c.mode {
-	case attestNetns, attestOff:
+	case attestNetns, attestContainer, attestOff:
 	default:
-		return fmt.Errorf("--attest=%q: want %s or %s", c.mode, attestNetns, attestOff)
+		return fmt.Errorf("--attest=%q: want %s, %s or %s", c.mode, attestNetns, attestContainer, attestOff)
 	}
 	if c.procRoot == "" {
 		return fmt.Errorf("--proc-root must not be empty")
@@ -50,7 +53,8 @@ func (c attestConfig) validate() error {
 // attestation is the agent's attester, or nil with --attest=off; every
 // method is a no-op on nil.
 type attestation struct {
-	a *attest.Attester
+	a    *attest.Attester
+	mode string
 }
 
 // newAttestation decorates res with kernel attestation when it is on. log
@@ -59,12 +63,16 @@ func newAttestation(cfg attestConfig, res *podresolve.Resolver, reg prometheus.R
 	if cfg.mode == attestOff {
 		return nil, nil
 	}
-	a, err := attest.New(attest.Config{Resolver: res, Pods: res, ProcRoot: cfg.procRoot, Registerer: reg,
-		Logger: log.With("component", "attest"), AddrKey: broker.LogKeyRemoteAddr})
+	acfg := attest.Config{Resolver: res, Pods: res, ProcRoot: cfg.procRoot, Registerer: reg,
+		Logger: log.With("component", "attest"), AddrKey: broker.LogKeyRemoteAddr}
+	if cfg.mode == attestContainer {
+		acfg.Containers = res
+	}
+	a, err := attest.New(acfg)
 	if err != nil {
 		return nil, err
 	}
-	return &attestation{a: a}, nil
+	return &attestation{a: a, mode: cfg.mode}, nil
 }
 
 // resolver is what the broker resolves callers with.
@@ -103,7 +111,7 @@ func (at *attestation) probe(next http.Handler) http.Handler {
 			if st := at.a.LastStatus(); st != nil && !st.Available {
 				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 				w.WriteHeader(http.StatusServiceUnavailable)
-				_, _ = io.WriteString(w, "not ready: --attest=netns cannot work on this node: "+st.Detail+"\n")
+				_, _ = io.WriteString(w, "not ready: --attest="+at.mode+" cannot work on this node: "+st.Detail+"\n")
 				return
 			}
 		}

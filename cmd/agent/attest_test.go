@@ -27,8 +27,12 @@ func TestAttestFlags(t *testing.T) {
 	if c.attest.mode != attestNetns || c.attest.procRoot != "/proc" {
 		t.Errorf("defaults: --attest=%s --proc-root=%s, want netns and /proc", c.attest.mode, c.attest.procRoot)
 	}
-	if _, err := parseServeFlags(append(base, "--attest=container"), io.Discard); err == nil || !strings.Contains(err.Error(), "--attest") {
-		t.Errorf("--attest=container: %v, want an error naming the flag", err)
+	if _, err := parseServeFlags(append(base, "--attest=pod"), io.Discard); err == nil || !strings.Contains(err.Error(), "--attest") {
+		t.Errorf("--attest=pod: %v, want an error naming the flag", err)
+	}
+	c, err = parseServeFlags(append(base, "--attest=container"), io.Discard)
+	if err != nil || c.attest.mode != attestContainer {
+		t.Errorf("--attest=container: %v, %v", c.attest.mode, err)
 	}
 	c, err = parseServeFlags(append(base, "--attest=off"), io.Discard)
 	if err != nil || c.attest.mode != attestOff {
@@ -55,7 +59,7 @@ func TestAttestProbe(t *testing.T) {
 	if off.probe(ok) == nil || off.connContext() != nil {
 		t.Fatal("--attest=off must leave the probe and the connections alone")
 	}
-	a := &attestation{}
+	a := &attestation{mode: attestNetns}
 	var err error
 	inf := emptyPods{}
 	a.a, err = attest.New(attest.Config{Resolver: inf, Pods: inf, ProcRoot: t.TempDir(), Registerer: newRegistry()})

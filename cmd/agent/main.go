@@ -33,6 +33,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
+	if err := raiseCapabilities(); err != nil {
+		// Not fatal here: whatever needs a capability fails later with
+		// its own error (binding port 80, reading fd tables), and says so.
+		fmt.Fprintf(stderr, "agent: %v\n", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 

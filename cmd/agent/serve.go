@@ -188,6 +188,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	resolver, err := podresolve.New(podresolve.Config{
 		Pods: client.Pods(), NodeName: cfg.nodeName, WaitForPod: cfg.waitForPod, Logger: log.With("component", "podresolve"),
+		Containers: cfg.attest.mode == attestContainer,
 	})
 	if err != nil {
 		return err

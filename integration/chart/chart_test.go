@@ -243,6 +243,22 @@ func TestChartMatchesKustomizeBase(t *testing.T) {
 		chartObjs, _ := render(t, map[string]any{"startupTaint": map[string]any{"enabled": true}})
 		compareObjects(t, kustomize(t, overlay), chartObjs)
 	})
+	t.Run("attest-container", func(t *testing.T) {
+		overlay := t.TempDir()
+		rel := func(p string) string {
+			r, err := filepath.Rel(overlay, filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel("deploy/daemonset/attest-container"))
+		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		chartObjs, _ := render(t, map[string]any{"attest": map[string]any{"mode": "container"}})
+		compareObjects(t, kustomize(t, overlay), chartObjs)
+	})
 	t.Run("broad-rbac", func(t *testing.T) {
 		overlay := t.TempDir()
 		rel := func(p string) string {
@@ -396,15 +412,16 @@ func TestLint(t *testing.T) {
 // valueMatrix is what TestLint and TestTemplateMatrix render.
 func valueMatrix() map[string]map[string]any {
 	return map[string]map[string]any{
-		"defaults":        nil,
-		"all-on":          allOn(),
-		"no-policy":       {"admissionPolicy": map[string]any{"enabled": false}},
-		"startup-taint":   {"startupTaint": map[string]any{"enabled": true}, "admissionPolicy": map[string]any{"enabled": false}},
-		"no-namespace":    {"namespace": map[string]any{"create": false}},
-		"other-clouds":    {"gcp": map[string]any{"workloadIdentityProvider": "projects/123/locations/global/workloadIdentityPools/p/providers/k", "projectID": "proj", "projectNumber": "123"}, "azure": map[string]any{"tenantID": "00000000-0000-0000-0000-000000000000", "identityHeader": "secret-header"}},
-		"empty-lists":     {"tolerations": []any{}, "priorityClassName": "", "extraArgs": []any{}},
-		"attest-off":      {"attest": map[string]any{"mode": "off"}},
-		"monitoring-only": {"podMonitor": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true}, "dashboards": map[string]any{"enabled": true}},
+		"defaults":         nil,
+		"all-on":           allOn(),
+		"no-policy":        {"admissionPolicy": map[string]any{"enabled": false}},
+		"startup-taint":    {"startupTaint": map[string]any{"enabled": true}, "admissionPolicy": map[string]any{"enabled": false}},
+		"no-namespace":     {"namespace": map[string]any{"create": false}},
+		"other-clouds":     {"gcp": map[string]any{"workloadIdentityProvider": "projects/123/locations/global/workloadIdentityPools/p/providers/k", "projectID": "proj", "projectNumber": "123"}, "azure": map[string]any{"tenantID": "00000000-0000-0000-0000-000000000000", "identityHeader": "secret-header"}},
+		"empty-lists":      {"tolerations": []any{}, "priorityClassName": "", "extraArgs": []any{}},
+		"attest-off":       {"attest": map[string]any{"mode": "off"}},
+		"attest-container": {"attest": map[string]any{"mode": "container"}},
+		"monitoring-only":  {"podMonitor": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true}, "dashboards": map[string]any{"enabled": true}},
 	}
 }
 
@@ -570,6 +587,7 @@ func TestTemplateMatrix(t *testing.T) {
 			arg     string
 		}{
 			{nil, true, "--attest=netns"},
+			{valueMatrix()["attest-container"], true, "--attest=container"},
 			{valueMatrix()["attest-off"], nil, "--attest=off"},
 		} {
 			objs, _ := render(t, c.vals)
@@ -580,9 +598,23 @@ func TestTemplateMatrix(t *testing.T) {
 				t.Errorf("%v: args %v lack %s", c.vals, a, c.arg)
 			}
 		}
-		_, _, err := renderErr(t, map[string]any{"attest": map[string]any{"mode": "container"}})
-		if err == nil || !strings.Contains(err.Error(), "want netns or off") {
-			t.Errorf("attest.mode=container rendered: %v", err)
+		_, _, err := renderErr(t, map[string]any{"attest": map[string]any{"mode": "pod"}})
+		if err == nil || !strings.Contains(err.Error(), "want netns, container or off") {
+			t.Errorf("attest.mode=pod rendered: %v", err)
+		}
+		// container adds SYS_PTRACE, and only that.
+		for _, c := range []struct {
+			vals map[string]any
+			caps []any
+		}{
+			{nil, []any{"NET_BIND_SERVICE"}},
+			{valueMatrix()["attest-container"], []any{"NET_BIND_SERVICE", "SYS_PTRACE"}},
+		} {
+			objs, _ := render(t, c.vals)
+			ctr := dig(objs[dsKey], "spec", "template", "spec", "containers").([]any)[0].(map[string]any)
+			if got := dig(ctr, "securityContext", "capabilities", "add"); !reflect.DeepEqual(got, c.caps) {
+				t.Errorf("%v: capabilities.add = %v, want %v", c.vals, got, c.caps)
+			}
 		}
 	})
 	t.Run("bad-audience", func(t *testing.T) {

@@ -54,6 +54,9 @@ type world struct {
 	root string
 	// rolloutReady is how long the first rollout took (apply to Ready).
 	rolloutReady time.Duration
+	// components are deploy/daemonset components applyOverlay adds
+	// (besides the startup taint), e.g. attest-container.
+	components []string
 }
 
 func roleARN(name string) string { return "arn:aws:iam::" + account + ":role/" + name }
@@ -166,9 +169,17 @@ func (w *world) applyOverlay(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	components := ""
+	var comps []string
 	if withStartupTaint {
-		components = "components:\n  - " + filepath.Join(base, "startup-taint") + "\n"
+		comps = append(comps, "startup-taint")
+	}
+	comps = append(comps, w.components...)
+	components := ""
+	if len(comps) > 0 {
+		components = "components:\n"
+		for _, c := range comps {
+			components += "  - " + filepath.Join(base, c) + "\n"
+		}
 	}
 	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization

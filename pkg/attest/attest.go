@@ -80,6 +80,12 @@ type Config struct {
 	// MinRescanInterval is the least time between two /proc scans.
 	// Default DefaultMinRescanInterval.
 	MinRescanInterval time.Duration
+	// Containers, when set, turns on container mode: each connection is
+	// also attested to the container whose process holds its socket
+	// (returned as Pod.Container), and connections from the node's own
+	// addresses are attested to the hostNetwork pod whose container holds
+	// them. It needs CAP_SYS_PTRACE (see container.go).
+	Containers ContainerPods
 }
 
 // Attester decorates a Resolver with the kernel's evidence. Create it with
@@ -87,6 +93,9 @@ type Config struct {
 type Attester struct {
 	inner     Resolver
 	pods      Pods
+	cpods     ContainerPods // nil unless container mode
+	pidx      procIndex     // container mode's process listing
+	sockMnt   int           // container mode: the socket filesystem's mount ID, set by Check
 	root      string
 	log       *slog.Logger
 	addrKey   string
@@ -143,6 +152,9 @@ type metrics struct {
 	scans     prometheus.Counter
 	available prometheus.Gauge
 	served    prometheus.Counter
+	// containers counts container mode's outcomes (registered in
+	// container mode only).
+	containers *prometheus.CounterVec
 }
 
 // New returns an Attester. It reads nothing yet: call Check once the
@@ -157,7 +169,7 @@ func New(cfg Config) (*Attester, error) {
 		return nil, errors.New("attest: Config.Registerer is required")
 	}
 	a := &Attester{
-		inner: cfg.Resolver, pods: cfg.Pods, root: cfg.ProcRoot, log: cfg.Logger, addrKey: cfg.AddrKey,
+		inner: cfg.Resolver, pods: cfg.Pods, cpods: cfg.Containers, root: cfg.ProcRoot, log: cfg.Logger, addrKey: cfg.AddrKey,
 		minRescan:  cfg.MinRescanInterval,
 		tableSem:   make(chan struct{}, tableReaders),
 		correcting: make(chan struct{}, 1),
@@ -192,7 +204,17 @@ func New(cfg Config) (*Attester, error) {
 	for _, r := range []string{ResultAttested, ResultCorrected, ResultRefused, ResultUnavailable} {
 		a.m.results.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{a.m.results, a.m.duration, a.m.scans, a.m.available, a.m.served} {
+	a.m.containers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "credbroker_attest_containers_total",
+		Help: "Container mode: connections attested to a container, by result: container (of the pod whose network namespace holds the connection), host_network (of a hostNetwork pod), no_holder (no process of the pod holds the socket), unknown_container (not in the pod's status), unavailable (fd tables unreadable)."},
+		[]string{"result"})
+	collectors := []prometheus.Collector{a.m.results, a.m.duration, a.m.scans, a.m.available, a.m.served}
+	if a.cpods != nil {
+		for _, r := range []string{CtrContainer, CtrHostNetwork, CtrNoHolder, CtrUnknownContainer, CtrUnavailable} {
+			a.m.containers.WithLabelValues(r)
+		}
+		collectors = append(collectors, a.m.containers)
+	}
+	for _, c := range collectors {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("attest: registering metrics: %w", err)
 		}
@@ -209,10 +231,17 @@ type connState struct {
 	ok             bool // both addresses are TCP addresses
 
 	mu      sync.Mutex // serialises the first attestation; guards served
-	verdict atomic.Pointer[types.UID]
+	verdict atomic.Pointer[verdict]
 	// served lists what was logged as served on this connection, so that a
 	// keep-alive connection asking again and again logs each grant once.
 	served []servedGrant
+}
+
+// verdict is what a connection was attested to: a pod and, in container
+// mode, its container.
+type verdict struct {
+	uid       types.UID
+	container *podresolve.Container
 }
 
 // servedGrant is one credential grant logged for a connection.
@@ -257,24 +286,32 @@ func (a *Attester) Resolve(ctx context.Context, addr netip.Addr) (podresolve.Pod
 	}
 	pod, err := a.inner.Resolve(ctx, addr)
 	if v := cs.verdict.Load(); v != nil {
-		if err == nil && pod.UID == *v {
+		if err == nil && pod.UID == v.uid {
+			pod.Container = v.container
 			return pod, nil
 		}
-		return a.again(*v, err)
+		return a.again(v, err)
 	}
 	// Two live pods claiming the address is a question the kernel can
 	// answer: whichever namespace holds the connection.
 	ambiguous := errors.Is(err, podresolve.ErrAmbiguous)
-	if err != nil && !ambiguous {
+	// In container mode, so is a caller on the node's own address: a
+	// hostNetwork pod's container, or nobody.
+	host := a.cpods != nil && errors.Is(err, podresolve.ErrHostAddress)
+	if err != nil && !ambiguous && !host {
 		return pod, err
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if v := cs.verdict.Load(); v != nil {
-		if !ambiguous && pod.UID == *v {
+		if err == nil && pod.UID == v.uid {
+			pod.Container = v.container
 			return pod, nil
 		}
-		return a.again(*v, nil)
+		return a.again(v, nil)
+	}
+	if host {
+		return a.hostNetworkCaller(ctx, cs, err)
 	}
 	if ambiguous {
 		pod = podresolve.Pod{}
@@ -286,14 +323,15 @@ func (a *Attester) Resolve(ctx context.Context, addr netip.Addr) (podresolve.Pod
 // pod uid, when the informer now names another pod (or none) for its
 // address: the connection still comes from uid's namespace, so uid is
 // served while the informer still has it live, and nobody otherwise.
-func (a *Attester) again(uid types.UID, err error) (podresolve.Pod, error) {
-	if p, ok := a.pods.PodByUID(uid); ok {
+func (a *Attester) again(v *verdict, err error) (podresolve.Pod, error) {
+	if p, ok := a.pods.PodByUID(v.uid); ok {
+		p.Container = v.container
 		return p, nil
 	}
 	if err != nil {
 		return podresolve.Pod{}, err
 	}
-	return podresolve.Pod{}, fmt.Errorf("the pod attested for this connection (UID %s) is gone: %w", uid, ErrRefused)
+	return podresolve.Pod{}, fmt.Errorf("the pod attested for this connection (UID %s) is gone: %w", v.uid, ErrRefused)
 }
 
 // Served logs that pod was granted a credential for identity (and scope)
@@ -318,10 +356,22 @@ func (a *Attester) Served(ctx context.Context, pod podresolve.Pod, cloud, identi
 		return
 	}
 	a.m.served.Inc()
-	a.log.LogAttrs(ctx, slog.LevelInfo, "credentials served on an attested connection",
+	attrs := []slog.Attr{
 		slog.String(a.addrKey, cs.client.Addr().String()), slog.Int("client_port", int(cs.client.Port())),
 		slog.String("namespace", pod.Namespace), slog.String("pod", pod.Name), slog.String("uid", string(pod.UID)),
-		slog.String("cloud", cloud), slog.String("identity", identity), slog.String("scope", scope))
+		slog.String("cloud", cloud), slog.String("identity", identity), slog.String("scope", scope),
+	}
+	if c := pod.Container; c != nil {
+		attrs = append(attrs, containerAttrs(c)...)
+	}
+	a.log.LogAttrs(ctx, slog.LevelInfo, "credentials served on an attested connection", attrs...)
+}
+
+// containerAttrs name a container in the log: which one, of which kind,
+// running which image.
+func containerAttrs(c *podresolve.Container) []slog.Attr {
+	return []slog.Attr{slog.String("container", c.Name), slog.String("container_kind", c.Kind.String()),
+		slog.String("container_id", c.ID), slog.String("image", c.Image), slog.String("image_id", c.ImageID)}
 }
 
 // evidence is what the kernel showed for one connection.
@@ -344,7 +394,7 @@ func (a *Attester) attest(ctx context.Context, cs *connState, cand podresolve.Po
 			if err := a.remember(cand.UID, ev); err != nil {
 				return a.refuse(ctx, cs, cand, err)
 			}
-			return a.accept(ctx, cs, cand, cand, ev), nil
+			return a.acceptContainer(ctx, cs, cand, cand, ev)
 		}
 	}
 
@@ -378,7 +428,7 @@ func (a *Attester) attest(ctx context.Context, cs *connState, cand podresolve.Po
 			if err := a.remember(p.UID, ev); err != nil {
 				return a.refuse(ctx, cs, cand, err)
 			}
-			return a.accept(ctx, cs, cand, p, ev), nil
+			return a.acceptContainer(ctx, cs, cand, p, ev)
 		}
 	}
 	if len(errs) > 0 {
@@ -389,9 +439,27 @@ func (a *Attester) attest(ctx context.Context, cs *connState, cand podresolve.Po
 	return a.refuse(ctx, cs, cand, fmt.Errorf("connection %s -> %s is in no known pod's network namespace: %w", cs.client, cs.server, ErrRefused))
 }
 
+// acceptContainer is accept after, in container mode, naming the container
+// whose process holds the socket: a connection in the pod's namespace that
+// no container of the pod holds is refused.
+func (a *Attester) acceptContainer(ctx context.Context, cs *connState, cand, pod podresolve.Pod, ev evidence) (podresolve.Pod, error) {
+	if a.cpods == nil {
+		return a.accept(ctx, cs, cand, pod, ev), nil
+	}
+	_, c, err := a.containerOf(ctx, cs, map[string]types.UID{string(pod.UID): pod.UID}, ev.inode)
+	switch {
+	case errors.Is(err, ErrUnavailable):
+		return a.unavailable(ctx, cs, cand, err)
+	case err != nil:
+		return a.refuse(ctx, cs, cand, err)
+	}
+	a.m.containers.WithLabelValues(CtrContainer).Inc()
+	pod.Container = &c
+	return a.accept(ctx, cs, cand, pod, ev), nil
+}
+
 func (a *Attester) accept(ctx context.Context, cs *connState, cand, pod podresolve.Pod, ev evidence) podresolve.Pod {
-	uid := pod.UID
-	cs.verdict.Store(&uid)
+	cs.verdict.Store(&verdict{uid: pod.UID, container: pod.Container})
 	result, level, msg := ResultAttested, slog.LevelInfo, "connection attested"
 	if pod.UID != cand.UID {
 		result, level, msg = ResultCorrected, slog.LevelWarn, "connection attested to another pod than the informer's"
@@ -411,6 +479,9 @@ func (a *Attester) accept(ctx context.Context, cs *connState, cand, pod podresol
 				attrs = append(attrs, slog.Uint64("netns_inode", ino))
 			}
 			d.close()
+		}
+		if c := pod.Container; c != nil {
+			attrs = append(attrs, containerAttrs(c)...)
 		}
 		if result == ResultCorrected {
 			attrs = append(attrs, slog.String("informer_namespace", cand.Namespace), slog.String("informer_pod", cand.Name),
@@ -680,6 +751,9 @@ func (a *Attester) scan() (int, error) {
 	a.mu.Unlock()
 	a.m.scans.Inc()
 	live := a.pods.LivePods()
+	if a.cpods != nil {
+		live = append(live, a.cpods.HostNetworkPods()...)
+	}
 	known := make(map[string]types.UID, len(live))
 	for _, p := range live {
 		known[string(p.UID)] = p.UID

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 )
 
 // Status is what the start-up check found.
@@ -79,6 +80,16 @@ func (a *Attester) check() Status {
 	}
 	a.mu.Unlock()
 	st := Status{Available: true, Pods: len(pods), PodsWithProcess: with, Processes: procs}
+	if a.cpods != nil {
+		if detail, ok := a.checkContainers(); !ok {
+			st.Available, st.Detail = false, detail
+			return st
+		}
+		if err := a.pidx.refresh(context.Background(), a.root, time.Now(), true, 0); err != nil {
+			st.Available, st.Detail = false, fmt.Sprintf("--attest=container cannot list %s: %v", a.root, err)
+			return st
+		}
+	}
 	switch {
 	case len(pods) == 0:
 		st.Detail = "no running pod on this node yet; the cgroup layout is checked on the first connection"

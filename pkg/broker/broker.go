@@ -245,12 +245,15 @@ type Broker struct {
 	// tenantField is, per cloud, the watch's field holding the tenant
 	// annotation, or -1.
 	tenantField []int
-	clock       clock.WithTicker
-	log         *slog.Logger
-	metrics     *metrics
-	limiter     *rate.Limiter
-	inflight    singleflight.Group
-	queue       workqueue.TypedRateLimitingInterface[entryKey]
+	// imagesField and ephemeralField are the watch's fields holding
+	// AnnotationAllowedImages and AnnotationAllowEphemeral.
+	imagesField, ephemeralField int
+	clock                       clock.WithTicker
+	log                         *slog.Logger
+	metrics                     *metrics
+	limiter                     *rate.Limiter
+	inflight                    singleflight.Group
+	queue                       workqueue.TypedRateLimitingInterface[entryKey]
 
 	cache    *lru.Cache[entryKey, *entry]
 	failures *lru.Cache[entryKey, fetchFailure]
@@ -416,7 +419,10 @@ func New(cfg Config) (*Broker, error) {
 			annotations = append(annotations, c.TenantAnnotation)
 		}
 	}
+	imagesField, ephemeralField := len(annotations), len(annotations)+1
+	annotations = append(annotations, AnnotationAllowedImages, AnnotationAllowEphemeral)
 	b := &Broker{
+		imagesField: imagesField, ephemeralField: ephemeralField,
 		cfg:         cfg,
 		resolver:    cfg.Resolver,
 		policy:      rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount},
@@ -571,6 +577,13 @@ func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, principal, e
 	fields, err := b.accounts.fields(pod.Namespace, pod.ServiceAccount)
 	if err != nil {
 		return 0, principal{}, err
+	}
+	if fields != nil {
+		if err := checkContainer(pod, fields[b.imagesField], fields[b.ephemeralField]); err != nil {
+			return 0, principal{}, err
+		}
+	} else if pod.Container != nil && pod.Container.Kind == podresolve.ContainerEphemeral {
+		return 0, principal{}, checkContainer(pod, "", "")
 	}
 	cloud := &b.cfg.Clouds[ci]
 	var who principal

@@ -37,6 +37,8 @@ const (
 	CodeAudienceRefused       = "AudienceRefused"
 	CodeLifetimeRefused       = "LifetimeRefused"
 	CodePodNotIdentified      = "PodNotIdentified"
+	CodeImageNotAllowed       = "ImageNotAllowed"
+	CodeEphemeralNotAllowed   = "EphemeralContainerNotAllowed"
 	CodeUnavailable           = "ServiceUnavailable"
 	CodeThrottled             = "Throttled"
 	CodeNotFound              = "NotFound"

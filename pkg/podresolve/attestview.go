@@ -4,7 +4,8 @@ import "k8s.io/apimachinery/pkg/types"
 
 // PodByUID returns the pod with uid if Resolve would return it for one of
 // its addresses (live, indexed, not displaced, not past its deletion grace
-// period). It is pkg/attest's view of
+// period), or if it is a live hostNetwork pod kept for container mode
+// (Config.Containers). It is pkg/attest's view of
 // the informer: the kernel may place a connection in a pod whose address
 // the informer does not (yet) show, and that pod is served only while the
 // informer still has it live. O(pods): it runs once per connection at most.
@@ -16,7 +17,7 @@ func (r *Resolver) PodByUID(uid types.UID) (Pod, bool) {
 			return e.pod, true
 		}
 	}
-	return Pod{}, false
+	return r.hostPodByUIDLocked(uid)
 }
 
 // LivePods returns every pod PodByUID would return (served: not displaced,

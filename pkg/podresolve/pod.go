@@ -18,6 +18,10 @@ type Pod struct {
 	// forms unmapped). The slice is shared by every copy handed out for
 	// this pod: read it, never modify it.
 	IPs []netip.Addr
+	// Container is, in pkg/attest's container mode, the container whose
+	// process holds the caller's connection; nil otherwise (the informer
+	// never sets it). Shared like IPs: read it, never modify it.
+	Container *Container
 }
 
 // Errors Resolve returns. Callers branch on them with errors.Is.

@@ -64,6 +64,12 @@ type Config struct {
 	// Clock ends deletion grace periods: a pod being deleted is served
 	// until its deletionTimestamp on this clock. Default: the real clock.
 	Clock clock.WithDelayedExecution
+	// Containers keeps, for pkg/attest's container mode, each pod's
+	// container statuses (ID, name, image, image ID) and the node's
+	// hostNetwork pods (see Container and HostNetworkPods). HostNetwork
+	// pods then also reach listeners (PodReady, PodGone), so that what is
+	// cached for them goes when they go. Off, neither is kept.
+	Containers bool
 }
 
 // Resolver maps source addresses to the pods on this node. Create it with
@@ -80,6 +86,10 @@ type Resolver struct {
 	started  atomic.Bool
 
 	hosts hostAddrs
+
+	// ctr is container mode's state (Config.Containers), nil otherwise.
+	// Guarded by mu.
+	ctr *containerState
 
 	listeners atomic.Pointer[[]Listener]
 
@@ -160,7 +170,12 @@ func New(cfg Config) (*Resolver, error) {
 	// fake clientset), as client-go's generated informers do.
 	r.informer = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, cfg.Pods),
 		&corev1.Pod{}, cache.SharedIndexInformerOptions{})
-	if err := r.informer.SetTransform(stripPod); err != nil {
+	transform := stripPod
+	if cfg.Containers {
+		r.ctr = &containerState{byUID: make(map[types.UID][]Container), hostNet: make(map[podKey]hostPod), changed: make(chan struct{})}
+		transform = stripPodContainers
+	}
+	if err := r.informer.SetTransform(transform); err != nil {
 		return nil, fmt.Errorf("setting pod transform: %w", err)
 	}
 	reg, err := r.informer.AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
@@ -324,7 +339,7 @@ func (r *Resolver) handle(obj any, initial bool) {
 		r.log.Warn("pod informer delivered an unexpected object", logKeyType, fmt.Sprintf("%T", obj))
 		return
 	}
-	r.apply(podKey{namespace: p.Namespace, name: p.Name}, entryFor(p, r.node), initial)
+	r.apply(podKey{namespace: p.Namespace, name: p.Name}, entryFor(p, r.node), p, initial)
 }
 
 // handleDelete removes a deleted pod, including one the informer only
@@ -346,15 +361,21 @@ func (r *Resolver) handleDelete(obj any) {
 		r.log.Warn("pod informer delivered an unexpected deleted object", logKeyType, fmt.Sprintf("%T", obj))
 		return
 	}
-	r.apply(key, nil, false)
+	r.apply(key, nil, nil, false)
 }
 
-func (r *Resolver) apply(key podKey, next *entry, initial bool) {
+// apply brings the index (and container mode's state) in line with p, the
+// latest state of the pod at key (nil: deleted).
+func (r *Resolver) apply(key podKey, next *entry, p *corev1.Pod, initial bool) {
 	r.deliver.Lock()
 	defer r.deliver.Unlock()
 	now := r.clock.Now()
 	r.mu.Lock()
-	evs, changed := r.idx.set(key, next, initial, now, nil)
+	var evs []event
+	if r.ctr != nil {
+		evs = r.trackContainersLocked(key, p, evs)
+	}
+	evs, changed := r.idx.set(key, next, initial, now, evs)
 	r.afterChangeLocked(key, evs, changed, now)
 	r.mu.Unlock()
 	r.notify(evs)

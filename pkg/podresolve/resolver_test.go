@@ -132,6 +132,8 @@ type harness struct {
 
 type harnessOpts struct {
 	wait time.Duration
+	// containers sets Config.Containers.
+	containers bool
 	// watch, when set, serves the informer's first watch instead of the
 	// fake's object tracker.
 	watch watch.Interface
@@ -178,6 +180,7 @@ func newHarness(t testing.TB, o harnessOpts, objs ...*corev1.Pod) *harness {
 		NodeName:   testNode,
 		WaitForPod: o.wait,
 		Clock:      h.clock,
+		Containers: o.containers,
 		HostAddrs: func() ([]netip.Addr, error) {
 			h.hostReads.Add(1)
 			if h.hostErr.Load() {

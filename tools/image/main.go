@@ -190,21 +190,18 @@ func Layer(spec Spec, binary []byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// FileCaps encodes capabilities as `setcap cap=+ep` stores them: struct
+// FileCaps encodes capabilities as `setcap cap=p` stores them: struct
 // vfs_cap_data revision 2 (linux/capability.h), little-endian: magic_etc
-// with the effective flag, then permitted and inheritable for each of the
-// two 32-bit halves.
+// (without the effective flag), then permitted and inheritable for each of
+// the two 32-bit halves.
 func FileCaps(caps []int) []byte {
-	const (
-		vfsCapRevision2     = 0x02000000
-		vfsCapFlagEffective = 0x000001
-	)
+	const vfsCapRevision2 = 0x02000000
 	var permitted [2]uint32
 	for _, c := range caps {
 		permitted[c/32] |= 1 << (c % 32)
 	}
 	b := make([]byte, 20)
-	binary.LittleEndian.PutUint32(b[0:], vfsCapRevision2|vfsCapFlagEffective)
+	binary.LittleEndian.PutUint32(b[0:], vfsCapRevision2)
 	binary.LittleEndian.PutUint32(b[4:], permitted[0])
 	binary.LittleEndian.PutUint32(b[12:], permitted[1])
 	return b

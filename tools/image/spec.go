@@ -26,8 +26,12 @@ type Spec struct {
 	UID, GID int
 	// UserName names UID in /etc/passwd and /etc/group.
 	UserName string
-	// Caps are the file capabilities set on the binary (permitted and
-	// effective, like `setcap cap_x=+ep`), as capability numbers.
+	// Caps are the file capabilities set on the binary, permitted only
+	// (like `setcap cap_x,cap_y=p`), as capability numbers: the kernel
+	// grants those the container's bounding set holds, and the agent makes
+	// them effective itself (cmd/agent/caps.go). With the effective flag
+	// the kernel would refuse to run the binary where the bounding set
+	// lacks one of them.
 	Caps []int
 	// CARoots writes the Mozilla roots to CAFile and sets SSL_CERT_FILE.
 	CARoots bool
@@ -36,7 +40,10 @@ type Spec struct {
 }
 
 // Capability numbers from linux/capability.h.
-const capNetBindService = 10
+const (
+	capNetBindService = 10
+	capSysPtrace      = 19
+)
 
 // CAFile is where the CA bundle goes, the path Debian, distroless and Go's
 // crypto/x509 use.
@@ -46,11 +53,13 @@ const CAFile = "/etc/ssl/certs/ca-certificates.crt"
 var specs = map[string]Spec{
 	// The agent, as the Dockerfile builds it: it binds port 80 as a non-root
 	// user through its file capability (see deploy/daemonset/daemonset.yaml),
-	// and calls STS over HTTPS, so it needs CA roots.
+	// reads other processes' fd tables with --attest=container (SYS_PTRACE,
+	// granted only where the DaemonSet adds it to the bounding set), and
+	// calls STS over HTTPS, so it needs CA roots.
 	"agent": {
 		Path: "/agent", Entrypoint: []string{"/agent"},
 		UID: 64023, GID: 64023, UserName: "credbroker",
-		Caps:    []int{capNetBindService},
+		Caps:    []int{capNetBindService, capSysPtrace},
 		CARoots: true,
 	},
 	// The pod sandbox image containerd names in its config (tools/pause).

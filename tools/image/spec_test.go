@@ -22,7 +22,7 @@ type dockerfile struct {
 	user       string   // USER
 	entrypoint []string // ENTRYPOINT, exec form
 	copyDst    string   // where COPY --from=build puts bin/agent
-	setcap     string   // the setcap argument on bin/agent, e.g. cap_net_bind_service=+ep
+	setcap     string   // the setcap argument on bin/agent, e.g. cap_net_bind_service,cap_sys_ptrace=p
 	env        []string // ENV KEY=VALUE
 }
 
@@ -89,7 +89,7 @@ func TestDockerfileMatchesSpec(t *testing.T) {
 	if d.copyDst != s.Path {
 		t.Errorf("Dockerfile copies the agent to %q, image tool to %q", d.copyDst, s.Path)
 	}
-	if d.setcap != "cap_net_bind_service=+ep" || !slices.Equal(s.Caps, []int{capNetBindService}) {
+	if d.setcap != "cap_net_bind_service,cap_sys_ptrace=p" || !slices.Equal(s.Caps, []int{capNetBindService, capSysPtrace}) {
 		t.Errorf("Dockerfile setcap %q, image tool caps %v", d.setcap, s.Caps)
 	}
 	if !s.CARoots || !slices.Contains(d.env, "SSL_CERT_FILE="+CAFile) {
@@ -165,7 +165,7 @@ func TestLayer(t *testing.T) {
 	if bin == nil || string(contents["agent"]) != "binary" || bin.Mode != 0o755 {
 		t.Fatalf("agent binary missing or wrong: %+v", bin)
 	}
-	if got := bin.PAXRecords["SCHILY.xattr.security.capability"]; got != string(FileCaps([]int{capNetBindService})) {
+	if got := bin.PAXRecords["SCHILY.xattr.security.capability"]; got != string(FileCaps([]int{capNetBindService, capSysPtrace})) {
 		t.Errorf("capability xattr %x", got)
 	}
 	if !bytes.Contains(contents["etc/passwd"], []byte(":64023:64023:")) {
@@ -180,8 +180,10 @@ func TestLayer(t *testing.T) {
 // Needs root and setcap; skipped otherwise (the constant below holds the
 // same bytes, checked once on a machine that had both).
 func TestFileCapsMatchesSetcap(t *testing.T) {
-	want := []byte{0x01, 0, 0, 0x02, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	if got := FileCaps([]int{capNetBindService}); !bytes.Equal(got, want) {
+	// cap_net_bind_service (bit 10) and cap_sys_ptrace (bit 19),
+	// permitted, no effective flag.
+	want := []byte{0, 0, 0, 0x02, 0, 0x04, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	if got := FileCaps([]int{capNetBindService, capSysPtrace}); !bytes.Equal(got, want) {
 		t.Fatalf("FileCaps = %x, want %x", got, want)
 	}
 	setcap, err := exec.LookPath("setcap")
@@ -192,7 +194,7 @@ func TestFileCapsMatchesSetcap(t *testing.T) {
 	if err := os.WriteFile(f, []byte("x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(setcap, "cap_net_bind_service=+ep", f).CombinedOutput(); err != nil {
+	if out, err := exec.Command(setcap, "cap_net_bind_service,cap_sys_ptrace=p", f).CombinedOutput(); err != nil {
 		t.Fatalf("setcap: %v: %s", err, out)
 	}
 	buf := make([]byte, 64)

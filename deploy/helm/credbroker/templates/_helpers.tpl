@@ -81,15 +81,13 @@ exist before the install; this one the chart can create and label.
 {{- end }}
 
 {{/*
-credbroker.attestMode is attest.mode, checked: netns (the default) or off.
-The agent's container mode needs a capability (ptrace access to read other
-processes' /proc/<pid>/fd) that this chart does not grant, so it is refused
-here rather than at the agent's start.
+credbroker.attestMode is attest.mode, checked: netns (the default),
+container (adds SYS_PTRACE to the agent's capabilities) or off.
 */}}
 {{- define "credbroker.attestMode" -}}
 {{- $m := .Values.attest.mode | default "netns" -}}
-{{- if not (has $m (list "netns" "off")) -}}
-{{- fail (printf "attest.mode %q: want netns or off" $m) -}}
+{{- if not (has $m (list "netns" "container" "off")) -}}
+{{- fail (printf "attest.mode %q: want netns, container or off" $m) -}}
 {{- end -}}
 {{- $m -}}
 {{- end }}
