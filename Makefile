@@ -127,8 +127,10 @@ node-images: image
 test-node: node-images k8sbin
 	$(GO) test -tags integration -count=1 -timeout 15m -v ./integration/node/
 
-# A local control plane, moto, the agent and one simulated pod whose AWS CLI
-# gets its credentials from the agent. Root only; Ctrl-C cleans up.
+# A local control plane, the clouds' verifying peers, the agent, the webhook
+# and a simulated pod with no variables in its manifest whose AWS CLI,
+# google-auth and azure-identity get credentials, and which calls a second
+# pod with a /v1/token token. Root only; Ctrl-C cleans up.
 demo: build k8sbin
 	$(GO) build -o bin/demo ./integration/demo
 	bin/demo
