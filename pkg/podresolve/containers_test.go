@@ -70,17 +70,26 @@ func TestContainers(t *testing.T) {
 
 	// A container that is not in the status yet is waited for.
 	h.r.wait = 5 * time.Second
+	waiting := make(chan struct{}, 1)
+	h.r.testHookWaiting = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
 	done := make(chan Container)
 	go func() {
 		c, _ := h.r.Container(ctx, a.UID, "eeee")
 		done <- c
 	}()
+	<-waiting // the update below must wake a waiter, not precede it
 	restarted := dbg.DeepCopy()
 	restarted.Status.ContainerStatuses[0].ContainerID = "containerd://eeee"
 	h.do(t, "restart the app container", update(restarted))
 	if c := <-done; c.Name != "app" {
 		t.Errorf("waiting for the restarted container: %+v", c)
 	}
+	h.r.testHookWaiting = nil
 	h.r.wait = -1
 	if _, ok := h.r.Container(ctx, a.UID, "aaaa"); ok {
 		t.Error("the container before the restart is still listed")
@@ -95,6 +104,21 @@ func TestContainers(t *testing.T) {
 	}
 	if evs := h.rec.take(); !slices.Contains(evs, "gone "+testNS+"/host host-uid []") {
 		t.Errorf("listeners did not hear the hostNetwork pod go: %q", evs)
+	}
+
+	// A pod deleted before it had an address (never in the address
+	// index) leaves no containers behind.
+	pending := mkPod("pending", withContainer(&initStatuses, "setup", "containerd://ffff", "busybox:1", "sha256:55"))
+	h.do(t, "create a pod without an address", create(pending))
+	if _, ok := h.r.Container(ctx, pending.UID, "ffff"); !ok {
+		t.Error("the pending pod's init container is not listed")
+	}
+	h.do(t, "delete it", del("pending"))
+	h.r.mu.RLock()
+	left := len(h.r.ctr.byUID) + len(h.r.ctr.uidByKey)
+	h.r.mu.RUnlock()
+	if want := 2; left != want { // pod a: one entry in each map
+		t.Errorf("%d entries left after deletes, want %d", left, want)
 	}
 
 	off := newHarness(t, harnessOpts{}, mkPod("a", ips("10.0.0.1"), withContainer(&regularStatuses, "app", idApp, "x", "y")), mkPod("host", hostNet()))
