@@ -33,4 +33,20 @@
 //     and the last few attested socket inodes), rebuilt from scratch on
 //     every /proc scan; a scan runs only when a pod's process is unknown or
 //     gone, at most once per Config.MinRescanInterval.
+//
+// Container mode (Config.Containers, --attest=container) goes one step
+// further, and needs CAP_SYS_PTRACE (see container.go for why exactly):
+//
+//   - The pod returned carries the container (Pod.Container) whose process
+//     holds the connection's socket, found among that pod's processes
+//     only through /proc/<pid>/fdinfo, named by the process's cgroup and
+//     looked up in the pod's container statuses. A socket no process of
+//     the pod holds, or a container the status does not list, is refused
+//     ([ErrRefused], retryable).
+//   - A connection from one of the node's own addresses, which the
+//     informer refuses, is the hostNetwork pod whose container holds it;
+//     only hostNetwork pods' processes are searched, and anything else
+//     keeps the informer's refusal.
+//   - Work per connection is bounded (at most 16,384 fdinfo files read);
+//     the process list it keeps is bounded by the node's processes.
 package attest

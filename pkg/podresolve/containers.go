@@ -211,6 +211,9 @@ func (r *Resolver) Container(ctx context.Context, uid types.UID, id string) (Con
 			timer = time.NewTimer(r.wait)
 			defer timer.Stop()
 		}
+		if r.testHookWaiting != nil {
+			r.testHookWaiting()
+		}
 		select {
 		case <-changed:
 		case <-timer.C:

@@ -70,17 +70,26 @@ func TestContainers(t *testing.T) {
 
 	// A container that is not in the status yet is waited for.
 	h.r.wait = 5 * time.Second
+	waiting := make(chan struct{}, 1)
+	h.r.testHookWaiting = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
 	done := make(chan Container)
 	go func() {
 		c, _ := h.r.Container(ctx, a.UID, "eeee")
 		done <- c
 	}()
+	<-waiting // the update below must wake a waiter, not precede it
 	restarted := dbg.DeepCopy()
 	restarted.Status.ContainerStatuses[0].ContainerID = "containerd://eeee"
 	h.do(t, "restart the app container", update(restarted))
 	if c := <-done; c.Name != "app" {
 		t.Errorf("waiting for the restarted container: %+v", c)
 	}
+	h.r.testHookWaiting = nil
 	h.r.wait = -1
 	if _, ok := h.r.Container(ctx, a.UID, "aaaa"); ok {
 		t.Error("the container before the restart is still listed")
