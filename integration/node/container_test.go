@@ -13,6 +13,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -55,9 +56,32 @@ func (w *world) useContainerMode(ctx context.Context, t *testing.T) {
 	if err := w.waitRollout(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	args := w.agentPod(ctx, t).Spec.Containers[0].Args
+	pod := w.agentPod(ctx, t)
+	args := pod.Spec.Containers[0].Args
 	if !strings.Contains(strings.Join(args, " "), "--attest=container") {
 		t.Fatalf("the agent runs with %q, want --attest=container", args)
+	}
+	// Exactly one capability more than netns mode (TestAttestPrivileges):
+	// CAP_SYS_PTRACE (bit 19) besides CAP_NET_BIND_SERVICE (bit 10),
+	// effective through the binary's permitted-only file capabilities.
+	pid := w.containerPID(ctx, t, pod.Status.ContainerStatuses[0].ContainerID)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(l, ":")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "CapEff", "CapPrm", "CapBnd":
+			if v != "0000000000080400" {
+				t.Errorf("agent %s = %s, want 0000000000080400 (NET_BIND_SERVICE, SYS_PTRACE)", k, v)
+			}
+		case "Uid":
+			if f := strings.Fields(v); len(f) == 0 || f[0] != "64023" {
+				t.Errorf("agent Uid %s, want 64023", v)
+			}
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -96,6 +97,7 @@ type Attester struct {
 	cpods     ContainerPods // nil unless container mode
 	pidx      procIndex     // container mode's process listing
 	sockMnt   int           // container mode: the socket filesystem's mount ID, set by Check
+	self      int32         // the agent's own PID, never a connection's client
 	root      string
 	log       *slog.Logger
 	addrKey   string
@@ -174,6 +176,7 @@ func New(cfg Config) (*Attester, error) {
 		tableSem:   make(chan struct{}, tableReaders),
 		correcting: make(chan struct{}, 1),
 		procs:      make(map[types.UID]*podProc),
+		self:       int32(os.Getpid()),
 	}
 	if a.root == "" {
 		a.root = DefaultProcRoot

@@ -108,16 +108,25 @@ func (x *procIndex) pidsOf(uids map[string]types.UID) []holder {
 // re-reads every process's cgroup. It waits out procRefreshInterval (or,
 // for a full one, minFull) since the last.
 func (x *procIndex) refresh(ctx context.Context, root string, need time.Time, full bool, minFull time.Duration) error {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	last, gap := x.at, procRefreshInterval
+	gap := procRefreshInterval
 	if full {
-		last, gap = x.full, minFull
+		gap = minFull
 	}
-	if last.After(need) {
+	last := func() time.Time {
+		if full {
+			return x.full
+		}
+		return x.at
+	}
+	x.mu.Lock()
+	prev := last()
+	x.mu.Unlock()
+	if prev.After(need) {
 		return nil
 	}
-	if wait := gap - time.Since(last); wait > 0 {
+	// Waited out without the lock, so that a full listing waiting its turn
+	// does not hold up incremental ones.
+	if wait := gap - time.Since(prev); wait > 0 {
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
@@ -125,6 +134,11 @@ func (x *procIndex) refresh(ctx context.Context, root string, need time.Time, fu
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if last().After(need) {
+		return nil
 	}
 	start := time.Now()
 	f, err := os.Open(root)
@@ -210,6 +224,12 @@ func (a *Attester) findHolder(ctx context.Context, cs *connState, uids map[strin
 			}
 		}
 		for _, h := range a.pidx.pidsOf(uids) {
+			if h.pid == a.self {
+				// The agent's own pod is a hostNetwork pod, and the
+				// agent holds the server end of every connection: it is
+				// never the client.
+				continue
+			}
 			found, err := a.holds(&h, inode, &budget)
 			switch {
 			case errors.Is(err, errGone):
