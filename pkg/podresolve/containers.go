@@ -52,6 +52,10 @@ type containerState struct {
 	// init and ephemeral; hostNetwork pods included). Bounded by the
 	// node's pods and their containers.
 	byUID map[types.UID][]Container
+	// uidByKey names the pod whose containers byUID holds under each
+	// namespace/name, so that a delete (which may carry only the key)
+	// drops them.
+	uidByKey map[podKey]types.UID
 	// hostNet holds the node's hostNetwork pods, which the address index
 	// leaves out (their address is the node's); container mode identifies
 	// them by the process holding a connection instead.
@@ -117,30 +121,26 @@ func containersOf(p *corev1.Pod) []Container {
 // the events for hostNetwork pods arriving and leaving.
 func (r *Resolver) trackContainersLocked(key podKey, p *corev1.Pod, evs []event) []event {
 	cs := r.ctr
-	if e := r.idx.byKey[key]; e != nil && (p == nil || e.pod.UID != p.UID) {
-		// The pod the index had under this name is gone.
-		r.setContainersLocked(e.pod.UID, nil)
-	}
-	old, hadHost := cs.hostNet[key]
 	live := p != nil && p.Spec.NodeName == r.node &&
 		p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
 	var uid types.UID
 	if p != nil {
 		uid = p.UID
 	}
+	if prev, ok := cs.uidByKey[key]; ok && (!live || prev != uid) {
+		// The pod that had this name is gone, or ended.
+		r.setContainersLocked(prev, nil)
+		delete(cs.uidByKey, key)
+	}
+	old, hadHost := cs.hostNet[key]
 	if hadHost && (!live || old.pod.UID != uid || !p.Spec.HostNetwork) {
 		delete(cs.hostNet, key)
 		evs = append(evs, event{kind: eventGone, pod: old.pod})
 	}
-	if p == nil || !live {
-		if p != nil {
-			r.setContainersLocked(p.UID, nil)
-		}
-		if hadHost {
-			r.setContainersLocked(old.pod.UID, nil)
-		}
+	if !live {
 		return evs
 	}
+	cs.uidByKey[key] = p.UID
 	r.setContainersLocked(p.UID, containersOf(p))
 	if p.Spec.HostNetwork {
 		hp := hostPod{pod: Pod{Namespace: p.Namespace, Name: p.Name, UID: p.UID, ServiceAccount: p.Spec.ServiceAccountName}}

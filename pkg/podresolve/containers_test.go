@@ -106,6 +106,21 @@ func TestContainers(t *testing.T) {
 		t.Errorf("listeners did not hear the hostNetwork pod go: %q", evs)
 	}
 
+	// A pod deleted before it had an address (never in the address
+	// index) leaves no containers behind.
+	pending := mkPod("pending", withContainer(&initStatuses, "setup", "containerd://ffff", "busybox:1", "sha256:55"))
+	h.do(t, "create a pod without an address", create(pending))
+	if _, ok := h.r.Container(ctx, pending.UID, "ffff"); !ok {
+		t.Error("the pending pod's init container is not listed")
+	}
+	h.do(t, "delete it", del("pending"))
+	h.r.mu.RLock()
+	left := len(h.r.ctr.byUID) + len(h.r.ctr.uidByKey)
+	h.r.mu.RUnlock()
+	if want := 2; left != want { // pod a: one entry in each map
+		t.Errorf("%d entries left after deletes, want %d", left, want)
+	}
+
 	off := newHarness(t, harnessOpts{}, mkPod("a", ips("10.0.0.1"), withContainer(&regularStatuses, "app", idApp, "x", "y")), mkPod("host", hostNet()))
 	if _, ok := off.r.Container(ctx, "a-uid", "aaaa"); ok || len(off.r.HostNetworkPods()) != 0 {
 		t.Error("without Config.Containers the resolver keeps containers or hostNetwork pods")

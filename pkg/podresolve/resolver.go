@@ -172,7 +172,8 @@ func New(cfg Config) (*Resolver, error) {
 		&corev1.Pod{}, cache.SharedIndexInformerOptions{})
 	transform := stripPod
 	if cfg.Containers {
-		r.ctr = &containerState{byUID: make(map[types.UID][]Container), hostNet: make(map[podKey]hostPod), changed: make(chan struct{})}
+		r.ctr = &containerState{byUID: make(map[types.UID][]Container), uidByKey: make(map[podKey]types.UID),
+			hostNet: make(map[podKey]hostPod), changed: make(chan struct{})}
 		transform = stripPodContainers
 	}
 	if err := r.informer.SetTransform(transform); err != nil {
