@@ -49,6 +49,7 @@ func WriteTable(w io.Writer, r *Result) {
 		fmt.Fprintf(tw, "  API server CPU\t%.1f s (%.2f cores)\n", p.APIServerCPUSeconds, p.APIServerCPUSeconds/p.Seconds)
 		fmt.Fprintf(tw, "  agents' open watches at end\t%s\n", joined(p.OpenWatches))
 		fmt.Fprintf(tw, "  initial events sent\t%s\n", joined(p.InitEvents))
+		fmt.Fprintf(tw, "  objects the watch cache went through for LISTs (resource index)\t%s\n", joined(p.CacheListFetched))
 		fmt.Fprintf(tw, "  API server RSS at end\t%s\n", mib(p.APIServerRSS))
 		a := p.AgentRSS
 		fmt.Fprintf(tw, "  agent RSS at end\t%d agents: median %s, p90 %s, max %s, min %s, all %s\n",

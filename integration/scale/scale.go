@@ -47,6 +47,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -133,6 +134,13 @@ type Result struct {
 	// OpenWatchesWithoutAgents are the API server's own watches (its
 	// informers), which Phase.OpenWatches leaves out.
 	OpenWatchesWithoutAgents map[string]float64
+	// PodWatchLists and PodLists isolate what a start's pod watch costs
+	// the API server: Wave × Nodes streamed lists (a watch with
+	// sendInitialEvents, as the agent's informer opens) of one node's pods,
+	// one after the other, then as many LISTs (resourceVersion 0, as a
+	// reflector lists when it cannot stream), made as the admin: no
+	// TokenRequest, no agent. Phase.Agents counts the calls.
+	PodWatchLists, PodLists Phase
 	// APIServerPeakRSS is VmHWM at the end, EtcdRSS VmRSS.
 	APIServerPeakRSS, EtcdRSS float64
 }
@@ -164,6 +172,10 @@ type Phase struct {
 	// InitEvents are objects the watch cache sent as a watch's initial
 	// events (apiserver_init_events_total), by resource.
 	InitEvents map[string]float64
+	// CacheListFetched are objects the watch cache went through to answer
+	// LISTs (apiserver_cache_list_fetched_objects_total), by "resource
+	// index" ("" when no index served the LIST).
+	CacheListFetched map[string]float64
 	// At the end of the phase: open long-running WATCH requests by
 	// resource, beyond the API server's own; the API server's RSS and the
 	// agents' RSS.
@@ -332,6 +344,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rollout wave: %w", err)
 	}
+	if res.PodWatchLists, err = r.phase(ctx, r.podWatchLists(k, true)); err != nil {
+		return nil, err
+	}
+	if res.PodLists, err = r.phase(ctx, r.podWatchLists(k, false)); err != nil {
+		return nil, err
+	}
 	res.APIServerPeakRSS = rss(r.cp.APIServerPID(), "VmHWM")
 	res.EtcdRSS = rss(r.cp.EtcdPID(), "VmRSS")
 	return res, nil
@@ -392,6 +410,8 @@ func (r *run) phase(ctx context.Context, do func(ctx context.Context) (int, erro
 	p.WatchEvents = delta(after.by("apiserver_watch_events_total", kindKey), before.by("apiserver_watch_events_total", kindKey))
 	p.WatchEventBytes = delta(after.by("apiserver_watch_events_sizes_sum", kindKey), before.by("apiserver_watch_events_sizes_sum", kindKey))
 	p.TokenRequests = p.Requests["POST serviceaccounts/token"]
+	fetchKey := func(l map[string]string) string { return l["resource"] + " " + l["index"] }
+	p.CacheListFetched = delta(after.by("apiserver_cache_list_fetched_objects_total", fetchKey), before.by("apiserver_cache_list_fetched_objects_total", fetchKey))
 	p.InitEvents = delta(after.by("apiserver_init_events_total", resourceKey(all)), before.by("apiserver_init_events_total", resourceKey(all)))
 	p.APIServerCPUSeconds = after.sum("process_cpu_seconds_total") - before.sum("process_cpu_seconds_total")
 	isWatch := func(l map[string]string) bool { return l["verb"] == "WATCH" }
@@ -434,6 +454,54 @@ func (r *run) podProbe(prefix string) func(context.Context) (int, error) {
 			return 0, fmt.Errorf("deleting the probe pod: %w", err)
 		}
 		return 0, r.waitEvents(ctx, before, "Pod")
+	}
+}
+
+// podWatchLists receives the pods of n nodes, one node after the other,
+// by streamed list (a watch until the initial-events-end bookmark) or by
+// LIST.
+func (r *run) podWatchLists(n int, stream bool) func(context.Context) (int, error) {
+	return func(ctx context.Context) (int, error) {
+		for i := range n {
+			sel := "spec.nodeName=" + nodeName(i%r.cfg.Nodes)
+			if !stream {
+				if _, err := r.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: sel, ResourceVersion: "0"}); err != nil {
+					return 0, fmt.Errorf("listing pods: %w", err)
+				}
+				continue
+			}
+			w, err := r.client.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{FieldSelector: sel, SendInitialEvents: ptr(true),
+				ResourceVersionMatch: metav1.ResourceVersionMatchNotOlderThan, AllowWatchBookmarks: true})
+			if err != nil {
+				return 0, fmt.Errorf("watching pods: %w", err)
+			}
+			if err := untilInitialEventsEnd(ctx, w); err != nil {
+				return 0, err
+			}
+		}
+		return n, nil
+	}
+}
+
+func untilInitialEventsEnd(ctx context.Context, w watch.Interface) error {
+	defer w.Stop()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return fmt.Errorf("pod watch closed before its initial events ended")
+			}
+			if ev.Type != watch.Bookmark {
+				continue
+			}
+			if p, ok := ev.Object.(*corev1.Pod); ok && p.Annotations[metav1.InitialEventsAnnotationKey] == "true" {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the initial events of a pod watch: %w", ctx.Err())
+		}
 	}
 }
 
@@ -816,7 +884,7 @@ type snapshot []sample
 
 var wanted = []string{"apiserver_request_total", "apiserver_response_sizes_sum", "apiserver_response_sizes_count",
 	"apiserver_watch_events_total", "apiserver_watch_events_sizes_sum", "apiserver_longrunning_requests",
-	"apiserver_init_events_total", "process_cpu_seconds_total", "process_resident_memory_bytes"}
+	"apiserver_init_events_total", "apiserver_cache_list_fetched_objects_total", "process_cpu_seconds_total", "process_resident_memory_bytes"}
 
 func (r *run) metrics(ctx context.Context) (snapshot, error) {
 	b, err := r.cp.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)

@@ -75,6 +75,16 @@ func TestTiny(t *testing.T) {
 	if podEvents < 1 || podEvents > 4 {
 		t.Errorf("one pod created, Running and deleted sent the agents %v watch events, want 1 to 4 (to its node's agent only)", podEvents)
 	}
+	// A streamed list of one node's pods makes the watch cache go through
+	// every pod of the cluster (no index on that path); a LIST goes
+	// through the node's own (the spec.nodeName index).
+	all := float64(nodes * (perNode + 1)) // the agents' own pods too
+	if got := res.PodWatchLists.InitEvents["pods"]; got != 2*all {
+		t.Errorf("2 streamed lists of one node's pods: %v initial events went through the watch cache, want %v", got, 2*all)
+	}
+	if got := res.PodLists.CacheListFetched["pods spec.nodeName"]; got != 2*(perNode+1) {
+		t.Errorf("2 LISTs of one node's pods: the watch cache went through %v pods by the spec.nodeName index, want %d (%v)", got, 2*(perNode+1), res.PodLists.CacheListFetched)
+	}
 	w := res.Wave
 	k, rolePerNode := 2, res.PrefetchPods/nodes
 	if w.Agents != k || w.TokenRequests != float64(k*rolePerNode) || w.STSCalls != int64(k*rolePerNode) {
