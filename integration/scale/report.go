@@ -27,6 +27,8 @@ func WriteTable(w io.Writer, r *Result) {
 		{"one pod on one node: created, Running, deleted, no agent running", r.PodChangeWithoutAgents},
 		{"start (all agents)", r.Start}, {"steady state", r.Steady}, {"one ServiceAccount changed", r.ServiceAccountChange},
 		{"one pod on one node: created, Running, deleted", r.PodChange}, {"rollout wave", r.Wave},
+		{"streamed lists of one node's pods (as the admin, one at a time; agents = calls)", r.PodWatchLists},
+		{"LISTs of one node's pods, resourceVersion 0 (as the admin, one at a time; agents = calls)", r.PodLists},
 	}
 	for _, ph := range phases {
 		p := ph.p
@@ -43,7 +45,12 @@ func WriteTable(w io.Writer, r *Result) {
 		for _, k := range sortedKeys(p.ListBytes) {
 			fmt.Fprintf(tw, "  LIST bytes %s\t%s in %.0f responses%s\n", k, kib(p.ListBytes[k]), p.ListResponses[k], perAgentBytes(p.ListBytes[k], p.Agents))
 		}
-		for _, k := range sortedKeys(p.WatchEvents) {
+		// The API server's own informers get bookmarks too; the agents
+		// watch these two.
+		for _, k := range []string{"Pod", "ServiceAccount"} {
+			if p.WatchEvents[k] == 0 {
+				continue
+			}
 			fmt.Fprintf(tw, "  watch events %s\t%.0f, %s%s\n", k, p.WatchEvents[k], kib(p.WatchEventBytes[k]), perAgentBytes(p.WatchEventBytes[k], p.Agents))
 		}
 		fmt.Fprintf(tw, "  API server CPU\t%.1f s (%.2f cores)\n", p.APIServerCPUSeconds, p.APIServerCPUSeconds/p.Seconds)

@@ -82,7 +82,7 @@ func TestTiny(t *testing.T) {
 	if got := res.PodWatchLists.InitEvents["pods"]; got != 2*all {
 		t.Errorf("2 streamed lists of one node's pods: %v initial events went through the watch cache, want %v", got, 2*all)
 	}
-	if got := res.PodLists.CacheListFetched["pods spec.nodeName"]; got != 2*(perNode+1) {
+	if got := res.PodLists.CacheListFetched["pods f:spec.nodeName"]; got != 2*(perNode+1) {
 		t.Errorf("2 LISTs of one node's pods: the watch cache went through %v pods by the spec.nodeName index, want %d (%v)", got, 2*(perNode+1), res.PodLists.CacheListFetched)
 	}
 	w := res.Wave
