@@ -135,6 +135,19 @@ demo: build k8sbin
 	$(GO) build -o bin/demo ./integration/demo
 	bin/demo
 
+# The scale run (root only, about 10 minutes on 2 cores; not part of `make
+# test`): 250 real agents, one per simulated node, against one
+# kube-apiserver + etcd holding 25,000 pods; the API server's own metrics
+# before, during and after start, steady state and a rollout wave. Prints a
+# table, writes bench/out/scale.json; docs/upstream-cost.md ("Measured at
+# scale") has the figures. SCALE_FLAGS resizes it (-nodes, -pods-per-node,
+# -wave, -rbac broad, ...); integration/scale's TestTiny runs it small in
+# test-integration.
+.PHONY: scale
+SCALE_FLAGS ?=
+scale: build k8sbin
+	$(GO) run -tags integration ./integration/scale/cmd/scale -out bench/out/scale.json $(SCALE_FLAGS)
+
 # Benchmark suite (root only, a few minutes; not part of `make test`): the
 # agent against a floor server under the same load generator, cold start,
 # simultaneous first requests, memory per pod and upstream calls. Writes

@@ -51,6 +51,9 @@ type ControlPlaneConfig struct {
 	// for a cluster whose controller manager creates the default
 	// ServiceAccounts and whose pods mount their tokens (integration/node).
 	ServiceAccountAdmission bool
+	// EtcdQuotaBytes is etcd's --quota-backend-bytes. Default 256 MiB;
+	// tens of thousands of pods (integration/scale) need more.
+	EtcdQuotaBytes int64
 }
 
 // ControlPlane is etcd plus kube-apiserver on 127.0.0.1. No controller
@@ -99,6 +102,9 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 	if cfg.AuthorizationModes == "" {
 		cfg.AuthorizationModes = "RBAC"
 	}
+	if cfg.EtcdQuotaBytes == 0 {
+		cfg.EtcdQuotaBytes = 256 << 20
+	}
 	// No controller manager creates the default ServiceAccounts the
 	// ServiceAccount admission plugin insists on, unless the caller runs one.
 	var admission []string
@@ -136,7 +142,7 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 		"--initial-cluster=default="+peerURL,
 		"--log-level=warn",
 		// Tests churn little data; skip fsync waits and keep the WAL small.
-		"--unsafe-no-fsync", "--quota-backend-bytes=268435456")
+		"--unsafe-no-fsync", "--quota-backend-bytes="+strconv.FormatInt(cfg.EtcdQuotaBytes, 10))
 	if err != nil {
 		return nil, err
 	}
@@ -355,6 +361,26 @@ func (cp *ControlPlane) TokenRequests() ([]TokenRequest, error) {
 // APIServerLog and EtcdLog return the paths of the processes' logs.
 func (cp *ControlPlane) APIServerLog() string {
 	return filepath.Join(cp.Dir, "logs/kube-apiserver.log")
+}
+
+// APIServerPID and EtcdPID are the processes' IDs (0 if not running), for
+// reading their memory from /proc.
+func (cp *ControlPlane) APIServerPID() int {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return pid(cp.api)
+}
+
+func (cp *ControlPlane) EtcdPID() int { return pid(cp.etcd) }
+
+func pid(p *Process) int {
+	if p == nil || p.Cmd.Process == nil {
+		return 0
+	}
+	if done, _ := p.Exited(); done {
+		return 0
+	}
+	return p.Cmd.Process.Pid
 }
 
 // EtcdLog returns the path of etcd's log.

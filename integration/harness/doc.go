@@ -21,7 +21,8 @@
 // appends flags (e.g. admission plugins); AuthorizationModes (default
 // "RBAC") and ServiceAccountAdmission are for a cluster with a real node
 // (integration/node), whose controller manager creates the default
-// ServiceAccounts.
+// ServiceAccounts. EtcdQuotaBytes raises etcd's backend quota (256 MiB by
+// default) for clusters of tens of thousands of objects (integration/scale).
 //
 // Methods: StopAPIServer, StartAPIServer, RestartAPIServer (same port, data
 // and keys); Kubectl(ctx, args...) as the admin; WriteKubeconfig(path, user,
@@ -30,7 +31,8 @@
 // roleARN is not empty; CreatePod(ctx, PodSpec) creates a pod with
 // spec.nodeName and then sets phase Running, podIP and podIPs through the
 // status subresource, as a kubelet would; DeletePod deletes with grace 0.
-// APIServerLog and EtcdLog give the log paths. The API server writes an
+// APIServerLog and EtcdLog give the log paths; APIServerPID and EtcdPID the
+// processes, for reading their memory from /proc. The API server writes an
 // audit log (AuditLog) of every TokenRequest with its bound object;
 // TokenRequests parses it, so tests can count the agent's TokenRequests per
 // pod.
