@@ -279,6 +279,8 @@ type Broker struct {
 	// so nothing is served, fetched or cached for them again, whatever the
 	// informer still shows. Guarded by mu for writes.
 	dead *lru.Cache[types.UID, struct{}]
+	// gate holds the workers while a hand-off is taken (handoff.go).
+	gate fetchGate
 }
 
 // entryKey is what the cache is keyed by: never an address. The request's

@@ -21,8 +21,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { b.accounts.run(ctx) })
 	// Workers start once ServiceAccounts are listed: before that every
-	// prefetch would fail and be retried for nothing.
-	if cacheSynced(ctx, b.accounts.hasSynced) {
+	// prefetch would fail and be retried for nothing; and once a hand-off
+	// (if any) is taken, so that they fetch only what it did not bring.
+	if cacheSynced(ctx, b.accounts.hasSynced) && b.fetchesReleased(ctx) {
 		for range b.cfg.Workers {
 			wg.Go(func() {
 				for b.processNext(ctx) {
