@@ -48,7 +48,9 @@ type ImportRefusal struct {
 	detail string
 }
 
-func (r *ImportRefusal) Error() string { return "hand-off entry refused (" + r.Reason + "): " + r.detail }
+func (r *ImportRefusal) Error() string {
+	return "hand-off entry refused (" + r.Reason + "): " + r.detail
+}
 
 // importLifetime is the credential lifetime assumed for the freshness test
 // of a cloud whose Lifetime is its exchanger's default.

@@ -73,11 +73,20 @@ func TestImportRefuses(t *testing.T) {
 		{name: "identity no longer allowed", reason: ImportPolicy,
 			mutate: func(c *Config) { c.Clouds[0].AllowedIdentities = []string{"arn:aws:iam::444455556666:role/*"} }},
 		{name: "ServiceAccount names another role", reason: ImportPolicy,
-			setup: func(e *testEnv) { e.serviceAccount("shop", "cart", roleB); e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "cart")) }},
+			setup: func(e *testEnv) {
+				e.serviceAccount("shop", "cart", roleB)
+				e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "cart"))
+			}},
 		{name: "ServiceAccount lost its annotation", reason: ImportPolicy,
-			setup: func(e *testEnv) { e.serviceAccount("shop", "cart", ""); e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "cart")) }},
+			setup: func(e *testEnv) {
+				e.serviceAccount("shop", "cart", "")
+				e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "cart"))
+			}},
 		{name: "default ServiceAccount", reason: ImportPolicy,
-			setup: func(e *testEnv) { e.serviceAccount("shop", "default", roleA); e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "default")) },
+			setup: func(e *testEnv) {
+				e.serviceAccount("shop", "default", roleA)
+				e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "default"))
+			},
 			carry: func(c *Carried) { c.ServiceAccount = "default" }},
 		{name: "pod not in the informer", reason: ImportUnknownPod,
 			setup: func(e *testEnv) { e.serviceAccount("shop", "cart", roleA) }},
@@ -89,7 +98,10 @@ func TestImportRefuses(t *testing.T) {
 				e.broker.PodGone(p)
 			}},
 		{name: "same UID, another ServiceAccount", reason: ImportPodMismatch,
-			setup: func(e *testEnv) { e.serviceAccount("shop", "other", roleA); e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "other")) }},
+			setup: func(e *testEnv) {
+				e.serviceAccount("shop", "other", roleA)
+				e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "other"))
+			}},
 		{name: "ServiceAccount not in the watch", reason: ImportUnverified,
 			setup: func(e *testEnv) { e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "cart")) }},
 		{name: "too old", reason: ImportStale, carry: stale},
