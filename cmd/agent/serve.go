@@ -73,6 +73,7 @@ type serveConfig struct {
 	recordEvents       bool
 	attest             attestConfig
 	nodeRestricted     nodeRestrictMode
+	handoff            handoffConfig
 }
 
 const defaultListen = "169.254.170.23:80,[fd00:ec2::23]:80"
@@ -116,6 +117,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	c.azure.register(fs)
 	c.podToken.register(fs)
 	c.attest.register(fs)
+	c.handoff.register(fs)
 	registerNodeRestrict(fs, &c.nodeRestricted)
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -152,6 +154,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		return c, err
 	}
 	if err := c.attest.validate(); err != nil {
+		return c, err
+	}
+	if err := c.handoff.validate(); err != nil {
 		return c, err
 	}
 	return c, nil
@@ -257,6 +262,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	resolver.AddListener(brk)
+	handoffs, err := newHandoffs(cfg.handoff, reg, log)
+	if err != nil {
+		return err
+	}
+	if cfg.handoff.enabled() {
+		// Until the predecessor's cache is taken: the prefetch then fetches
+		// only what it did not bring.
+		brk.HoldFetches()
+	}
 
 	// Probe and metrics listeners use SO_REUSEPORT like the credential
 	// listeners: during a rolling update the old and the new agent run side
@@ -319,6 +333,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer cancelStart()
 	defer context.AfterFunc(ctx, cancelStart)()
 	synced := func() bool { return resolver.HasSynced() && brk.HasSynced() }
+	// The hand-off needs both: its entries are checked against this
+	// agent's own pods and ServiceAccounts.
+	if waitUntil(startCtx, synced, 0) {
+		handoffs.take(startCtx, brk)
+	}
+	brk.ReleaseFetches()
 	if !awaitStartup(startCtx, synced, brk.Prefetched, cfg.startupPrefetchWait) {
 		return shutdownBeforeServing(probeServer, metricsServer, stopWork, g, log)
 	}
@@ -339,6 +359,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		serveOn(credServer, grd.listener(ln))
 	}
 	serving.Store(true)
+	// From now on this agent answers its successor. The socket lives until
+	// the work context ends, after the drain: the successor of a surge
+	// rollout starts while this agent still serves (package handoff).
+	if hln := handoffs.listen(brk); hln != nil {
+		g.Go(func() error {
+			// Not fatal either: the agent serves on without it.
+			if err := hln.Serve(gctx); err != nil {
+				log.Warn("hand-off socket stopped; the next rollout on this node prefetches", "error", err)
+			}
+			return nil
+		})
+	}
 	addrs := make([]string, len(credListeners))
 	for i, ln := range credListeners {
 		addrs[i] = ln.Addr().String()

@@ -151,3 +151,29 @@ func (l *Listener) serveConn(c *net.UnixConn) {
 	}
 	l.cfg.Logger.Info("hand-off served to a successor", "entries", len(entries), "duration", time.Since(start).String())
 }
+
+// PrepareDir makes dir a directory that only uid (and root) may enter, for
+// the socket: the DaemonSet's init container runs it as root with
+// CAP_CHOWN, because the kubelet creates a hostPath directory owned by
+// root. A directory already owned by uid:gid with mode 0700 is left alone.
+func PrepareDir(dir string, uid, gid int) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("handoff: creating %s: %w", dir, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	if int(st.Uid) == uid && int(st.Gid) == gid && st.Mode&0o777 == 0o700 {
+		return nil
+	}
+	// Mode first, while root may still change it as the owner (no
+	// CAP_FOWNER needed), then the owner.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return fmt.Errorf("handoff: giving %s to %d:%d: %w", dir, uid, gid, err)
+	}
+	return nil
+}
