@@ -383,7 +383,7 @@ func agentAllSet() map[string]any {
 		"allowDefaultServiceAccount": true, "requireAuthorization": true, "enablePprof": true,
 		"requestTimeout": "4s", "waitForPod": "1s", "tokenExpiration": "15m", "startupPrefetchWait": "5s", "shutdownGrace": "15s",
 		"handoffTimeout": "3s",
-		"cacheSize": 2048, "upstreamQPS": 25, "upstreamBurst": 50, "kubeAPIQPS": 20, "kubeAPIBurst": 40,
+		"cacheSize":      2048, "upstreamQPS": 25, "upstreamBurst": 50, "kubeAPIQPS": 20, "kubeAPIBurst": 40,
 		"podRequestQPS": 10, "podRequestBurst": 50, "podMaxConnections": 32, "podFetchBurst": 5, "podFetchInterval": "10s",
 		"podLogBurst": 3, "podLogInterval": "2m",
 		"listen": "169.254.170.23:80", "probePort": 2713, "metricsPort": 2715,
