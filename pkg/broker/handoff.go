@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -25,6 +26,10 @@ type Carried struct {
 	Identity    string
 	Tenant      string
 	Credentials exchange.Credentials
+	// FetchedAt is when the exporting agent fetched the credentials. It
+	// only places the entry in its refresh cycle (an importer clamps it);
+	// what is served is decided by Expiration, as for every entry.
+	FetchedAt time.Time
 }
 
 // Reasons Import refuses an entry, for metric labels: a fixed set.
@@ -75,7 +80,7 @@ func (b *Broker) Export() []Carried {
 		}
 		out = append(out, Carried{
 			PodUID: key.uid, Namespace: e.pod.Namespace, ServiceAccount: e.pod.ServiceAccount,
-			Request: key.req, Identity: e.who.identity, Tenant: e.who.tenant, Credentials: *e.creds,
+			Request: key.req, Identity: e.who.identity, Tenant: e.who.tenant, Credentials: *e.creds, FetchedAt: e.fetchedAt,
 		})
 	}
 	return out
@@ -85,12 +90,13 @@ func (b *Broker) Export() []Carried {
 // serve it itself: the pod is live in its own informer under that UID,
 // namespace and ServiceAccount; its own policy, asked now, names the same
 // principal on that cloud; the credentials are complete, of the kind asked
-// for, and have more lifetime left than the point at which this broker
-// would refresh them (so a taken entry is not refetched at once), and no
-// more than its own lifetime allows. Nothing the predecessor decided is
-// trusted. A taken entry is served and refreshed like one this broker
-// fetched. Import makes no API call; it returns an *ImportRefusal when it
-// does not take the entry.
+// for, not past the latest point at which this broker would have refreshed
+// them (60% into their fresh span: refreshTime), and live no longer than
+// its own lifetime allows. Nothing the predecessor decided is trusted. A
+// taken entry is served and refreshed like one this broker fetched: its
+// refresh falls where refreshTime would have put it, so a rollout does not
+// bunch refreshes up. Import makes no API call; it returns an
+// *ImportRefusal when it does not take the entry.
 func (b *Broker) Import(c Carried) error {
 	refuse := func(reason, format string, args ...any) error {
 		return &ImportRefusal{Reason: reason, detail: fmt.Sprintf(format, args...)}
@@ -128,16 +134,26 @@ func (b *Broker) Import(c Carried) error {
 	if lifetime == 0 {
 		lifetime = importLifetime
 	}
-	// The earliest point refreshTime picks for a credential fetched with
-	// this broker's own lifetime: 40% into its fresh span.
-	if minLeft := FreshnessFloor + (lifetime-FreshnessFloor)*4/10; left < minLeft {
-		return refuse(ImportStale, "pod %s/%s: %s left, below %s", pod.Namespace, pod.Name, left.Round(time.Second), minLeft)
+	exp := c.Credentials.Expiration
+	fetched := c.FetchedAt
+	if fetched.IsZero() || exp.Sub(fetched) > lifetime+time.Minute {
+		fetched = exp.Add(-lifetime)
+	}
+	if fetched.After(now) {
+		fetched = now
+	}
+	// How far into its fresh span the credential is; refreshTime refreshes
+	// between 40% and 60%.
+	span := exp.Sub(fetched) - FreshnessFloor
+	done := float64(now.Sub(fetched)) / float64(span)
+	if span <= 0 || done > 0.6 {
+		return refuse(ImportStale, "pod %s/%s: %s left, past its refresh point", pod.Namespace, pod.Name, left.Round(time.Second))
 	}
 	creds := c.Credentials
-	e := &entry{pod: pod, who: who, creds: &creds, expiration: creds.Expiration, fetchedAt: now}
-	// Refreshed within what is left, with the usual jitter, so that entries
-	// handed over together are not refreshed together.
-	e.refreshAt = refreshTime(e)
+	e := &entry{pod: pod, who: who, creds: &creds, expiration: exp, fetchedAt: fetched}
+	// Where refreshTime would have put it, among the points still ahead.
+	from := max(0.4, done)
+	e.refreshAt = fetched.Add(time.Duration(float64(span) * (from + (0.6-from)*rand.Float64())))
 	key := entryKey{uid: pod.UID, req: c.Request}
 
 	b.mu.Lock()

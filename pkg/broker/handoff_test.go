@@ -62,7 +62,10 @@ func TestImportTakesWhatItWouldServeItself(t *testing.T) {
 // The new agent decides again, with its own policy and its own view of the
 // pod; it never trusts the old agent's decision.
 func TestImportRefuses(t *testing.T) {
-	stale := func(c *Carried) { c.Credentials.Expiration = t0.Add(30 * time.Minute) }
+	// 30 of 45 fresh minutes gone: past the latest refresh point (60%).
+	stale := func(c *Carried) {
+		c.FetchedAt, c.Credentials.Expiration = t0.Add(-30*time.Minute), t0.Add(30*time.Minute)
+	}
 	cases := []struct {
 		name   string
 		mutate func(*Config)
@@ -182,5 +185,30 @@ func TestExportLeavesOutWhatIsNotServable(t *testing.T) {
 	old.clock.Step(46 * time.Minute)
 	if n := len(old.broker.Export()); n != 0 {
 		t.Errorf("Export of credentials below the freshness floor: %d entries, want 0", n)
+	}
+}
+
+// A taken entry keeps its place in the refresh cycle (40-60% of its fresh
+// span after it was fetched, never before now), so that a rollout neither
+// refetches at once nor bunches the node's refreshes up.
+func TestImportKeepsTheRefreshCycle(t *testing.T) {
+	for _, age := range []time.Duration{0, 10 * time.Minute, 20 * time.Minute, 27 * time.Minute} {
+		t.Run(age.String(), func(t *testing.T) {
+			_, e, c := handOffEnvs(t, nil)
+			e.serviceAccount("shop", "cart", roleA)
+			e.broker.PodReady(e.pod("10.0.0.5", "shop", "cart-1", "cart"))
+			c.FetchedAt, c.Credentials.Expiration = t0.Add(-age), t0.Add(time.Hour-age)
+			if err := e.broker.Import(c); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := e.broker.cache.Peek(entryKey{uid: c.PodUID, req: awsRequest})
+			earliest, latest := c.FetchedAt.Add(18*time.Minute), c.FetchedAt.Add(27*time.Minute)
+			if earliest.Before(t0) {
+				earliest = t0
+			}
+			if got.refreshAt.Before(earliest) || got.refreshAt.After(latest) {
+				t.Errorf("refresh at %v after now, want between %v and %v", got.refreshAt.Sub(t0), earliest.Sub(t0), latest.Sub(t0))
+			}
+		})
 	}
 }

@@ -44,6 +44,7 @@ type wireEntry struct {
 	Scopes          []string  `json:"scopes,omitempty"`
 	IDToken         string    `json:"id_token,omitempty"`
 	Expiration      time.Time `json:"expiration"`
+	FetchedAt       time.Time `json:"fetched_at"`
 }
 
 func toWire(c broker.Carried) wireEntry {
@@ -55,6 +56,7 @@ func toWire(c broker.Carried) wireEntry {
 		Kind: int(cr.Kind), AccessKeyID: cr.AccessKeyID, SecretAccessKey: cr.SecretAccessKey.Reveal(),
 		SessionToken: cr.SessionToken.Reveal(), AccountID: cr.AccountID, AccessToken: cr.AccessToken.Reveal(),
 		TokenType: cr.TokenType, Scopes: cr.Scopes, IDToken: cr.IDToken.Reveal(), Expiration: cr.Expiration,
+		FetchedAt: c.FetchedAt,
 	}
 }
 
@@ -62,7 +64,7 @@ func (w wireEntry) carried() broker.Carried {
 	return broker.Carried{
 		PodUID: types.UID(w.PodUID), Namespace: w.Namespace, ServiceAccount: w.ServiceAccount,
 		Request:  broker.Request{Cloud: exchange.Cloud(w.Cloud), Want: exchange.Kind(w.Want), Scope: w.Scope},
-		Identity: w.Identity, Tenant: w.Tenant,
+		Identity: w.Identity, Tenant: w.Tenant, FetchedAt: w.FetchedAt,
 		Credentials: exchange.Credentials{
 			Kind: exchange.Kind(w.Kind), AccessKeyID: w.AccessKeyID, SecretAccessKey: exchange.Secret(w.SecretAccessKey),
 			SessionToken: exchange.Secret(w.SessionToken), AccountID: w.AccountID, AccessToken: exchange.Secret(w.AccessToken),
