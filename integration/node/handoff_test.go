@@ -43,7 +43,7 @@ func TestRolloutHandOff(t *testing.T) {
 	}
 	for ns := range roles {
 		pods[ns] = w.waitPhase(ctx, t, ns, "loop", time.Minute, corev1.PodRunning)
-		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roles[ns])
+		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
 	}
 	before := w.upstreamCalls(t, pods)
 	start := time.Now()
@@ -118,7 +118,7 @@ func TestHandOffPolicyChanged(t *testing.T) {
 	}
 	for ns := range roles {
 		pods[ns] = w.waitPhase(ctx, t, ns, "loop", time.Minute, corev1.PodRunning)
-		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roles[ns])
+		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
 	}
 	before := w.upstreamCalls(t, map[string]*corev1.Pod{"team-hp1": pods["team-hp1"]})
 	patch := fmt.Sprintf(`[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--allowed-role-arn=%s"}]`, roles["team-hp1"])
@@ -138,7 +138,7 @@ func TestHandOffPolicyChanged(t *testing.T) {
 	}
 	// What each workload is served now, from the new agent alone.
 	since := time.Now().Add(2 * time.Second)
-	w.waitRounds(ctx, t, "team-hp1", "loop", since, 5, roles["team-hp1"])
+	w.waitRounds(ctx, t, "team-hp1", "loop", since, 5, roleName(roles["team-hp1"]))
 	if err := poll(ctx, 30*time.Second, "team-hp2 to be refused by the new agent", func() (bool, error) {
 		r, err := w.tryLogs(ctx, "team-hp2", "loop", false)
 		if err != nil {
@@ -175,7 +175,7 @@ func TestHandOffPredecessorKilled(t *testing.T) {
 	w.createWorkload(ctx, t, workloadSpec{ns: "team-hk", name: "loop", sa: "app", args: []string{"-duration", "60s", "-interval", "200ms"}})
 	t.Cleanup(func() { _ = c.CoreV1().Pods("team-hk").Delete(ctx, "loop", metav1.DeleteOptions{}) })
 	pod := w.waitPhase(ctx, t, "team-hk", "loop", time.Minute, corev1.PodRunning)
-	w.waitRounds(ctx, t, "team-hk", "loop", time.Now(), 3, role)
+	w.waitRounds(ctx, t, "team-hk", "loop", time.Now(), 3, roleName(role))
 	pods := map[string]*corev1.Pod{"team-hk": pod}
 	before := w.upstreamCalls(t, pods)
 
@@ -222,7 +222,7 @@ func TestHandOffPredecessorKilled(t *testing.T) {
 	if after[0] <= before[0] || after[1] <= before[1] {
 		t.Errorf("upstream calls for the pod %v → %v: the new agent did not prefetch it", before, after)
 	}
-	w.waitRounds(ctx, t, "team-hk", "loop", time.Now(), 5, role)
+	w.waitRounds(ctx, t, "team-hk", "loop", time.Now(), 5, roleName(role))
 }
 
 // pendingHandoff reports whether a connection waits, unaccepted, on the
