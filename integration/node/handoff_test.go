@@ -196,7 +196,8 @@ func TestHandOffPredecessorKilled(t *testing.T) {
 	}
 	// The new agent is mid-hand-off when its connection waits in the
 	// frozen agent's accept queue (an unaccepted UNIX connection shows as
-	// state 02, SS_CONNECTING, under the listener's path).
+	// state 02, SS_CONNECTING, under the name the listener was bound to:
+	// the path plus the temporary suffix it was renamed from).
 	if err := poll(ctx, time.Minute, "the new agent to connect to the frozen one", func() (bool, error) {
 		return pendingHandoff(pid), nil
 	}); err != nil {
@@ -237,7 +238,7 @@ func pendingHandoff(pid int) bool {
 	for sc.Scan() {
 		// Num RefCount Protocol Flags Type St Inode Path
 		fl := strings.Fields(sc.Text())
-		if len(fl) == 8 && fl[5] == "02" && strings.HasSuffix(fl[7], "/handoff.sock") {
+		if len(fl) == 8 && fl[5] == "02" && strings.Contains(fl[7], "/handoff.sock") {
 			return true
 		}
 	}
