@@ -62,21 +62,7 @@ func TestRolloutHandOff(t *testing.T) {
 	if taken < 2 {
 		t.Errorf("the new agent took %v entries, want at least the 2 workloads'", taken)
 	}
-	for ns, role := range roles {
-		p := w.waitPhase(ctx, t, ns, "loop", 2*time.Minute, corev1.PodSucceeded, corev1.PodFailed)
-		r := w.logs(ctx, t, ns, "loop", false)
-		s := r.summary
-		t.Logf("%s: %d rounds; SDK %d ok, %d failed; without retries %d ok, failures %v", ns, s.Rounds, s.SDKOK, s.SDKFailed, s.RawOK, s.RawFailed)
-		if p.Status.Phase != corev1.PodSucceeded || s.SDKFailed != 0 || s.Rounds < 100 {
-			t.Errorf("%s: phase %s, summary %+v; first SDK error: %s", ns, p.Status.Phase, s, r.firstSDKError())
-		}
-		roleName := role[strings.LastIndex(role, "/")+1:]
-		for arn := range s.Arns {
-			if !strings.Contains(arn, ":assumed-role/"+roleName+"/") {
-				t.Errorf("%s got identity %s, want role %s", ns, arn, roleName)
-			}
-		}
-	}
+	w.checkLoops(ctx, t, roles)
 
 	// A forged peer: this test runs as root, not as the agent's UID 64023.
 	// Root passes the directory's mode, so only SO_PEERCRED stands between

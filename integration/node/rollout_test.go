@@ -221,6 +221,14 @@ func TestRolloutRestart(t *testing.T) {
 	if took > 50*time.Second {
 		t.Errorf("rollout took %v, longer than the workloads' 60 s loop covers safely", took)
 	}
+	w.checkLoops(ctx, t, roles)
+}
+
+// checkLoops waits for each namespace's "loop" workload to finish and
+// checks that every SDK call succeeded (at least 100 rounds) with the
+// namespace's role.
+func (w *world) checkLoops(ctx context.Context, t *testing.T, roles map[string]string) {
+	t.Helper()
 	for ns, role := range roles {
 		p := w.waitPhase(ctx, t, ns, "loop", 2*time.Minute, corev1.PodSucceeded, corev1.PodFailed)
 		r := w.logs(ctx, t, ns, "loop", false)
