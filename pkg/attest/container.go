@@ -505,7 +505,7 @@ func (a *Attester) checkContainers() (string, bool) {
 	a.mu.Lock()
 	var pids []int32
 	for _, p := range a.procs {
-		if len(pids) < 3 {
+		if len(pids) < 3 && p.pid != a.self {
 			pids = append(pids, p.pid)
 		}
 	}
