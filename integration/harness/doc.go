@@ -44,6 +44,14 @@
 // the pprof goroutine profile (--enable-pprof) into connection goroutines
 // and the rest.
 //
+// The webhook (webhook.go): WebhookKubeconfig(ctx, path) applies
+// deploy/webhook/rbac.yaml and writes a kubeconfig with the
+// credbroker-webhook ServiceAccount's token; StartWebhook(ctx,
+// WebhookConfig) registers deploy/webhook's MutatingWebhookConfiguration
+// with its clientConfig pointed at https://127.0.0.1:PORT/mutate (no
+// Service reaches a process on this host), starts `agent webhook` there
+// (its own CA, published into the caBundle) and waits for /readyz.
+//
 // AgentKubeconfig(ctx, rbacPath, path) gives the agent exactly its cluster
 // identity: it creates the credbroker-system namespace, applies
 // deploy/daemonset/rbac.yaml with kubectl, requests a token for the
