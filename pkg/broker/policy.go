@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 // rolePolicy decides which identities a pod may use: not any for the
@@ -175,4 +176,58 @@ func globMatch(pattern, s string) bool {
 		px++
 	}
 	return px == len(pattern)
+}
+
+// cloudIndex returns the index of cloud in Config.Clouds, or -1.
+func (b *Broker) cloudIndex(cloud exchange.Cloud) int {
+	for i := range b.cfg.Clouds {
+		if b.cfg.Clouds[i].Name == cloud {
+			return i
+		}
+	}
+	return -1
+}
+
+// identityFor applies the operator's policy and returns the cloud's index
+// and the principal the pod's ServiceAccount names on it: its identity and
+// tenant, both read from one version of the account. It reads the
+// ServiceAccount watch and makes no API call.
+func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, principal, error) {
+	if err := b.policy.checkServiceAccount(pod.Namespace, pod.ServiceAccount); err != nil {
+		return 0, principal{}, err
+	}
+	ci := b.cloudIndex(req.Cloud)
+	if ci < 0 {
+		return 0, principal{}, &Refusal{Code: CodeCloudNotServed,
+			Message: fmt.Sprintf("this agent is not configured to serve %s credentials", req.Cloud)}
+	}
+	fields, err := b.accounts.fields(pod.Namespace, pod.ServiceAccount)
+	if err != nil {
+		return 0, principal{}, err
+	}
+	if fields != nil {
+		if err := checkContainer(pod, fields[b.imagesField], fields[b.ephemeralField]); err != nil {
+			return 0, principal{}, err
+		}
+	} else if pod.Container != nil && pod.Container.Kind == podresolve.ContainerEphemeral {
+		return 0, principal{}, checkContainer(pod, "", "")
+	}
+	cloud := &b.cfg.Clouds[ci]
+	var who principal
+	if fields != nil {
+		who.identity = fields[ci]
+	}
+	who.tenant = cloud.DefaultTenant
+	if f := b.tenantField[ci]; f >= 0 && fields != nil && fields[f] != "" {
+		who.tenant = fields[f]
+	}
+	if hasControl(who.identity) || hasControl(who.tenant) {
+		return 0, principal{}, &Refusal{Code: CodeInvalidRole,
+			Message: fmt.Sprintf("an annotation of ServiceAccount %s/%s that names this pod's %s identity (%s or its tenant) holds a control character; fix the annotation", pod.Namespace, pod.ServiceAccount, cloud.Name, cloud.Annotation)}
+	}
+	who = principal{identity: canonicalGUID(who.identity), tenant: canonicalGUID(who.tenant)}
+	if err := b.policy.checkIdentity(cloud, pod.Namespace, pod.ServiceAccount, who.identity, req); err != nil {
+		return 0, principal{}, err
+	}
+	return ci, who, nil
 }

@@ -1,0 +1,114 @@
+package broker
+
+import (
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+// entryKey is what the cache is keyed by: never an address. The request's
+// Identity is always empty in a key: which identity a pod gets is its
+// ServiceAccount's to say, and the entry records it.
+type entryKey struct {
+	uid types.UID
+	req Request
+}
+
+// podSync is the queue item of a pod's prefetch: every cloud's Prefetch
+// requests for which the pod has an identity.
+var podSync = Request{}
+
+// entry is one pod's cached credential for one request. It is immutable: a
+// refresh replaces it, so readers need no lock beyond the cache's.
+type entry struct {
+	pod        podresolve.Pod
+	who        principal
+	creds      *exchange.Credentials
+	expiration time.Time
+	fetchedAt  time.Time
+	refreshAt  time.Time
+}
+
+// record caches a fetch's outcome and schedules the next refresh. It returns
+// the error callers are to see: during the denied-retry window a denial
+// comes back marked as provisional.
+func (b *Broker) record(pod podresolve.Pod, key entryKey, who principal, e *entry, err error) error {
+	now := b.clock.Now()
+	if err != nil {
+		return b.recordFailure(pod, key, who, err, now)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.gone.Contains(pod.UID) || b.dead.Contains(pod.UID) {
+		return nil
+	}
+	b.askedLocked(key)
+	if b.cache.Add(key, e) {
+		b.metrics.evictions.WithLabelValues(evictCapacity).Inc()
+	}
+	b.failures.Remove(key)
+	b.queue.AddAfter(key, max(e.refreshAt.Sub(now), 0))
+	return nil
+}
+
+// askedLocked records that the pod holds an entry for key.req, and drops
+// the pod's oldest one beyond PodCacheEntries. b.mu must be held.
+func (b *Broker) askedLocked(key entryKey) {
+	list := b.asked[key.uid]
+	if i := slices.Index(list, key.req); i >= 0 {
+		list = slices.Delete(list, i, i+1)
+	}
+	list = append(list, key.req)
+	for len(list) > b.cfg.PodCacheEntries {
+		oldest := entryKey{uid: key.uid, req: list[0]}
+		if b.cache.Remove(oldest) {
+			b.metrics.evictions.WithLabelValues(evictPodLimit).Inc()
+		}
+		b.failures.Remove(oldest)
+		list = list[1:]
+	}
+	b.asked[key.uid] = list
+}
+
+// markDead records that the API server no longer knows the pod: it is
+// evicted and never fetched or served again.
+func (b *Broker) markDead(pod podresolve.Pod) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dead.Add(pod.UID, struct{}{})
+	b.forgetLocked(pod.UID, evictPodDeleted)
+	b.log.Info("the API server says the pod no longer exists; nothing is served for it again",
+		"namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.UID)
+}
+
+// forgetLocked drops everything held for a pod. b.mu must be held.
+func (b *Broker) forgetLocked(uid types.UID, reason string) {
+	delete(b.known, uid)
+	delete(b.pending, uid)
+	b.gone.Add(uid, struct{}{})
+	b.podFetches.Remove(uid)
+	for _, req := range b.asked[uid] {
+		key := entryKey{uid: uid, req: req}
+		b.failures.Remove(key)
+		b.evict(key, reason)
+	}
+	delete(b.asked, uid)
+}
+
+// refreshTime picks when to refresh: at 40-60% of the span during which the
+// credential is fresh. Refreshing mid-span leaves as much time for retries
+// as it has already lasted, and the jitter keeps pods that were fetched
+// together (an agent restart, a rollout) from refreshing together.
+func refreshTime(e *entry) time.Time {
+	freshSpan := e.expiration.Sub(e.fetchedAt) - FreshnessFloor
+	if freshSpan <= 0 {
+		// Upstream granted less than we need: refresh soon, not in a loop.
+		return e.fetchedAt.Add(30 * time.Second)
+	}
+	return e.fetchedAt.Add(time.Duration(float64(freshSpan) * (0.4 + 0.2*rand.Float64())))
+}
