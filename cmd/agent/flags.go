@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 )
 
@@ -17,4 +18,15 @@ func (l *listFlag) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// firstEnv is the first of the named environment variables that is set, a
+// flag's default.
+func firstEnv(names ...string) string {
+	for _, n := range names {
+		if v := os.Getenv(n); v != "" {
+			return v
+		}
+	}
+	return ""
 }

@@ -31,8 +31,6 @@ import (
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
 	"github.com/credbroker/agent/pkg/api/podtoken"
 	"github.com/credbroker/agent/pkg/broker"
-	"github.com/credbroker/agent/pkg/exchange"
-	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 	"github.com/credbroker/agent/pkg/kube"
 	"github.com/credbroker/agent/pkg/nodetaint"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -52,17 +50,15 @@ type serveConfig struct {
 	shutdownGrace time.Duration
 	kubeQPS       float64
 	kubeBurst     int
-	stsRegion     string
-	stsEndpoint   string
-	// stsPartitions are ARN partitions of an S3-compatible STS's roles.
-	stsPartitions listFlag
 	broker        broker.Config
-	aws           broker.Cloud // the AWS cloud's settings; its exchanger is built in serve
-	gcp           gcpConfig
-	azure         azureConfig
-	podToken      podTokenConfig
-	allowedRoles  listFlag
-	waitForPod    time.Duration
+	// awsConfig is embedded, not named, so that its fields read as the
+	// serve config's own (c.stsRegion, c.aws), as they did before it had a
+	// file of its own.
+	awsConfig
+	gcp        gcpConfig
+	azure      azureConfig
+	podToken   podTokenConfig
+	waitForPod time.Duration
 	// startupPrefetchWait bounds how long a starting agent prefetches the
 	// node's pods before it binds its credential listeners.
 	startupPrefetchWait time.Duration
@@ -88,17 +84,10 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.probeListen, "probe-listen", "127.0.0.1:2703", "host:port for /healthz and /readyz")
 	fs.StringVar(&c.metricsListen, "metrics-listen", ":2705", "host:port for Prometheus /metrics")
 	fs.BoolVar(&c.enablePprof, "enable-pprof", false, "serve /debug/pprof on the metrics listener")
-	fs.StringVar(&c.stsRegion, "sts-region", firstEnv("AWS_REGION", "AWS_DEFAULT_REGION"), "STS region, for its regional endpoint (default $AWS_REGION)")
-	fs.StringVar(&c.stsEndpoint, "sts-endpoint", "", "STS endpoint URL overriding the regional one")
-	fs.Var(&c.stsPartitions, "sts-extra-arn-partitions", "ARN partitions accepted in role annotations besides AWS's, for an S3-compatible STS at --sts-endpoint (minio: arn:minio:iam:::role/ID); repeatable")
-	fs.DurationVar(&c.broker.SessionDuration, "session-duration", time.Hour, "lifetime of the credentials requested from STS (at least 30m)")
 	fs.DurationVar(&c.broker.TokenExpiration, "token-expiration", 10*time.Minute, "lifetime of the pod-bound ServiceAccount token (the API minimum is 10m)")
-	fs.StringVar(&c.aws.Audience, "audience", "sts.amazonaws.com", "audience of the ServiceAccount token exchanged at AWS STS")
-	fs.StringVar(&c.aws.Annotation, "role-annotation", "eks.amazonaws.com/role-arn", "ServiceAccount annotation naming the role")
 	fs.IntVar(&c.broker.PodFetchBurst, "pod-fetch-burst", 10, "credential fetches one pod's requests may cause at once (cache misses); background refreshes are not counted")
 	fs.DurationVar(&c.broker.PodFetchInterval, "pod-fetch-interval", 6*time.Second, "after --pod-fetch-burst, one more request-driven fetch per pod per this interval")
 	fs.BoolVar(&c.broker.AllowDefaultServiceAccount, "allow-default-service-account", false, "serve pods that run as their namespace's default ServiceAccount")
-	fs.Var(&c.allowedRoles, "allowed-role-arn", "glob pattern of role ARNs that may be assumed ('*' matches any characters); repeatable; empty allows all")
 	fs.IntVar(&c.broker.CacheSize, "cache-size", 4096, "maximum number of credentials cached (one per pod and request)")
 	fs.Float64Var(&c.broker.UpstreamQPS, "upstream-qps", 50, "fetches per second (one TokenRequest and one STS call each) across all pods")
 	fs.IntVar(&c.broker.UpstreamBurst, "upstream-burst", 100, "burst of fetches above --upstream-qps")
@@ -112,6 +101,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "how long in-flight requests may take to finish after SIGTERM")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
+	c.awsConfig.register(fs, &c.broker.SessionDuration)
 	c.guard.register(fs)
 	c.gcp.register(fs)
 	c.azure.register(fs)
@@ -129,7 +119,6 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	if len(c.listen) == 0 {
 		_ = c.listen.Set(defaultListen)
 	}
-	c.aws.Name, c.aws.AllowedIdentities = exchange.AWS, c.allowedRoles
 	if err := c.gcp.validate(); err != nil {
 		return c, err
 	}
@@ -145,10 +134,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		return c, fmt.Errorf("--session-duration %s leaves no room to refresh before the %s freshness floor; use at least %s", c.broker.SessionDuration, broker.FreshnessFloor, 2*broker.FreshnessFloor)
 	case c.nodeName == "":
 		return c, errors.New("--node-name (or $NODE_NAME) is required")
-	case c.stsRegion == "" && c.stsEndpoint == "":
-		return c, errors.New("--sts-region (or $AWS_REGION) or --sts-endpoint is required")
-	case len(c.stsPartitions) > 0 && c.stsEndpoint == "":
-		return c, errors.New("--sts-extra-arn-partitions needs --sts-endpoint: AWS's own STS knows only AWS partitions")
+	}
+	if err := c.awsConfig.validate(); err != nil {
+		return c, err
 	}
 	if err := c.guard.validate(); err != nil {
 		return c, err
@@ -160,15 +148,6 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		return c, err
 	}
 	return c, nil
-}
-
-func firstEnv(names ...string) string {
-	for _, n := range names {
-		if v := os.Getenv(n); v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
@@ -198,8 +177,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sts, err := awsexchange.New(awsexchange.Config{Region: cfg.stsRegion, Endpoint: cfg.stsEndpoint, Duration: cfg.broker.SessionDuration,
-		ExtraPartitions: cfg.stsPartitions})
+	aws, err := cfg.awsConfig.cloud(cfg.broker.SessionDuration)
 	if err != nil {
 		return err
 	}
@@ -211,8 +189,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}, func() float64 { return float64(resolver.Len()) }))
 
 	bcfg := cfg.broker
-	aws := cfg.aws
-	aws.Exchanger = sts
 	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Clouds = client.ServiceAccounts(), resolver, []broker.Cloud{aws}
 	if cfg.gcp.enabled() {
 		gcpCloud, err := cfg.gcp.cloud()
