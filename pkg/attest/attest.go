@@ -732,17 +732,26 @@ func (a *Attester) rescan(ctx context.Context, need time.Time) error {
 	if last.After(need) {
 		return nil
 	}
-	if wait := a.minRescan - time.Since(last); wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		}
+	if err := waitOut(ctx, a.minRescan-time.Since(last)); err != nil {
+		return err
 	}
 	_, err := a.scan()
 	return err
+}
+
+// waitOut waits d, or until ctx ends, and then returns its cause.
+func waitOut(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
 }
 
 // scan rebuilds the per-pod cache from /proc, keeping only pods the

@@ -126,14 +126,8 @@ func (x *procIndex) refresh(ctx context.Context, root string, need time.Time, fu
 	}
 	// Waited out without the lock, so that a full listing waiting its turn
 	// does not hold up incremental ones.
-	if wait := gap - time.Since(prev); wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		}
+	if err := waitOut(ctx, gap-time.Since(prev)); err != nil {
+		return err
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -329,12 +323,8 @@ func classifyFD(pid int, err error) error {
 func parseFDInfo(b []byte) (mnt int, ino uint64, ok bool) {
 	var haveMnt, haveIno bool
 	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
+		var line []byte
+		line, b, _ = bytes.Cut(b, newline)
 		k, v, found := bytes.Cut(line, []byte(":"))
 		if !found {
 			continue
@@ -369,34 +359,14 @@ func parseFDInfo(b []byte) (mnt int, ino uint64, ok bool) {
 // 64 hexadecimal digits, as all three runtimes make them.
 func containerIDFromCgroup(b []byte, uid string) string {
 	var found string
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
-		i := bytes.IndexByte(line, ':')
-		if i < 0 {
-			continue
-		}
-		j := bytes.IndexByte(line[i+1:], ':')
-		if j < 0 {
-			continue
-		}
-		segs := bytes.Split(line[i+1+j+1:], []byte("/"))
+	for path := range cgroupPaths(b) {
+		segs := bytes.Split(path, slash)
 		for k := 0; k+1 < len(segs); k++ {
 			if podUIDFromSegment(segs[k]) != uid {
 				continue
 			}
 			id := containerIDFromSegment(segs[k+1])
-			if id == "" {
-				continue
-			}
-			switch {
-			case found == "":
-				found = id
-			case found != id:
+			if id != "" && !agree(&found, id) {
 				return ""
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"os"
 	"strconv"
@@ -31,43 +32,51 @@ var errGone = errors.New("process gone")
 // ("/../../kubepods...").
 func podUIDFromCgroup(b []byte) string {
 	var found string
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
-		// hierarchy-ID:controller-list:cgroup-path
-		i := bytes.IndexByte(line, ':')
-		if i < 0 {
-			continue
-		}
-		j := bytes.IndexByte(line[i+1:], ':')
-		if j < 0 {
-			continue
-		}
-		path := line[i+1+j+1:]
+	for path := range cgroupPaths(b) {
 		for len(path) > 0 {
-			seg := path
-			if k := bytes.IndexByte(path, '/'); k >= 0 {
-				seg, path = path[:k], path[k+1:]
-			} else {
-				path = nil
-			}
+			var seg []byte
+			seg, path, _ = bytes.Cut(path, slash)
 			uid := podUIDFromSegment(seg)
-			if uid == "" {
-				continue
-			}
-			switch {
-			case found == "":
-				found = uid
-			case found != uid:
+			if uid != "" && !agree(&found, uid) {
 				return ""
 			}
 		}
 	}
 	return found
+}
+
+// Separators the parsers below cut lines at.
+var (
+	newline = []byte{'\n'}
+	colon   = []byte{':'}
+	slash   = []byte{'/'}
+)
+
+// cgroupPaths yields the path of each line of a /proc/<pid>/cgroup file
+// (hierarchy-ID:controller-list:cgroup-path), skipping lines without one.
+func cgroupPaths(b []byte) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for rest := b; len(rest) > 0; {
+			var line []byte
+			line, rest, _ = bytes.Cut(rest, newline)
+			_, fields, ok := bytes.Cut(line, colon)
+			if !ok {
+				continue
+			}
+			if _, path, ok := bytes.Cut(fields, colon); ok && !yield(path) {
+				return
+			}
+		}
+	}
+}
+
+// agree records v as what the lines of a file name, and reports false
+// when an earlier line named something else: two answers are none.
+func agree(found *string, v string) bool {
+	if *found == "" {
+		*found = v
+	}
+	return *found == v
 }
 
 // podUIDFromSegment returns the UID a single cgroup path segment names.
@@ -134,21 +143,32 @@ func classifyOpen(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// readSmall reads a small file below the directory into buf.
-func (d procDir) readSmall(name string, buf []byte) ([]byte, error) {
+// open opens a file below the directory for reading.
+func (d procDir) open(name string) (int, error) {
 	fd, err := unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, classifyOpen(fmt.Sprintf("opening /proc/%d/%s", d.pid, name), err)
+		return -1, classifyOpen(fmt.Sprintf("opening /proc/%d/%s", d.pid, name), err)
 	}
-	defer unix.Close(fd)
+	return fd, nil
+}
+
+// read is unix.Read, again when a signal interrupted it.
+func read(fd int, buf []byte) (int, error) {
+	for {
+		k, err := unix.Read(fd, buf)
+		if err != unix.EINTR {
+			return k, err
+		}
+	}
+}
+
+// readFull reads fd into buf until the end of the file or of buf.
+func readFull(fd int, buf []byte) ([]byte, error) {
 	n := 0
 	for n < len(buf) {
-		k, err := unix.Read(fd, buf[n:])
+		k, err := read(fd, buf[n:])
 		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return nil, classifyOpen(fmt.Sprintf("reading /proc/%d/%s", d.pid, name), err)
+			return nil, err
 		}
 		if k == 0 {
 			break
@@ -156,6 +176,20 @@ func (d procDir) readSmall(name string, buf []byte) ([]byte, error) {
 		n += k
 	}
 	return buf[:n], nil
+}
+
+// readSmall reads a small file below the directory into buf.
+func (d procDir) readSmall(name string, buf []byte) ([]byte, error) {
+	fd, err := d.open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	b, err := readFull(fd, buf)
+	if err != nil {
+		return nil, classifyOpen(fmt.Sprintf("reading /proc/%d/%s", d.pid, name), err)
+	}
+	return b, nil
 }
 
 // netnsInode returns the inode of the process's network namespace, or 0
@@ -224,21 +258,7 @@ func readFileInto(path string, buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	n := 0
-	for n < len(buf) {
-		k, err := unix.Read(fd, buf[n:])
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return nil, err
-		}
-		if k == 0 {
-			break
-		}
-		n += k
-	}
-	return buf[:n], nil
+	return readFull(fd, buf)
 }
 
 // TCP states as /proc/net/tcp prints them (include/net/tcp_states.h).
@@ -357,19 +377,16 @@ const maxTableKeep = 1 << 20
 // before it started.
 func (d procDir) readTable(v6 bool, server []byte, buf []byte) ([]byte, error) {
 	name := tableName(v6)
-	fd, err := unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := d.open(name)
 	if err != nil {
-		return nil, classifyOpen(fmt.Sprintf("opening /proc/%d/%s", d.pid, name), err)
+		return nil, err
 	}
 	defer unix.Close(fd)
 	var keep []byte
 	n := 0 // bytes of buf holding an incomplete line
 	for {
-		k, err := unix.Read(fd, buf[n:])
+		k, err := read(fd, buf[n:])
 		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
 			return nil, classifyOpen(fmt.Sprintf("reading /proc/%d/%s", d.pid, name), err)
 		}
 		if k == 0 {

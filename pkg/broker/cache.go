@@ -47,13 +47,19 @@ func (b *Broker) record(pod podresolve.Pod, key entryKey, who principal, e *entr
 	if b.gone.Contains(pod.UID) || b.dead.Contains(pod.UID) {
 		return nil
 	}
+	b.storeLocked(key, e, now)
+	return nil
+}
+
+// storeLocked caches e under key, in place of any failure remembered for
+// it, and schedules its refresh. b.mu must be held.
+func (b *Broker) storeLocked(key entryKey, e *entry, now time.Time) {
 	b.askedLocked(key)
 	if b.cache.Add(key, e) {
 		b.metrics.evictions.WithLabelValues(evictCapacity).Inc()
 	}
 	b.failures.Remove(key)
 	b.queue.AddAfter(key, max(e.refreshAt.Sub(now), 0))
-	return nil
 }
 
 // askedLocked records that the pod holds an entry for key.req, and drops

@@ -164,12 +164,7 @@ func (b *Broker) Import(c Carried) error {
 	if _, ok := b.cache.Peek(key); ok {
 		return refuse(ImportCached, "pod %s/%s", pod.Namespace, pod.Name)
 	}
-	b.askedLocked(key)
-	if b.cache.Add(key, e) {
-		b.metrics.evictions.WithLabelValues(evictCapacity).Inc()
-	}
-	b.failures.Remove(key)
-	b.queue.AddAfter(key, max(e.refreshAt.Sub(now), 0))
+	b.storeLocked(key, e, now)
 	return nil
 }
 
