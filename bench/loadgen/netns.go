@@ -10,7 +10,7 @@ import (
 
 // Namespace is a network namespace that connections can be opened in: the
 // integration harness's handle, so that one implementation of "dial from
-// inside a namespace" serves the tests, the benchmark and cmd/loadgen.
+// inside a namespace" serves the tests, the benchmark and bench/cmd/loadgen.
 type Namespace = netns.Handle
 
 // OpenNamespace opens a network namespace by name (as created by

@@ -309,7 +309,7 @@ func renderMarkdown(o options, r *results) string {
 		"joined to the host by a veth pair, and a pod object on the control plane with that address. " +
 		"The generator opens every connection inside the pod's namespace (setns on a locked OS thread, then dial), " +
 		"so the agent sees the pod's address and resolves it as it would in a cluster.\n")
-	w("- **Generator** (`bench/loadgen`, also `cmd/loadgen`): request *i* goes to pod *i mod N*; keep-alive runs keep " +
+	w("- **Generator** (`bench/loadgen`, also `bench/cmd/loadgen`): request *i* goes to pod *i mod N*; keep-alive runs keep " +
 		"connections per pod, newconn runs dial per request. Closed loop: a fixed number of requests in flight. Fixed rate: " +
 		"requests released on schedule, latency counted from the due time. Percentiles are exact (every sample sorted). " +
 		"Only 200 answers are timed; other outcomes are counted by status.\n")
