@@ -1,7 +1,7 @@
 // Package broker turns "a pod on this node asks" into "here are that pod's
 // cloud credentials". It owns the pod-bound TokenRequest, the per-pod
 // credential cache with refresh-ahead, the de-duplication and rate limiting of
-// upstream calls, the container-credentials HTTP API and its metrics.
+// upstream calls, and their metrics; the wire surfaces (pkg/api) serve it.
 //
 // Guarantees:
 //   - A credential is cached under the UID of the pod it was minted for, along
