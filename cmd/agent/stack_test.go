@@ -26,6 +26,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -55,15 +56,14 @@ var testPods = map[string]podresolve.Pod{
 // Markers the fakes put into every secret, so that a leak can be found.
 var secretMarkers = []string{"SATOKEN-", "SECRETKEY-", "SESSIONTOKEN-"}
 
-type fakeResolver struct{}
-
-func (fakeResolver) Resolve(_ context.Context, addr netip.Addr) (podresolve.Pod, error) {
-	p, ok := testPods[addr.String()]
-	if !ok {
-		return podresolve.Pod{}, podresolve.ErrNotFound
+// fakeResolver resolves testPods' addresses.
+func fakeResolver() *testfake.Resolver {
+	r := &testfake.Resolver{}
+	for addr, p := range testPods {
+		p.IPs = []netip.Addr{netip.MustParseAddr(addr)}
+		r.Set(addr, p)
 	}
-	p.IPs = []netip.Addr{addr}
-	return p, nil
+	return r
 }
 
 // fakeExchanger names the pod in the access key id (read back from the
@@ -164,7 +164,7 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	}
 	s.grd = grd
 	brk, err := broker.New(broker.Config{
-		ServiceAccounts: kubetest.ServiceAccounts(fakeKube(t)), Resolver: fakeResolver{}, Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}},
+		ServiceAccounts: kubetest.ServiceAccounts(fakeKube(t)), Resolver: fakeResolver(), Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}},
 		Registerer: s.reg, Logger: grd.brokerLogger(),
 	})
 	if err != nil {

@@ -103,7 +103,7 @@ func surfaceStack(t *testing.T, args []string) string {
 		t.Fatal(err)
 	}
 	bcfg := cfg.broker // as serve builds it
-	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Clouds = kubetest.ServiceAccounts(kc), fakeResolver{}, clouds
+	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Clouds = kubetest.ServiceAccounts(kc), fakeResolver(), clouds
 	bcfg.Registerer, bcfg.Logger = reg, grd.brokerLogger()
 	brk, err := broker.New(bcfg)
 	if err != nil {

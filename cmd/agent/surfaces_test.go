@@ -18,7 +18,7 @@ import (
 // Every spelling of the metadata tree's root reaches the GCE surface, and
 // refusals made in front of it (the guard's) still carry Metadata-Flavor.
 func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
-	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver{},
+	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
 		Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}}})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -135,7 +136,7 @@ func TestResolverOutcomes(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.err.Error(), func(t *testing.T) {
 			e := newEnv(t, nil)
-			e.resolver.fail("192.168.1.10", c.err)
+			e.resolver.Fail("192.168.1.10", c.err)
 			r := e.get("192.168.1.10")
 			if r.status != c.status || r.errObj["code"] != c.code || r.errObj["Code"] != c.code {
 				t.Fatalf("got %d %v, want %d %s", r.status, r.errObj, c.status, c.code)
@@ -529,7 +530,7 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	base := func() Config {
-		return Config{ServiceAccounts: kubetest.ServiceAccounts(newEnv(t, nil).client), Resolver: &fakeResolver{},
+		return Config{ServiceAccounts: kubetest.ServiceAccounts(newEnv(t, nil).client), Resolver: &testfake.Resolver{},
 			Clouds: []Cloud{{Name: exchange.AWS, Exchanger: &fakeExchanger{}}}}
 	}
 	cases := map[string]func(*Config){

@@ -308,7 +308,7 @@ func TestRefusalsRecordEventsOnThePod(t *testing.T) {
 	e.serviceAccount("ns", "plain", "")
 	e.pod("10.0.0.1", "ns", "app-1", "plain")
 	e.pod("10.0.0.2", "ns", "app-2", "default")
-	e.resolver.fail("10.0.0.3", podresolve.ErrNotFound)
+	e.resolver.Fail("10.0.0.3", podresolve.ErrNotFound)
 	for _, addr := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {
 		e.get(addr)
 	}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 )
 
@@ -116,7 +117,7 @@ func TestLifetimeIsPerCloud(t *testing.T) {
 
 // A lifetime a cloud cannot refresh within is refused at start.
 func TestCloudLifetimeBelowTheFloorIsRefused(t *testing.T) {
-	cfg := Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: &fakeResolver{}, Clouds: []Cloud{{Name: exchange.AWS, Exchanger: &fakeExchanger{}, Lifetime: 20 * time.Minute}}}
+	cfg := Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: &testfake.Resolver{}, Clouds: []Cloud{{Name: exchange.AWS, Exchanger: &fakeExchanger{}, Lifetime: 20 * time.Minute}}}
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "lifetime") {
 		t.Errorf("New: %v, want a lifetime error", err)
 	}

@@ -25,6 +25,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -32,38 +33,6 @@ import (
 var t0 = time.Date(2026, 11, 27, 6, 0, 0, 0, time.UTC)
 
 const roleAnnotation = "eks.amazonaws.com/role-arn"
-
-// fakeResolver maps addresses to pods or errors; tests change it to model
-// pods coming and going.
-type fakeResolver struct {
-	mu   sync.Mutex
-	pods map[netip.Addr]podresolve.Pod
-	errs map[netip.Addr]error
-}
-
-func (r *fakeResolver) Resolve(_ context.Context, addr netip.Addr) (podresolve.Pod, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err, ok := r.errs[addr]; ok {
-		return podresolve.Pod{}, err
-	}
-	if p, ok := r.pods[addr]; ok {
-		return p, nil
-	}
-	return podresolve.Pod{}, podresolve.ErrNotFound
-}
-
-func (r *fakeResolver) set(addr string, p podresolve.Pod) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.pods[netip.MustParseAddr(addr)] = p
-}
-
-func (r *fakeResolver) fail(addr string, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.errs[netip.MustParseAddr(addr)] = err
-}
 
 // fakeExchanger mints distinct, recognisable credentials per call. Its
 // behaviour can be swapped with fn; calls are counted.
@@ -119,7 +88,7 @@ type testEnv struct {
 	t         testing.TB
 	clock     *clocktesting.FakeClock
 	client    *fake.Clientset
-	resolver  *fakeResolver
+	resolver  *testfake.Resolver
 	exchanger *fakeExchanger
 	broker    *Broker
 	reg       *prometheus.Registry
@@ -154,7 +123,7 @@ func (s *syncBuffer) String() string {
 func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, clock: clocktesting.NewFakeClock(t0), client: fake.NewClientset(),
-		resolver: &fakeResolver{pods: map[netip.Addr]podresolve.Pod{}, errs: map[netip.Addr]error{}},
+		resolver: &testfake.Resolver{},
 		reg:      prometheus.NewRegistry(), logs: &syncBuffer{}}
 	e.exchanger = &fakeExchanger{clock: e.clock}
 	e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -249,7 +218,7 @@ func (e *testEnv) setRole(ns, name, role string) {
 func (e *testEnv) pod(addr, ns, name, sa string) podresolve.Pod {
 	p := podresolve.Pod{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name), ServiceAccount: sa,
 		IPs: []netip.Addr{netip.MustParseAddr(addr)}}
-	e.resolver.set(addr, p)
+	e.resolver.Set(addr, p)
 	return p
 }
 

@@ -74,7 +74,7 @@ func TestContainerRules(t *testing.T) {
 	at := func(c *podresolve.Container) {
 		q := p
 		q.Container = c
-		e.resolver.set("10.0.0.9", q)
+		e.resolver.Set("10.0.0.9", q)
 	}
 	allowed := &podresolve.Container{ID: "1", Name: "app", Kind: podresolve.ContainerRegular, Image: "registry.example/team/app:v1", ImageID: "registry.example/team/app@sha256:0001"}
 	byDigest := &podresolve.Container{ID: "2", Name: "sidecar", Kind: podresolve.ContainerRegular, Image: "elsewhere/sidecar:v1", ImageID: "elsewhere/sidecar@sha256:feed"}
@@ -136,12 +136,12 @@ func TestContainerRules(t *testing.T) {
 	e.serviceAccount("ns", "plain", roleB)
 	q := e.pod("10.0.0.10", "ns", "q", "plain")
 	q.Container = other
-	e.resolver.set("10.0.0.10", q)
+	e.resolver.Set("10.0.0.10", q)
 	if r := e.get("10.0.0.10"); r.status != http.StatusOK {
 		t.Fatalf("no image list: %d %s", r.status, r.body)
 	}
 	q.Container = debug
-	e.resolver.set("10.0.0.10", q)
+	e.resolver.Set("10.0.0.10", q)
 	if r := e.get("10.0.0.10"); r.status != http.StatusForbidden || r.errObj["code"] != CodeEphemeralNotAllowed {
 		t.Fatalf("ephemeral container, no annotations: %d %v", r.status, r.errObj)
 	}

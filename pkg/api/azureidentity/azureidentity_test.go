@@ -15,6 +15,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -40,17 +41,17 @@ var errRefused = &broker.Refusal{Code: broker.CodeIdentityNotAllowed,
 // fakeBroker answers for one pod whose ServiceAccount names testClientID.
 // Like the real broker it refuses another client ID.
 type fakeBroker struct {
+	testfake.Reports[broker.Failure] // LogFailure, ObserveRequest
+
 	clock   *clocktesting.FakePassiveClock
 	credErr error
 	// failFirst makes the first failFirst calls fail with errTransient.
 	failFirst int
 	lifetime  time.Duration // default one hour
 
-	mu       sync.Mutex
-	addrs    []netip.Addr
-	reqs     []broker.Request
-	logged   []broker.Failure
-	observed []int
+	mu    sync.Mutex
+	addrs []netip.Addr
+	reqs  []broker.Request
 }
 
 func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error) {
@@ -84,18 +85,6 @@ func (f *fakeBroker) calls() int {
 }
 
 var errTransient = errors.New("upstream is down")
-
-func (f *fakeBroker) LogFailure(_ context.Context, _ netip.Addr, _ podresolve.Pod, fl broker.Failure, _ error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.logged = append(f.logged, fl)
-}
-
-func (f *fakeBroker) ObserveRequest(code int, _ time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.observed = append(f.observed, code)
-}
 
 func newTest(t *testing.T, mod func(*fakeBroker, *Config)) (*Handler, *fakeBroker) {
 	t.Helper()
@@ -221,8 +210,8 @@ func TestAppServiceAnswer(t *testing.T) {
 	if len(fb.addrs) != 1 || fb.addrs[0] != netip.MustParseAddr(podAddr) {
 		t.Errorf("addresses %v", fb.addrs)
 	}
-	if len(fb.observed) != 1 || fb.observed[0] != http.StatusOK {
-		t.Errorf("observed %v", fb.observed)
+	if len(fb.Observed()) != 1 || fb.Observed()[0] != http.StatusOK {
+		t.Errorf("observed %v", fb.Observed())
 	}
 }
 
@@ -465,8 +454,8 @@ func TestClientID(t *testing.T) {
 	if code != broker.CodeIdentityNotAllowed || desc != errRefused.Message {
 		t.Errorf("error %q %q", code, desc)
 	}
-	if len(fb.logged) != 1 || fb.logged[0].Class != broker.Refused {
-		t.Errorf("logged %+v", fb.logged)
+	if len(fb.Logged()) != 1 || fb.Logged()[0].Class != broker.Refused {
+		t.Errorf("logged %+v", fb.Logged())
 	}
 	if strings.Contains(w.Body.String(), otherClient) {
 		t.Errorf("the answer echoes the caller's client_id: %s", w.Body)
@@ -531,8 +520,8 @@ func TestFailureStatus(t *testing.T) {
 				t.Errorf("%+v: Retry-After %q, want %q", c.f, got, c.retryAfter)
 			}
 		}
-		if len(fb.logged) != 2 || fb.observed[0] != c.status {
-			t.Errorf("%+v: logged %+v observed %v", c.f, fb.logged, fb.observed)
+		if len(fb.Logged()) != 2 || fb.Observed()[0] != c.status {
+			t.Errorf("%+v: logged %+v observed %v", c.f, fb.Logged(), fb.Observed())
 		}
 	}
 	for _, class := range []broker.Class{broker.Unavailable, broker.Throttled, broker.Refused, 0, 99} {

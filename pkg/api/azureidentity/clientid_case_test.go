@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +19,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -34,13 +34,6 @@ const clientAnnotation = "azure.workload.identity/client-id"
 // mixedClientID is a client ID with letters, as Entra shows them (lower
 // case); the Azure portal and some tools print them in upper case.
 const mixedClientID = "5b7c1a2e-3f4d-4e6a-9b8c-0d1e2f3a4b5c"
-
-// anyAddrResolver answers every address with one pod.
-type anyAddrResolver struct{ pod podresolve.Pod }
-
-func (r anyAddrResolver) Resolve(context.Context, netip.Addr) (podresolve.Pod, error) {
-	return r.pod, nil
-}
 
 // entraExchanger stands for pkg/exchange/azure at its interface: a token
 // naming the client ID and resource it was asked for.
@@ -83,7 +76,7 @@ func TestGoClientIDInAnotherCase(t *testing.T) {
 	newBroker := func(sa string) *broker.Broker {
 		b, err := broker.New(broker.Config{
 			ServiceAccounts: kubetest.ServiceAccounts(client),
-			Resolver:        anyAddrResolver{podresolve.Pod{Namespace: "ns", Name: sa + "-0", UID: types.UID("uid-" + sa), ServiceAccount: sa}},
+			Resolver:        testfake.OnePod{Pod: podresolve.Pod{Namespace: "ns", Name: sa + "-0", UID: types.UID("uid-" + sa), ServiceAccount: sa}},
 			Clouds: []broker.Cloud{{Name: exchange.Azure, Exchanger: x, Audience: "api://AzureADTokenExchange", Annotation: clientAnnotation,
 				DefaultTenant: "72f988bf-86f1-41af-91ab-2d7cd011db47", AllowedIdentities: []string{"5B7C1A2E-*"}}},
 		})

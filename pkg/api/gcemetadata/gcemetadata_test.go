@@ -16,6 +16,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -34,6 +35,8 @@ var t0 = time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
 // fakeBroker answers for one pod. Its identity is testEmail unless
 // federated is set.
 type fakeBroker struct {
+	testfake.Reports[broker.Failure] // LogFailure, ObserveRequest
+
 	clock     *clocktesting.FakePassiveClock
 	federated bool
 	// answerIdentity, when set, is the identity Credentials answers with
@@ -47,8 +50,6 @@ type fakeBroker struct {
 	addrs         []netip.Addr
 	reqs          []broker.Request
 	identityCalls int
-	logged        []broker.Failure
-	observed      []int
 }
 
 var testPod = podresolve.Pod{Namespace: "ns", Name: "app-0", UID: "uid-1", ServiceAccount: "app"}
@@ -99,18 +100,6 @@ func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.
 		c.IDToken = exchange.Secret(fakeJWT(req.Scope, c.Expiration))
 	}
 	return broker.Answer{Pod: testPod, Identity: id, Credentials: c}, nil
-}
-
-func (f *fakeBroker) LogFailure(_ context.Context, _ netip.Addr, _ podresolve.Pod, fl broker.Failure, _ error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.logged = append(f.logged, fl)
-}
-
-func (f *fakeBroker) ObserveRequest(code int, _ time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.observed = append(f.observed, code)
 }
 
 // fakeJWT is shaped like a Google ID token: clients decode its payload
@@ -286,8 +275,8 @@ func TestRules(t *testing.T) {
 			if tc.location != "" && w.Header().Get("Location") != tc.location {
 				t.Errorf("Location %q, want %q", w.Header().Get("Location"), tc.location)
 			}
-			if len(fb.observed) != 1 || fb.observed[0] != tc.status {
-				t.Errorf("observed %v, want [%d]", fb.observed, tc.status)
+			if len(fb.Observed()) != 1 || fb.Observed()[0] != tc.status {
+				t.Errorf("observed %v, want [%d]", fb.Observed(), tc.status)
 			}
 			if tc.status >= 300 && len(fb.reqs) != 0 {
 				t.Errorf("a refused request reached Credentials: %v", fb.reqs)
@@ -485,8 +474,8 @@ func TestFailures(t *testing.T) {
 				if w.Header().Get("Metadata-Flavor") != "Google" || w.Header().Get("Content-Type") != "text/plain; charset=utf-8" {
 					t.Errorf("headers %v", w.Header())
 				}
-				if len(fb.logged) != 1 || fb.logged[0] != tc.f {
-					t.Errorf("logged %+v, want [%+v]", fb.logged, tc.f)
+				if len(fb.Logged()) != 1 || fb.Logged()[0] != tc.f {
+					t.Errorf("logged %+v, want [%+v]", fb.Logged(), tc.f)
 				}
 			})
 		}

@@ -22,6 +22,7 @@ import (
 	"cloud.google.com/go/compute/metadata"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -32,26 +33,6 @@ import (
 // exchanger, and read it with the real Go client.
 
 const gcpAnnotation = "iam.gke.io/gcp-service-account"
-
-type oneResolver struct {
-	mu  sync.Mutex
-	pod podresolve.Pod
-}
-
-func (r *oneResolver) Resolve(_ context.Context, addr netip.Addr) (podresolve.Pod, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if addr != loopback || r.pod.UID == "" {
-		return podresolve.Pod{}, podresolve.ErrNotFound
-	}
-	return r.pod, nil
-}
-
-func (r *oneResolver) set(p podresolve.Pod) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.pod = p
-}
 
 // gcpExchanger behaves like pkg/exchange/gcp at its interface: access
 // tokens naming the role and scopes, identity tokens only for a role.
@@ -100,7 +81,7 @@ func TestRealBroker(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res := &oneResolver{}
+	res := &testfake.Resolver{}
 	x := &gcpExchanger{}
 	prefetch, err := TokenRequest([]string{DefaultScope})
 	if err != nil {
@@ -133,7 +114,7 @@ func TestRealBroker(t *testing.T) {
 	c := metadataClient(ts)
 	cctx := ctxT(t)
 	pod := func(sa string) {
-		res.set(podresolve.Pod{Namespace: "ns", Name: sa + "-0", UID: types.UID("uid-ns-" + sa), ServiceAccount: sa, IPs: []netip.Addr{loopback}})
+		res.Set(loopback.String(), podresolve.Pod{Namespace: "ns", Name: sa + "-0", UID: types.UID("uid-ns-" + sa), ServiceAccount: sa, IPs: []netip.Addr{loopback}})
 	}
 
 	t.Run("annotated", func(t *testing.T) {

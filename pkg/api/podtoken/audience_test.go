@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -96,12 +96,6 @@ func TestCheckPrefix(t *testing.T) {
 	}
 }
 
-type fixedResolver struct{ pod podresolve.Pod }
-
-func (r fixedResolver) Resolve(context.Context, netip.Addr) (podresolve.Pod, error) {
-	return r.pod, nil
-}
-
 // Over the real broker: a pod whose ServiceAccount lists every https
 // audience (and a cluster prefix of https://, which CheckPrefix refuses at
 // start, so that only the request-time rule stands here) asks for the GCP
@@ -127,7 +121,7 @@ func TestReservedAudienceUnderAnotherSpelling(t *testing.T) {
 	for _, prefix := range []string{"https://", "//", "api://", "sts."} {
 		t.Run(prefix, func(t *testing.T) {
 			b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(client),
-				Resolver: fixedResolver{podresolve.Pod{Namespace: "ns", Name: "app-0", UID: "uid-app", ServiceAccount: "app"}},
+				Resolver: testfake.OnePod{Pod: podresolve.Pod{Namespace: "ns", Name: "app-0", UID: "uid-app", ServiceAccount: "app"}},
 				Clouds:   []broker.Cloud{BrokerCloud(CloudConfig{Prefix: prefix, Annotation: annotation, Reserved: reserved})}})
 			if err != nil {
 				t.Fatal(err)

@@ -10,12 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 type fakeBroker struct {
+	testfake.Reports[broker.Failure] // LogFailure, ObserveRequest
+
 	requests []broker.Request
 	err      error
 }
@@ -28,8 +31,6 @@ func (f *fakeBroker) Credentials(_ context.Context, _ netip.Addr, req broker.Req
 	return broker.Answer{Credentials: &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: "eyJ.pod-token.sig",
 		Expiration: time.Date(2026, 12, 2, 2, 0, 0, 500, time.UTC)}}, nil
 }
-func (f *fakeBroker) LogFailure(context.Context, netip.Addr, podresolve.Pod, broker.Failure, error) {}
-func (f *fakeBroker) ObserveRequest(int, time.Duration)                                             {}
 
 func get(h http.Handler, target, accept string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(http.MethodGet, target, nil)

@@ -1,0 +1,47 @@
+package testfake
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/credbroker/agent/pkg/podresolve"
+)
+
+func TestResolver(t *testing.T) {
+	ctx := context.Background()
+	var r Resolver
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	if _, err := r.Resolve(ctx, a); !errors.Is(err, podresolve.ErrNotFound) {
+		t.Errorf("zero Resolver: %v, want ErrNotFound", err)
+	}
+	r.Set("10.0.0.1", podresolve.Pod{Name: "a"})
+	if p, err := r.Resolve(ctx, a); err != nil || p.Name != "a" {
+		t.Errorf("after Set: %+v, %v", p, err)
+	}
+	if _, err := r.Resolve(ctx, b); !errors.Is(err, podresolve.ErrNotFound) {
+		t.Errorf("another address: %v, want ErrNotFound", err)
+	}
+	boom := errors.New("boom")
+	r.Fail("10.0.0.1", boom)
+	if _, err := r.Resolve(ctx, a); !errors.Is(err, boom) {
+		t.Errorf("after Fail: %v, want the error", err)
+	}
+	if p, _ := (OnePod{Pod: podresolve.Pod{Name: "one"}}).Resolve(ctx, b); p.Name != "one" {
+		t.Errorf("OnePod answered %+v", p)
+	}
+}
+
+func TestReports(t *testing.T) {
+	var r Reports[string]
+	r.LogFailure(context.Background(), netip.Addr{}, podresolve.Pod{}, "refused", nil)
+	r.ObserveRequest(403, 0)
+	r.ObserveRequest(200, 0)
+	if got := r.Logged(); len(got) != 1 || got[0] != "refused" {
+		t.Errorf("Logged = %q", got)
+	}
+	if got := r.Observed(); len(got) != 2 || got[0] != 403 || got[1] != 200 {
+		t.Errorf("Observed = %v", got)
+	}
+}
