@@ -55,6 +55,17 @@ func TestTiny(t *testing.T) {
 	if got := s.WatchEvents["Pod"]; got < nodes*perNode && s.ListBytes["pods"] == 0 {
 		t.Errorf("start: %v pod watch events and no pod LIST bytes, want at least %d pods delivered", got, nodes*perNode)
 	}
+	// The agents listed their node's pods through the watch cache's
+	// spec.nodeName index (the node-restricted probe's LIST of one pod
+	// too) instead of streaming them, which goes through every pod of the
+	// cluster for each agent.
+	all := float64(nodes * (perNode + 1)) // the agents' own pods too
+	if got := s.CacheListFetched["pods f:spec.nodeName"]; got != 2*all {
+		t.Errorf("start: the watch cache went through %v pods by the spec.nodeName index, want %v (twice each node's)", got, 2*all)
+	}
+	if got := s.InitEvents["pods"]; got >= all {
+		t.Errorf("start: %v pods went through the watch cache as initial events, want fewer than the cluster's %v (no streamed list)", got, all)
+	}
 	if got := s.Requests["GET pods"]; got != 0 {
 		t.Errorf("start: %v GET pods, want 0", got)
 	}
@@ -78,7 +89,6 @@ func TestTiny(t *testing.T) {
 	// A streamed list of one node's pods makes the watch cache go through
 	// every pod of the cluster (no index on that path); a LIST goes
 	// through the node's own (the spec.nodeName index).
-	all := float64(nodes * (perNode + 1)) // the agents' own pods too
 	if got := res.PodWatchLists.InitEvents["pods"]; got != 2*all {
 		t.Errorf("2 streamed lists of one node's pods: %v initial events went through the watch cache, want %v", got, 2*all)
 	}
