@@ -23,6 +23,7 @@ import (
 	"github.com/credbroker/agent/integration/entra"
 	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/oidcsts"
+	"github.com/credbroker/agent/integration/peer"
 )
 
 // Moto is a moto_server: STS, IAM and S3 on one port. Unlike oidcsts it can
@@ -173,30 +174,12 @@ func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.S
 	if cfg.Addr == "" {
 		cfg.Addr = "169.254.170.23:0"
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(cp.CACert)
-	client := &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &BearerTransport{Token: cp.AdminToken, Base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
-	}
 	s, err := oidcsts.New(oidcsts.Config{
 		Issuer:     cp.Issuer,
-		HTTPClient: client,
+		HTTPClient: cp.AdminHTTPClient(),
 		Roles:      cfg.Roles,
 		Log:        cfg.Log,
-		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
-			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				return "", oidcsts.ErrPodNotFound
-			}
-			if err != nil {
-				return "", err
-			}
-			if pod.DeletionTimestamp != nil {
-				return "", oidcsts.ErrPodNotFound
-			}
-			return string(pod.UID), nil
-		},
+		PodUID:     cp.podUID,
 	})
 	if err != nil {
 		return nil, err
@@ -232,20 +215,11 @@ func (cp *ControlPlane) StartGoogleSTS(ctx context.Context, cfg GoogleSTSConfig)
 	}
 	s, err := googlests.New(googlests.Config{
 		Issuer:        cp.Issuer,
-		HTTPClient:    cp.adminHTTPClient(),
+		HTTPClient:    cp.AdminHTTPClient(),
 		Provider:      cfg.Provider,
 		Impersonation: cfg.Impersonation,
 		Log:           cfg.Log,
-		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
-			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
-				return "", googlests.ErrPodNotFound
-			}
-			if err != nil {
-				return "", err
-			}
-			return string(pod.UID), nil
-		},
+		PodUID:        cp.podUID,
 	})
 	if err != nil {
 		return nil, err
@@ -292,21 +266,12 @@ func (cp *ControlPlane) StartEntra(ctx context.Context, cfg EntraConfig) (*entra
 	}
 	s, err := entra.New(entra.Config{
 		Issuer:      cp.Issuer,
-		HTTPClient:  cp.adminHTTPClient(),
+		HTTPClient:  cp.AdminHTTPClient(),
 		Credentials: creds,
 		Tenants:     cfg.Tenants,
 		Resources:   cfg.Resources,
 		Log:         cfg.Log,
-		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
-			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
-				return "", entra.ErrPodNotFound
-			}
-			if err != nil {
-				return "", err
-			}
-			return string(pod.UID), nil
-		},
+		PodUID:      cp.podUID,
 	})
 	if err != nil {
 		return nil, err
@@ -317,9 +282,22 @@ func (cp *ControlPlane) StartEntra(ctx context.Context, cfg EntraConfig) (*entra
 	return s, nil
 }
 
-// adminHTTPClient talks to the API server as the admin, for clients that
+// podUID is the peers' pod-binding lookup: a pod being deleted no longer
+// exists for them, as it no longer does for the agent.
+func (cp *ControlPlane) podUID(ctx context.Context, namespace, name string) (string, error) {
+	pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
+		return "", peer.ErrPodNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(pod.UID), nil
+}
+
+// AdminHTTPClient talks to the API server as the admin, for clients that
 // are not client-go (OIDC discovery and JWKS).
-func (cp *ControlPlane) adminHTTPClient() *http.Client {
+func (cp *ControlPlane) AdminHTTPClient() *http.Client {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(cp.CACert)
 	return &http.Client{
