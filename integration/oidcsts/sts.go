@@ -43,6 +43,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credbroker/agent/integration/clusterkeys"
 	"github.com/credbroker/agent/integration/peer"
 )
 
@@ -198,7 +199,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	return &Server{
 		cfg:   cfg,
-		keys:  &keySet{issuer: cfg.Issuer, client: cfg.HTTPClient},
+		keys:  clusterkeys.NewKeySet(cfg.Issuer, cfg.HTTPClient),
 		log:   log,
 		ln:    peer.NewListener("oidcsts"),
 		roles: roles,
@@ -462,7 +463,7 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 	if token == "" {
 		return nil, invalid("missing WebIdentityToken")
 	}
-	c, err := s.keys.verify(ctx, token)
+	c, err := s.keys.Verify(ctx, token)
 	if errors.Is(err, errBadToken) {
 		return nil, invalid("%v", err)
 	}
@@ -475,12 +476,12 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 	switch {
 	case c.Issuer != s.cfg.Issuer:
 		return nil, invalid("issuer %q is not trusted", c.Issuer)
-	case !c.Audience.contains(s.cfg.Audience):
+	case !c.Audience.Contains(s.cfg.Audience):
 		return nil, invalid("Incorrect token audience")
-	case c.Expiry == 0 || now >= c.Expiry:
+	case c.Expiry == nil || now >= int64(*c.Expiry):
 		s.invalid.Add(1)
 		return nil, &stsError{http.StatusBadRequest, "ExpiredTokenException", "Token expired"}
-	case c.NotBefore != 0 && now+60 < c.NotBefore:
+	case c.NotBefore != nil && now+60 < int64(*c.NotBefore):
 		return nil, invalid("token not yet valid")
 	}
 	if s.cfg.PodUID != nil {
