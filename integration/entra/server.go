@@ -452,22 +452,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	fault := s.fault
 	s.mu.Unlock()
-	if fault.applies(ep) {
-		if fault.Reset {
-			s.nFaulted.Add(1)
-			s.log.Info("entra call", "endpoint", ep, "fault", "connection reset")
-			peer.ResetConnection(w)
-			return
-		}
-		if !peer.Delay(r.Context(), fault.Latency) {
-			return
-		}
-		if fault.Status != 0 {
-			s.nFaulted.Add(1)
-			s.log.Info("entra call", "endpoint", ep, "fault", fault.Status)
-			s.writeError(w, faultError(fault.Status))
-			return
-		}
+	if fault.applies(ep) && peer.Inject(w, r, fault.Reset, fault.Latency, fault.Status, func(what any) {
+		s.nFaulted.Add(1)
+		s.log.Info("entra call", "endpoint", ep, "fault", what)
+	}, func(status int) { s.writeError(w, faultError(status)) }) {
+		return
 	}
 	var (
 		out any

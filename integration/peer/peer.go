@@ -184,3 +184,26 @@ func RandomString(n int, alphabet string) string {
 	}
 	return string(b)
 }
+
+// Inject answers a call as an injected fault says, in the peers' order: a
+// reset connection; else latency (when the client gives up first, the call
+// ends unanswered); else, for a non-zero status, the peer's own error for
+// it (writeStatus). faulted is told of every reset and faulted status (the
+// peer counts and logs it). Inject reports whether the call is over.
+func Inject(w http.ResponseWriter, r *http.Request, reset bool, latency time.Duration, status int,
+	faulted func(what any), writeStatus func(status int)) bool {
+	if reset {
+		faulted("connection reset")
+		ResetConnection(w)
+		return true
+	}
+	if !Delay(r.Context(), latency) {
+		return true
+	}
+	if status != 0 {
+		faulted(status)
+		writeStatus(status)
+		return true
+	}
+	return false
+}

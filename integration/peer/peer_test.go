@@ -1,11 +1,14 @@
 package peer
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // A refused peer is off the network and comes back on the same address,
@@ -76,5 +79,29 @@ func TestRecord(t *testing.T) {
 	}
 	if r.PodCalls("uid-1") != 2 || r.PodCalls("uid-2") != 0 {
 		t.Errorf("PodCalls uid-1 %d uid-2 %d", r.PodCalls("uid-1"), r.PodCalls("uid-2"))
+	}
+}
+
+// Inject: no fault passes the call on; a status is written and reported;
+// latency cut short by the client ends the call unanswered.
+func TestInject(t *testing.T) {
+	var faulted []any
+	report := func(what any) { faulted = append(faulted, what) }
+	write := func(w http.ResponseWriter) func(int) { return func(s int) { w.WriteHeader(s) } }
+
+	rec := httptest.NewRecorder()
+	if Inject(rec, httptest.NewRequest(http.MethodPost, "/", nil), false, 0, 0, report, write(rec)) || len(faulted) != 0 {
+		t.Errorf("no fault: the call was taken (%v)", faulted)
+	}
+	rec = httptest.NewRecorder()
+	if !Inject(rec, httptest.NewRequest(http.MethodPost, "/", nil), false, 0, 503, report, write(rec)) || rec.Code != 503 || len(faulted) != 1 || faulted[0] != 503 {
+		t.Errorf("status fault: code %d, faulted %v", rec.Code, faulted)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rec = httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/", nil).WithContext(ctx)
+	if !Inject(rec, req, false, time.Hour, 503, report, write(rec)) || len(faulted) != 1 {
+		t.Errorf("latency the client gave up on: faulted %v", faulted)
 	}
 }
