@@ -205,7 +205,7 @@ type Issued struct {
 // methods are safe for concurrent use.
 type Server struct {
 	cfg  Config
-	keys *keySet
+	keys *clusterkeys.KeySet
 	log  *slog.Logger
 
 	nToken, nIntrospect, nIssued       atomic.Int64
@@ -570,8 +570,8 @@ func (s *Server) token(r *http.Request, tenant string) (any, error) {
 // claims, then the signature against the issuer's keys, then the validity
 // window; and, beyond Entra, the pod binding. Errors are *entraError and
 // never contain the token.
-func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCredential) (*claims, error) {
-	c, err := unverifiedClaims(token)
+func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCredential) (*clusterkeys.Claims, error) {
+	c, err := clusterkeys.UnverifiedClaims(token)
 	if err != nil {
 		return nil, s.invalid(http.StatusBadRequest, "invalid_request", 50027, "JWT token is invalid or malformed.")
 	}
@@ -609,7 +609,7 @@ func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCreden
 		if len(auds) == 0 {
 			auds = []string{TokenAudience}
 		}
-		if containsAny(c.Audience, auds) {
+		if clusterkeys.ContainsAny(c.Audience, auds) {
 			audOK = true
 			break
 		}
@@ -625,7 +625,7 @@ func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCreden
 	}
 	vc, err := s.keys.Verify(ctx, token)
 	switch {
-	case errors.Is(err, errBadToken):
+	case errors.Is(err, clusterkeys.ErrBadToken):
 		return nil, s.invalid(http.StatusUnauthorized, "invalid_client", 700027, "Client assertion failed signature validation. (%v)", err)
 	case err != nil:
 		// The issuer's keys could not be fetched: Entra's fault to the
@@ -656,7 +656,7 @@ func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCreden
 	return vc, nil
 }
 
-func expiry(c *claims) string {
+func expiry(c *clusterkeys.Claims) string {
 	if c.Expiry == nil {
 		return "(none)"
 	}

@@ -193,7 +193,7 @@ type Issued struct {
 type Server struct {
 	cfg       Config
 	audiences []string
-	keys      *keySet
+	keys      *clusterkeys.KeySet
 	log       *slog.Logger
 	idKey     *rsa.PrivateKey
 	idSigner  jose.Signer
@@ -561,12 +561,12 @@ func (s *Server) issue(is *Issued, lifetime time.Duration, prefix string) string
 
 // verify checks a subject token as Google does for an OIDC provider, plus
 // the pod binding. Errors are *apiError and never contain the token.
-func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
+func (s *Server) verify(ctx context.Context, token string) (*clusterkeys.Claims, error) {
 	invalid := func(format string, args ...any) error {
 		return oauthError(http.StatusBadRequest, "invalid_grant", fmt.Sprintf(format, args...))
 	}
 	c, err := s.keys.Verify(ctx, token)
-	if errors.Is(err, errBadToken) {
+	if errors.Is(err, clusterkeys.ErrBadToken) {
 		return nil, invalid("%v", err)
 	}
 	if err != nil {
@@ -577,7 +577,7 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 	switch {
 	case c.Issuer != s.cfg.Issuer:
 		return nil, invalid("The issuer in ID Token %q does not match the expected ones.", c.Issuer)
-	case !containsAny(c.Audience, s.audiences):
+	case !clusterkeys.ContainsAny(c.Audience, s.audiences):
 		return nil, invalid("The audience in ID Token %q does not match the expected audience.", []string(c.Audience))
 	case c.Expiry == nil || !now.Before(c.Expiry.Time()):
 		return nil, invalid("ID Token has expired.")

@@ -171,9 +171,6 @@ type STSConfig struct {
 // OIDC provider (discovery and JWKS fetched from the API server as the
 // admin) and rejects tokens of pods that no longer exist.
 func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.Server, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = "169.254.170.23:0"
-	}
 	s, err := oidcsts.New(oidcsts.Config{
 		Issuer:     cp.Issuer,
 		HTTPClient: cp.AdminHTTPClient(),
@@ -181,13 +178,7 @@ func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.S
 		Log:        cfg.Log,
 		PodUID:     cp.podUID,
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Start(cfg.Addr); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return started(s, err, cfg.Addr)
 }
 
 // GoogleSTSConfig configures StartGoogleSTS.
@@ -210,9 +201,6 @@ type GoogleSTSConfig struct {
 // (discovery and JWKS fetched from the API server as the admin) and that
 // rejects tokens of pods that no longer exist.
 func (cp *ControlPlane) StartGoogleSTS(ctx context.Context, cfg GoogleSTSConfig) (*googlests.Server, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = "169.254.170.23:0"
-	}
 	s, err := googlests.New(googlests.Config{
 		Issuer:        cp.Issuer,
 		HTTPClient:    cp.AdminHTTPClient(),
@@ -221,13 +209,7 @@ func (cp *ControlPlane) StartGoogleSTS(ctx context.Context, cfg GoogleSTSConfig)
 		Log:           cfg.Log,
 		PodUID:        cp.podUID,
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Start(cfg.Addr); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return started(s, err, cfg.Addr)
 }
 
 // EntraConfig configures StartEntra.
@@ -253,9 +235,6 @@ type EntraConfig struct {
 // and JWKS fetched from the API server as the admin) and rejects tokens of
 // pods that no longer exist. Its URL() is the authority host.
 func (cp *ControlPlane) StartEntra(ctx context.Context, cfg EntraConfig) (*entra.Server, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = "169.254.170.23:0"
-	}
 	creds := make(map[entra.App][]entra.FederatedCredential, len(cfg.Credentials))
 	for app, subjects := range cfg.Credentials {
 		fcs := []entra.FederatedCredential{}
@@ -273,11 +252,21 @@ func (cp *ControlPlane) StartEntra(ctx context.Context, cfg EntraConfig) (*entra
 		Log:         cfg.Log,
 		PodUID:      cp.podUID,
 	})
+	return started(s, err, cfg.Addr)
+}
+
+// started starts s, which New returned with err, on addr (default
+// 169.254.170.23:0, reachable from pods and from the host).
+func started[S interface{ Start(addr string) error }](s S, err error, addr string) (S, error) {
+	var none S
 	if err != nil {
-		return nil, err
+		return none, err
 	}
-	if err := s.Start(cfg.Addr); err != nil {
-		return nil, err
+	if addr == "" {
+		addr = "169.254.170.23:0"
+	}
+	if err := s.Start(addr); err != nil {
+		return none, err
 	}
 	return s, nil
 }

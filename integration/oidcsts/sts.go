@@ -154,7 +154,7 @@ type Identity struct {
 // methods are safe for concurrent use.
 type Server struct {
 	cfg  Config
-	keys *keySet
+	keys *clusterkeys.KeySet
 	log  *slog.Logger
 
 	assumeRole, issued, denied, invalid, faulted, gci atomic.Int64
@@ -455,7 +455,7 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 
 // verify checks the token as AWS does for an OIDC provider, plus the pod
 // binding. Errors are *stsError and never contain the token.
-func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
+func (s *Server) verify(ctx context.Context, token string) (*clusterkeys.Claims, error) {
 	invalid := func(format string, args ...any) error {
 		s.invalid.Add(1)
 		return &stsError{http.StatusBadRequest, "InvalidIdentityToken", fmt.Sprintf(format, args...)}
@@ -464,7 +464,7 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 		return nil, invalid("missing WebIdentityToken")
 	}
 	c, err := s.keys.Verify(ctx, token)
-	if errors.Is(err, errBadToken) {
+	if errors.Is(err, clusterkeys.ErrBadToken) {
 		return nil, invalid("%v", err)
 	}
 	if err != nil {
