@@ -9,8 +9,6 @@ package entra_test
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"io"
@@ -21,11 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/credbroker/agent/integration/entra"
 	"github.com/credbroker/agent/integration/harness"
@@ -200,26 +194,10 @@ func TestRejectedAssertions(t *testing.T) {
 	w := setup(t)
 	ctx := context.Background()
 	x := w.exchanger(nil)
-	other, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	realKID := func() string {
-		p, _ := jwt.ParseSigned(w.podToken(w.PodA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-		return p.Headers[0].KeyID
-	}()
-	forged := func() exchange.Secret {
-		p, _ := jwt.ParseSigned(w.podToken(w.PodA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-		var m map[string]any
-		_ = p.UnsafeClaimsWithoutVerification(&m)
-		return sign(t, other, realKID, m)
-	}
-	unbound, err := w.CP.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "app-a", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{azure.TokenAudience}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	other := peertest.NewKey(t)
+	// A forgery that differs from a real token only in its signature.
+	forged := func() exchange.Secret { return peertest.Resigned(t, other, w.podToken(w.PodA)) }
+	unbound := w.Unbound("app-a", azure.TokenAudience)
 	w.s.Allow(entra.App{Tenant: tenant, ClientID: clientA}, entra.FederatedCredential{Issuer: "https://elsewhere.example", Subject: subjectA})
 
 	for _, tc := range []struct {
@@ -240,7 +218,7 @@ func TestRejectedAssertions(t *testing.T) {
 		{"expired", forge(t, w, func(m map[string]any) { m["exp"] = time.Now().Add(-time.Second).Unix() }), exchange.InvalidToken, "AADSTS700024"},
 		{"not yet valid", forge(t, w, func(m map[string]any) { m["nbf"] = time.Now().Add(time.Hour).Unix() }), exchange.InvalidToken, "AADSTS700024"},
 		{"no exp", forge(t, w, func(m map[string]any) { delete(m, "exp") }), exchange.InvalidToken, "AADSTS700024"},
-		{"not bound to a pod", exchange.Secret(unbound.Status.Token), exchange.InvalidToken, "AADSTS50013"},
+		{"not bound to a pod", unbound, exchange.InvalidToken, "AADSTS50013"},
 		{"pod UID of another pod", forge(t, w, func(m map[string]any) {
 			m["kubernetes.io"].(map[string]any)["pod"].(map[string]any)["uid"] = string(w.PodB.UID)
 		}), exchange.InvalidToken, "AADSTS50013"},
@@ -593,10 +571,7 @@ func TestIssuerUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := peertest.NewKey(t)
 	tok := sign(t, key, "k1", map[string]any{"iss": iss, "sub": subjectA, "aud": azure.TokenAudience, "exp": time.Now().Add(time.Hour).Unix()})
 	x, err := azure.New(azure.Config{AuthorityHost: s.URL()})
 	if err != nil {

@@ -8,7 +8,6 @@ package googlests_test
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
@@ -22,9 +21,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/harness"
@@ -232,27 +229,10 @@ func TestRejectedSubjectTokens(t *testing.T) {
 	w := setup(t)
 	ctx := context.Background()
 	x := w.exchanger(nil)
-	other, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	realKID := func() string {
-		p, _ := jwt.ParseSigned(w.podToken(w.PodA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-		return p.Headers[0].KeyID
-	}()
+	other := peertest.NewKey(t)
 	// A forgery that differs from a real token only in its signature.
-	forged := func() exchange.Secret {
-		p, _ := jwt.ParseSigned(w.podToken(w.PodA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-		var m map[string]any
-		_ = p.UnsafeClaimsWithoutVerification(&m)
-		return sign(t, other, realKID, m)
-	}
-	unbound, err := w.CP.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "app-a", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{gcp.TokenAudience(w.s.Provider())}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	forged := func() exchange.Secret { return peertest.Resigned(t, other, w.podToken(w.PodA)) }
+	unbound := w.Unbound("app-a", gcp.TokenAudience(w.s.Provider()))
 	https := w.Token(w.PodA, "https:"+gcp.TokenAudience(w.s.Provider()))
 	if _, err := x.Exchange(ctx, exchange.Request{Token: https, Want: exchange.KindAccessToken}); err != nil {
 		t.Errorf("the https: form of the audience: %v", err)
@@ -265,7 +245,7 @@ func TestRejectedSubjectTokens(t *testing.T) {
 		{"another audience", w.Token(w.PodA, "sts.amazonaws.com")},
 		{"the API server's audience", w.Token(w.PodA, w.CP.Issuer)},
 		{"another provider's audience", w.Token(w.PodA, "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/other/providers/other")},
-		{"not bound to a pod", exchange.Secret(unbound.Status.Token)},
+		{"not bound to a pod", unbound},
 		{"signed by another key", forged()},
 		{"unknown key id", sign(t, other, "not-a-kid", map[string]any{"iss": w.CP.Issuer})},
 		{"another issuer", forge(t, w, func(m map[string]any) { m["iss"] = "https://evil.example" })},
@@ -646,10 +626,7 @@ func TestIssuerUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := peertest.NewKey(t)
 	tok := sign(t, key, "k1", map[string]any{"iss": "http://127.0.0.1:1", "sub": subjectA, "aud": googlests.Audience(s.Provider()), "exp": time.Now().Add(time.Hour).Unix()})
 	x, err := gcp.New(gcp.Config{Provider: s.Provider(), STSEndpoint: s.URL(), IAMCredentialsEndpoint: s.URL()})
 	if err != nil {

@@ -8,6 +8,7 @@ package peertest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -129,6 +130,44 @@ func Forge(t *testing.T, cp *harness.ControlPlane, real exchange.Secret, mutate 
 	}
 	mutate(m)
 	return Sign(t, APIServerKey(t, cp), parsed.Headers[0].KeyID, m)
+}
+
+// NewKey is an RSA key no issuer knows.
+func NewKey(t *testing.T) *rsa.PrivateKey {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// Resigned signs real's claims with key under real's own key ID: a forgery
+// that differs from a real token only in its signature.
+func Resigned(t *testing.T, key *rsa.PrivateKey, real exchange.Secret) exchange.Secret {
+	t.Helper()
+	p, err := jwt.ParseSigned(real.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := p.UnsafeClaimsWithoutVerification(&m); err != nil {
+		t.Fatal(err)
+	}
+	return Sign(t, key, p.Headers[0].KeyID, m)
+}
+
+// Unbound is a token of ServiceAccount sa (in Namespace) for aud, bound to
+// no pod.
+func (w *World) Unbound(sa, aud string) exchange.Secret {
+	w.T.Helper()
+	tr, err := w.CP.Client.CoreV1().ServiceAccounts(Namespace).CreateToken(context.Background(), sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{aud}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	return exchange.Secret(tr.Status.Token)
 }
 
 // Sign makes an RS256 JWT of claims with key under key ID kid.
