@@ -222,28 +222,7 @@ func (s *testStack) assertNoSecretsLogged() {
 
 func (s *testStack) counter(name string, labels map[string]string) float64 {
 	s.t.Helper()
-	mfs, err := s.reg.Gather()
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
-					continue next
-				}
-			}
-			if m.Counter != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	return 0
+	return testfake.Metric(s.t, s.reg, name, labels)
 }
 
 // dial opens a TCP connection from the given loopback source address.

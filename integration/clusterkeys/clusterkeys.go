@@ -1,7 +1,8 @@
 // Package clusterkeys verifies a cluster's ServiceAccount tokens the way a
 // cloud's token service does: the issuer's keys through OIDC discovery,
 // cached and fetched again on an unknown key ID, RS256 only. The test
-// peers (integration/googlests, integration/entra) share it.
+// peers (integration/oidcsts, integration/googlests, integration/entra)
+// share it.
 package clusterkeys
 
 import (
@@ -45,7 +46,7 @@ func ContainsAny(a jwt.Audience, want []string) bool {
 var ErrBadToken = errors.New("invalid token")
 
 // KeySet fetches and caches the issuer's signing keys through OIDC
-// discovery, as Google and Entra do for a trusted issuer.
+// discovery, as AWS STS, Google and Entra do for a trusted issuer.
 type KeySet struct {
 	issuer string
 	client *http.Client

@@ -50,7 +50,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -61,6 +60,7 @@ import (
 	"time"
 
 	"github.com/credbroker/agent/integration/clusterkeys"
+	"github.com/credbroker/agent/integration/peer"
 )
 
 // TokenAudience is the audience of a federated identity credential unless
@@ -75,10 +75,10 @@ const (
 )
 
 // ErrPodNotFound is what a PodUIDFunc returns when the pod does not exist.
-var ErrPodNotFound = errors.New("entra: pod not found")
+var ErrPodNotFound = peer.ErrPodNotFound
 
 // PodUIDFunc returns the UID of the pod namespace/name, or ErrPodNotFound.
-type PodUIDFunc func(ctx context.Context, namespace, name string) (string, error)
+type PodUIDFunc = peer.PodUIDFunc
 
 // App names an application (or user-assigned managed identity) in a
 // tenant.
@@ -205,23 +205,21 @@ type Issued struct {
 // methods are safe for concurrent use.
 type Server struct {
 	cfg  Config
-	keys *keySet
+	keys *clusterkeys.KeySet
 	log  *slog.Logger
 
 	nToken, nIntrospect, nIssued       atomic.Int64
 	nNoMatch, nInvalid, nBad, nFaulted atomic.Int64
 
-	mu        sync.Mutex
-	creds     map[App][]FederatedCredential
-	tenants   map[string]bool // lower-case
-	fault     Fault
-	lifetime  time.Duration      // SetLifetime; 0: cfg.Lifetime
-	issued    map[string]*Issued // token → record
-	podCalls  map[string]int64   // pod UID → tokens issued
-	secrets   []string
-	addr      string
-	srv       *http.Server
-	listening bool
+	ln  *peer.Listener
+	rec peer.Record // secrets; pod UID → tokens issued
+
+	mu       sync.Mutex
+	creds    map[App][]FederatedCredential
+	tenants  map[string]bool // lower-case
+	fault    Fault
+	lifetime time.Duration      // SetLifetime; 0: cfg.Lifetime
+	issued   map[string]*Issued // token → record
 }
 
 var guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
@@ -245,13 +243,13 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:      cfg,
-		keys:     clusterkeys.NewKeySet(cfg.Issuer, cfg.HTTPClient),
-		log:      log,
-		creds:    make(map[App][]FederatedCredential, len(cfg.Credentials)),
-		tenants:  make(map[string]bool),
-		issued:   make(map[string]*Issued),
-		podCalls: make(map[string]int64),
+		cfg:     cfg,
+		keys:    clusterkeys.NewKeySet(cfg.Issuer, cfg.HTTPClient),
+		log:     log,
+		ln:      peer.NewListener("entra"),
+		creds:   make(map[App][]FederatedCredential, len(cfg.Credentials)),
+		tenants: make(map[string]bool),
+		issued:  make(map[string]*Issued),
 	}
 	for app, fcs := range cfg.Credentials {
 		if !guidRE.MatchString(app.ClientID) {
@@ -277,46 +275,15 @@ func cloneCreds(fcs []FederatedCredential) []FederatedCredential {
 
 // Start listens on addr (host:port; port 0 picks one) and serves in the
 // background until Close.
-func (s *Server) Start(addr string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.listening {
-		return errors.New("entra: already started")
-	}
-	return s.listenLocked(addr)
-}
-
-func (s *Server) listenLocked(addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("entra: listening on %s: %w", addr, err)
-	}
-	s.addr = l.Addr().String()
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	s.listening = true
-	go s.srv.Serve(l) //nolint:errcheck // returns ErrServerClosed on Close
-	return nil
-}
+func (s *Server) Start(addr string) error { return s.ln.Start(addr, s) }
 
 // URL returns http://host:port/ of the listener (also while refusing): the
 // authority host, as AZURE_AUTHORITY_HOST and the exchanger's AuthorityHost
 // take it.
-func (s *Server) URL() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return "http://" + s.addr + "/"
-}
+func (s *Server) URL() string { return "http://" + s.ln.Addr() + "/" }
 
 // Close stops serving and closes all connections.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.listening {
-		return nil
-	}
-	s.listening = false
-	return s.srv.Close()
-}
+func (s *Server) Close() error { return s.ln.Close() }
 
 // Allow adds a federated identity credential to app, which then exists
 // (and so does its tenant).
@@ -343,14 +310,7 @@ func (s *Server) SetFault(f Fault) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fault = f
-	switch {
-	case f.Refuse && s.listening:
-		s.listening = false
-		return s.srv.Close()
-	case !f.Refuse && !s.listening && s.srv != nil:
-		return s.listenLocked(s.addr)
-	}
-	return nil
+	return s.ln.Refuse(f.Refuse)
 }
 
 // SetLifetime makes every token issued from now on expire d after issue;
@@ -372,11 +332,7 @@ func (s *Server) Counts() Counts {
 
 // PodCalls returns how many access tokens were issued for assertions bound
 // to the pod with this UID.
-func (s *Server) PodCalls(podUID string) int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.podCalls[podUID]
-}
+func (s *Server) PodCalls(podUID string) int64 { return s.rec.PodCalls(podUID) }
 
 // Lookup returns what the server recorded about an access token it issued,
 // expired or not.
@@ -391,11 +347,7 @@ func (s *Server) Lookup(token string) (Issued, bool) {
 }
 
 // Secrets returns every assertion received and every token issued.
-func (s *Server) Secrets() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.secrets)
-}
+func (s *Server) Secrets() []string { return s.rec.Secrets() }
 
 // entraError is an error answer.
 type entraError struct {
@@ -500,26 +452,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	fault := s.fault
 	s.mu.Unlock()
-	if fault.applies(ep) {
-		if fault.Reset {
-			s.nFaulted.Add(1)
-			s.log.Info("entra call", "endpoint", ep, "fault", "connection reset")
-			resetConnection(w)
-			return
-		}
-		if fault.Latency > 0 {
-			select {
-			case <-time.After(fault.Latency):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		if fault.Status != 0 {
-			s.nFaulted.Add(1)
-			s.log.Info("entra call", "endpoint", ep, "fault", fault.Status)
-			s.writeError(w, faultError(fault.Status))
-			return
-		}
+	if fault.applies(ep) && peer.Inject(w, r, fault.Reset, fault.Latency, fault.Status, func(what any) {
+		s.nFaulted.Add(1)
+		s.log.Info("entra call", "endpoint", ep, "fault", what)
+	}, func(status int) { s.writeError(w, faultError(status)) }) {
+		return
 	}
 	var (
 		out any
@@ -548,23 +485,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, out)
 }
 
-// resetConnection closes the request's connection with SO_LINGER 0, so the
-// client reads a TCP RST instead of an answer.
-func resetConnection(w http.ResponseWriter) {
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		return
-	}
-	conn, _, err := hj.Hijack()
-	if err != nil {
-		return
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = conn.Close()
-}
-
 func (s *Server) token(r *http.Request, tenant string) (any, error) {
 	// ParseForm reads the body only when it is a form: any other body
 	// lacks grant_type, as Entra says of it.
@@ -573,11 +493,7 @@ func (s *Server) token(r *http.Request, tenant string) (any, error) {
 	}
 	f := r.PostForm
 	assertion := f.Get("client_assertion")
-	if assertion != "" {
-		s.mu.Lock()
-		s.secrets = append(s.secrets, assertion)
-		s.mu.Unlock()
-	}
+	s.rec.Secret(assertion)
 	for _, p := range []string{"grant_type", "client_id", "scope", "client_assertion_type", "client_assertion"} {
 		if f.Get(p) == "" {
 			return nil, s.bad("invalid_request", 900144, "The request body must contain the following parameter: '%s'.", p)
@@ -654,8 +570,8 @@ func (s *Server) token(r *http.Request, tenant string) (any, error) {
 // claims, then the signature against the issuer's keys, then the validity
 // window; and, beyond Entra, the pod binding. Errors are *entraError and
 // never contain the token.
-func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCredential) (*claims, error) {
-	c, err := unverifiedClaims(token)
+func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCredential) (*clusterkeys.Claims, error) {
+	c, err := clusterkeys.UnverifiedClaims(token)
 	if err != nil {
 		return nil, s.invalid(http.StatusBadRequest, "invalid_request", 50027, "JWT token is invalid or malformed.")
 	}
@@ -693,7 +609,7 @@ func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCreden
 		if len(auds) == 0 {
 			auds = []string{TokenAudience}
 		}
-		if containsAny(c.Audience, auds) {
+		if clusterkeys.ContainsAny(c.Audience, auds) {
 			audOK = true
 			break
 		}
@@ -709,7 +625,7 @@ func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCreden
 	}
 	vc, err := s.keys.Verify(ctx, token)
 	switch {
-	case errors.Is(err, errBadToken):
+	case errors.Is(err, clusterkeys.ErrBadToken):
 		return nil, s.invalid(http.StatusUnauthorized, "invalid_client", 700027, "Client assertion failed signature validation. (%v)", err)
 	case err != nil:
 		// The issuer's keys could not be fetched: Entra's fault to the
@@ -740,7 +656,7 @@ func (s *Server) verify(ctx context.Context, token string, fcs []FederatedCreden
 	return vc, nil
 }
 
-func expiry(c *claims) string {
+func expiry(c *clusterkeys.Claims) string {
 	if c.Expiry == nil {
 		return "(none)"
 	}
@@ -757,11 +673,11 @@ func (s *Server) issue(is *Issued) string {
 		lifetime = s.lifetime
 	}
 	is.IssuedAt, is.Expiration = now, now.Add(lifetime)
-	tok := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + randomString(200, tokenAlphabet)
+	tok := "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + peer.RandomString(200, tokenAlphabet)
 	s.issued[tok] = is
-	s.secrets = append(s.secrets, tok)
+	s.rec.Secret(tok)
 	if is.PodUID != "" {
-		s.podCalls[is.PodUID]++
+		s.rec.PodCall(is.PodUID)
 	}
 	return tok
 }
@@ -824,15 +740,6 @@ func Introspect(ctx context.Context, client *http.Client, base, token string) (m
 }
 
 const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-func randomString(n int, alphabet string) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
-}
 
 func guid() string {
 	b := make([]byte, 16)

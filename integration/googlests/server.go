@@ -42,7 +42,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
-	"net"
 	"net/http"
 	"regexp"
 	"slices"
@@ -56,6 +55,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/credbroker/agent/integration/clusterkeys"
+	"github.com/credbroker/agent/integration/peer"
 )
 
 // DefaultProvider is the workload identity provider the server plays when
@@ -78,10 +78,10 @@ const (
 )
 
 // ErrPodNotFound is what a PodUIDFunc returns when the pod does not exist.
-var ErrPodNotFound = errors.New("googlests: pod not found")
+var ErrPodNotFound = peer.ErrPodNotFound
 
 // PodUIDFunc returns the UID of the pod namespace/name, or ErrPodNotFound.
-type PodUIDFunc func(ctx context.Context, namespace, name string) (string, error)
+type PodUIDFunc = peer.PodUIDFunc
 
 // Config configures a Server.
 type Config struct {
@@ -193,7 +193,7 @@ type Issued struct {
 type Server struct {
 	cfg       Config
 	audiences []string
-	keys      *keySet
+	keys      *clusterkeys.KeySet
 	log       *slog.Logger
 	idKey     *rsa.PrivateKey
 	idSigner  jose.Signer
@@ -203,16 +203,14 @@ type Server struct {
 	nFed, nAT, nID                  atomic.Int64
 	nInvalid, nDenied, nFaulted     atomic.Int64
 
+	ln  *peer.Listener
+	rec peer.Record // secrets; pod UID → verified token exchanges
+
 	mu            sync.Mutex
 	impersonation map[string][]string
 	fault         Fault
 	lifetime      time.Duration      // SetLifetime; 0: the normal lifetimes
 	issued        map[string]*Issued // token → record
-	podCalls      map[string]int64   // pod UID → verified token exchanges
-	secrets       []string
-	addr          string
-	srv           *http.Server
-	listening     bool
 }
 
 // New checks cfg and returns a Server that is not listening yet.
@@ -243,7 +241,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	kid := randomString(16, lowerHex)
+	kid := peer.RandomString(16, lowerHex)
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), kid))
 	if err != nil {
@@ -261,9 +259,9 @@ func New(cfg Config) (*Server, error) {
 		idKey:         key,
 		idSigner:      signer,
 		idKeyID:       kid,
+		ln:            peer.NewListener("googlests"),
 		impersonation: imp,
 		issued:        make(map[string]*Issued),
-		podCalls:      make(map[string]int64),
 	}, nil
 }
 
@@ -283,45 +281,14 @@ func (s *Server) Provider() string { return s.cfg.Provider }
 
 // Start listens on addr (host:port; port 0 picks one) and serves in the
 // background until Close.
-func (s *Server) Start(addr string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.listening {
-		return errors.New("googlests: already started")
-	}
-	return s.listenLocked(addr)
-}
-
-func (s *Server) listenLocked(addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("googlests: listening on %s: %w", addr, err)
-	}
-	s.addr = l.Addr().String()
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	s.listening = true
-	go s.srv.Serve(l) //nolint:errcheck // returns ErrServerClosed on Close
-	return nil
-}
+func (s *Server) Start(addr string) error { return s.ln.Start(addr, s) }
 
 // URL returns http://host:port of the listener (also while refusing): the
 // base URL of both STS and IAM Credentials.
-func (s *Server) URL() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return "http://" + s.addr
-}
+func (s *Server) URL() string { return "http://" + s.ln.Addr() }
 
 // Close stops serving and closes all connections.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.listening {
-		return nil
-	}
-	s.listening = false
-	return s.srv.Close()
-}
+func (s *Server) Close() error { return s.ln.Close() }
 
 // Allow lets principal (system:serviceaccount:NS:SA) impersonate email,
 // which then exists.
@@ -347,14 +314,7 @@ func (s *Server) SetFault(f Fault) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fault = f
-	switch {
-	case f.Refuse && s.listening:
-		s.listening = false
-		return s.srv.Close()
-	case !f.Refuse && !s.listening && s.srv != nil:
-		return s.listenLocked(s.addr)
-	}
-	return nil
+	return s.ln.Refuse(f.Refuse)
 }
 
 // SetLifetime makes every token issued from now on expire d after issue,
@@ -377,11 +337,7 @@ func (s *Server) Counts() Counts {
 
 // PodCalls returns how many token exchanges carried a verified token bound
 // to the pod with this UID.
-func (s *Server) PodCalls(podUID string) int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.podCalls[podUID]
-}
+func (s *Server) PodCalls(podUID string) int64 { return s.rec.PodCalls(podUID) }
 
 // Lookup returns what the server recorded about a token it issued (an
 // access token of either kind, or an identity token), expired or not.
@@ -398,11 +354,7 @@ func (s *Server) Lookup(token string) (Issued, bool) {
 }
 
 // Secrets returns every subject token received and every token issued.
-func (s *Server) Secrets() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.secrets)
-}
+func (s *Server) Secrets() []string { return s.rec.Secrets() }
 
 // IDTokenKey is the public key identity tokens are signed with.
 func (s *Server) IDTokenKey() *rsa.PublicKey { return &s.idKey.PublicKey }
@@ -509,26 +461,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	fault := s.fault
 	s.mu.Unlock()
-	if fault.applies(ep) {
-		if fault.Reset {
-			s.nFaulted.Add(1)
-			s.log.Info("google call", "endpoint", ep, "fault", "connection reset")
-			resetConnection(w)
-			return
-		}
-		if fault.Latency > 0 {
-			select {
-			case <-time.After(fault.Latency):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		if fault.Status != 0 {
-			s.nFaulted.Add(1)
-			s.log.Info("google call", "endpoint", ep, "fault", fault.Status)
-			writeError(w, faultError(fault.Status))
-			return
-		}
+	if fault.applies(ep) && peer.Inject(w, r, fault.Reset, fault.Latency, fault.Status, func(what any) {
+		s.nFaulted.Add(1)
+		s.log.Info("google call", "endpoint", ep, "fault", what)
+	}, func(status int) { writeError(w, faultError(status)) }) {
+		return
 	}
 	var (
 		out any
@@ -561,34 +498,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, out)
 }
 
-// resetConnection closes the request's connection with SO_LINGER 0, so the
-// client reads a TCP RST instead of an answer.
-func resetConnection(w http.ResponseWriter) {
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		return
-	}
-	conn, _, err := hj.Hijack()
-	if err != nil {
-		return
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = conn.Close()
-}
-
 func (s *Server) token(r *http.Request) (any, error) {
 	if err := r.ParseForm(); err != nil {
 		return nil, oauthError(http.StatusBadRequest, "invalid_request", "cannot parse the form")
 	}
 	f := r.PostForm
 	subject := f.Get("subject_token")
-	if subject != "" {
-		s.mu.Lock()
-		s.secrets = append(s.secrets, subject)
-		s.mu.Unlock()
-	}
+	s.rec.Secret(subject)
 	switch {
 	case f.Get("grant_type") != grantType:
 		return nil, oauthError(http.StatusBadRequest, "unsupported_grant_type", fmt.Sprintf("grant_type %q is not supported", f.Get("grant_type")))
@@ -634,23 +550,23 @@ func (s *Server) issue(is *Issued, lifetime time.Duration, prefix string) string
 		lifetime = s.lifetime
 	}
 	is.IssuedAt, is.Expiration = now, now.Add(lifetime)
-	tok := prefix + randomString(160, tokenAlphabet)
+	tok := prefix + peer.RandomString(160, tokenAlphabet)
 	s.issued[tok] = is
-	s.secrets = append(s.secrets, tok)
+	s.rec.Secret(tok)
 	if is.Kind == Federated && is.PodUID != "" {
-		s.podCalls[is.PodUID]++
+		s.rec.PodCall(is.PodUID)
 	}
 	return tok
 }
 
 // verify checks a subject token as Google does for an OIDC provider, plus
 // the pod binding. Errors are *apiError and never contain the token.
-func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
+func (s *Server) verify(ctx context.Context, token string) (*clusterkeys.Claims, error) {
 	invalid := func(format string, args ...any) error {
 		return oauthError(http.StatusBadRequest, "invalid_grant", fmt.Sprintf(format, args...))
 	}
 	c, err := s.keys.Verify(ctx, token)
-	if errors.Is(err, errBadToken) {
+	if errors.Is(err, clusterkeys.ErrBadToken) {
 		return nil, invalid("%v", err)
 	}
 	if err != nil {
@@ -661,7 +577,7 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 	switch {
 	case c.Issuer != s.cfg.Issuer:
 		return nil, invalid("The issuer in ID Token %q does not match the expected ones.", c.Issuer)
-	case !containsAny(c.Audience, s.audiences):
+	case !clusterkeys.ContainsAny(c.Audience, s.audiences):
 		return nil, invalid("The audience in ID Token %q does not match the expected audience.", []string(c.Audience))
 	case c.Expiry == nil || !now.Before(c.Expiry.Time()):
 		return nil, invalid("ID Token has expired.")
@@ -797,8 +713,8 @@ func (s *Server) issueIDToken(is *Issued, includeEmail bool) (string, error) {
 	}
 	s.mu.Lock()
 	s.issued[tok] = is
-	s.secrets = append(s.secrets, tok)
 	s.mu.Unlock()
+	s.rec.Secret(tok)
 	return tok, nil
 }
 
@@ -844,12 +760,3 @@ const (
 	lowerHex      = "0123456789abcdef"
 	tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 )
-
-func randomString(n int, alphabet string) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
-}

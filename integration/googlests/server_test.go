@@ -7,45 +7,32 @@
 package googlests_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/peer/peertest"
 	"github.com/credbroker/agent/integration/testenv"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/exchange/gcp"
 )
 
 const (
-	ns       = "team"
-	node     = "node-1"
+	ns       = peertest.Namespace
 	emailA   = "app-a@proj-1.iam.gserviceaccount.com"
 	emailB   = "app-b@proj-1.iam.gserviceaccount.com"
 	subjectA = "system:serviceaccount:team:app-a"
@@ -53,53 +40,22 @@ const (
 	scopeGCS = "https://www.googleapis.com/auth/devstorage.read_only"
 )
 
-// world is one control plane with two pods of two ServiceAccounts, and a
-// peer whose clock the test can move.
+// world is the shared test world (peertest) and the peer under test.
 type world struct {
-	t      *testing.T
-	cp     *harness.ControlPlane
-	s      *googlests.Server
-	podA   *corev1.Pod
-	podB   *corev1.Pod
-	offset atomic.Int64 // added to the peer's clock
-	log    *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	*peertest.World
+	s *googlests.Server
 }
 
 func setup(t *testing.T) *world {
 	t.Helper()
-	ctx := context.Background()
-	w := &world{t: t, cp: testenv.StartControlPlane(t), log: &syncBuffer{}}
-	for _, sa := range []string{"app-a", "app-b"} {
-		if _, err := w.cp.CreateServiceAccount(ctx, ns, sa, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	w.podA = w.createPod("pod-a", "app-a")
-	w.podB = w.createPod("pod-b", "app-b")
+	w := &world{World: peertest.NewWorld(t)}
 	s, err := googlests.New(googlests.Config{
-		Issuer:        w.cp.Issuer,
-		HTTPClient:    adminClient(w.cp),
+		Issuer:        w.CP.Issuer,
+		HTTPClient:    w.CP.AdminHTTPClient(),
 		Impersonation: map[string][]string{emailA: {subjectA}, emailB: nil},
-		PodUID:        w.podUID,
-		Log:           slog.New(slog.NewJSONHandler(w.log, nil)),
-		Now:           func() time.Time { return time.Now().Add(time.Duration(w.offset.Load())) },
+		PodUID:        w.PodUID,
+		Log:           w.Logger(),
+		Now:           w.Now,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -112,78 +68,24 @@ func setup(t *testing.T) *world {
 	return w
 }
 
-func adminClient(cp *harness.ControlPlane) *http.Client {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(cp.CACert)
-	return &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &harness.BearerTransport{Token: cp.AdminToken, Base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
-	}
-}
-
-func (w *world) podUID(ctx context.Context, namespace, name string) (string, error) {
-	pod, err := w.cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return "", googlests.ErrPodNotFound
-	}
-	if err != nil {
-		return "", err
-	}
-	return string(pod.UID), nil
-}
-
-func (w *world) createPod(name, sa string) *corev1.Pod {
-	w.t.Helper()
-	p, err := w.cp.CreatePod(context.Background(), harness.PodSpec{Namespace: ns, Name: name, ServiceAccount: sa, NodeName: node})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return p
-}
-
-// token is a TokenRequest bound to pod with the given audience, as the
-// agent asks for it.
-func (w *world) token(pod *corev1.Pod, aud string) exchange.Secret {
-	w.t.Helper()
-	secs := int64(600)
-	tr, err := w.cp.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			Audiences:         []string{aud},
-			ExpirationSeconds: &secs,
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return exchange.Secret(tr.Status.Token)
-}
-
 func (w *world) podToken(pod *corev1.Pod) exchange.Secret {
-	return w.token(pod, gcp.TokenAudience(w.s.Provider()))
+	return w.Token(pod, gcp.TokenAudience(w.s.Provider()))
 }
 
 func (w *world) exchanger(mod func(*gcp.Config)) *gcp.Exchanger {
-	w.t.Helper()
+	w.T.Helper()
 	cfg := gcp.Config{Provider: w.s.Provider(), STSEndpoint: w.s.URL(), IAMCredentialsEndpoint: w.s.URL()}
 	if mod != nil {
 		mod(&cfg)
 	}
 	x, err := gcp.New(cfg)
 	if err != nil {
-		w.t.Fatal(err)
+		w.T.Fatal(err)
 	}
 	return x
 }
 
-func xerr(t *testing.T, err error) *exchange.Error {
-	t.Helper()
-	var xe *exchange.Error
-	if !errors.As(err, &xe) {
-		t.Fatalf("error %v is not an *exchange.Error", err)
-	}
-	return xe
-}
+var xerr = peertest.XErr
 
 func near(t *testing.T, what string, got time.Time, want time.Duration) {
 	t.Helper()
@@ -198,31 +100,31 @@ func TestExchangeImpersonateAndLookup(t *testing.T) {
 	x := w.exchanger(nil)
 
 	// The pod's own federated principal.
-	fed, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken, Scopes: []string{scopeGCS}})
+	fed, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodA), Want: exchange.KindAccessToken, Scopes: []string{scopeGCS}})
 	if err != nil {
 		t.Fatalf("federated: %v", err)
 	}
 	near(t, "federated token", fed.Expiration, time.Hour)
 	got, ok := w.s.Lookup(fed.AccessToken.Reveal())
-	want := googlests.Issued{Kind: googlests.Federated, Subject: subjectA, Namespace: ns, PodName: "pod-a", PodUID: string(w.podA.UID), Scopes: []string{scopeGCS}}
+	want := googlests.Issued{Kind: googlests.Federated, Subject: subjectA, Namespace: ns, PodName: "pod-a", PodUID: string(w.PodA.UID), Scopes: []string{scopeGCS}}
 	if !ok || !sameIssued(got, want) {
 		t.Errorf("Lookup(federated) = %+v, %v; want %+v", got, ok, want)
 	}
 
 	// Impersonated access token for the requested scopes and lifetime.
-	at, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken, Role: emailA, Scopes: []string{scopeGCS}, Duration: 30 * time.Minute})
+	at, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodA), Want: exchange.KindAccessToken, Role: emailA, Scopes: []string{scopeGCS}, Duration: 30 * time.Minute})
 	if err != nil {
 		t.Fatalf("generateAccessToken: %v", err)
 	}
 	near(t, "impersonated token", at.Expiration, 30*time.Minute)
 	got, ok = w.s.Lookup(at.AccessToken.Reveal())
-	want = googlests.Issued{Kind: googlests.Impersonated, Subject: subjectA, Namespace: ns, PodName: "pod-a", PodUID: string(w.podA.UID), Email: emailA, Scopes: []string{scopeGCS}}
+	want = googlests.Issued{Kind: googlests.Impersonated, Subject: subjectA, Namespace: ns, PodName: "pod-a", PodUID: string(w.PodA.UID), Email: emailA, Scopes: []string{scopeGCS}}
 	if !ok || !sameIssued(got, want) || !got.Expiration.Equal(at.Expiration) {
 		t.Errorf("Lookup(impersonated) = %+v, %v; want %+v expiring at %v", got, ok, want, at.Expiration)
 	}
 
 	// Identity token, signed by the peer's key.
-	id, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindIDToken, Role: emailA, Audience: "https://orders.example"})
+	id, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodA), Want: exchange.KindIDToken, Role: emailA, Audience: "https://orders.example"})
 	if err != nil {
 		t.Fatalf("generateIdToken: %v", err)
 	}
@@ -244,13 +146,13 @@ func TestExchangeImpersonateAndLookup(t *testing.T) {
 		c.Subject != googlests.UniqueID(emailA) || c.AZP != c.Subject || !c.Expiry.Time().Equal(id.Expiration) {
 		t.Errorf("identity token claims %+v", c)
 	}
-	if got, ok := w.s.Lookup(id.IDToken.Reveal()); !ok || got.Kind != googlests.IDToken || got.PodUID != string(w.podA.UID) || got.Audience != "https://orders.example" {
+	if got, ok := w.s.Lookup(id.IDToken.Reveal()); !ok || got.Kind != googlests.IDToken || got.PodUID != string(w.PodA.UID) || got.Audience != "https://orders.example" {
 		t.Errorf("Lookup(identity token) = %+v, %v", got, ok)
 	}
 
 	// Introspection says the same over HTTP.
 	ir := introspect(t, w.s, at.AccessToken.Reveal())
-	if ir["active"] != true || ir["email"] != emailA || ir["pod_uid"] != string(w.podA.UID) || ir["sub"] != subjectA || ir["scope"] != scopeGCS {
+	if ir["active"] != true || ir["email"] != emailA || ir["pod_uid"] != string(w.PodA.UID) || ir["sub"] != subjectA || ir["scope"] != scopeGCS {
 		t.Errorf("introspect = %v", ir)
 	}
 	if ir := introspect(t, w.s, "ya29.made-up"); ir["active"] != false {
@@ -258,28 +160,28 @@ func TestExchangeImpersonateAndLookup(t *testing.T) {
 	}
 
 	// A second pod gets its own principal's token, never the first one's.
-	fedB, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindAccessToken})
+	fedB, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodB), Want: exchange.KindAccessToken})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := w.s.Lookup(fedB.AccessToken.Reveal()); got.Subject != subjectB || got.PodUID != string(w.podB.UID) {
+	if got, _ := w.s.Lookup(fedB.AccessToken.Reveal()); got.Subject != subjectB || got.PodUID != string(w.PodB.UID) {
 		t.Errorf("pod-b's federated token was minted for %s (pod %s)", got.Subject, got.PodUID)
 	}
 
 	// ...and may not impersonate app-a's account, nor one it is not granted.
 	for _, email := range []string{emailA, emailB, "nobody@proj-1.iam.gserviceaccount.com"} {
-		_, err = x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindAccessToken, Role: email})
+		_, err = x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodB), Want: exchange.KindAccessToken, Role: email})
 		if xe := xerr(t, err); xe.Kind != exchange.Denied || xe.Code != "PERMISSION_DENIED" {
 			t.Errorf("pod-b as %s: %v, want Denied PERMISSION_DENIED", email, err)
 		}
 	}
 	// Granting and revoking take effect at once.
 	w.s.Allow(emailB, subjectB)
-	if _, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindIDToken, Role: emailB, Audience: "x"}); err != nil {
+	if _, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodB), Want: exchange.KindIDToken, Role: emailB, Audience: "x"}); err != nil {
 		t.Errorf("after Allow: %v", err)
 	}
 	w.s.Revoke(emailB, subjectB)
-	if _, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podB), Want: exchange.KindIDToken, Role: emailB, Audience: "x"}); xerr(t, err).Kind != exchange.Denied {
+	if _, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodB), Want: exchange.KindIDToken, Role: emailB, Audience: "x"}); xerr(t, err).Kind != exchange.Denied {
 		t.Errorf("after Revoke: %v, want Denied", err)
 	}
 
@@ -287,7 +189,7 @@ func TestExchangeImpersonateAndLookup(t *testing.T) {
 	if got := w.s.Counts(); got != wantCounts {
 		t.Errorf("Counts\n got %+v\nwant %+v", got, wantCounts)
 	}
-	if got := w.s.PodCalls(string(w.podA.UID)); got != 3 {
+	if got := w.s.PodCalls(string(w.PodA.UID)); got != 3 {
 		t.Errorf("PodCalls(pod-a) = %d, want 3", got)
 	}
 	assertNoSecretsLogged(t, w)
@@ -314,76 +216,24 @@ func introspect(t *testing.T, s *googlests.Server, token string) map[string]any 
 	return m
 }
 
-// forge signs claims with the API server's own ServiceAccount key (as the
-// real issuer would), so that every claim check can be tried on its own.
+// forge signs pod A's claims, changed by mutate, with the API server's
+// own key (peertest.Forge).
 func forge(t *testing.T, w *world, mutate func(m map[string]any)) exchange.Secret {
 	t.Helper()
-	real := w.podToken(w.podA).Reveal()
-	parsed, err := jwt.ParseSigned(real, []jose.SignatureAlgorithm{jose.RS256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := parsed.UnsafeClaimsWithoutVerification(&m); err != nil {
-		t.Fatal(err)
-	}
-	mutate(m)
-	return sign(t, apiServerKey(t, w.cp), parsed.Headers[0].KeyID, m)
+	return peertest.Forge(t, w.CP, w.podToken(w.PodA), mutate)
 }
 
-func sign(t *testing.T, key *rsa.PrivateKey, kid string, claims map[string]any) exchange.Secret {
-	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), kid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(s).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return exchange.Secret(tok)
-}
-
-func apiServerKey(t *testing.T, cp *harness.ControlPlane) *rsa.PrivateKey {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(cp.Dir, "pki", "sa.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(b)
-	key, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
+var sign = peertest.Sign
 
 func TestRejectedSubjectTokens(t *testing.T) {
 	w := setup(t)
 	ctx := context.Background()
 	x := w.exchanger(nil)
-	other, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	realKID := func() string {
-		p, _ := jwt.ParseSigned(w.podToken(w.podA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-		return p.Headers[0].KeyID
-	}()
+	other := peertest.NewKey(t)
 	// A forgery that differs from a real token only in its signature.
-	forged := func() exchange.Secret {
-		p, _ := jwt.ParseSigned(w.podToken(w.podA).Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-		var m map[string]any
-		_ = p.UnsafeClaimsWithoutVerification(&m)
-		return sign(t, other, realKID, m)
-	}
-	unbound, err := w.cp.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "app-a", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{gcp.TokenAudience(w.s.Provider())}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	https := w.token(w.podA, "https:"+gcp.TokenAudience(w.s.Provider()))
+	forged := func() exchange.Secret { return peertest.Resigned(t, other, w.podToken(w.PodA)) }
+	unbound := w.Unbound("app-a", gcp.TokenAudience(w.s.Provider()))
+	https := w.Token(w.PodA, "https:"+gcp.TokenAudience(w.s.Provider()))
 	if _, err := x.Exchange(ctx, exchange.Request{Token: https, Want: exchange.KindAccessToken}); err != nil {
 		t.Errorf("the https: form of the audience: %v", err)
 	}
@@ -392,19 +242,19 @@ func TestRejectedSubjectTokens(t *testing.T) {
 		name  string
 		token exchange.Secret
 	}{
-		{"another audience", w.token(w.podA, "sts.amazonaws.com")},
-		{"the API server's audience", w.token(w.podA, w.cp.Issuer)},
-		{"another provider's audience", w.token(w.podA, "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/other/providers/other")},
-		{"not bound to a pod", exchange.Secret(unbound.Status.Token)},
+		{"another audience", w.Token(w.PodA, "sts.amazonaws.com")},
+		{"the API server's audience", w.Token(w.PodA, w.CP.Issuer)},
+		{"another provider's audience", w.Token(w.PodA, "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/other/providers/other")},
+		{"not bound to a pod", unbound},
 		{"signed by another key", forged()},
-		{"unknown key id", sign(t, other, "not-a-kid", map[string]any{"iss": w.cp.Issuer})},
+		{"unknown key id", sign(t, other, "not-a-kid", map[string]any{"iss": w.CP.Issuer})},
 		{"another issuer", forge(t, w, func(m map[string]any) { m["iss"] = "https://evil.example" })},
 		{"expired", forge(t, w, func(m map[string]any) { m["exp"] = time.Now().Add(-time.Second).Unix() })},
 		{"not yet valid", forge(t, w, func(m map[string]any) { m["nbf"] = time.Now().Add(time.Hour).Unix() })},
 		{"no exp", forge(t, w, func(m map[string]any) { delete(m, "exp") })},
 		{"no sub", forge(t, w, func(m map[string]any) { delete(m, "sub") })},
 		{"pod UID of another pod", forge(t, w, func(m map[string]any) {
-			m["kubernetes.io"].(map[string]any)["pod"].(map[string]any)["uid"] = string(w.podB.UID)
+			m["kubernetes.io"].(map[string]any)["pod"].(map[string]any)["uid"] = string(w.PodB.UID)
 		})},
 		{"not a JWT", "not-a-jwt"},
 	} {
@@ -417,18 +267,18 @@ func TestRejectedSubjectTokens(t *testing.T) {
 	}
 
 	t.Run("expired by the clock", func(t *testing.T) {
-		tok := w.podToken(w.podA) // valid for 10 minutes
-		w.offset.Store(int64(11 * time.Minute))
-		defer w.offset.Store(0)
+		tok := w.podToken(w.PodA) // valid for 10 minutes
+		w.Offset.Store(int64(11 * time.Minute))
+		defer w.Offset.Store(0)
 		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
 		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "expired") {
 			t.Errorf("error %v, want InvalidToken for expiry", err)
 		}
 	})
 	t.Run("pod deleted", func(t *testing.T) {
-		pod := w.createPod("short-lived", "app-a")
+		pod := w.CreatePod("short-lived", "app-a")
 		tok := w.podToken(pod)
-		if err := w.cp.DeletePod(ctx, ns, pod.Name); err != nil {
+		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
 			t.Fatal(err)
 		}
 		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
@@ -437,12 +287,12 @@ func TestRejectedSubjectTokens(t *testing.T) {
 		}
 	})
 	t.Run("pod replaced", func(t *testing.T) {
-		pod := w.createPod("replaced", "app-a")
+		pod := w.CreatePod("replaced", "app-a")
 		tok := w.podToken(pod)
-		if err := w.cp.DeletePod(ctx, ns, pod.Name); err != nil {
+		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
 			t.Fatal(err)
 		}
-		w.createPod("replaced", "app-a")
+		w.CreatePod("replaced", "app-a")
 		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
 		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "was replaced") {
 			t.Errorf("error %v, want InvalidToken: pod replaced", err)
@@ -452,7 +302,7 @@ func TestRejectedSubjectTokens(t *testing.T) {
 		y := w.exchanger(func(c *gcp.Config) {
 			c.Provider = "projects/1/locations/global/workloadIdentityPools/other/providers/other"
 		})
-		_, err := y.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken})
+		_, err := y.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodA), Want: exchange.KindAccessToken})
 		if xe := xerr(t, err); xe.Kind != exchange.InvalidRequest || xe.Code != "invalid_target" {
 			t.Errorf("error %v, want InvalidRequest invalid_target", err)
 		}
@@ -502,7 +352,7 @@ func TestRequestChecks(t *testing.T) {
 			"grant_type":           {"urn:ietf:params:oauth:grant-type:token-exchange"},
 			"requested_token_type": {"urn:ietf:params:oauth:token-type:access_token"},
 			"subject_token_type":   {"urn:ietf:params:oauth:token-type:jwt"},
-			"subject_token":        {w.podToken(w.podA).Reveal()},
+			"subject_token":        {w.podToken(w.PodA).Reveal()},
 			"scope":                {googlests.CloudPlatformScope},
 		}
 		mod(v)
@@ -565,7 +415,7 @@ func TestRequestChecks(t *testing.T) {
 	}{
 		{"no Authorization", gat, "", `{"scope":["x"]}`, 401, "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED"},
 		{"unknown bearer", gat, "ya29.made-up", `{"scope":["x"]}`, 401, "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED"},
-		{"subject token as bearer", gat, w.podToken(w.podA).Reveal(), `{"scope":["x"]}`, 401, "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED"},
+		{"subject token as bearer", gat, w.podToken(w.PodA).Reveal(), `{"scope":["x"]}`, 401, "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED"},
 		{"federated token without cloud-platform", gat, narrowFed, `{"scope":["x"]}`, 403, "PERMISSION_DENIED/ACCESS_TOKEN_SCOPE_INSUFFICIENT"},
 		{"impersonated token as bearer", gat, impersonated, `{"scope":["x"]}`, 403, "PERMISSION_DENIED/IAM_PERMISSION_DENIED"},
 		{"lifetime over the maximum", gat, fed, `{"scope":["x"],"lifetime":"3601s"}`, 400, "INVALID_ARGUMENT"},
@@ -583,8 +433,8 @@ func TestRequestChecks(t *testing.T) {
 		})
 	}
 	t.Run("iam expired federated token", func(t *testing.T) {
-		w.offset.Store(int64(time.Hour + time.Second))
-		defer w.offset.Store(0)
+		w.Offset.Store(int64(time.Hour + time.Second))
+		defer w.Offset.Store(0)
 		if status, code, _ := post(t, s, gat, fed, jsonType, `{"scope":["x"]}`); status != 401 || code != "UNAUTHENTICATED/ACCESS_TOKEN_TYPE_UNSUPPORTED" {
 			t.Errorf("%d %s, want 401 UNAUTHENTICATED", status, code)
 		}
@@ -640,7 +490,7 @@ func TestFaults(t *testing.T) {
 	ctx := context.Background()
 	x := w.exchanger(nil)
 	access := func(role string) error {
-		_, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken, Role: role})
+		_, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodA), Want: exchange.KindAccessToken, Role: role})
 		return err
 	}
 	for _, tc := range []struct {
@@ -678,7 +528,7 @@ func TestFaults(t *testing.T) {
 		defer w.s.SetFault(googlests.Fault{})
 		y := w.exchanger(func(c *gcp.Config) { c.HTTPClient = &http.Client{Timeout: 200 * time.Millisecond} })
 		start := time.Now()
-		_, err := y.Exchange(ctx, exchange.Request{Token: w.podToken(w.podA), Want: exchange.KindAccessToken})
+		_, err := y.Exchange(ctx, exchange.Request{Token: w.podToken(w.PodA), Want: exchange.KindAccessToken})
 		if xe := xerr(t, err); xe.Kind != exchange.Transient || !strings.Contains(err.Error(), "timeout") {
 			t.Errorf("error %v, want Transient timeout", err)
 		}
@@ -738,8 +588,8 @@ func TestHarnessStartGoogleSTS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	w := &world{t: t, cp: cp, s: s}
-	pod := w.createPod("pod-a", "app-a")
+	w := &world{World: &peertest.World{T: t, CP: cp}, s: s}
+	pod := w.CreatePod("pod-a", "app-a")
 	x := w.exchanger(nil)
 	c, err := x.Exchange(ctx, exchange.Request{Token: w.podToken(pod), Want: exchange.KindAccessToken, Role: emailA})
 	if err != nil {
@@ -762,26 +612,7 @@ func TestHarnessStartGoogleSTS(t *testing.T) {
 // received or issued.
 func assertNoSecretsLogged(t *testing.T, w *world) {
 	t.Helper()
-	log := w.log.String()
-	if log == "" {
-		t.Error("the peer logged nothing")
-	}
-	secrets := w.s.Secrets()
-	if len(secrets) == 0 {
-		t.Error("the peer recorded no secrets")
-	}
-	for _, s := range secrets {
-		if strings.Contains(log, s) {
-			t.Errorf("the peer's log contains a token")
-			return
-		}
-		for part := range strings.SplitSeq(s, ".") {
-			if len(part) >= 16 && strings.Contains(log, part) {
-				t.Errorf("the peer's log contains part of a token")
-				return
-			}
-		}
-	}
+	peertest.AssertNoSecretsLogged(t, w.Log.String(), w.s.Secrets())
 }
 
 // TestIssuerUnreachable: when the issuer's keys cannot be fetched the
@@ -795,10 +626,7 @@ func TestIssuerUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := peertest.NewKey(t)
 	tok := sign(t, key, "k1", map[string]any{"iss": "http://127.0.0.1:1", "sub": subjectA, "aud": googlests.Audience(s.Provider()), "exp": time.Now().Add(time.Hour).Unix()})
 	x, err := gcp.New(gcp.Config{Provider: s.Provider(), STSEndpoint: s.URL(), IAMCredentialsEndpoint: s.URL()})
 	if err != nil {

@@ -188,7 +188,7 @@ func (cp *ControlPlane) startOIDCRelay(host string) (*oidcRelay, error) {
 		return nil, err
 	}
 	base := "http://" + ln.Addr().String()
-	admin := cp.adminHTTPClient()
+	admin := cp.AdminHTTPClient()
 	get := func(ctx context.Context, u string) ([]byte, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {

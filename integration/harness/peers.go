@@ -23,6 +23,7 @@ import (
 	"github.com/credbroker/agent/integration/entra"
 	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/oidcsts"
+	"github.com/credbroker/agent/integration/peer"
 )
 
 // Moto is a moto_server: STS, IAM and S3 on one port. Unlike oidcsts it can
@@ -170,41 +171,14 @@ type STSConfig struct {
 // OIDC provider (discovery and JWKS fetched from the API server as the
 // admin) and rejects tokens of pods that no longer exist.
 func (cp *ControlPlane) StartSTS(ctx context.Context, cfg STSConfig) (*oidcsts.Server, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = "169.254.170.23:0"
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(cp.CACert)
-	client := &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &BearerTransport{Token: cp.AdminToken, Base: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
-	}
 	s, err := oidcsts.New(oidcsts.Config{
 		Issuer:     cp.Issuer,
-		HTTPClient: client,
+		HTTPClient: cp.AdminHTTPClient(),
 		Roles:      cfg.Roles,
 		Log:        cfg.Log,
-		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
-			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				return "", oidcsts.ErrPodNotFound
-			}
-			if err != nil {
-				return "", err
-			}
-			if pod.DeletionTimestamp != nil {
-				return "", oidcsts.ErrPodNotFound
-			}
-			return string(pod.UID), nil
-		},
+		PodUID:     cp.podUID,
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Start(cfg.Addr); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return started(s, err, cfg.Addr)
 }
 
 // GoogleSTSConfig configures StartGoogleSTS.
@@ -227,33 +201,15 @@ type GoogleSTSConfig struct {
 // (discovery and JWKS fetched from the API server as the admin) and that
 // rejects tokens of pods that no longer exist.
 func (cp *ControlPlane) StartGoogleSTS(ctx context.Context, cfg GoogleSTSConfig) (*googlests.Server, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = "169.254.170.23:0"
-	}
 	s, err := googlests.New(googlests.Config{
 		Issuer:        cp.Issuer,
-		HTTPClient:    cp.adminHTTPClient(),
+		HTTPClient:    cp.AdminHTTPClient(),
 		Provider:      cfg.Provider,
 		Impersonation: cfg.Impersonation,
 		Log:           cfg.Log,
-		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
-			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
-				return "", googlests.ErrPodNotFound
-			}
-			if err != nil {
-				return "", err
-			}
-			return string(pod.UID), nil
-		},
+		PodUID:        cp.podUID,
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Start(cfg.Addr); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return started(s, err, cfg.Addr)
 }
 
 // EntraConfig configures StartEntra.
@@ -279,9 +235,6 @@ type EntraConfig struct {
 // and JWKS fetched from the API server as the admin) and rejects tokens of
 // pods that no longer exist. Its URL() is the authority host.
 func (cp *ControlPlane) StartEntra(ctx context.Context, cfg EntraConfig) (*entra.Server, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = "169.254.170.23:0"
-	}
 	creds := make(map[entra.App][]entra.FederatedCredential, len(cfg.Credentials))
 	for app, subjects := range cfg.Credentials {
 		fcs := []entra.FederatedCredential{}
@@ -292,34 +245,48 @@ func (cp *ControlPlane) StartEntra(ctx context.Context, cfg EntraConfig) (*entra
 	}
 	s, err := entra.New(entra.Config{
 		Issuer:      cp.Issuer,
-		HTTPClient:  cp.adminHTTPClient(),
+		HTTPClient:  cp.AdminHTTPClient(),
 		Credentials: creds,
 		Tenants:     cfg.Tenants,
 		Resources:   cfg.Resources,
 		Log:         cfg.Log,
-		PodUID: func(ctx context.Context, namespace, name string) (string, error) {
-			pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
-				return "", entra.ErrPodNotFound
-			}
-			if err != nil {
-				return "", err
-			}
-			return string(pod.UID), nil
-		},
+		PodUID:      cp.podUID,
 	})
+	return started(s, err, cfg.Addr)
+}
+
+// started starts s, which New returned with err, on addr (default
+// 169.254.170.23:0, reachable from pods and from the host).
+func started[S interface{ Start(addr string) error }](s S, err error, addr string) (S, error) {
+	var none S
 	if err != nil {
-		return nil, err
+		return none, err
 	}
-	if err := s.Start(cfg.Addr); err != nil {
-		return nil, err
+	if addr == "" {
+		addr = "169.254.170.23:0"
+	}
+	if err := s.Start(addr); err != nil {
+		return none, err
 	}
 	return s, nil
 }
 
-// adminHTTPClient talks to the API server as the admin, for clients that
+// podUID is the peers' pod-binding lookup: a pod being deleted no longer
+// exists for them, as it no longer does for the agent.
+func (cp *ControlPlane) podUID(ctx context.Context, namespace, name string) (string, error) {
+	pod, err := cp.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && pod.DeletionTimestamp != nil) {
+		return "", peer.ErrPodNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(pod.UID), nil
+}
+
+// AdminHTTPClient talks to the API server as the admin, for clients that
 // are not client-go (OIDC discovery and JWKS).
-func (cp *ControlPlane) adminHTTPClient() *http.Client {
+func (cp *ControlPlane) AdminHTTPClient() *http.Client {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(cp.CACert)
 	return &http.Client{

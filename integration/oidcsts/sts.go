@@ -35,7 +35,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -43,6 +42,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/credbroker/agent/integration/clusterkeys"
+	"github.com/credbroker/agent/integration/peer"
 )
 
 // Defaults for Config's zero values.
@@ -56,10 +58,10 @@ const (
 )
 
 // ErrPodNotFound is what a PodUIDFunc returns when the pod does not exist.
-var ErrPodNotFound = errors.New("oidcsts: pod not found")
+var ErrPodNotFound = peer.ErrPodNotFound
 
 // PodUIDFunc returns the UID of the pod namespace/name, or ErrPodNotFound.
-type PodUIDFunc func(ctx context.Context, namespace, name string) (string, error)
+type PodUIDFunc = peer.PodUIDFunc
 
 // Config configures a Server.
 type Config struct {
@@ -152,24 +154,22 @@ type Identity struct {
 // methods are safe for concurrent use.
 type Server struct {
 	cfg  Config
-	keys *keySet
+	keys *clusterkeys.KeySet
 	log  *slog.Logger
 
 	assumeRole, issued, denied, invalid, faulted, gci atomic.Int64
+
+	ln *peer.Listener
+	// rec holds every web identity token received and every secret key and
+	// session token issued, and counts AssumeRoleWithWebIdentity calls per
+	// pod UID.
+	rec peer.Record
 
 	mu       sync.Mutex
 	roles    map[string]string
 	fault    Fault
 	lifetime time.Duration        // SetLifetime; 0: as DurationSeconds asks
 	byKey    map[string]*Identity // access key id → identity
-	podCalls map[string]int64     // pod UID → AssumeRoleWithWebIdentity calls
-	// secrets are every web identity token received and every secret key
-	// and session token issued, so that tests can prove none of them shows
-	// up where it must not (the agent's logs and metrics).
-	secrets   []string
-	addr      string
-	srv       *http.Server
-	listening bool
 }
 
 // New checks cfg and returns a Server that is not listening yet.
@@ -198,55 +198,24 @@ func New(cfg Config) (*Server, error) {
 		roles[r] = s
 	}
 	return &Server{
-		cfg:      cfg,
-		keys:     &keySet{issuer: cfg.Issuer, client: cfg.HTTPClient},
-		log:      log,
-		roles:    roles,
-		byKey:    make(map[string]*Identity),
-		podCalls: make(map[string]int64),
+		cfg:   cfg,
+		keys:  clusterkeys.NewKeySet(cfg.Issuer, cfg.HTTPClient),
+		log:   log,
+		ln:    peer.NewListener("oidcsts"),
+		roles: roles,
+		byKey: make(map[string]*Identity),
 	}, nil
 }
 
 // Start listens on addr (host:port; port 0 picks one) and serves in the
 // background until Close.
-func (s *Server) Start(addr string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.listening {
-		return errors.New("oidcsts: already started")
-	}
-	return s.listenLocked(addr)
-}
-
-func (s *Server) listenLocked(addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("oidcsts: listening on %s: %w", addr, err)
-	}
-	s.addr = l.Addr().String()
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	s.listening = true
-	go s.srv.Serve(l) //nolint:errcheck // returns ErrServerClosed on Close
-	return nil
-}
+func (s *Server) Start(addr string) error { return s.ln.Start(addr, s) }
 
 // URL returns http://host:port of the listener (also while refusing).
-func (s *Server) URL() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return "http://" + s.addr
-}
+func (s *Server) URL() string { return "http://" + s.ln.Addr() }
 
 // Close stops serving and closes all connections.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.listening {
-		return nil
-	}
-	s.listening = false
-	return s.srv.Close()
-}
+func (s *Server) Close() error { return s.ln.Close() }
 
 // TrustRole lets role be assumed with tokens whose sub is subject.
 func (s *Server) TrustRole(role, subject string) {
@@ -262,14 +231,7 @@ func (s *Server) SetFault(f Fault) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fault = f
-	switch {
-	case f.Refuse && s.listening:
-		s.listening = false
-		return s.srv.Close()
-	case !f.Refuse && !s.listening && s.srv != nil:
-		return s.listenLocked(s.addr)
-	}
-	return nil
+	return s.ln.Refuse(f.Refuse)
 }
 
 // SetLifetime makes credentials issued from now on expire d after issue,
@@ -296,19 +258,11 @@ func (s *Server) Counts() Counts {
 
 // PodCalls returns how many AssumeRoleWithWebIdentity requests carried a
 // verified token bound to the pod with this UID.
-func (s *Server) PodCalls(podUID string) int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.podCalls[podUID]
-}
+func (s *Server) PodCalls(podUID string) int64 { return s.rec.PodCalls(podUID) }
 
 // Secrets returns every web identity token received and every secret key
 // and session token issued so far.
-func (s *Server) Secrets() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.secrets...)
-}
+func (s *Server) Secrets() []string { return s.rec.Secrets() }
 
 // Lookup returns the identity behind an access key id this server issued.
 func (s *Server) Lookup(accessKeyID string) (Identity, bool) {
@@ -347,7 +301,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.assumeRole.Add(1)
 			s.faulted.Add(1)
 			s.log.Info("sts call", "action", action, "fault", "connection reset")
-			resetConnection(w)
+			peer.ResetConnection(w)
 			return
 		}
 		body, err = s.assumeRoleWithWebIdentity(r)
@@ -376,23 +330,6 @@ func (s *Server) resetFault() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.fault.Reset
-}
-
-// resetConnection closes the request's connection with SO_LINGER 0, so the
-// client reads a TCP RST instead of an answer.
-func resetConnection(w http.ResponseWriter) {
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		return
-	}
-	conn, _, err := hj.Hijack()
-	if err != nil {
-		return
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = conn.Close()
 }
 
 var (
@@ -430,12 +367,8 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 	s.mu.Lock()
 	fault := s.fault
 	s.mu.Unlock()
-	if fault.Latency > 0 {
-		select {
-		case <-time.After(fault.Latency):
-		case <-r.Context().Done():
-			return nil, r.Context().Err()
-		}
+	if !peer.Delay(r.Context(), fault.Latency) {
+		return nil, r.Context().Err()
 	}
 	if fault.Code != FaultNone {
 		s.faulted.Add(1)
@@ -465,19 +398,15 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 		duration = d
 	}
 
-	if token != "" {
-		s.mu.Lock()
-		s.secrets = append(s.secrets, token)
-		s.mu.Unlock()
-	}
+	s.rec.Secret(token)
 	c, err := s.verify(r.Context(), token)
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
 	if c.K8s.Pod != nil {
-		s.podCalls[c.K8s.Pod.UID]++
+		s.rec.PodCall(c.K8s.Pod.UID)
 	}
+	s.mu.Lock()
 	trusted, known := s.roles[roleArn]
 	s.mu.Unlock()
 	if !known || trusted != c.Subject {
@@ -498,8 +427,8 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 		RoleArn:     roleArn,
 		Subject:     c.Subject,
 		Expiration:  now.Add(duration).Truncate(time.Second),
-		accessKeyID: "ASIA" + randomString(16, upperAlnum),
-		token:       randomString(256, base64ish),
+		accessKeyID: "ASIA" + peer.RandomString(16, upperAlnum),
+		token:       peer.RandomString(256, base64ish),
 	}
 	if c.K8s.Pod != nil {
 		id.PodUID = c.K8s.Pod.UID
@@ -515,11 +444,9 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 	resp.Result.AssumedRoleUser.Arn = id.Arn
 	resp.Result.AssumedRoleUser.AssumedRoleId = id.UserID
 	resp.Result.Credentials.AccessKeyId = id.accessKeyID
-	resp.Result.Credentials.SecretAccessKey = randomString(40, base64ish)
+	resp.Result.Credentials.SecretAccessKey = peer.RandomString(40, base64ish)
 	resp.Result.Credentials.SessionToken = id.token
-	s.mu.Lock()
-	s.secrets = append(s.secrets, resp.Result.Credentials.SecretAccessKey, id.token)
-	s.mu.Unlock()
+	s.rec.Secret(resp.Result.Credentials.SecretAccessKey, id.token)
 	resp.Result.Credentials.Expiration = id.Expiration.Format(time.RFC3339)
 	resp.Result.Provider = s.cfg.Issuer
 	resp.Metadata.RequestId = requestID()
@@ -528,7 +455,7 @@ func (s *Server) assumeRoleWithWebIdentity(r *http.Request) (any, error) {
 
 // verify checks the token as AWS does for an OIDC provider, plus the pod
 // binding. Errors are *stsError and never contain the token.
-func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
+func (s *Server) verify(ctx context.Context, token string) (*clusterkeys.Claims, error) {
 	invalid := func(format string, args ...any) error {
 		s.invalid.Add(1)
 		return &stsError{http.StatusBadRequest, "InvalidIdentityToken", fmt.Sprintf(format, args...)}
@@ -536,8 +463,8 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 	if token == "" {
 		return nil, invalid("missing WebIdentityToken")
 	}
-	c, err := s.keys.verify(ctx, token)
-	if errors.Is(err, errBadToken) {
+	c, err := s.keys.Verify(ctx, token)
+	if errors.Is(err, clusterkeys.ErrBadToken) {
 		return nil, invalid("%v", err)
 	}
 	if err != nil {
@@ -549,12 +476,12 @@ func (s *Server) verify(ctx context.Context, token string) (*claims, error) {
 	switch {
 	case c.Issuer != s.cfg.Issuer:
 		return nil, invalid("issuer %q is not trusted", c.Issuer)
-	case !c.Audience.contains(s.cfg.Audience):
+	case !c.Audience.Contains(s.cfg.Audience):
 		return nil, invalid("Incorrect token audience")
-	case c.Expiry == 0 || now >= c.Expiry:
+	case c.Expiry == nil || now >= int64(*c.Expiry):
 		s.invalid.Add(1)
 		return nil, &stsError{http.StatusBadRequest, "ExpiredTokenException", "Token expired"}
-	case c.NotBefore != 0 && now+60 < c.NotBefore:
+	case c.NotBefore != nil && now+60 < int64(*c.NotBefore):
 		return nil, invalid("token not yet valid")
 	}
 	if s.cfg.PodUID != nil {
@@ -654,15 +581,6 @@ const (
 	upperAlnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 	base64ish  = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 )
-
-func randomString(n int, alphabet string) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
-}
 
 // roleID derives a stable AROA… id from the role ARN, as AWS keeps one per role.
 func roleID(roleArn string) string {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -43,5 +45,30 @@ func TestReports(t *testing.T) {
 	}
 	if got := r.Observed(); len(got) != 2 || got[0] != 403 || got[1] != 200 {
 		t.Errorf("Observed = %v", got)
+	}
+}
+
+func TestMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_total"}, []string{"result"})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "y"})
+	reg.MustRegister(c, g)
+	c.WithLabelValues("ok").Add(3)
+	c.WithLabelValues("denied").Add(1)
+	g.Set(7)
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"x_total", map[string]string{"result": "denied"}, 1},
+		{"x_total", map[string]string{"result": "ok"}, 3},
+		{"x_total", map[string]string{"result": "error"}, 0},
+		{"y", nil, 7},
+		{"z", nil, 0},
+	} {
+		if got := Metric(t, reg, tc.name, tc.labels); got != tc.want {
+			t.Errorf("%s %v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
 	}
 }

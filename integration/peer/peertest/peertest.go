@@ -1,0 +1,253 @@
+// Package peertest is what the peers' own tests against a real
+// kube-apiserver (integration/googlests, integration/entra) share: one
+// control plane with two pods of two ServiceAccounts, a clock the test can
+// move, the peer's log, pod-bound tokens, forgeries signed with the API
+// server's own key, and the check that no secret reached the peer's log.
+package peertest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/peer"
+	"github.com/credbroker/agent/integration/testenv"
+	"github.com/credbroker/agent/pkg/exchange"
+)
+
+// The world's namespace and node; its pods are pod-a (ServiceAccount
+// app-a) and pod-b (app-b).
+const (
+	Namespace = "team"
+	Node      = "node-1"
+)
+
+// World is one control plane with two pods of two ServiceAccounts, and a
+// clock for the peer that the test can move.
+type World struct {
+	T      *testing.T
+	CP     *harness.ControlPlane
+	PodA   *corev1.Pod
+	PodB   *corev1.Pod
+	Offset atomic.Int64 // added to the peer's clock (Now)
+	Log    *SyncBuffer  // the peer's log (Logger)
+}
+
+// NewWorld starts the control plane (or skips, see testenv) and creates
+// the ServiceAccounts and pods.
+func NewWorld(t *testing.T) *World {
+	t.Helper()
+	ctx := context.Background()
+	w := &World{T: t, CP: testenv.StartControlPlane(t), Log: &SyncBuffer{}}
+	for _, sa := range []string{"app-a", "app-b"} {
+		if _, err := w.CP.CreateServiceAccount(ctx, Namespace, sa, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.PodA = w.CreatePod("pod-a", "app-a")
+	w.PodB = w.CreatePod("pod-b", "app-b")
+	return w
+}
+
+// Now is the peer's clock: the real time plus Offset.
+func (w *World) Now() time.Time { return time.Now().Add(time.Duration(w.Offset.Load())) }
+
+// Logger writes JSON lines to Log.
+func (w *World) Logger() *slog.Logger { return slog.New(slog.NewJSONHandler(w.Log, nil)) }
+
+// PodUID is the peer's pod-binding lookup against the control plane.
+func (w *World) PodUID(ctx context.Context, namespace, name string) (string, error) {
+	pod, err := w.CP.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", peer.ErrPodNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(pod.UID), nil
+}
+
+// CreatePod creates pod name of ServiceAccount sa in Namespace on Node.
+func (w *World) CreatePod(name, sa string) *corev1.Pod {
+	w.T.Helper()
+	p, err := w.CP.CreatePod(context.Background(), harness.PodSpec{Namespace: Namespace, Name: name, ServiceAccount: sa, NodeName: Node})
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	return p
+}
+
+// Token is a TokenRequest bound to pod with the given audience, as the
+// agent asks for it.
+func (w *World) Token(pod *corev1.Pod, aud string) exchange.Secret {
+	w.T.Helper()
+	secs := int64(600)
+	tr, err := w.CP.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			Audiences:         []string{aud},
+			ExpirationSeconds: &secs,
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	return exchange.Secret(tr.Status.Token)
+}
+
+// Forge signs the claims of real, changed by mutate, with the API server's
+// own ServiceAccount key (as the real issuer would), so that every claim
+// check can be tried on its own.
+func Forge(t *testing.T, cp *harness.ControlPlane, real exchange.Secret, mutate func(m map[string]any)) exchange.Secret {
+	t.Helper()
+	parsed, err := jwt.ParseSigned(real.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := parsed.UnsafeClaimsWithoutVerification(&m); err != nil {
+		t.Fatal(err)
+	}
+	mutate(m)
+	return Sign(t, APIServerKey(t, cp), parsed.Headers[0].KeyID, m)
+}
+
+// NewKey is an RSA key no issuer knows.
+func NewKey(t *testing.T) *rsa.PrivateKey {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// Resigned signs real's claims with key under real's own key ID: a forgery
+// that differs from a real token only in its signature.
+func Resigned(t *testing.T, key *rsa.PrivateKey, real exchange.Secret) exchange.Secret {
+	t.Helper()
+	p, err := jwt.ParseSigned(real.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := p.UnsafeClaimsWithoutVerification(&m); err != nil {
+		t.Fatal(err)
+	}
+	return Sign(t, key, p.Headers[0].KeyID, m)
+}
+
+// Unbound is a token of ServiceAccount sa (in Namespace) for aud, bound to
+// no pod.
+func (w *World) Unbound(sa, aud string) exchange.Secret {
+	w.T.Helper()
+	tr, err := w.CP.Client.CoreV1().ServiceAccounts(Namespace).CreateToken(context.Background(), sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{aud}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		w.T.Fatal(err)
+	}
+	return exchange.Secret(tr.Status.Token)
+}
+
+// Sign makes an RS256 JWT of claims with key under key ID kid.
+func Sign(t *testing.T, key *rsa.PrivateKey, kid string, claims map[string]any) exchange.Secret {
+	t.Helper()
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), kid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(s).Claims(claims).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exchange.Secret(tok)
+}
+
+// APIServerKey is the control plane's ServiceAccount signing key.
+func APIServerKey(t *testing.T, cp *harness.ControlPlane) *rsa.PrivateKey {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(cp.Dir, "pki", "sa.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	key, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// XErr is err as an *exchange.Error, or the test fails.
+func XErr(t *testing.T, err error) *exchange.Error {
+	t.Helper()
+	var xe *exchange.Error
+	if !errors.As(err, &xe) {
+		t.Fatalf("error %v is not an *exchange.Error", err)
+	}
+	return xe
+}
+
+// AssertNoSecretsLogged checks a peer's log against every token it
+// received or issued (secrets), whole and in parts.
+func AssertNoSecretsLogged(t *testing.T, log string, secrets []string) {
+	t.Helper()
+	if log == "" {
+		t.Error("the peer logged nothing")
+	}
+	if len(secrets) == 0 {
+		t.Error("the peer recorded no secrets")
+	}
+	for _, s := range secrets {
+		if strings.Contains(log, s) {
+			t.Errorf("the peer's log contains a token")
+			return
+		}
+		for part := range strings.SplitSeq(s, ".") {
+			if len(part) >= 16 && strings.Contains(log, part) {
+				t.Errorf("the peer's log contains part of a token")
+				return
+			}
+		}
+	}
+}
+
+// SyncBuffer is a bytes.Buffer safe for a logger writing while a test
+// reads.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
