@@ -222,7 +222,7 @@ func MetricSum(text, name string, labels map[string]string) float64 {
 		if metric != name {
 			continue
 		}
-		got := parseLabels(strings.TrimSuffix(lbls, "}"))
+		got := ParseMetricLabels(strings.TrimSuffix(lbls, "}"))
 		match := true
 		for k, v := range labels {
 			if got[k] != v {
@@ -242,7 +242,10 @@ func MetricSum(text, name string, labels map[string]string) float64 {
 	return sum
 }
 
-func parseLabels(s string) map[string]string {
+// ParseMetricLabels parses the label set of a Prometheus text-format line
+// (what stands between its braces, the closing one removed), unescaping
+// values.
+func ParseMetricLabels(s string) map[string]string {
 	m := map[string]string{}
 	for s != "" {
 		k, rest, ok := strings.Cut(s, `="`)

@@ -920,35 +920,9 @@ func parseMetrics(b []byte) snapshot {
 		if err != nil {
 			continue
 		}
-		s = append(s, sample{name: name, labels: parseLabels(strings.TrimSuffix(lbls, "}")), value: v})
+		s = append(s, sample{name: name, labels: harness.ParseMetricLabels(strings.TrimSuffix(lbls, "}")), value: v})
 	}
 	return s
-}
-
-func parseLabels(s string) map[string]string {
-	m := map[string]string{}
-	for s != "" {
-		k, rest, ok := strings.Cut(s, `="`)
-		if !ok {
-			break
-		}
-		var v strings.Builder
-		i := 0
-		for ; i < len(rest); i++ {
-			if rest[i] == '\\' && i+1 < len(rest) {
-				i++
-				v.WriteByte(rest[i])
-				continue
-			}
-			if rest[i] == '"' {
-				break
-			}
-			v.WriteByte(rest[i])
-		}
-		m[strings.TrimSpace(k)] = v.String()
-		s = strings.TrimPrefix(strings.TrimSpace(rest[min(i+1, len(rest)):]), ",")
-	}
-	return m
 }
 
 func (s snapshot) sum(name string) float64 {
