@@ -171,7 +171,7 @@ func TestExportedMetrics(t *testing.T) {
 		if families, err = parser.TextToMetricFamilies(strings.NewReader(text)); err != nil {
 			t.Fatalf("parsing /metrics: %v", err)
 		}
-		if harness.MetricSum(text, "credbroker_upstream_calls_total", map[string]string{"upstream": "exchange", "result": "ok"}) >= 1 {
+		if harness.MetricSum(text, "credbroker_upstream_calls_total", map[string]string{"upstream": "aws", "result": "ok"}) >= 1 {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -513,7 +513,7 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 	for _, c := range statusCodes {
 		allowed[fmt.Sprint(c)] = true
 	}
-	for _, v := range []string{"other", upstreamTokenRequest, upstreamSTS, resultOK, resultDenied,
+	for _, v := range []string{"other", upstreamTokenRequest, string(exchange.AWS), resultOK, resultDenied,
 		resultThrottled, resultError, evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired, evictPodLimit} {
 		allowed[v] = true
 	}

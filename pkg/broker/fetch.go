@@ -130,7 +130,7 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, who prin
 	}
 	start := b.clock.Now()
 	creds, err := cloud.Exchanger.Exchange(ctx, xreq)
-	b.metrics.observeUpstream(upstreamSTS, err, b.clock.Since(start))
+	b.metrics.observeUpstream(string(cloud.Name), err, b.clock.Since(start))
 	if err != nil {
 		return nil, fmt.Errorf("exchanging token of pod %s/%s for %s identity %q: %w", pod.Namespace, pod.Name, cloud.Name, who.identity, err)
 	}

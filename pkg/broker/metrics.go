@@ -15,8 +15,9 @@ import (
 // Label values come only from the fixed sets below: never a pod name, an IP
 // or anything a caller controls, so the number of series stays bounded.
 const (
+	// The upstream of an exchange is its cloud's name: the enabled clouds
+	// are a fixed set.
 	upstreamTokenRequest = "kubernetes_token"
-	upstreamSTS          = "exchange"
 
 	resultOK        = "ok"
 	resultDenied    = "denied"
@@ -85,7 +86,7 @@ func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, erro
 		}, []string{"reason"}),
 		upstreamCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_upstream_calls_total",
-			Help: "Calls to the Kubernetes API and the credential exchange, by upstream and result.",
+			Help: "Calls to the Kubernetes API and to each cloud's credential exchange, by upstream (kubernetes_token or the cloud's name) and result.",
 		}, []string{"upstream", "result"}),
 		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "credbroker_upstream_duration_seconds",

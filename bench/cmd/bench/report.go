@@ -273,7 +273,7 @@ func renderMarkdown(o options, r *results) string {
 			"%.0f credential requests in %s.\n\n", u.Pods, u.ServiceAccounts, u.Requests, u.Window.Round(time.Second))
 		w("| call | counted | per pod per hour |\n|---|---:|---:|\n")
 		hours := u.Window.Hours()
-		for _, k := range []string{"kubernetes_token", "kubernetes_serviceaccount", "exchange"} {
+		for _, k := range []string{"kubernetes_token", "kubernetes_serviceaccount", "aws"} {
 			w("| agent metric `credbroker_upstream_calls_total{upstream=%q}` | %.0f | %.2f |\n", k, u.Agent[k], u.Agent[k]/float64(u.Pods)/hours)
 		}
 		for _, k := range []string{"TokenRequest (create serviceaccounts/token)", "GET serviceaccounts", "LIST pods", "WATCH pods (ended)"} {

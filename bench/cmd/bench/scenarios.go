@@ -525,7 +525,7 @@ func (b *bench) concurrentFirst(ctx context.Context, n int, stsLatency time.Dura
 		return cr, err
 	}
 	cr.TokenRequests = delta(m0, m1, "credbroker_upstream_calls_total", "upstream", "kubernetes_token")
-	cr.STSCalls = delta(m0, m1, "credbroker_upstream_calls_total", "upstream", "exchange")
+	cr.STSCalls = delta(m0, m1, "credbroker_upstream_calls_total", "upstream", "aws")
 	cr.STSPodCalls = b.env.sts.PodCalls(string(pod.UID))
 	return cr, b.env.sts.SetFault(oidcsts.Fault{})
 }
@@ -581,7 +581,7 @@ func (b *bench) window(s0, s1 snapshot, pods int) upstreamWindow {
 			w.WatchSeries = append(w.WatchSeries, line)
 		}
 	}
-	for _, u := range []string{"kubernetes_token", "kubernetes_serviceaccount", "exchange"} {
+	for _, u := range []string{"kubernetes_token", "kubernetes_serviceaccount", "aws"} {
 		w.Agent[u] = delta(s0.agent, s1.agent, "credbroker_upstream_calls_total", "upstream", u)
 	}
 	for _, k := range []struct{ key, verb, resource, sub string }{
