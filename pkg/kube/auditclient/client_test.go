@@ -57,4 +57,3 @@ func TestPages(t *testing.T) {
 		t.Errorf("%d items in %d calls, largest page %d", len(got), l.calls, maxPage)
 	}
 }
-
