@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/credbroker/agent/pkg/audit"
+	"github.com/credbroker/agent/pkg/kube/auditclient"
 )
 
 // Exit codes of `agent audit`, for CI: findings at or above --fail-on are
@@ -59,7 +60,7 @@ func parseAuditFlags(args []string, stderr io.Writer) (auditConfig, error) {
 	fs.StringVar(&c.audit.RoleAnnotation, "role-annotation", "", "the agent's --role-annotation (default: from the agent's DaemonSet, else "+audit.DefaultRoleAnnotation+")")
 	fs.StringVar(&c.audit.AgentNamespace, "agent-namespace", "credbroker-system", "namespace of the agent's DaemonSet")
 	fs.StringVar(&c.audit.AgentDaemonSet, "agent-daemonset", "credbroker-agent", "name of the agent's DaemonSet")
-	fs.Int64Var(&c.pageSize, "page-size", audit.DefaultPageSize, "objects per list request (memory grows with it)")
+	fs.Int64Var(&c.pageSize, "page-size", auditclient.DefaultPageSize, "objects per list request (memory grows with it)")
 	fs.Float64Var(&c.kubeQPS, "kube-api-qps", 20, "client-side QPS limit towards the Kubernetes API")
 	fs.IntVar(&c.kubeBurst, "kube-api-burst", 40, "client-side burst towards the Kubernetes API")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "debug, info, warn or error (logs go to stderr)")
@@ -125,7 +126,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	rc.QPS, rc.Burst = float32(cfg.kubeQPS), cfg.kubeBurst
 	rc.UserAgent = "credbroker-agent-audit/" + version
-	client, err := audit.NewClient(rc)
+	client, err := auditclient.NewClient(rc)
 	if err != nil {
 		return fail(err)
 	}

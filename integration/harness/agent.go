@@ -92,44 +92,44 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 60 * time.Second
 	}
-	probe, err := FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	metrics, err := FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
 	a := &Agent{
-		Listen:     cfg.Listen,
-		URL:        "http://" + cfg.Listen + "/v1/credentials",
-		ProbeURL:   "http://127.0.0.1:" + strconv.Itoa(probe),
-		MetricsURL: "http://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics",
-		Config:     cfg,
+		Listen: cfg.Listen,
+		URL:    "http://" + cfg.Listen + "/v1/credentials",
+		Config: cfg,
 	}
-	args := append([]string{"serve",
-		"--node-name=" + cfg.NodeName,
-		"--kubeconfig=" + cfg.Kubeconfig,
-		"--listen=" + strings.Join(append([]string{cfg.Listen}, cfg.ExtraListen...), ","),
-		"--probe-listen=127.0.0.1:" + strconv.Itoa(probe),
-		"--metrics-listen=127.0.0.1:" + strconv.Itoa(metrics),
-		"--sts-endpoint=" + cfg.STSEndpoint,
-		"--sts-region=" + cfg.STSRegion,
-		"--log-format=json",
-		"--log-level=" + cfg.LogLevel,
-		// The harness's pods are network namespaces with no pod cgroup,
-		// so the kernel could place no connection in any pod. Tests of
-		// attestation pass --attest=netns in ExtraArgs (the last one
-		// wins) and put their pods' processes in pod<uid> cgroups.
-		"--attest=off",
-	}, cfg.ExtraArgs...)
 	env := append([]string{"PATH=" + os.Getenv("PATH")}, cfg.Env...)
-	a.Process, err = StartProcess(cfg.Name, filepath.Join(cfg.Dir, "logs", cfg.Name+".log"), env, cfg.Binary, args...)
+	err = withFreshPorts([]string{"127.0.0.1", "127.0.0.1"}, func(ports []int) (*Process, error) {
+		probe, metrics := ports[0], ports[1]
+		a.ProbeURL = "http://127.0.0.1:" + strconv.Itoa(probe)
+		a.MetricsURL = "http://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics"
+		args := append([]string{"serve",
+			"--node-name=" + cfg.NodeName,
+			"--kubeconfig=" + cfg.Kubeconfig,
+			"--listen=" + strings.Join(append([]string{cfg.Listen}, cfg.ExtraListen...), ","),
+			"--probe-listen=127.0.0.1:" + strconv.Itoa(probe),
+			"--metrics-listen=127.0.0.1:" + strconv.Itoa(metrics),
+			"--sts-endpoint=" + cfg.STSEndpoint,
+			"--sts-region=" + cfg.STSRegion,
+			"--log-format=json",
+			"--log-level=" + cfg.LogLevel,
+			// The harness's pods are network namespaces with no pod cgroup,
+			// so the kernel could place no connection in any pod. Tests of
+			// attestation pass --attest=netns in ExtraArgs (the last one
+			// wins) and put their pods' processes in pod<uid> cgroups.
+			"--attest=off",
+		}, cfg.ExtraArgs...)
+		p, err := StartProcess(cfg.Name, filepath.Join(cfg.Dir, "logs", cfg.Name+".log"), env, cfg.Binary, args...)
+		if err != nil {
+			return nil, err
+		}
+		a.Process = p
+		if err := a.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+			a.Stop()
+			return p, err
+		}
+		return p, nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	if err := a.waitReady(ctx, cfg.ReadyTimeout); err != nil {
-		a.Stop()
 		return nil, err
 	}
 	return a, nil

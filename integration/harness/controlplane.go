@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -21,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,38 +124,7 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 		}
 	}()
 
-	// etcd
-	etcdClient, err := FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	etcdPeer, err := FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	clientURL := "http://127.0.0.1:" + strconv.Itoa(etcdClient)
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(etcdPeer)
-	cp.etcd, err = StartProcess("etcd", filepath.Join(cfg.Dir, "logs/etcd.log"), nil,
-		filepath.Join(cfg.BinDir, "etcd"),
-		"--name=default",
-		"--data-dir="+filepath.Join(cfg.Dir, "etcd"),
-		"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
-		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
-		"--initial-cluster=default="+peerURL,
-		"--log-level=warn",
-		// Tests churn little data; skip fsync waits and keep the WAL small.
-		"--unsafe-no-fsync", "--quota-backend-bytes="+strconv.FormatInt(cfg.EtcdQuotaBytes, 10))
-	if err != nil {
-		return nil, err
-	}
-
-	// Keys and certificates.
-	apiPort, err := FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	cp.URL = "https://127.0.0.1:" + strconv.Itoa(apiPort)
-	cp.Issuer = cp.URL
+	// Keys and certificates name no port, so they outlive a lost port race.
 	ca, err := writePKI(pki)
 	if err != nil {
 		return nil, err
@@ -164,49 +135,81 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (_ *ControlP
 	if err := os.WriteFile(tokenFile, []byte(cp.AdminToken+`,admin,admin-uid,"system:masters"`+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("writing token file: %w", err)
 	}
-	cp.AdminKubeconfig = filepath.Join(cfg.Dir, "admin.kubeconfig")
-	if err := cp.WriteKubeconfig(cp.AdminKubeconfig, "admin", cp.AdminToken); err != nil {
-		return nil, err
-	}
-
 	auditPolicy := filepath.Join(pki, "audit-policy.yaml")
 	if err := os.WriteFile(auditPolicy, []byte(auditPolicyYAML), 0o600); err != nil {
 		return nil, fmt.Errorf("writing audit policy: %w", err)
 	}
 
-	cp.apiArgs = append([]string{
-		"--etcd-servers=" + clientURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
-		// A loopback advertise address is refused unless nothing
-		// reconciles the kubernetes Service's endpoints.
-		"--endpoint-reconciler-type=none",
-		"--secure-port=" + strconv.Itoa(apiPort),
-		"--cert-dir=" + pki,
-		"--tls-cert-file=" + filepath.Join(pki, "apiserver.crt"),
-		"--tls-private-key-file=" + filepath.Join(pki, "apiserver.key"),
-		"--service-account-issuer=" + cp.Issuer,
-		"--service-account-key-file=" + filepath.Join(pki, "sa.pub"),
-		"--service-account-signing-key-file=" + filepath.Join(pki, "sa.key"),
-		"--api-audiences=https://kubernetes.default.svc," + cp.Issuer,
-		"--authorization-mode=" + cfg.AuthorizationModes,
-		"--token-auth-file=" + tokenFile,
-		"--service-cluster-ip-range=10.96.0.0/12",
-		"--profiling=false",
-		// Without it a graceful stop waits for open watches (the agent's
-		// informer) until the process is killed; with it, watches are
-		// closed after a second, as clients must cope with anyway.
-		"--shutdown-watch-termination-grace-period=1s",
-		"--audit-policy-file=" + auditPolicy,
-		"--audit-log-path=" + cp.AuditLog(),
-		"--audit-log-format=json",
-		"--audit-log-mode=blocking",
-	}, append(admission, cfg.ExtraAPIServerFlags...)...)
-
-	if err := waitTCP(ctx, cp.etcd, "127.0.0.1:"+strconv.Itoa(etcdClient), cfg.ReadyTimeout); err != nil {
+	// etcd
+	var clientURL string
+	err = withFreshPorts([]string{"127.0.0.1", "127.0.0.1"}, func(ports []int) (*Process, error) {
+		clientURL = "http://127.0.0.1:" + strconv.Itoa(ports[0])
+		peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
+		// A lost attempt may have left a member with its peer URL behind.
+		data := filepath.Join(cfg.Dir, "etcd")
+		if err := os.RemoveAll(data); err != nil {
+			return nil, fmt.Errorf("clearing %s: %w", data, err)
+		}
+		p, err := StartProcess("etcd", filepath.Join(cfg.Dir, "logs/etcd.log"), nil,
+			filepath.Join(cfg.BinDir, "etcd"),
+			"--name=default",
+			"--data-dir="+data,
+			"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
+			"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+			"--initial-cluster=default="+peerURL,
+			"--log-level=warn",
+			// Tests churn little data; skip fsync waits and keep the WAL small.
+			"--unsafe-no-fsync", "--quota-backend-bytes="+strconv.FormatInt(cfg.EtcdQuotaBytes, 10))
+		if err != nil {
+			return nil, err
+		}
+		cp.etcd = p
+		return p, waitEtcd(ctx, p, clientURL, peerURL, cfg.ReadyTimeout)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("waiting for etcd: %w", err)
 	}
-	if err := cp.StartAPIServer(ctx); err != nil {
+
+	// kube-apiserver: its port is in the URL, the issuer and the kubeconfig.
+	err = withFreshPorts([]string{"127.0.0.1"}, func(ports []int) (*Process, error) {
+		cp.URL = "https://127.0.0.1:" + strconv.Itoa(ports[0])
+		cp.Issuer = cp.URL
+		cp.AdminKubeconfig = filepath.Join(cfg.Dir, "admin.kubeconfig")
+		if err := cp.WriteKubeconfig(cp.AdminKubeconfig, "admin", cp.AdminToken); err != nil {
+			return nil, err
+		}
+		cp.apiArgs = append([]string{
+			"--etcd-servers=" + clientURL,
+			"--bind-address=127.0.0.1",
+			"--advertise-address=127.0.0.1",
+			// A loopback advertise address is refused unless nothing
+			// reconciles the kubernetes Service's endpoints.
+			"--endpoint-reconciler-type=none",
+			"--secure-port=" + strconv.Itoa(ports[0]),
+			"--cert-dir=" + pki,
+			"--tls-cert-file=" + filepath.Join(pki, "apiserver.crt"),
+			"--tls-private-key-file=" + filepath.Join(pki, "apiserver.key"),
+			"--service-account-issuer=" + cp.Issuer,
+			"--service-account-key-file=" + filepath.Join(pki, "sa.pub"),
+			"--service-account-signing-key-file=" + filepath.Join(pki, "sa.key"),
+			"--api-audiences=https://kubernetes.default.svc," + cp.Issuer,
+			"--authorization-mode=" + cfg.AuthorizationModes,
+			"--token-auth-file=" + tokenFile,
+			"--service-cluster-ip-range=10.96.0.0/12",
+			"--profiling=false",
+			// Without it a graceful stop waits for open watches (the agent's
+			// informer) until the process is killed; with it, watches are
+			// closed after a second, as clients must cope with anyway.
+			"--shutdown-watch-termination-grace-period=1s",
+			"--audit-policy-file=" + auditPolicy,
+			"--audit-log-path=" + cp.AuditLog(),
+			"--audit-log-format=json",
+			"--audit-log-mode=blocking",
+		}, append(admission, cfg.ExtraAPIServerFlags...)...)
+		err := cp.StartAPIServer(ctx)
+		return cp.api, err
+	})
+	if err != nil {
 		return nil, err
 	}
 
@@ -614,22 +617,34 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// waitTCP waits until addr accepts connections or p exits.
-func waitTCP(ctx context.Context, p *Process, addr string, timeout time.Duration) error {
+// waitEtcd waits until the etcd at clientURL lists a member with peerURL:
+// the client port answering is not enough, since until p binds it, it may
+// be someone else's (see withFreshPorts).
+func waitEtcd(ctx context.Context, p *Process, clientURL, peerURL string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	client := &http.Client{Timeout: time.Second}
+	defer client.CloseIdleConnections()
+	want, _ := json.Marshal(peerURL)
+	var last string
 	for {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, clientURL+"/v3/cluster/member/list", strings.NewReader("{}"))
+		resp, err := client.Do(req)
 		if err == nil {
-			c.Close()
-			return nil
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && bytes.Contains(b, want) {
+				return nil
+			}
+			last = fmt.Sprintf("%s: %.200s", resp.Status, b)
+		} else {
+			last = err.Error()
 		}
 		select {
 		case <-p.Done():
 			return p.exitError()
 		case <-ctx.Done():
-			return fmt.Errorf("%s not accepting on %s: %w", p.Name, addr, ctx.Err())
+			return fmt.Errorf("%s not serving on %s (last: %s): %w", p.Name, clientURL, last, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -107,18 +107,6 @@ func (cp *ControlPlane) StartMinIO(ctx context.Context, cfg MinIOConfig) (*MinIO
 		return nil, err
 	}
 	m := &MinIO{RoleARN: MinIORoleARN(cfg.ClientID), RootUser: "credbroker-root", RootPassword: "root-" + randomHex(12), oidc: discovery.srv}
-	port, err := FreePort(cfg.Host)
-	if err != nil {
-		m.Stop()
-		return nil, err
-	}
-	console, err := FreePort("127.0.0.1")
-	if err != nil {
-		m.Stop()
-		return nil, err
-	}
-	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(port))
-	m.URL = "http://" + addr
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + cfg.Dir,
@@ -135,12 +123,25 @@ func (cp *ControlPlane) StartMinIO(ctx context.Context, cfg MinIOConfig) (*MinIO
 		m.Stop()
 		return nil, err
 	}
-	m.Process, err = StartProcess("minio", filepath.Join(cfg.Dir, "logs/minio.log"), env, cfg.Binary,
-		"server", data, "--address", addr, "--console-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(console)), "--quiet")
+	err = withFreshPorts([]string{cfg.Host, "127.0.0.1"}, func(ports []int) (*Process, error) {
+		addr := net.JoinHostPort(cfg.Host, strconv.Itoa(ports[0]))
+		m.URL = "http://" + addr
+		p, err := StartProcess("minio", filepath.Join(cfg.Dir, "logs/minio.log"), env, cfg.Binary,
+			"server", data, "--address", addr, "--console-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])), "--quiet")
+		if err != nil {
+			return nil, err
+		}
+		m.Process = p
+		return p, m.waitReady(ctx)
+	})
 	if err != nil {
 		m.Stop()
 		return nil, err
 	}
+	return m, nil
+}
+
+func (m *MinIO) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	client := &http.Client{Timeout: 2 * time.Second}
@@ -149,17 +150,14 @@ func (cp *ControlPlane) StartMinIO(ctx context.Context, cfg MinIOConfig) (*MinIO
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return m, nil
+				return nil
 			}
 		}
 		select {
 		case <-m.Process.Done():
-			err := m.Process.exitError()
-			m.Stop()
-			return nil, fmt.Errorf("minio exited: %w\n%s", err, m.Process.LogTail(20))
+			return fmt.Errorf("minio exited: %w\n%s", m.Process.exitError(), m.Process.LogTail(20))
 		case <-ctx.Done():
-			m.Stop()
-			return nil, fmt.Errorf("minio not ready on %s: %w\n%s", m.URL, ctx.Err(), m.Process.LogTail(20))
+			return fmt.Errorf("minio not ready on %s: %w\n%s", m.URL, ctx.Err(), m.Process.LogTail(20))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -55,16 +55,23 @@ func StartMoto(ctx context.Context, cfg MotoConfig) (*Moto, error) {
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
-	port, err := FreePort(cfg.Host)
-	if err != nil {
-		return nil, err
-	}
 	env := append(os.Environ(), "MOTO_ALLOW_NONEXISTENT_REGION=true")
-	p, err := StartProcess("moto", filepath.Join(cfg.Dir, "logs/moto.log"), env, bin, "-H", cfg.Host, "-p", strconv.Itoa(port))
+	m := &Moto{}
+	err = withFreshPorts([]string{cfg.Host}, func(ports []int) (*Process, error) {
+		p, err := StartProcess("moto", filepath.Join(cfg.Dir, "logs/moto.log"), env, bin, "-H", cfg.Host, "-p", strconv.Itoa(ports[0]))
+		if err != nil {
+			return nil, err
+		}
+		m.URL, m.Process = "http://"+net.JoinHostPort(cfg.Host, strconv.Itoa(ports[0])), p
+		return p, m.waitReady(ctx)
+	})
 	if err != nil {
 		return nil, err
 	}
-	m := &Moto{URL: "http://" + net.JoinHostPort(cfg.Host, strconv.Itoa(port)), Process: p}
+	return m, nil
+}
+
+func (m *Moto) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	for {
@@ -77,14 +84,14 @@ func StartMoto(ctx context.Context, cfg MotoConfig) (*Moto, error) {
 				"Content-Type":  {"application/x-www-form-urlencoded"},
 				"Authorization": {"AWS4-HMAC-SHA256 Credential=AKIDHARNESS/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=0"},
 			})
-			return m, nil
+			return nil
 		}
 		select {
-		case <-p.Done():
-			return nil, p.exitError()
+		case <-m.Process.Done():
+			return m.Process.exitError()
 		case <-ctx.Done():
-			p.Stop(5 * time.Second)
-			return nil, fmt.Errorf("moto not answering on %s: %w", m.URL, ctx.Err())
+			m.Process.Stop(5 * time.Second)
+			return fmt.Errorf("moto not answering on %s: %w", m.URL, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -28,6 +28,9 @@ type Process struct {
 	done    chan struct{}
 	waitErr error
 	stopMu  sync.Mutex
+	// logStart is the log's size when this run began: the log is shared
+	// with earlier runs, and only this run's lines tell why it exited.
+	logStart int64
 }
 
 // StartProcess runs bin with args, logging to logPath (appended, so a
@@ -41,6 +44,10 @@ func StartProcess(name, logPath string, env []string, bin string, args ...string
 	if err != nil {
 		return nil, fmt.Errorf("opening log for %s: %w", name, err)
 	}
+	var logStart int64
+	if st, err := logf.Stat(); err == nil {
+		logStart = st.Size()
+	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = env
@@ -49,7 +56,7 @@ func StartProcess(name, logPath string, env []string, bin string, args ...string
 		logf.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	p := &Process{Name: name, LogPath: logPath, Cmd: cmd, done: make(chan struct{})}
+	p := &Process{Name: name, LogPath: logPath, Cmd: cmd, done: make(chan struct{}), logStart: logStart}
 	go func() {
 		p.waitErr = cmd.Wait()
 		logf.Close()
@@ -128,8 +135,10 @@ func (p *Process) exitError() error {
 }
 
 // FreePort returns a TCP port on host that was free a moment ago. Use it
-// only for programs that cannot be told to pick their own port; the small
-// window until the program binds it is the price.
+// only for programs that cannot be told to pick their own port, and start
+// them through withFreshPorts: until the program binds the port, anyone
+// (another test package's server, any outgoing connection's local port) may
+// take it.
 func FreePort(host string) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -137,6 +146,62 @@ func FreePort(host string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// pickPort is FreePort; a test replaces it to hold a picked port busy.
+var pickPort = FreePort
+
+// portAttempts bounds the starts withFreshPorts makes: each lost race
+// needs another process to take one of a few random ports in the instant
+// before the child binds it, so five losses in a row mean something else
+// is wrong.
+const portAttempts = 5
+
+// withFreshPorts picks one port per host and calls start with them. start
+// starts a child process that binds those ports and waits until it is
+// ready. When the child exited because one of the ports was taken before
+// it bound it, withFreshPorts tries again with fresh ports, up to
+// portAttempts starts in all; any other error is returned at once.
+func withFreshPorts(hosts []string, start func(ports []int) (*Process, error)) error {
+	var err error
+	for attempt := 1; attempt <= portAttempts; attempt++ {
+		ports := make([]int, len(hosts))
+		for i, h := range hosts {
+			if ports[i], err = pickPort(h); err != nil {
+				return err
+			}
+		}
+		var p *Process
+		if p, err = start(ports); err == nil || p == nil || !p.lostPortRace() {
+			return err
+		}
+	}
+	return fmt.Errorf("%d starts in a row lost a port to another process: %w", portAttempts, err)
+}
+
+// lostPortRace reports whether p has exited saying, in this run's log, that
+// an address was already in use. Not every program names the port (MinIO
+// does not), so any such exit counts: a port the caller fixed rather than
+// picked fails again on every attempt and is reported after the last.
+func (p *Process) lostPortRace() bool {
+	if done, _ := p.Exited(); !done {
+		return false
+	}
+	f, err := os.Open(p.LogPath)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	const max = 64 << 10
+	from := p.logStart
+	if st, err := f.Stat(); err == nil && st.Size()-from > max {
+		from = st.Size() - max
+	}
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return false
+	}
+	b, _ := io.ReadAll(f)
+	return bytes.Contains(bytes.ToLower(b), []byte("already in use"))
 }
 
 // ErrNotFound means a binary or directory the harness needs is missing.

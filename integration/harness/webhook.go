@@ -127,52 +127,55 @@ func (cp *ControlPlane) StartWebhook(ctx context.Context, cfg WebhookConfig) (*W
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 60 * time.Second
 	}
-	port, err := FreePort("127.0.0.1")
+	w := &Webhook{}
+	err = withFreshPorts([]string{"127.0.0.1", "127.0.0.1"}, func(ports []int) (*Process, error) {
+		port, mport := ports[0], ports[1]
+		w.URL = "https://127.0.0.1:" + strconv.Itoa(port) + "/mutate"
+		w.ProbeURL = "http://127.0.0.1:" + strconv.Itoa(mport)
+		if err := cp.registerWebhook(ctx, cfg.Dir, w.URL); err != nil {
+			return nil, err
+		}
+		args := append([]string{"webhook",
+			"--kubeconfig=" + cfg.Kubeconfig,
+			"--listen=127.0.0.1:" + strconv.Itoa(port),
+			"--metrics-listen=127.0.0.1:" + strconv.Itoa(mport),
+			"--tls-ip-san=127.0.0.1",
+			"--namespace=" + AgentNamespace,
+			// The API server here is the only one and sees the caBundle at
+			// once; the default 10 s is for API servers behind a watch.
+			"--ca-publish-delay=1s",
+		}, cfg.ExtraArgs...)
+		p, err := StartProcess(cfg.Name, filepath.Join(cfg.Dir, "logs", cfg.Name+".log"),
+			[]string{"PATH=" + os.Getenv("PATH")}, cfg.Binary, args...)
+		if err != nil {
+			return nil, err
+		}
+		w.Process = p
+		return p, w.waitReady(ctx, cfg.ReadyTimeout)
+	})
 	if err != nil {
 		return nil, err
 	}
-	mport, err := FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	w := &Webhook{
-		URL:      "https://127.0.0.1:" + strconv.Itoa(port) + "/mutate",
-		ProbeURL: "http://127.0.0.1:" + strconv.Itoa(mport),
-	}
-	if err := cp.registerWebhook(ctx, cfg.Dir, w.URL); err != nil {
-		return nil, err
-	}
-	args := append([]string{"webhook",
-		"--kubeconfig=" + cfg.Kubeconfig,
-		"--listen=127.0.0.1:" + strconv.Itoa(port),
-		"--metrics-listen=127.0.0.1:" + strconv.Itoa(mport),
-		"--tls-ip-san=127.0.0.1",
-		"--namespace=" + AgentNamespace,
-		// The API server here is the only one and sees the caBundle at
-		// once; the default 10 s is for API servers behind a watch.
-		"--ca-publish-delay=1s",
-	}, cfg.ExtraArgs...)
-	w.Process, err = StartProcess(cfg.Name, filepath.Join(cfg.Dir, "logs", cfg.Name+".log"),
-		[]string{"PATH=" + os.Getenv("PATH")}, cfg.Binary, args...)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
+	return w, nil
+}
+
+func (w *Webhook) waitReady(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
 	for {
 		if resp, err := client.Get(w.ProbeURL + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return w, nil
+				return nil
 			}
 		}
 		select {
 		case <-w.Process.Done():
-			return nil, fmt.Errorf("webhook exited: %v; log tail:\n%s", w.Process.exitError(), w.Process.LogTail(20))
+			return fmt.Errorf("webhook exited: %w; log tail:\n%s", w.Process.exitError(), w.Process.LogTail(20))
 		case <-ctx.Done():
 			w.Stop()
-			return nil, fmt.Errorf("webhook not ready: %w; log tail:\n%s", ctx.Err(), w.Process.LogTail(20))
+			return fmt.Errorf("webhook not ready: %w; log tail:\n%s", ctx.Err(), w.Process.LogTail(20))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -1,4 +1,8 @@
-package audit
+// Package auditclient is `agent audit`'s Kubernetes client: it lists what
+// the audit reads (ServiceAccounts, pods, RBAC, DaemonSets, owners'
+// metadata) a page at a time. It is apart from pkg/kube because it links
+// rbac/v1 and apps/v1, which the serving agent never needs.
+package auditclient
 
 import (
 	"context"
@@ -42,7 +46,7 @@ const DefaultPageSize = 500
 
 // Client lists what the audit reads, a page at a time (limit/continue), so
 // that at most one page of each kind is in memory at once. It implements
-// Lister.
+// audit.Lister.
 type Client struct {
 	core, rbac, apps rest.Interface
 	meta             metadata.Interface
@@ -136,7 +140,7 @@ func listClient[T object, L runtime.Object](rc rest.Interface, resource, namespa
 	return gentype.NewClientWithList(resource, rc, parameterCodec, namespace, newObject, newList, gentype.PrefersProtobuf[T]())
 }
 
-// ServiceAccounts implements Lister.
+// ServiceAccounts implements audit.Lister.
 func (c *Client) ServiceAccounts(ctx context.Context, namespace string, each func(*corev1.ServiceAccount) error) error {
 	l := listClient(c.core, "serviceaccounts", namespace,
 		func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
@@ -151,7 +155,7 @@ func (c *Client) ServiceAccounts(ctx context.Context, namespace string, each fun
 	})
 }
 
-// Pods implements Lister.
+// Pods implements audit.Lister.
 func (c *Client) Pods(ctx context.Context, namespace string, each func(*corev1.Pod) error) error {
 	l := listClient(c.core, "pods", namespace,
 		func() *corev1.Pod { return &corev1.Pod{} },
@@ -166,7 +170,7 @@ func (c *Client) Pods(ctx context.Context, namespace string, each func(*corev1.P
 	})
 }
 
-// DaemonSets implements Lister: the DaemonSets of namespace called name
+// DaemonSets implements audit.Lister: the DaemonSets of namespace called name
 // (a field selector, so that the ClusterRole needs list and not get).
 func (c *Client) DaemonSets(ctx context.Context, namespace, name string, each func(*appsv1.DaemonSet) error) error {
 	l := listClient(c.apps, "daemonsets", namespace,
@@ -183,7 +187,7 @@ func (c *Client) DaemonSets(ctx context.Context, namespace, name string, each fu
 	})
 }
 
-// Roles implements Lister.
+// Roles implements audit.Lister.
 func (c *Client) Roles(ctx context.Context, namespace string, each func(*rbacv1.Role) error) error {
 	l := listClient(c.rbac, "roles", namespace,
 		func() *rbacv1.Role { return &rbacv1.Role{} },
@@ -198,7 +202,7 @@ func (c *Client) Roles(ctx context.Context, namespace string, each func(*rbacv1.
 	})
 }
 
-// RoleBindings implements Lister.
+// RoleBindings implements audit.Lister.
 func (c *Client) RoleBindings(ctx context.Context, namespace string, each func(*rbacv1.RoleBinding) error) error {
 	l := listClient(c.rbac, "rolebindings", namespace,
 		func() *rbacv1.RoleBinding { return &rbacv1.RoleBinding{} },
@@ -213,7 +217,7 @@ func (c *Client) RoleBindings(ctx context.Context, namespace string, each func(*
 	})
 }
 
-// ClusterRoles implements Lister.
+// ClusterRoles implements audit.Lister.
 func (c *Client) ClusterRoles(ctx context.Context, each func(*rbacv1.ClusterRole) error) error {
 	l := listClient(c.rbac, "clusterroles", "",
 		func() *rbacv1.ClusterRole { return &rbacv1.ClusterRole{} },
@@ -228,7 +232,7 @@ func (c *Client) ClusterRoles(ctx context.Context, each func(*rbacv1.ClusterRole
 	})
 }
 
-// ClusterRoleBindings implements Lister.
+// ClusterRoleBindings implements audit.Lister.
 func (c *Client) ClusterRoleBindings(ctx context.Context, each func(*rbacv1.ClusterRoleBinding) error) error {
 	l := listClient(c.rbac, "clusterrolebindings", "",
 		func() *rbacv1.ClusterRoleBinding { return &rbacv1.ClusterRoleBinding{} },
@@ -243,7 +247,7 @@ func (c *Client) ClusterRoleBindings(ctx context.Context, each func(*rbacv1.Clus
 	})
 }
 
-// Metadata implements Lister: the metadata of each object of resource.
+// Metadata implements audit.Lister: the metadata of each object of resource.
 func (c *Client) Metadata(ctx context.Context, resource schema.GroupVersionResource, namespace string, each func(*metav1.PartialObjectMetadata) error) error {
 	var l lister[*metav1.PartialObjectMetadataList] = c.meta.Resource(resource)
 	if namespace != "" {

@@ -1,0 +1,27 @@
+package kube
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// pkg/kube is the serving agent's client: core/v1 and authentication/v1.
+// A client for more API groups (the audit's, in auditclient) is a
+// subpackage, so that importing pkg/kube never links them.
+func TestLinksOnlyCoreAndAuthentication(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		switch {
+		case strings.HasPrefix(pkg, "k8s.io/client-go/kubernetes"), strings.HasPrefix(pkg, "k8s.io/client-go/informers"):
+			t.Errorf("pkg/kube links %s", pkg)
+		case strings.HasPrefix(pkg, "k8s.io/api/"):
+			if group := strings.TrimPrefix(pkg, "k8s.io/api/"); group != "core/v1" && group != "authentication/v1" {
+				t.Errorf("pkg/kube links API group %s", group)
+			}
+		}
+	}
+}
