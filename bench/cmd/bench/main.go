@@ -38,6 +38,8 @@ type options struct {
 	agentBin       string
 	floorBin       string
 	pods           int
+	podsHit        int
+	rounds         int
 	podsLarge      int
 	podsMem        int
 	concurrency    int
@@ -75,6 +77,8 @@ func run() error {
 	flag.StringVar(&o.agentBin, "agent", "bin/agent", "agent binary")
 	flag.StringVar(&o.floorBin, "floor", "bin/bench-floor", "floor server binary")
 	flag.IntVar(&o.pods, "pods", 250, "pods for the main scenarios (a large node)")
+	flag.IntVar(&o.podsHit, "pods-hit", 40, "pods for the headline keep-alive cache-hit ratio (the first of the main scenarios' pods)")
+	flag.IntVar(&o.rounds, "rounds", 5, "interleaved agent/floor rounds of the headline ratio (its median and spread are reported)")
 	flag.IntVar(&o.podsLarge, "pods-large", 1000, "pods for the large scenario")
 	flag.IntVar(&o.podsMem, "pods-mem", 5000, "pods for the largest memory measurement (API only, no namespaces)")
 	flag.IntVar(&o.concurrency, "c", 64, "requests in flight in closed-loop runs")
@@ -217,10 +221,11 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	}()
 
 	t := time.Now()
-	if err := e.addNetPods(ctx, o.pods); err != nil {
-		return res, fmt.Errorf("creating %d pods: %w", o.pods, err)
+	first := min(o.podsHit, o.pods)
+	if err := e.addNetPods(ctx, first); err != nil {
+		return res, fmt.Errorf("creating %d pods: %w", first, err)
 	}
-	logf("created %d pods with network namespaces in %s", o.pods, time.Since(t).Round(time.Millisecond))
+	logf("created %d pods with network namespaces in %s", first, time.Since(t).Round(time.Millisecond))
 
 	// Fetch fast while setting up: the load scenarios measure cache hits,
 	// and the cold start below runs with the agent's defaults.
@@ -228,6 +233,19 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	if b.agent, err = e.startAgent(ctx, fast); err != nil {
 		return res, err
 	}
+	if err := b.agent.waitCached(ctx, first, 2*time.Minute); err != nil {
+		return res, err
+	}
+	// The first memory sample, before the node fills up: the heap per pod
+	// is the growth from here to the last sample.
+	if err := b.memory(ctx, first); err != nil {
+		return res, err
+	}
+	t = time.Now()
+	if err := e.addNetPods(ctx, o.pods); err != nil {
+		return res, fmt.Errorf("creating %d pods: %w", o.pods, err)
+	}
+	logf("created pods up to %d with network namespaces in %s", o.pods, time.Since(t).Round(time.Millisecond))
 	if err := b.agent.waitCached(ctx, o.pods, 2*time.Minute); err != nil {
 		return res, err
 	}
@@ -261,6 +279,15 @@ func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	if err != nil {
 		return res, err
 	}
+	logf("headline: closed keep-alive loop, %d pods, %d in flight, %d interleaved rounds × %s", first, o.concurrency, o.rounds, o.runTime)
+	hb := *b
+	hb.opt.reps = o.rounds
+	hp, err := hb.closedPair(ctx, fmt.Sprintf("%d pods, %s", first, loadgen.KeepAlive), first, loadgen.KeepAlive)
+	if err != nil {
+		return res, err
+	}
+	res.Headline = &hp
+	logf("  agent/floor by round %s: median %.3f", joinRatios(hp.Ratios), median(hp.Ratios))
 	logf("closed loop, %d pods, %d in flight, best of %d × %s", o.pods, o.concurrency, o.reps, o.runTime)
 	for _, m := range []loadgen.Mode{loadgen.KeepAlive, loadgen.NewConn} {
 		p, err := b.closedPair(ctx, fmt.Sprintf("%d pods, %s", o.pods, m), o.pods, m)
@@ -389,6 +416,10 @@ func (b *bench) memory(ctx context.Context, pods int) error {
 	m.Pods = pods
 	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", b.agent.pid())); err == nil {
 		os.WriteFile(filepath.Join(b.opt.outDir, fmt.Sprintf("agent-smaps-%d.txt", pods)), raw, 0o644)
+	}
+	// A heap profile of each sample, for seeing what grows with the pods.
+	if err := b.agent.fetch(ctx, "/debug/pprof/heap", filepath.Join(b.opt.outDir, fmt.Sprintf("agent-heap-%d.pprof", pods))); err != nil {
+		logf("heap profile failed: %v", err)
 	}
 	b.res.Memory = append(b.res.Memory, m)
 	logf("  memory with %d pods (%d cached): heap %.1f MiB, RSS %.1f MiB (anon %.1f, file %.1f; Go sys %.1f, heap idle %.1f, released %.1f)", pods, m.Cached, mib(m.HeapAlloc), mib(m.RSS), mib(m.RSSAnon), mib(m.RSSFile), mib(m.Sys), mib(m.HeapIdle), mib(m.HeapReleased))
@@ -543,6 +574,7 @@ func newResults(o options) *results {
 		Options: map[string]string{
 			"concurrency": strconv.Itoa(o.concurrency),
 			"reps":        strconv.Itoa(o.reps),
+			"rounds":      strconv.Itoa(o.rounds),
 			"sweep_reps":  strconv.Itoa(o.sweepReps),
 			"warmup":      o.warmup.String(),
 			"run":         o.runTime.String(),

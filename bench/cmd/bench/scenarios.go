@@ -142,6 +142,10 @@ type pair struct {
 	// Every repetition's throughput, to show the spread.
 	AgentRuns []float64 `json:"agent_runs"`
 	FloorRuns []float64 `json:"floor_runs"`
+	// Ratios are agent/floor throughput of each round (one run of each
+	// server, back to back): a neighbour's burst shifts a round's two runs
+	// alike, so the median of these is steadier than a ratio of bests.
+	Ratios []float64 `json:"ratios"`
 }
 
 // closedPair runs a closed loop against the agent and the floor, reps times
@@ -171,6 +175,7 @@ func (b *bench) closedPairOf(ctx context.Context, name string, pods int, mode lo
 		if i%2 == 1 {
 			order[0], order[1] = order[1], order[0]
 		}
+		var round [2]float64 // agent, floor
 		for _, s := range order {
 			r, err := b.load(ctx, s, cfg)
 			if err != nil {
@@ -179,19 +184,46 @@ func (b *bench) closedPairOf(ctx context.Context, name string, pods int, mode lo
 			b.log("  %-8s %-5s %8.0f req/s  p50 %6.0fµs  p99 %6.0fµs  errors %d  (%s)", mode, s.name, r.Throughput,
 				us(r.Latency.P50), us(r.Latency.P99), r.Sent-r.OK, outcomes(r.Outcomes))
 			if s.name == "agent" {
+				round[0] = r.Throughput
 				p.AgentRuns = append(p.AgentRuns, r.Throughput)
 				if p.Agent == nil || r.Throughput > p.Agent.Throughput {
 					p.Agent = r
 				}
 			} else {
+				round[1] = r.Throughput
 				p.FloorRuns = append(p.FloorRuns, r.Throughput)
 				if p.Floor == nil || r.Throughput > p.Floor.Throughput {
 					p.Floor = r
 				}
 			}
 		}
+		if round[1] > 0 {
+			p.Ratios = append(p.Ratios, round[0]/round[1])
+		}
 	}
 	return p, nil
+}
+
+// median of xs (0 for none), leaving xs as it is.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	} else {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+}
+
+func joinRatios(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf("%.3f", x)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // sweepPoint is the agent and the floor at one offered rate.
