@@ -3,6 +3,7 @@ package broker
 import (
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -54,12 +55,41 @@ func (b *Broker) record(pod podresolve.Pod, key entryKey, who principal, e *entr
 // storeLocked caches e under key, in place of any failure remembered for
 // it, and schedules its refresh. b.mu must be held.
 func (b *Broker) storeLocked(key entryKey, e *entry, now time.Time) {
+	compact(e.creds)
 	b.askedLocked(key)
 	if b.cache.Add(key, e) {
 		b.metrics.evictions.WithLabelValues(evictCapacity).Inc()
 	}
 	b.failures.Remove(key)
 	b.queue.AddAfter(key, max(e.refreshAt.Sub(now), 0))
+}
+
+// compact copies the strings of c, not yet shared with anyone, into one
+// allocation of their exact total size. Exchangers' strings come from
+// response decoders that size buffers for growth (the AWS SDK's XML
+// decoder builds each value in a strings.Builder, so a session token
+// holds up to twice its length): a cached credential lives for an hour
+// per pod, and this halves what its strings hold.
+func compact(c *exchange.Credentials) {
+	fields := [...]*string{&c.AccessKeyID, (*string)(&c.SecretAccessKey), (*string)(&c.SessionToken), &c.AccountID,
+		(*string)(&c.AccessToken), &c.TokenType, (*string)(&c.IDToken)}
+	n := 0
+	for _, f := range fields {
+		n += len(*f)
+	}
+	if n == 0 {
+		return
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	for _, f := range fields {
+		sb.WriteString(*f)
+	}
+	all := sb.String()
+	for _, f := range fields {
+		l := len(*f)
+		*f, all = all[:l], all[l:]
+	}
 }
 
 // askedLocked records that the pod holds an entry for key.req, and drops

@@ -1,6 +1,8 @@
 package podresolve
 
 import (
+	"sync"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -19,9 +21,14 @@ func stripPod(obj any) (any, error) {
 		// handler copes with them.
 		return obj, nil
 	}
+	podIP := p.Status.PodIP
+	if len(p.Status.PodIPs) > 0 && p.Status.PodIPs[0].IP == podIP {
+		// One string for both: the decoder made two.
+		podIP = p.Status.PodIPs[0].IP
+	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Namespace: p.Namespace,
+			Namespace: intern(p.Namespace),
 			Name:      p.Name,
 			UID:       p.UID,
 			// Kept because client-go reads object resource versions in
@@ -31,14 +38,40 @@ func stripPod(obj any) (any, error) {
 			DeletionTimestamp: p.DeletionTimestamp,
 		},
 		Spec: corev1.PodSpec{
-			NodeName:           p.Spec.NodeName,
-			ServiceAccountName: p.Spec.ServiceAccountName,
+			NodeName:           intern(p.Spec.NodeName),
+			ServiceAccountName: intern(p.Spec.ServiceAccountName),
 			HostNetwork:        p.Spec.HostNetwork,
 		},
 		Status: corev1.PodStatus{
-			Phase:  p.Status.Phase,
-			PodIP:  p.Status.PodIP,
+			Phase:  corev1.PodPhase(intern(string(p.Status.Phase))),
+			PodIP:  podIP,
 			PodIPs: p.Status.PodIPs,
 		},
 	}, nil
+}
+
+// interned holds the strings many stripped pods share (their namespace,
+// node, ServiceAccount, phase): the decoder allocates each anew for every
+// pod and every update, and the store would keep one copy per pod. It is
+// bounded; past the bound, strings are kept as they come.
+var interned = struct {
+	sync.Mutex
+	m map[string]string
+}{m: make(map[string]string)}
+
+const maxInterned = 4096
+
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	interned.Lock()
+	defer interned.Unlock()
+	if c, ok := interned.m[s]; ok {
+		return c
+	}
+	if len(interned.m) < maxInterned {
+		interned.m[s] = s
+	}
+	return s
 }
