@@ -5,6 +5,19 @@ import (
 	"testing"
 )
 
+// TestAppendJSONStringBytes: every byte, alone and amid plain text, comes
+// out as encoding/json writes it.
+func TestAppendJSONStringBytes(t *testing.T) {
+	for c := range 256 {
+		for _, s := range []string{string([]byte{byte(c)}), "ab" + string([]byte{byte(c)}) + "yz"} {
+			want, _ := json.Marshal(s)
+			if got := AppendJSONString([]byte("x"), s); string(got) != "x"+string(want) {
+				t.Errorf("AppendJSONString(%q) = %s, want %s", s, got[1:], want)
+			}
+		}
+	}
+}
+
 func TestAppendJSONString(t *testing.T) {
 	for _, s := range []string{"ya29.abc-_", `a"b`, `a\b`, "a\nb", "<&>", "é", "\xff"} {
 		var want, got any
