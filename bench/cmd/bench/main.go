@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -57,6 +58,8 @@ type options struct {
 	attest         string // the agent's --attest
 	soak           time.Duration
 	soakSession    time.Duration
+	// before is an earlier run's results, shown beside this one's.
+	before *results
 }
 
 func main() {
@@ -93,8 +96,9 @@ func run() error {
 	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "the whole suite's time limit")
 	flag.DurationVar(&o.soak, "soak", 0, "instead of the suite, count upstream calls over this long a window with real refreshes (writes <out>/soak.json only)")
 	flag.DurationVar(&o.soakSession, "soak-session", 30*time.Minute, "credential lifetime the agent asks for during -soak (the agent's minimum is 30m)")
-	var skip, agentEnv, render string
+	var skip, agentEnv, render, before string
 	flag.StringVar(&render, "render", "", "only rewrite -doc from this results.json of an earlier run")
+	flag.StringVar(&before, "before", "", "results.json of an earlier run (another agent build) whose headline figures the report shows beside this run's")
 	flag.StringVar(&skip, "skip", "", "comma-separated scenarios to leave out: sweep, cold (which ends the run there), large (ends it after cold), mem; for quick experiments, the report then lacks them")
 	flag.StringVar(&o.attest, "attest", "off", "the agent's --attest mode; netns gives every pod a sandbox process in a cgroup named after its UID, so the kernel can attest it")
 	flag.StringVar(&agentEnv, "agent-env", "", "comma-separated VAR=value pairs for the agent's environment (e.g. GOGC=200), for experiments")
@@ -116,6 +120,12 @@ func run() error {
 			return fmt.Errorf("bad -sweep fraction %q", f)
 		}
 		o.sweepFractions = append(o.sweepFractions, v)
+	}
+	if before != "" {
+		o.before = &results{}
+		if err := readResults(before, o.before); err != nil {
+			return err
+		}
 	}
 	if render != "" {
 		b, err := os.ReadFile(render)
@@ -186,6 +196,17 @@ func run() error {
 	return err
 }
 
+func readResults(path string, res *results) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, res); err != nil {
+		return fmt.Errorf("reading %s: %w", path, err)
+	}
+	return nil
+}
+
 func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
@@ -195,6 +216,10 @@ func logf(format string, args ...any) {
 func suite(ctx context.Context, o options, dir string) (_ *results, err error) {
 	began := time.Now()
 	res := newResults(o)
+	// The agent's own build, which may not be this checkout's.
+	if out, err := exec.CommandContext(ctx, o.agentBin, "version").Output(); err == nil {
+		res.Commit = strings.TrimSpace(string(out))
+	}
 	b := &bench{opt: o, res: res, log: logf, defaults: flagDefaults(ctx, o.agentBin)}
 	res.AgentDefaults = b.defaults
 

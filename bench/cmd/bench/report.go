@@ -184,6 +184,10 @@ func renderMarkdown(o options, r *results) string {
 	}
 	w("\n")
 
+	if o.before != nil {
+		renderBefore(w, o.before, r)
+	}
+
 	if len(r.Sweep) > 0 {
 		rel, err := filepath.Rel(filepath.Dir(o.doc), o.png)
 		if err != nil {
@@ -391,4 +395,55 @@ func intOutcomes(m map[string]int) string {
 		conv[k] = int64(v)
 	}
 	return outcomes(conv)
+}
+
+// renderBefore sets the goals' figures of an earlier run (another build of
+// the agent, on the same machine) beside this run's. Each run's ratios are
+// against the floor measured in that run.
+func renderBefore(w func(string, ...any), b, r *results) {
+	w("## Before and after\n\n")
+	w("The same figures from an earlier run, agent at `%s` (%s UTC), beside this run's; throughput is a ratio to the floor "+
+		"measured in the same run, so the two runs' machine load cancels out.\n\n", b.Commit, b.Date.Format("2006-01-02 15:04"))
+	w("| figure | before (`%s`) | after (`%s`) |\n|---|---|---|\n", b.Commit, r.Commit)
+	headline := func(x *results) string {
+		h := x.Headline
+		if h == nil || len(h.Ratios) == 0 {
+			return "n/a"
+		}
+		lo, hi := minMax(h.Ratios)
+		return fmt.Sprintf("%.3f× (rounds %s; spread %.3f–%.3f)", median(h.Ratios), joinRatios(h.Ratios), lo, hi)
+	}
+	w("| keep-alive cache hits, 40 pods, agent/floor (median of rounds) | %s | %s |\n", headline(b), headline(r))
+	allocs := func(x *results) string {
+		if x.Headline == nil || x.Headline.Agent == nil {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.1f (floor %.1f)", x.Headline.Agent.AllocsPerReq, x.Headline.Floor.AllocsPerReq)
+	}
+	w("| server allocations per request, all of net/http included | %s | %s |\n", allocs(b), allocs(r))
+	cpu := func(x *results) string {
+		if x.Headline == nil || x.Headline.Agent == nil {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.1f (floor %.1f)", cpuPerReq(x.Headline.Agent), cpuPerReq(x.Headline.Floor))
+	}
+	w("| server CPU µs per request (best round) | %s | %s |\n", cpu(b), cpu(r))
+	heap := func(x *results) string {
+		per, ok := x.heapPerPod()
+		if !ok {
+			return "n/a"
+		}
+		lo, hi := x.Memory[0], x.Memory[len(x.Memory)-1]
+		return fmt.Sprintf("%.0f bytes (%d → %d pods)", per, lo.Cached, hi.Cached)
+	}
+	w("| heap per indexed and cached pod | %s | %s |\n", heap(b), heap(r))
+	rss := func(x *results) string {
+		for _, m := range x.Memory {
+			if m.Pods == 250 {
+				return fmt.Sprintf("%.1f MiB (anon %.1f, file %.1f)", mib(m.RSS), mib(m.RSSAnon), mib(m.RSSFile))
+			}
+		}
+		return "n/a"
+	}
+	w("| RSS with 250 pods | %s | %s |\n\n", rss(b), rss(r))
 }
