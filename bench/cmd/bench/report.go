@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -78,10 +79,9 @@ type goal struct {
 func (r *results) goals() []goal {
 	var gs []goal
 	if h := r.Headline; h != nil && len(h.Ratios) > 0 {
-		lo, hi := minMax(h.Ratios)
 		m := median(h.Ratios)
 		gs = append(gs, goal{"Cache-hit throughput (" + h.Name + ", per-pod limits lifted)", fmt.Sprintf("≥ %.2f× floor", goalHitRatio),
-			fmt.Sprintf("%.3f× (median of %d interleaved rounds; spread %.3f–%.3f)", m, len(h.Ratios), lo, hi), m >= goalHitRatio, true})
+			fmt.Sprintf("%.3f× (median of %d interleaved rounds; %s)", m, len(h.Ratios), spread(h.Ratios)), m >= goalHitRatio, true})
 	}
 	if len(r.Pairs) > 0 && r.Pairs[0].Agent != nil && r.Pairs[0].Floor != nil {
 		p := r.Pairs[0]
@@ -134,6 +134,14 @@ func (r *results) heapPerPod() (float64, bool) {
 		return 0, false
 	}
 	return float64(hi.HeapAlloc-lo.HeapAlloc) / float64(hi.Cached-lo.Cached), true
+}
+
+// spread describes xs by its middle half and its extremes.
+func spread(xs []float64) string {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	n := len(s)
+	return fmt.Sprintf("middle half %.3f–%.3f, all %.3f–%.3f", s[n/4], s[(3*n-1)/4], s[0], s[n-1])
 }
 
 func minMax(xs []float64) (lo, hi float64) {
@@ -240,8 +248,8 @@ func renderMarkdown(o options, r *results) string {
 	}
 	if h := r.Headline; h != nil && len(h.Ratios) > 0 {
 		w("\nThe first row is the headline: the agent's pods all cached, load from %d of them, per-pod request and connection limits "+
-			"lifted, %d rounds of one agent run and one floor run back to back (the order alternating). "+
-			"Agent/floor by round: %s; median **%.3f**.\n", h.Pods, len(h.Ratios), joinRatios(h.Ratios), median(h.Ratios))
+			"lifted, %d rounds of one agent run and one floor run back to back (the order alternating), each %s after %s of warm-up. "+
+			"Agent/floor by round: %s; median **%.3f**.\n", h.Pods, len(h.Ratios), r.Options["round_run"], r.Options["warmup"], joinRatios(h.Ratios), median(h.Ratios))
 	}
 	if p := r.Pairs[0]; p.Agent != nil && p.Floor != nil && p.Floor.OK > 0 && p.Agent.OK > 0 {
 		a, f := cpuPerReq(p.Agent), cpuPerReq(p.Floor)
@@ -410,8 +418,7 @@ func renderBefore(w func(string, ...any), b, r *results) {
 		if h == nil || len(h.Ratios) == 0 {
 			return "n/a"
 		}
-		lo, hi := minMax(h.Ratios)
-		return fmt.Sprintf("%.3f× (rounds %s; spread %.3f–%.3f)", median(h.Ratios), joinRatios(h.Ratios), lo, hi)
+		return fmt.Sprintf("%.3f× (%d rounds; %s)", median(h.Ratios), len(h.Ratios), spread(h.Ratios))
 	}
 	w("| keep-alive cache hits, 40 pods, agent/floor (median of rounds) | %s | %s |\n", headline(b), headline(r))
 	allocs := func(x *results) string {
