@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/credbroker/agent/pkg/api/internal/wire"
@@ -78,10 +79,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		w.Header().Set("Allow", "GET")
 		return WriteError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "only GET is supported", 0)
 	}
-	q := r.URL.Query()
-	aud := q.Get("audience")
+	aud, n, ok := literalAudience(r.URL.RawQuery)
+	if !ok {
+		q := r.URL.Query()
+		aud, n = q.Get("audience"), len(q["audience"])
+	}
 	switch {
-	case len(q["audience"]) != 1 || aud == "":
+	case n != 1 || aud == "":
 		return WriteError(w, http.StatusBadRequest, "BadRequest", "name exactly one audience: ?audience=...", 0)
 	case len(aud) > MaxAudienceLen || strings.ContainsFunc(aud, func(c rune) bool { return c <= ' ' || c > '~' }):
 		return WriteError(w, http.StatusBadRequest, "BadRequest", "the audience must be printable ASCII without spaces, at most 512 bytes", 0)
@@ -98,25 +102,64 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		return WriteError(w, status(f.Class), f.Code, f.Message, f.RetryAfter)
 	}
 	hdr := w.Header()
-	hdr.Set("Cache-Control", "no-store")
+	hdr["Cache-Control"] = noStore
+	buf := bodyPool.Get().(*[]byte)
+	body := (*buf)[:0]
 	if wantsText(r.Header.Get("Accept")) {
-		hdr.Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte(ans.Credentials.IDToken.Reveal() + "\n"))
-		return http.StatusOK
+		hdr["Content-Type"] = contentTypeText
+		body = append(append(body, ans.Credentials.IDToken.Reveal()...), '\n')
+	} else {
+		// What json.Marshal makes of an answer, without its allocations.
+		body = append(body, `{"token":`...)
+		body = wire.AppendJSONString(body, ans.Credentials.IDToken.Reveal())
+		body = append(body, `,"expiration":"`...)
+		body = ans.Credentials.Expiration.UTC().Truncate(time.Second).AppendFormat(body, time.RFC3339)
+		body = append(body, `"}`...)
+		hdr["Content-Type"] = contentTypeJSON
 	}
-	body, _ := json.Marshal(answer{Token: ans.Credentials.IDToken.Reveal(),
-		Expiration: ans.Credentials.Expiration.UTC().Truncate(time.Second).Format(time.RFC3339)})
-	hdr.Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+	clear(body) // the token
+	*buf = body
+	bodyPool.Put(buf)
 	return http.StatusOK
+}
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// Header values shared by every answer: net/http only reads them.
+var (
+	noStore         = []string{"no-store"}
+	contentTypeJSON = []string{"application/json"}
+	contentTypeText = []string{"text/plain; charset=utf-8"}
+)
+
+// literalAudience returns what r.URL.Query() would give for "audience" (its
+// first value and how many there are) when nothing in the query is escaped
+// and the query is short, without allocating; ok is false otherwise, for
+// url.ParseQuery to decide.
+func literalAudience(raw string) (first string, n int, ok bool) {
+	if strings.ContainsAny(raw, "%+;") || strings.Count(raw, "&") >= 100 {
+		return "", 0, false
+	}
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if k, v, _ := strings.Cut(pair, "="); k == "audience" {
+			if n == 0 {
+				first = v
+			}
+			n++
+		}
+	}
+	return first, n, true
 }
 
 // wantsText reports whether the caller asks for text/plain before JSON.
 func wantsText(accept string) bool {
 	for part := range strings.SplitSeq(accept, ",") {
-		switch strings.TrimSpace(strings.SplitN(part, ";", 2)[0]) {
+		media, _, _ := strings.Cut(part, ";")
+		switch strings.TrimSpace(media) {
 		case "text/plain":
 			return true
 		case "application/json", "*/*":
