@@ -139,6 +139,9 @@ type Handler struct {
 	b      Broker
 	header []byte
 	clock  clock.PassiveClock
+	// resources are the resources asked for before, so that a hit for one
+	// the client escaped allocates nothing.
+	resources wire.Values
 }
 
 // New checks cfg and returns a Handler.
@@ -226,7 +229,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		}
 	}
 	raw, _ := wire.QueryValue(q, "resource")
-	res, err := wire.Unescape(raw)
+	res, err := h.resources.Unescape(raw)
 	if err != nil {
 		return writeError(w, http.StatusBadRequest, CodeBadRequest, "resource: invalid escape")
 	}
