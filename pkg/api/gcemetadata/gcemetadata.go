@@ -147,6 +147,9 @@ type Handler struct {
 	surface.Handler
 	b     Broker
 	clock clock.PassiveClock
+	// values are the scopes and audiences asked for before, so that a hit
+	// for one the client escaped allocates nothing.
+	values wire.Values
 
 	projectID     []byte // "my-project"
 	numericID     []byte // "1234" or nil
@@ -459,11 +462,11 @@ func (h *Handler) serveAccount(w http.ResponseWriter, r *http.Request, account, 
 func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr, named string) int {
 	scope := h.defaultScope
 	if raw, ok := wire.QueryValue(r.URL.RawQuery, "scopes"); ok {
-		s, err := wire.Unescape(raw)
+		s, err := h.values.Unescape(raw)
 		if err != nil {
 			return writeText(w, http.StatusBadRequest, CodeBadRequest, "scopes: invalid escape")
 		}
-		canon, _, err := canonicalScopes(s)
+		canon, err := canonicalScope(s)
 		if err != nil {
 			return writeText(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 		}
@@ -520,7 +523,7 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 				"(annotate it with iam.gke.io/gcp-service-account, or the agent's --gcp-service-account-annotation)")
 	}
 	raw, _ := wire.QueryValue(r.URL.RawQuery, "audience")
-	aud, err := wire.Unescape(raw)
+	aud, err := h.values.Unescape(raw)
 	switch {
 	case err != nil:
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "audience: invalid escape")
@@ -547,7 +550,11 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 	hdr["Content-Type"] = contentTypeText
 	hdr["Cache-Control"] = noStore
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write([]byte(c.IDToken.Reveal()))
+	bp := bufPool.Get().(*[]byte)
+	b := append((*bp)[:0], c.IDToken.Reveal()...)
+	_, _ = w.Write(b)
+	*bp = b
+	bufPool.Put(bp)
 	return http.StatusOK
 }
 
@@ -664,6 +671,19 @@ func canonicalScopes(s string) (string, []string, error) {
 	}
 	slices.Sort(list)
 	return strings.Join(list, " "), list, nil
+}
+
+// canonicalScope is canonicalScopes without the list: one scope, the usual
+// case, costs no allocation.
+func canonicalScope(s string) (string, error) {
+	if !strings.ContainsAny(s, ", ") {
+		if s == "" {
+			return "", nil
+		}
+		return s, checkScope(s)
+	}
+	canon, _, err := canonicalScopes(s)
+	return canon, err
 }
 
 func checkScope(s string) error {

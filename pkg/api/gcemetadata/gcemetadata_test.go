@@ -671,6 +671,33 @@ func TestTokenHitAllocations(t *testing.T) {
 	}
 }
 
+// TestIdentityHitAllocations: an identity token for an audience the
+// client escaped, and an access token for escaped scopes, are answered
+// from a hit without an allocation in the surface.
+func TestIdentityHitAllocations(t *testing.T) {
+	fb := &fakeBroker{clock: clocktesting.NewFakePassiveClock(t0)}
+	h, err := New(Config{Broker: &hitBroker{ans: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
+		Kind: exchange.KindIDToken, IDToken: "eyJ.id.sig", AccessToken: testToken, Expiration: t0.Add(time.Hour)}}},
+		ProjectID: testProject, Clock: fb.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{sa + "default/identity?audience=https%3A%2F%2Fsvc.example.com%2F&format=full",
+		sa + "default/token?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"} {
+		r := httptest.NewRequest("GET", target, nil)
+		r.RemoteAddr = podAddr + ":4000"
+		r.Header.Set("Metadata-Flavor", "Google")
+		w := &discardWriter{h: http.Header{}}
+		h.ServeHTTP(w, r) // fills the header map, the buffer pool and the values seen
+		if w.status != 200 {
+			t.Fatalf("%s: status %d", target, w.status)
+		}
+		if n := testing.AllocsPerRun(200, func() { h.ServeHTTP(w, r) }); n != 0 {
+			t.Errorf("%s: %v allocations per hit, want 0", target, n)
+		}
+	}
+}
+
 type hitBroker struct{ ans broker.Answer }
 
 func (b *hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
