@@ -135,11 +135,11 @@ func (at *attestation) traced(b *broker.Broker) tracedBroker {
 	return tracedBroker{Broker: b, att: at.a}
 }
 
-// Credentials is the broker's, traced.
-func (t tracedBroker) Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error) {
-	ans, err := t.Broker.Credentials(ctx, addr, req)
-	if err == nil && t.att != nil {
+// Serve is the broker's, traced.
+func (t tracedBroker) Serve(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, *broker.Failure) {
+	ans, f := t.Broker.Serve(ctx, addr, req)
+	if f == nil && t.att != nil {
 		t.att.Served(ctx, ans.Pod, string(req.Cloud), ans.Identity, req.Scope)
 	}
-	return ans, err
+	return ans, f
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credbroker/agent/pkg/api"
 	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/guard"
@@ -55,6 +56,7 @@ func (c guardConfig) validate() error {
 // broker's logger.
 type guards struct {
 	cfg      guardConfig
+	reg      prometheus.Registerer // the surfaces' request metrics
 	metrics  *guard.Metrics
 	logs     *guard.LogLimiter
 	conns    *guard.ConnLimiter
@@ -82,7 +84,7 @@ func newGuards(cfg guardConfig, reg prometheus.Registerer, logs slog.Handler) (*
 	if err != nil {
 		return nil, fmt.Errorf("request limiter: %w", err)
 	}
-	return &guards{cfg: cfg, metrics: m, logs: ll, conns: cl, requests: rl}, nil
+	return &guards{cfg: cfg, reg: reg, metrics: m, logs: ll, conns: cl, requests: rl}, nil
 }
 
 // brokerLogger is the broker's logger: its per-request lines pass the
@@ -107,6 +109,16 @@ func (g *guards) surface(rules guard.Rules, next http.Handler) (http.Handler, er
 		return nil, fmt.Errorf("request guard: %w", err)
 	}
 	return h, nil
+}
+
+// route adds a route for the surface owning paths owns, with a guard
+// under its rules in front of next.
+func (g *guards) route(routes []api.Route, owns func(string) bool, rules guard.Rules, next http.Handler) ([]api.Route, error) {
+	h, err := g.surface(rules, next)
+	if err != nil {
+		return nil, err
+	}
+	return append(routes, api.Route{Owns: owns, Handler: h}), nil
 }
 
 // listener limits ln's connections per source address; all credential

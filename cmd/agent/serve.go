@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/credbroker/agent/pkg/api"
 	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/api/azureidentity"
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
@@ -452,58 +453,48 @@ func kubeRESTConfig(cfg serveConfig) (*rest.Config, error) {
 
 // surfaces routes each request to the wire surface that owns its path:
 // the GCE metadata server's "/" and /computeMetadata/ tree when GCP is on,
-// the container-credentials API otherwise. Each surface has its own request
-// guard (its error format, its header rules; one budget per address).
+// Azure's /metadata/ tree, /v1/token, and the container-credentials API
+// for every other path. Each surface has its own request guard (its error
+// format, its header rules; one budget per address).
 func surfaces(b tracedBroker, grd *guards, gcp gcpConfig, az azureConfig, podToken podTokenConfig) (http.Handler, error) {
-	aws, err := grd.surface(grd.awsRules(), awscreds.New(b))
-	if err != nil {
-		return nil, err
-	}
-	var gce, azureTokens, tokens http.Handler
+	var routes []api.Route
 	if gcp.enabled() {
 		h, err := gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
-			NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes})
+			NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes, Registerer: grd.reg})
 		if err != nil {
 			return nil, fmt.Errorf("GCE metadata surface: %w", err)
 		}
-		if gce, err = grd.surface(gcemetadata.GuardRules(), h); err != nil {
+		if routes, err = grd.route(routes, gcemetadata.Owns, gcemetadata.GuardRules(), h); err != nil {
 			return nil, err
 		}
 	}
 	if az.enabled() {
-		h, err := azureidentity.New(azureidentity.Config{Broker: b, IdentityHeader: az.identityHeader})
+		h, err := azureidentity.New(azureidentity.Config{Broker: b, IdentityHeader: az.identityHeader, Registerer: grd.reg})
 		if err != nil {
 			return nil, fmt.Errorf("Azure managed-identity surface: %w", err)
 		}
-		if azureTokens, err = grd.surface(azureidentity.GuardRules(), h); err != nil {
+		if routes, err = grd.route(routes, azureidentity.Owns, azureidentity.GuardRules(), h); err != nil {
 			return nil, err
 		}
 	}
 	if podToken.enabled() {
-		if tokens, err = grd.surface(podtoken.GuardRules(), podtoken.New(b)); err != nil {
+		h, err := podtoken.New(b, grd.reg)
+		if err != nil {
+			return nil, fmt.Errorf("pod token surface: %w", err)
+		}
+		if routes, err = grd.route(routes, podtoken.Owns, podtoken.GuardRules(), h); err != nil {
 			return nil, err
 		}
 	}
-	if gce == nil && azureTokens == nil && tokens == nil {
-		return aws, nil
+	h, err := awscreds.New(b, grd.reg)
+	if err != nil {
+		return nil, fmt.Errorf("AWS surface: %w", err)
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
-		switch {
-		case gce != nil && isGCEPath(p):
-			gce.ServeHTTP(w, r)
-		case azureTokens != nil && strings.HasPrefix(p, "/metadata/"):
-			azureTokens.ServeHTTP(w, r)
-		case tokens != nil && p == podtoken.Path:
-			tokens.ServeHTTP(w, r)
-		default:
-			aws.ServeHTTP(w, r)
-		}
-	}), nil
+	if routes, err = grd.route(routes, awscreds.Owns, grd.awsRules(), h); err != nil {
+		return nil, err
+	}
+	return api.Router(routes...), nil
 }
-
-// isGCEPath reports whether p belongs to the GCE metadata server's tree.
-func isGCEPath(p string) bool { return p == "/" || strings.HasPrefix(p, "/computeMetadata") }
 
 // listenAll binds every address it can. An address the node does not have
 // (no IPv6, or the init step has not put the address on yet) is skipped

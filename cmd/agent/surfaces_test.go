@@ -5,12 +5,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -70,4 +72,52 @@ func testGuards(t testing.TB, mutate func(*guardConfig)) *guards {
 		t.Fatal(err)
 	}
 	return g
+}
+
+// TestEachSurfaceCountsUnderItsLabel: a request is counted under the
+// surface that answered it; a path no surface owns is the AWS surface's.
+func TestEachSurfaceCountsUnderItsLabel(t *testing.T) {
+	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
+		Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	reg := prometheus.NewRegistry()
+	grd, err := newGuards(defaultGuardConfig(t), reg, slog.DiscardHandler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, err := surfaces(tracedBroker{Broker: b}, grd, gcpConfig{provider: "p", projectID: "proj"},
+		azureConfig{tenant: "t", identityHeader: "h"}, podTokenConfig{prefix: "https://svc.example/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ path, surface, code string }{
+		{"/", "gcp", "200"},
+		{"/metadata/other", "azure", "404"},
+		{"/v1/token", "podtoken", "400"},
+		{"/v1/credentials/", "aws", "404"},
+		{"/nowhere", "aws", "404"},
+	} {
+		labels := map[string]string{"surface": c.surface, "code": c.code}
+		before := testfake.Metric(t, reg, "credbroker_requests_total", labels)
+		rec := httptest.NewRecorder()
+		routes.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, c.path, nil))
+		if got := testfake.Metric(t, reg, "credbroker_requests_total", labels); rec.Code != mustAtoi(t, c.code) || got != before+1 {
+			t.Errorf("%s: answered %d, counted %v under %v (was %v)", c.path, rec.Code, got, labels, before)
+		}
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

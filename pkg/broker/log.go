@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/clock"
 
+	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -28,6 +29,34 @@ type EventRecorder interface {
 // every per-request line. The agent limits such lines per address with
 // guard.LogLimiter, which looks for exactly this key.
 const LogKeyRemoteAddr = "remote_addr"
+
+// Serve is the surfaces' one entry into the broker: Credentials, and for a
+// request that fails, its classified Failure, already logged (and recorded
+// as an Event) here, so that a surface only writes it in its own format.
+// A failed request allocates its Failure; an answered one allocates
+// nothing.
+func (b *Broker) Serve(ctx context.Context, addr netip.Addr, req Request) (Answer, *Failure) {
+	ans, err := b.Credentials(ctx, addr, req)
+	if err == nil {
+		return ans, nil
+	}
+	return ans, b.fail(ctx, addr, ans.Pod, err)
+}
+
+// ServeIdentity is Identity for the surfaces, failing as Serve does.
+func (b *Broker) ServeIdentity(ctx context.Context, addr netip.Addr, cloud exchange.Cloud) (string, *Failure) {
+	pod, id, err := b.Identity(ctx, addr, cloud)
+	if err == nil {
+		return id, nil
+	}
+	return "", b.fail(ctx, addr, pod, err)
+}
+
+func (b *Broker) fail(ctx context.Context, addr netip.Addr, pod podresolve.Pod, err error) *Failure {
+	f := Classify(err)
+	b.LogFailure(ctx, addr, pod, f, err)
+	return &f
+}
 
 // LogFailure writes one line per refused or failed request; the logger the
 // agent passes in caps them per caller address (LogKeyRemoteAddr), so a pod

@@ -2,8 +2,6 @@ package broker
 
 import (
 	"errors"
-	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,19 +31,7 @@ const (
 	evictPodLimit    = "pod_limit"
 )
 
-// statusCodes are the only codes the API answers with; anything else is
-// counted as "other".
-var statusCodes = []int{
-	http.StatusOK, http.StatusMovedPermanently, http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound,
-	http.StatusMethodNotAllowed, http.StatusTooManyRequests, http.StatusInternalServerError,
-	http.StatusServiceUnavailable,
-}
-
 type metrics struct {
-	requests        *prometheus.CounterVec
-	requestsByCode  map[int]prometheus.Counter
-	requestsOther   prometheus.Counter
-	requestDuration prometheus.Histogram
 	cacheHits       prometheus.Counter
 	cacheMisses     prometheus.Counter
 	cacheStale      prometheus.Counter
@@ -59,15 +45,6 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, error) {
 	m := &metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "credbroker_requests_total",
-			Help: "Credential API requests by HTTP status code.",
-		}, []string{"code"}),
-		requestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "credbroker_request_duration_seconds",
-			Help:    "Time to answer a credential API request.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
-		}),
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_cache_hits_total",
 			Help: "Requests answered from the credential cache.",
@@ -106,35 +83,16 @@ func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, erro
 			Help: "Credentials currently cached.",
 		}, func() float64 { return float64(cachedLen()) }),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.requestDuration, m.cacheHits, m.cacheMisses,
+	for _, c := range []prometheus.Collector{m.cacheHits, m.cacheMisses,
 		m.cacheStale, m.evictions, m.upstreamCalls, m.upstreamLatency, m.refreshFailures, m.podFetchLimited, m.cached} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	// Resolve the per-code counters once: the hot path then increments a
-	// counter without hashing label values or allocating.
-	m.requestsByCode = make(map[int]prometheus.Counter, len(statusCodes))
-	for _, code := range statusCodes {
-		m.requestsByCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
-	}
-	m.requestsOther = m.requests.WithLabelValues("other")
 	for _, r := range []string{evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired, evictPodLimit} {
 		m.evictions.WithLabelValues(r)
 	}
 	return m, nil
-}
-
-// ObserveRequest counts a surface's answer by HTTP status and times it.
-func (b *Broker) ObserveRequest(code int, d time.Duration) { b.metrics.observeRequest(code, d) }
-
-func (m *metrics) observeRequest(code int, d time.Duration) {
-	if c, ok := m.requestsByCode[code]; ok {
-		c.Inc()
-	} else {
-		m.requestsOther.Inc()
-	}
-	m.requestDuration.Observe(d.Seconds())
 }
 
 func (m *metrics) observeUpstream(upstream string, err error, d time.Duration) {

@@ -5,38 +5,56 @@
 package awscreds
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
-	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/agent/pkg/api/internal/surface"
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/guard"
-	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 // Path is where every AWS SDK is pointed by
 // AWS_CONTAINER_CREDENTIALS_FULL_URI.
 const Path = "/v1/credentials"
 
+// Name is the surface's value of the request metrics' surface label.
+const Name = "aws"
+
 // Broker is what the surface needs of the broker.
-type Broker interface {
-	Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error)
-	LogFailure(ctx context.Context, addr netip.Addr, pod podresolve.Pod, f broker.Failure, err error)
-	ObserveRequest(code int, d time.Duration)
-}
+type Broker = surface.Broker
 
 // Handler answers the container-credentials API.
+//
+// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
+// of the TCP peer. X-Forwarded-For, Forwarded, X-Real-IP, the query string
+// and the Authorization header never influence whose credentials are served.
 type Handler struct {
+	surface.Handler
 	broker Broker
 }
 
-// New returns the surface over b.
-func New(b Broker) *Handler { return &Handler{broker: b} }
+// New returns the surface over b; its request metrics are registered with
+// reg (nil: not registered).
+func New(b Broker, reg prometheus.Registerer) (*Handler, error) {
+	m, err := surface.NewRequests(reg, Name)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{broker: b}
+	h.Handler = surface.NewHandler(h.serve, nil, m)
+	return h, nil
+}
+
+// Owns reports whether the surface answers path p: every path no other
+// surface owns, so that an unknown path is answered in the format of the
+// surface every pod reaches.
+func Owns(string) bool { return true }
 
 var request = broker.Request{Cloud: exchange.AWS, Want: exchange.KindAWS}
 
@@ -47,17 +65,6 @@ var (
 	noStore         = []string{"no-store"}
 	allowGet        = []string{"GET, HEAD"}
 )
-
-// ServeHTTP answers the container-credentials API.
-//
-// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
-// of the TCP peer. X-Forwarded-For, Forwarded, X-Real-IP, the query string
-// and the Authorization header never influence whose credentials are served.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	code := h.serve(w, r)
-	h.broker.ObserveRequest(code, time.Since(start))
-}
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	// Only the exact bytes of Path: URL.Path is the decoded path, so
@@ -72,16 +79,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		w.Header()["Allow"] = allowGet
 		return WriteError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "only GET is supported", 0)
 	}
-	peer, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
+	addr, ok := surface.Addr(r)
+	if !ok {
 		return WriteError(w, http.StatusBadRequest, CodeBadRequest, "the caller's address could not be read", 0)
 	}
-	addr := peer.Addr().Unmap()
-	ans, err := h.broker.Credentials(r.Context(), addr, request)
-	if err != nil {
-		f := broker.Classify(err)
-		h.broker.LogFailure(r.Context(), addr, ans.Pod, f, err)
-		return WriteError(w, Status(f.Class), f.Code, f.Message, f.RetryAfter)
+	ans, f := h.broker.Serve(r.Context(), addr, request)
+	if f != nil {
+		return statuses.Write(w, f, WriteError)
 	}
 	buf := bodyPool.Get().(*[]byte)
 	body := appendCredentials((*buf)[:0], ans.Credentials)
@@ -108,21 +112,14 @@ const (
 	CodeBadRequest       = "BadRequest"
 )
 
-// Status is the HTTP status of a failure class: SDKs retry 503 and 429 and
-// treat 403 as final. Never 404 for a refusal: the Java SDK reads 404 as
-// "no credentials endpoint".
-func Status(c broker.Class) int {
-	switch c {
-	case broker.Refused:
-		return http.StatusForbidden
-	case broker.Throttled:
-		return http.StatusTooManyRequests
-	case broker.Invalid:
-		return http.StatusBadRequest
-	default:
-		return http.StatusServiceUnavailable
-	}
-}
+// statuses are the HTTP statuses of the failure classes: SDKs retry 503
+// and 429 and treat 403 as final. Never 404 for a refusal: the Java SDK
+// reads 404 as "no credentials endpoint".
+var statuses = surface.Statuses{Refused: http.StatusForbidden, Throttled: http.StatusTooManyRequests,
+	Invalid: http.StatusBadRequest, Unavailable: http.StatusServiceUnavailable}
+
+// Status is the HTTP status of a failure class.
+func Status(c broker.Class) int { return statuses.Status(c) }
 
 // expirationLayout is RFC 3339 in UTC with a literal Z and whole seconds: the
 // JavaScript SDK rejects "+00:00", and some parsers reject fractions.

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -19,12 +22,15 @@ import (
 // fakeBroker serves the pods in creds by address and records what it was
 // asked.
 type fakeBroker struct {
+	surfacetest.Entry
 	creds    map[netip.Addr]*exchange.Credentials
 	err      error
 	asked    []netip.Addr
 	requests []broker.Request
-	observed map[int]int
-	logged   int
+}
+
+func (f *fakeBroker) Serve(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, *broker.Failure) {
+	return f.Finish(f.Credentials(ctx, addr, req))
 }
 
 func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error) {
@@ -40,15 +46,14 @@ func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.
 	return broker.Answer{Credentials: c}, nil
 }
 
-func (f *fakeBroker) LogFailure(context.Context, netip.Addr, podresolve.Pod, broker.Failure, error) {
-	f.logged++
-}
-
-func (f *fakeBroker) ObserveRequest(code int, _ time.Duration) {
-	if f.observed == nil {
-		f.observed = map[int]int{}
+// handler is the surface over f, counting its answers in f.Registry().
+func handler(t testing.TB, f *fakeBroker) *Handler {
+	t.Helper()
+	h, err := New(f, f.Registry())
+	if err != nil {
+		t.Fatal(err)
 	}
-	f.observed[code]++
+	return h
 }
 
 var expiry = time.Date(2026, 12, 2, 1, 2, 3, 987654321, time.UTC)
@@ -78,7 +83,7 @@ func do(h http.Handler, method, target, addr string, hdr http.Header) *httptest.
 
 func TestServesCallerContract(t *testing.T) {
 	f := newFake()
-	rec := do(New(f), http.MethodGet, Path, "10.0.0.1", nil)
+	rec := do(handler(t, f), http.MethodGet, Path, "10.0.0.1", nil)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
@@ -105,8 +110,8 @@ func TestServesCallerContract(t *testing.T) {
 	if r := f.requests[0]; r != (broker.Request{Cloud: exchange.AWS, Want: exchange.KindAWS}) {
 		t.Errorf("asked the broker for %+v", r)
 	}
-	if f.observed[200] != 1 {
-		t.Errorf("answers observed %v", f.observed)
+	if got := f.Counted(t, Name); got[200] != 1 {
+		t.Errorf("answers observed %v", got)
 	}
 }
 
@@ -132,7 +137,7 @@ func TestRenderingMatchesEncodingJSON(t *testing.T) {
 func TestIdentityComesOnlyFromTheConnection(t *testing.T) {
 	f := newFake()
 	hdr := http.Header{"X-Forwarded-For": {"10.0.0.2"}, "Forwarded": {"for=10.0.0.2"}, "X-Real-Ip": {"10.0.0.2"}}
-	rec := do(New(f), http.MethodGet, Path+"?ip=10.0.0.2", "10.0.0.1", hdr)
+	rec := do(handler(t, f), http.MethodGet, Path+"?ip=10.0.0.2", "10.0.0.1", hdr)
 	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "ASIAPODA") {
 		t.Fatalf("forwarding headers or the query changed the identity: %d %s", rec.Code, rec.Body)
 	}
@@ -143,7 +148,7 @@ func TestIdentityComesOnlyFromTheConnection(t *testing.T) {
 
 func TestPathsAndMethods(t *testing.T) {
 	f := newFake()
-	h := New(f)
+	h := handler(t, f)
 	cases := []struct {
 		method, path string
 		status       int
@@ -175,8 +180,8 @@ func TestPathsAndMethods(t *testing.T) {
 			}
 		}
 	}
-	if f.observed[404] != 4 {
-		t.Errorf("404s observed %d, want 4", f.observed[404])
+	if got := f.Counted(t, Name)[404]; got != 4 {
+		t.Errorf("404s observed %d, want 4", got)
 	}
 	if len(f.asked) != 1 {
 		t.Errorf("the broker was asked %d times, want once (for HEAD)", len(f.asked))
@@ -201,7 +206,7 @@ func TestFailuresByClass(t *testing.T) {
 	for _, c := range cases {
 		f := newFake()
 		f.err = c.err
-		rec := do(New(f), http.MethodGet, Path, "10.0.0.1", nil)
+		rec := do(handler(t, f), http.MethodGet, Path, "10.0.0.1", nil)
 		want := broker.Classify(c.err)
 		var e map[string]string
 		_ = json.Unmarshal(rec.Body.Bytes(), &e)
@@ -211,14 +216,14 @@ func TestFailuresByClass(t *testing.T) {
 		if (rec.Header().Get("Retry-After") != "") != c.retryAfter {
 			t.Errorf("%v: Retry-After %q", c.err, rec.Header().Get("Retry-After"))
 		}
-		if f.logged != 1 {
-			t.Errorf("%v: logged %d times, want once", c.err, f.logged)
+		if n := len(f.Logged()); n != 1 {
+			t.Errorf("%v: logged %d times, want once", c.err, n)
 		}
 	}
 }
 
 func TestCacheHitAllocatesNothing(t *testing.T) {
-	h := New(hitBroker{credsFor("ASIAPODA")})
+	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
 	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
 	w := &discardWriter{h: http.Header{}}
@@ -250,17 +255,15 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 // nothing, for the benchmarks.
 type hitBroker struct{ creds *exchange.Credentials }
 
-func (h hitBroker) Credentials(context.Context, netip.Addr, broker.Request) (broker.Answer, error) {
+func (h hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
 	return broker.Answer{Credentials: h.creds}, nil
 }
-func (hitBroker) LogFailure(context.Context, netip.Addr, podresolve.Pod, broker.Failure, error) {}
-func (hitBroker) ObserveRequest(int, time.Duration)                                             {}
 
 // BenchmarkCacheHit is the surface's share of a cached answer: address
 // parsing, rendering and headers (the broker's share is pkg/broker's
 // BenchmarkCacheHit).
 func BenchmarkCacheHit(b *testing.B) {
-	h := New(hitBroker{credsFor("ASIAPODA")})
+	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
 	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
 	w := &discardWriter{h: http.Header{}}

@@ -22,7 +22,11 @@ func BenchmarkCacheHitGuarded(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := guard.NewHandler(guard.HandlerConfig{Next: New(hitBroker{credsFor("ASIAPODA")}), Rules: GuardRules(true), Metrics: m,
+	surface, err := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := guard.NewHandler(guard.HandlerConfig{Next: surface, Rules: GuardRules(true), Metrics: m,
 		RequestQPS: 1e12, RequestBurst: 1 << 30})
 	if err != nil {
 		b.Fatal(err)

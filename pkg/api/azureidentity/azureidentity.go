@@ -51,35 +51,30 @@
 package azureidentity
 
 import (
-	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"github.com/credbroker/agent/pkg/api/internal/surface"
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/guard"
-	"github.com/credbroker/agent/pkg/podresolve"
 )
 
+// Name is the surface's value of the request metrics' surface label.
+const Name = "azure"
+
 // Broker is what the surface needs from the broker.
-type Broker interface {
-	// Credentials returns credentials for the pod at addr.
-	Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error)
-	// LogFailure writes one rate-limited log line for a refused request.
-	LogFailure(ctx context.Context, addr netip.Addr, pod podresolve.Pod, f broker.Failure, err error)
-	// ObserveRequest counts an answer by HTTP status.
-	ObserveRequest(code int, d time.Duration)
-}
+type Broker = surface.Broker
 
 // Paths and values clients depend on.
 const (
@@ -129,17 +124,24 @@ type Config struct {
 	IdentityHeader string
 	// Clock computes expires_on and expires_in. Default: the real clock.
 	Clock clock.PassiveClock
-	// Classify maps the broker's errors to failures. Default:
-	// broker.Classify; tests set their own.
-	Classify func(error) broker.Failure
+	// Registerer registers the request metrics. Default: not registered.
+	Registerer prometheus.Registerer
 }
 
 // Handler serves TokenPath. Create it with New.
+//
+// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
+// of the TCP peer. Headers and the query string never influence whose
+// credentials are served; client_id only names which of the caller's own
+// identities it wants, and the broker refuses any other.
 type Handler struct {
-	b        Broker
-	header   []byte
-	clock    clock.PassiveClock
-	classify func(error) broker.Failure
+	surface.Handler
+	b      Broker
+	header []byte
+	clock  clock.PassiveClock
+	// resources are the resources asked for before, so that a hit for one
+	// the client escaped allocates nothing.
+	resources wire.Values
 }
 
 // New checks cfg and returns a Handler.
@@ -153,15 +155,22 @@ func New(cfg Config) (*Handler, error) {
 	if len(cfg.IdentityHeader) > MaxIdentityHeaderLen || !wire.Printable(cfg.IdentityHeader) {
 		return nil, fmt.Errorf("azureidentity: IdentityHeader must be printable ASCII without spaces, at most %d bytes", MaxIdentityHeaderLen)
 	}
-	h := &Handler{b: cfg.Broker, header: []byte(cfg.IdentityHeader), clock: cfg.Clock, classify: cfg.Classify}
+	h := &Handler{b: cfg.Broker, header: []byte(cfg.IdentityHeader), clock: cfg.Clock}
 	if h.clock == nil {
 		h.clock = clock.RealClock{}
 	}
-	if h.classify == nil {
-		h.classify = broker.Classify
+	m, err := surface.NewRequests(cfg.Registerer, Name)
+	if err != nil {
+		return nil, err
 	}
+	h.Handler = surface.NewHandler(h.serve, h.clock, m)
 	return h, nil
 }
+
+// Owns reports whether the surface answers path p: the whole /metadata/
+// tree, so that a near miss of TokenPath is answered in this surface's
+// format.
+func Owns(p string) bool { return strings.HasPrefix(p, "/metadata/") }
 
 // TokenRequest is the broker request this surface makes for a token for
 // resource on behalf of a pod that names no client ID, canonicalised as a
@@ -183,18 +192,6 @@ var (
 	nosniff         = []string{"nosniff"}
 	allowGet        = []string{"GET"}
 )
-
-// ServeHTTP answers the managed-identity token endpoint.
-//
-// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
-// of the TCP peer. Headers and the query string never influence whose
-// credentials are served; client_id only names which of the caller's own
-// identities it wants, and the broker refuses any other.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := h.clock.Now()
-	code := h.serve(w, r)
-	h.b.ObserveRequest(code, h.clock.Since(start))
-}
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if _, ok := r.Header["X-Forwarded-For"]; ok {
@@ -232,7 +229,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		}
 	}
 	raw, _ := wire.QueryValue(q, "resource")
-	res, err := wire.Unescape(raw)
+	res, err := h.resources.Unescape(raw)
 	if err != nil {
 		return writeError(w, http.StatusBadRequest, CodeBadRequest, "resource: invalid escape")
 	}
@@ -257,16 +254,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 }
 
 func (h *Handler) token(w http.ResponseWriter, r *http.Request, appService bool, res, clientID string) int {
-	addr, ok := peer(r)
+	addr, ok := surface.Addr(r)
 	if !ok {
 		return writeError(w, http.StatusBadRequest, CodeBadRequest, "the caller's address could not be read")
 	}
-	ans, err := h.b.Credentials(r.Context(), addr, broker.Request{
+	ans, f := h.b.Serve(r.Context(), addr, broker.Request{
 		Cloud: exchange.Azure, Want: exchange.KindAccessToken, Identity: clientID, Scope: res})
-	if err != nil {
-		f := h.classify(err)
-		h.b.LogFailure(r.Context(), addr, ans.Pod, f, err)
-		return writeFailure(w, f)
+	if f != nil {
+		return statuses.Write(w, f, WriteError)
 	}
 	c := ans.Credentials
 	if c == nil || c.AccessToken == "" {
@@ -314,35 +309,16 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, appService bool,
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// Status maps a failure class to the HTTP status this surface answers.
-// Every client retries 429 and 503 (azidentity: 408, 429, 500, 502-504 for
-// App Service, 404, 410, 429, 5xx for IMDS; msal-node: 404, 408, 429, 500,
-// 503, 504; azure-identity: azure-core's 408, 429, 500, 502-504), and none
-// gives up on the endpoint after them.
-func Status(c broker.Class) int {
-	switch c {
-	case broker.Throttled:
-		return http.StatusTooManyRequests
-	case broker.Refused:
-		return http.StatusForbidden
-	case broker.Invalid:
-		return http.StatusBadRequest
-	default: // broker.Unavailable, and anything unknown: retryable
-		return http.StatusServiceUnavailable
-	}
-}
+// statuses map the failure classes to the HTTP statuses this surface
+// answers. Every client retries 429 and 503 (azidentity: 408, 429, 500,
+// 502-504 for App Service, 404, 410, 429, 5xx for IMDS; msal-node: 404,
+// 408, 429, 500, 503, 504; azure-identity: azure-core's 408, 429, 500,
+// 502-504), and none gives up on the endpoint after them.
+var statuses = surface.Statuses{Refused: http.StatusForbidden, Throttled: http.StatusTooManyRequests,
+	Invalid: http.StatusBadRequest, Unavailable: http.StatusServiceUnavailable, RetryableOnly: true}
 
-func writeFailure(w http.ResponseWriter, f broker.Failure) int {
-	status := Status(f.Class)
-	code := f.Code
-	if code == "" {
-		code = http.StatusText(status)
-	}
-	if status == http.StatusServiceUnavailable || (status == http.StatusTooManyRequests && f.RetryAfter > 0) {
-		w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(f.RetryAfter)}
-	}
-	return writeError(w, status, code, f.Message)
-}
+// Status maps a failure class to the HTTP status this surface answers.
+func Status(c broker.Class) int { return statuses.Status(c) }
 
 // GuardRules are this surface's rules for the request guard in front of
 // it: refusals written by WriteError, and never a demand for
@@ -379,15 +355,6 @@ func writeError(w http.ResponseWriter, status int, code, message string) int {
 	b = append(b, "}\n"...)
 	_, _ = w.Write(b)
 	return status
-}
-
-// peer is the caller's address, IPv4-mapped forms unmapped.
-func peer(r *http.Request) (netip.Addr, bool) {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	return ap.Addr().Unmap(), true
 }
 
 // canonicalResource trims s, drops one "/.default" suffix (MSAL Go does the

@@ -174,7 +174,7 @@ func TestGoRetriesTransient(t *testing.T) {
 			vault := uniqueResource("vault")
 			ts, fb := serveReal(t, func(fb *fakeBroker, c *Config) {
 				fb.failFirst = 2
-				c.Classify = func(error) broker.Failure { return f }
+				fb.Classify = func(error) broker.Failure { return f }
 			})
 			setPodEnv(t, ts, testHeader)
 			cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: fastRetry})

@@ -52,27 +52,26 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"github.com/credbroker/agent/pkg/api/internal/surface"
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/guard"
-	"github.com/credbroker/agent/pkg/podresolve"
 )
+
+// Name is the surface's value of the request metrics' surface label.
+const Name = "gcp"
 
 // Broker is what the surface needs from the broker.
 type Broker interface {
-	// Credentials returns credentials for the pod at addr.
-	Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error)
-	// Identity resolves the pod at addr and returns the Google service
-	// account its ServiceAccount may use ("" for its own federated
-	// principal), without fetching anything.
-	Identity(ctx context.Context, addr netip.Addr, cloud exchange.Cloud) (podresolve.Pod, string, error)
-	// LogFailure writes one rate-limited log line for a refused request.
-	LogFailure(ctx context.Context, addr netip.Addr, pod podresolve.Pod, f broker.Failure, err error)
-	// ObserveRequest counts an answer by HTTP status.
-	ObserveRequest(code int, d time.Duration)
+	surface.Broker
+	// ServeIdentity resolves the pod at addr and returns the Google
+	// service account its ServiceAccount may use ("" for its own federated
+	// principal), without fetching anything; it fails as Serve does.
+	ServeIdentity(ctx context.Context, addr netip.Addr, cloud exchange.Cloud) (string, *broker.Failure)
 }
 
 // Paths and values clients depend on.
@@ -134,16 +133,23 @@ type Config struct {
 	DefaultScopes []string
 	// Clock computes expires_in. Default: the real clock.
 	Clock clock.PassiveClock
-	// Classify maps the broker's errors to failures. Default:
-	// broker.Classify; tests set their own.
-	Classify func(error) broker.Failure
+	// Registerer registers the request metrics. Default: not registered.
+	Registerer prometheus.Registerer
 }
 
 // Handler serves the GCE metadata paths. Create it with New.
+//
+// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
+// of the TCP peer. Headers, the query string and the path never influence
+// whose credentials are served; a path naming an account only selects among
+// the caller's own.
 type Handler struct {
-	b        Broker
-	clock    clock.PassiveClock
-	classify func(error) broker.Failure
+	surface.Handler
+	b     Broker
+	clock clock.PassiveClock
+	// values are the scopes and audiences asked for before, so that a hit
+	// for one the client escaped allocates nothing.
+	values wire.Values
 
 	projectID     []byte // "my-project"
 	numericID     []byte // "1234" or nil
@@ -167,7 +173,6 @@ func New(cfg Config) (*Handler, error) {
 	h := &Handler{
 		b:         cfg.Broker,
 		clock:     cfg.Clock,
-		classify:  cfg.Classify,
 		projectID: []byte(cfg.ProjectID),
 		federated: cfg.ProjectID + FederatedSuffix,
 	}
@@ -176,9 +181,6 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if h.clock == nil {
 		h.clock = clock.RealClock{}
-	}
-	if h.classify == nil {
-		h.classify = broker.Classify
 	}
 	scopes := cfg.DefaultScopes
 	if len(scopes) == 0 {
@@ -190,8 +192,17 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h.defaultScope, h.defaultScopes = canon, list
 	h.scopesBody = []byte(strings.Join(list, "\n") + "\n")
+	m, err := surface.NewRequests(cfg.Registerer, Name)
+	if err != nil {
+		return nil, err
+	}
+	h.Handler = surface.NewHandler(h.serve, h.clock, m)
 	return h, nil
 }
+
+// Owns reports whether the surface answers path p: "/" and the
+// /computeMetadata tree.
+func Owns(p string) bool { return p == "/" || strings.HasPrefix(p, "/computeMetadata") }
 
 // Pre-built header values: assigning them directly to the header map keeps
 // the cache-hit path free of allocations.
@@ -202,18 +213,6 @@ var (
 	noStore         = []string{"no-store"}
 	allowGet        = []string{"GET"}
 )
-
-// ServeHTTP answers the metadata API.
-//
-// SECURITY: the caller's identity comes from r.RemoteAddr only, the address
-// of the TCP peer. Headers, the query string and the path never influence
-// whose credentials are served; a path naming an account only selects among
-// the caller's own.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := h.clock.Now()
-	code := h.serve(w, r)
-	h.b.ObserveRequest(code, h.clock.Since(start))
-}
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	hdr := w.Header()
@@ -312,7 +311,7 @@ func (h *Handler) directory(w http.ResponseWriter, r *http.Request, dir string) 
 	case "universe/":
 		return writeJSON(w, universe)
 	}
-	addr, ok := peer(r)
+	addr, ok := surface.Addr(r)
 	if !ok {
 		return badPeer(w)
 	}
@@ -360,22 +359,13 @@ var (
 	aliasesBody  = []byte("default\n")
 )
 
-// peer is the caller's address, IPv4-mapped forms unmapped.
-func peer(r *http.Request) (netip.Addr, bool) {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	return ap.Addr().Unmap(), true
-}
-
 // identity resolves the caller and returns the email shown for it (the
 // Google service account, or PROJECT_ID.svc.id.goog for its federated
 // principal). On failure it has answered and returns the status.
 func (h *Handler) identity(w http.ResponseWriter, r *http.Request, addr netip.Addr) (string, int) {
-	pod, id, err := h.b.Identity(r.Context(), addr, exchange.GCP)
-	if err != nil {
-		return "", h.fail(w, r, addr, pod, err)
+	id, f := h.b.ServeIdentity(r.Context(), addr, exchange.GCP)
+	if f != nil {
+		return "", statuses.Write(w, f, WriteError)
 	}
 	if id == "" {
 		return h.federated, 0
@@ -393,7 +383,7 @@ func (h *Handler) shownEmail(id string) string {
 }
 
 func (h *Handler) listAccounts(w http.ResponseWriter, r *http.Request) int {
-	addr, ok := peer(r)
+	addr, ok := surface.Addr(r)
 	if !ok {
 		return badPeer(w)
 	}
@@ -426,7 +416,7 @@ func (h *Handler) accountInfo(email string) accountJSON {
 }
 
 func (h *Handler) serveAccount(w http.ResponseWriter, r *http.Request, account, leaf string) int {
-	addr, ok := peer(r)
+	addr, ok := surface.Addr(r)
 	if !ok {
 		return badPeer(w)
 	}
@@ -472,11 +462,11 @@ func (h *Handler) serveAccount(w http.ResponseWriter, r *http.Request, account, 
 func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr, named string) int {
 	scope := h.defaultScope
 	if raw, ok := wire.QueryValue(r.URL.RawQuery, "scopes"); ok {
-		s, err := wire.Unescape(raw)
+		s, err := h.values.Unescape(raw)
 		if err != nil {
 			return writeText(w, http.StatusBadRequest, CodeBadRequest, "scopes: invalid escape")
 		}
-		canon, _, err := canonicalScopes(s)
+		canon, err := canonicalScope(s)
 		if err != nil {
 			return writeText(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 		}
@@ -484,10 +474,10 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr,
 			scope = canon
 		}
 	}
-	ans, err := h.b.Credentials(r.Context(), addr, broker.Request{
+	ans, f := h.b.Serve(r.Context(), addr, broker.Request{
 		Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: scope})
-	if err != nil {
-		return h.fail(w, r, addr, ans.Pod, err)
+	if f != nil {
+		return statuses.Write(w, f, WriteError)
 	}
 	if named != "" && h.shownEmail(ans.Identity) != named {
 		return notFound(w)
@@ -533,7 +523,7 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 				"(annotate it with iam.gke.io/gcp-service-account, or the agent's --gcp-service-account-annotation)")
 	}
 	raw, _ := wire.QueryValue(r.URL.RawQuery, "audience")
-	aud, err := wire.Unescape(raw)
+	aud, err := h.values.Unescape(raw)
 	switch {
 	case err != nil:
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "audience: invalid escape")
@@ -544,10 +534,10 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 	case !wire.Printable(aud):
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "audience: invalid characters")
 	}
-	ans, err := h.b.Credentials(r.Context(), addr, broker.Request{
+	ans, f := h.b.Serve(r.Context(), addr, broker.Request{
 		Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: aud})
-	if err != nil {
-		return h.fail(w, r, addr, ans.Pod, err)
+	if f != nil {
+		return statuses.Write(w, f, WriteError)
 	}
 	if named != "" && h.shownEmail(ans.Identity) != named {
 		return notFound(w)
@@ -560,42 +550,21 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 	hdr["Content-Type"] = contentTypeText
 	hdr["Cache-Control"] = noStore
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write([]byte(c.IDToken.Reveal()))
+	bp := bufPool.Get().(*[]byte)
+	b := append((*bp)[:0], c.IDToken.Reveal()...)
+	_, _ = w.Write(b)
+	*bp = b
+	bufPool.Put(bp)
 	return http.StatusOK
 }
 
-// fail answers a broker error with its class's status and logs it.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, addr netip.Addr, pod podresolve.Pod, err error) int {
-	f := h.classify(err)
-	h.b.LogFailure(r.Context(), addr, pod, f, err)
-	return writeFailure(w, f)
-}
+// statuses map the failure classes to the HTTP statuses this surface
+// answers.
+var statuses = surface.Statuses{Refused: http.StatusForbidden, Throttled: http.StatusTooManyRequests,
+	Invalid: http.StatusBadRequest, Unavailable: http.StatusServiceUnavailable, RetryableOnly: true}
 
 // Status maps a failure class to the HTTP status this surface answers.
-func Status(c broker.Class) int {
-	switch c {
-	case broker.Throttled:
-		return http.StatusTooManyRequests
-	case broker.Refused:
-		return http.StatusForbidden
-	case broker.Invalid:
-		return http.StatusBadRequest
-	default: // broker.Unavailable, and anything unknown: retryable
-		return http.StatusServiceUnavailable
-	}
-}
-
-func writeFailure(w http.ResponseWriter, f broker.Failure) int {
-	status := Status(f.Class)
-	code := f.Code
-	if code == "" {
-		code = http.StatusText(status)
-	}
-	if status == http.StatusServiceUnavailable || (status == http.StatusTooManyRequests && f.RetryAfter > 0) {
-		w.Header()["Retry-After"] = []string{wire.RetryAfterSeconds(f.RetryAfter)}
-	}
-	return writeText(w, status, code, f.Message)
-}
+func Status(c broker.Class) int { return statuses.Status(c) }
 
 // WriteError answers an error in this surface's format, so that refusals
 // made in front of it (package guard: its signature is a guard.ErrorWriter)
@@ -702,6 +671,19 @@ func canonicalScopes(s string) (string, []string, error) {
 	}
 	slices.Sort(list)
 	return strings.Join(list, " "), list, nil
+}
+
+// canonicalScope is canonicalScopes without the list: one scope, the usual
+// case, costs no allocation.
+func canonicalScope(s string) (string, error) {
+	if !strings.ContainsAny(s, ", ") {
+		if s == "" {
+			return "", nil
+		}
+		return s, checkScope(s)
+	}
+	canon, _, err := canonicalScopes(s)
+	return canon, err
 }
 
 func checkScope(s string) error {

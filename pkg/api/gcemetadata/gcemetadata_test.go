@@ -16,7 +16,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/credbroker/agent/internal/testfake"
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
@@ -35,7 +35,7 @@ var t0 = time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
 // fakeBroker answers for one pod. Its identity is testEmail unless
 // federated is set.
 type fakeBroker struct {
-	testfake.Reports[broker.Failure] // LogFailure, ObserveRequest
+	surfacetest.Entry // Serve's and ServeIdentity's failures
 
 	clock     *clocktesting.FakePassiveClock
 	federated bool
@@ -73,6 +73,18 @@ func (f *fakeBroker) Identity(_ context.Context, addr netip.Addr, cloud exchange
 		return testPod, "", f.identityErr
 	}
 	return testPod, f.id(), nil
+}
+
+func (f *fakeBroker) Serve(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, *broker.Failure) {
+	return f.Finish(f.Credentials(ctx, addr, req))
+}
+
+func (f *fakeBroker) ServeIdentity(ctx context.Context, addr netip.Addr, cloud exchange.Cloud) (string, *broker.Failure) {
+	_, id, err := f.Identity(ctx, addr, cloud)
+	if err != nil {
+		return "", f.Fail(err)
+	}
+	return id, nil
 }
 
 func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error) {
@@ -116,7 +128,7 @@ func fakeJWT(aud string, exp time.Time) string {
 func newTest(t *testing.T, mod func(*fakeBroker, *Config)) (*Handler, *fakeBroker) {
 	t.Helper()
 	fb := &fakeBroker{clock: clocktesting.NewFakePassiveClock(t0)}
-	cfg := Config{Broker: fb, ProjectID: testProject, NumericProjectID: testNumber, Clock: fb.clock}
+	cfg := Config{Broker: fb, ProjectID: testProject, NumericProjectID: testNumber, Clock: fb.clock, Registerer: fb.Registry()}
 	if mod != nil {
 		mod(fb, &cfg)
 	}
@@ -275,8 +287,8 @@ func TestRules(t *testing.T) {
 			if tc.location != "" && w.Header().Get("Location") != tc.location {
 				t.Errorf("Location %q, want %q", w.Header().Get("Location"), tc.location)
 			}
-			if len(fb.Observed()) != 1 || fb.Observed()[0] != tc.status {
-				t.Errorf("observed %v, want [%d]", fb.Observed(), tc.status)
+			if got := fb.Counted(t, Name); len(got) != 1 || got[tc.status] != 1 {
+				t.Errorf("observed %v, want [%d]", got, tc.status)
 			}
 			if tc.status >= 300 && len(fb.reqs) != 0 {
 				t.Errorf("a refused request reached Credentials: %v", fb.reqs)
@@ -454,7 +466,7 @@ func TestFailures(t *testing.T) {
 			t.Run(tc.f.Code+" "+target, func(t *testing.T) {
 				h, fb := newTest(t, func(fb *fakeBroker, c *Config) {
 					fb.identityErr, fb.credErr = secretErr, secretErr
-					c.Classify = func(err error) broker.Failure {
+					fb.Classify = func(err error) broker.Failure {
 						if err != secretErr {
 							t.Errorf("classify got %v", err)
 						}
@@ -550,6 +562,10 @@ type fixedBroker struct {
 	exp time.Time
 }
 
+func (f *fixedBroker) Serve(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, *broker.Failure) {
+	return f.Finish(f.Credentials(ctx, addr, req))
+}
+
 func (f *fixedBroker) Credentials(context.Context, netip.Addr, broker.Request) (broker.Answer, error) {
 	return broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
 		Kind: exchange.KindAccessToken, AccessToken: "tok", Expiration: f.exp}}, nil
@@ -583,6 +599,10 @@ func TestNoCredentials(t *testing.T) {
 }
 
 type emptyBroker struct{ *fakeBroker }
+
+func (e emptyBroker) Serve(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, *broker.Failure) {
+	return e.Finish(e.Credentials(ctx, addr, req))
+}
 
 func (emptyBroker) Credentials(context.Context, netip.Addr, broker.Request) (broker.Answer, error) {
 	return broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{}}, nil
@@ -651,16 +671,41 @@ func TestTokenHitAllocations(t *testing.T) {
 	}
 }
 
+// TestIdentityHitAllocations: an identity token for an audience the
+// client escaped, and an access token for escaped scopes, are answered
+// from a hit without an allocation in the surface.
+func TestIdentityHitAllocations(t *testing.T) {
+	fb := &fakeBroker{clock: clocktesting.NewFakePassiveClock(t0)}
+	h, err := New(Config{Broker: &hitBroker{ans: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
+		Kind: exchange.KindIDToken, IDToken: "eyJ.id.sig", AccessToken: testToken, Expiration: t0.Add(time.Hour)}}},
+		ProjectID: testProject, Clock: fb.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{sa + "default/identity?audience=https%3A%2F%2Fsvc.example.com%2F&format=full",
+		sa + "default/token?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"} {
+		r := httptest.NewRequest("GET", target, nil)
+		r.RemoteAddr = podAddr + ":4000"
+		r.Header.Set("Metadata-Flavor", "Google")
+		w := &discardWriter{h: http.Header{}}
+		h.ServeHTTP(w, r) // fills the header map, the buffer pool and the values seen
+		if w.status != 200 {
+			t.Fatalf("%s: status %d", target, w.status)
+		}
+		if n := testing.AllocsPerRun(200, func() { h.ServeHTTP(w, r) }); n != 0 {
+			t.Errorf("%s: %v allocations per hit, want 0", target, n)
+		}
+	}
+}
+
 type hitBroker struct{ ans broker.Answer }
 
-func (b *hitBroker) Credentials(context.Context, netip.Addr, broker.Request) (broker.Answer, error) {
+func (b *hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
 	return b.ans, nil
 }
-func (b *hitBroker) Identity(context.Context, netip.Addr, exchange.Cloud) (podresolve.Pod, string, error) {
-	return podresolve.Pod{}, b.ans.Identity, nil
+func (b *hitBroker) ServeIdentity(context.Context, netip.Addr, exchange.Cloud) (string, *broker.Failure) {
+	return b.ans.Identity, nil
 }
-func (*hitBroker) LogFailure(context.Context, netip.Addr, podresolve.Pod, broker.Failure, error) {}
-func (*hitBroker) ObserveRequest(int, time.Duration)                                             {}
 
 type discardWriter struct {
 	h      http.Header

@@ -146,7 +146,7 @@ func TestGoMetadataClientFailures(t *testing.T) {
 	} {
 		ts, fb := serveReal(t, func(fb *fakeBroker, c *Config) {
 			fb.credErr = errors.New("no")
-			c.Classify = func(error) broker.Failure { return broker.Failure{Class: tc.class, Code: "X", Message: "y"} }
+			fb.Classify = func(error) broker.Failure { return broker.Failure{Class: tc.class, Code: "X", Message: "y"} }
 		})
 		_, err := metadataClient(ts).GetWithContext(ctx, "instance/service-accounts/default/token")
 		if !isStatus(err, tc.code) || len(fb.reqs) != tc.calls {
@@ -167,6 +167,10 @@ func TestGoMetadataClientFailures(t *testing.T) {
 type flakyBroker struct {
 	*fakeBroker
 	fail, calls int
+}
+
+func (f *flakyBroker) Serve(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, *broker.Failure) {
+	return f.Finish(f.Credentials(ctx, addr, req))
 }
 
 func (f *flakyBroker) Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error) {

@@ -135,7 +135,10 @@ func TestReservedAudienceUnderAnotherSpelling(t *testing.T) {
 					t.Fatal("the broker's ServiceAccount watch did not list")
 				}
 			}
-			h := New(b)
+			h, err := New(b, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, aud := range []string{
 				gcpAudience, "https://iam.googleapis.com" + strings.TrimPrefix(gcpAudience, "//iam.googleapis.com"),
 				"https://IAM.googleapis.com" + strings.TrimPrefix(gcpAudience, "//iam.googleapis.com") + "/",

@@ -13,19 +13,19 @@
 package podtoken
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/agent/pkg/api/internal/surface"
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/guard"
-	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 // Path is where pods ask for tokens.
@@ -37,20 +37,38 @@ const Cloud exchange.Cloud = "kubernetes"
 // MaxAudienceLen bounds the audience a caller may name.
 const MaxAudienceLen = 512
 
+// Name is the surface's value of the request metrics' surface label.
+const Name = "podtoken"
+
 // Broker is what the surface needs of the broker.
-type Broker interface {
-	Credentials(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, error)
-	LogFailure(ctx context.Context, addr netip.Addr, pod podresolve.Pod, f broker.Failure, err error)
-	ObserveRequest(code int, d time.Duration)
+type Broker = surface.Broker
+
+// Handler serves Path, as JSON or, with Accept: text/plain, as the bare
+// token for shell use.
+//
+// SECURITY: the caller's identity comes from r.RemoteAddr only.
+type Handler struct {
+	surface.Handler
+	broker Broker
 }
 
-// Handler serves Path.
-type Handler struct{ broker Broker }
+// New returns the surface over b; its request metrics are registered with
+// reg (nil: not registered).
+func New(b Broker, reg prometheus.Registerer) (*Handler, error) {
+	m, err := surface.NewRequests(reg, Name)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{broker: b}
+	h.Handler = surface.NewHandler(h.serve, nil, m)
+	return h, nil
+}
 
-// New returns the surface over b.
-func New(b Broker) *Handler { return &Handler{broker: b} }
+// Owns reports whether the surface answers path p.
+func Owns(p string) bool { return p == Path }
 
-// answer is the JSON answer: the token and when it expires (RFC 3339 UTC).
+// answer is the JSON answer's shape: the token and when it expires (RFC
+// 3339 UTC). The surface writes it by hand, without allocating.
 type answer struct {
 	Token      string `json:"token"`
 	Expiration string `json:"expiration"`
@@ -61,16 +79,6 @@ type errorBody struct {
 	Message string `json:"message"`
 }
 
-// ServeHTTP answers GET Path?audience=A, as JSON or, with Accept:
-// text/plain, as the bare token for shell use.
-//
-// SECURITY: the caller's identity comes from r.RemoteAddr only.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	code := h.serve(w, r)
-	h.broker.ObserveRequest(code, time.Since(start))
-}
-
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if r.URL.Path != Path || r.URL.RawPath != "" {
 		return WriteError(w, http.StatusNotFound, "NotFound", "no such path; tokens are served at "+Path+"?audience=...", 0)
@@ -79,72 +87,72 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		w.Header().Set("Allow", "GET")
 		return WriteError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "only GET is supported", 0)
 	}
-	aud, n, ok := literalAudience(r.URL.RawQuery)
-	if !ok {
-		q := r.URL.Query()
-		aud, n = q.Get("audience"), len(q["audience"])
-	}
+	aud, n := audience(r)
 	switch {
 	case n != 1 || aud == "":
 		return WriteError(w, http.StatusBadRequest, "BadRequest", "name exactly one audience: ?audience=...", 0)
 	case len(aud) > MaxAudienceLen || strings.ContainsFunc(aud, func(c rune) bool { return c <= ' ' || c > '~' }):
 		return WriteError(w, http.StatusBadRequest, "BadRequest", "the audience must be printable ASCII without spaces, at most 512 bytes", 0)
 	}
-	peer, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
+	addr, ok := surface.Addr(r)
+	if !ok {
 		return WriteError(w, http.StatusBadRequest, "BadRequest", "the caller's address could not be read", 0)
 	}
-	addr := peer.Addr().Unmap()
-	ans, err := h.broker.Credentials(r.Context(), addr, broker.Request{Cloud: Cloud, Want: exchange.KindIDToken, Scope: aud})
-	if err != nil {
-		f := broker.Classify(err)
-		h.broker.LogFailure(r.Context(), addr, ans.Pod, f, err)
-		return WriteError(w, status(f.Class), f.Code, f.Message, f.RetryAfter)
+	ans, f := h.broker.Serve(r.Context(), addr, broker.Request{Cloud: Cloud, Want: exchange.KindIDToken, Scope: aud})
+	if f != nil {
+		return statuses.Write(w, f, WriteError)
 	}
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
 	hdr := w.Header()
 	hdr["Cache-Control"] = noStore
-	buf := bodyPool.Get().(*[]byte)
-	body := (*buf)[:0]
 	if wantsText(r.Header.Get("Accept")) {
 		hdr["Content-Type"] = contentTypeText
-		body = append(append(body, ans.Credentials.IDToken.Reveal()...), '\n')
+		b = append(append(b, ans.Credentials.IDToken.Reveal()...), '\n')
 	} else {
-		// What json.Marshal makes of an answer, without its allocations.
-		body = append(body, `{"token":`...)
-		body = wire.AppendJSONString(body, ans.Credentials.IDToken.Reveal())
-		body = append(body, `,"expiration":"`...)
-		body = ans.Credentials.Expiration.UTC().Truncate(time.Second).AppendFormat(body, time.RFC3339)
-		body = append(body, `"}`...)
 		hdr["Content-Type"] = contentTypeJSON
+		b = append(b, `{"token":`...)
+		b = wire.AppendJSONString(b, ans.Credentials.IDToken.Reveal())
+		b = append(b, `,"expiration":"`...)
+		b = ans.Credentials.Expiration.UTC().Truncate(time.Second).AppendFormat(b, time.RFC3339)
+		b = append(b, `"}`...)
 	}
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
-	clear(body) // the token
-	*buf = body
-	bodyPool.Put(buf)
+	_, _ = w.Write(b)
+	// Clear the token before the buffer goes back for another pod.
+	clear(b)
+	*bp = b
+	bufPool.Put(bp)
 	return http.StatusOK
 }
 
-var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
-// Header values shared by every answer: net/http only reads them.
+// Pre-built header values: assigning them directly to the header map keeps
+// the cache-hit path free of allocations.
 var (
 	noStore         = []string{"no-store"}
-	contentTypeJSON = []string{"application/json"}
 	contentTypeText = []string{"text/plain; charset=utf-8"}
+	contentTypeJSON = []string{"application/json"}
 )
 
-// literalAudience returns what r.URL.Query() would give for "audience" (its
-// first value and how many there are) when nothing in the query is escaped
-// and the query is short, without allocating; ok is false otherwise, for
-// url.ParseQuery to decide.
-func literalAudience(raw string) (first string, n int, ok bool) {
-	if strings.ContainsAny(raw, "%+;") || strings.Count(raw, "&") >= 100 {
-		return "", 0, false
+// audience returns the audience parameter's value and how many there are,
+// as url.Values would; a query without escapes, the usual case, is read
+// without allocating.
+func audience(r *http.Request) (string, int) {
+	q := r.URL.RawQuery
+	if strings.ContainsAny(q, "%+;") {
+		v := r.URL.Query()["audience"]
+		if len(v) == 0 {
+			return "", 0
+		}
+		return v[0], len(v)
 	}
-	for raw != "" {
+	var first string
+	n := 0
+	for q != "" {
 		var pair string
-		pair, raw, _ = strings.Cut(raw, "&")
+		pair, q, _ = strings.Cut(q, "&")
 		if k, v, _ := strings.Cut(pair, "="); k == "audience" {
 			if n == 0 {
 				first = v
@@ -152,14 +160,14 @@ func literalAudience(raw string) (first string, n int, ok bool) {
 			n++
 		}
 	}
-	return first, n, true
+	return first, n
 }
 
 // wantsText reports whether the caller asks for text/plain before JSON.
 func wantsText(accept string) bool {
 	for part := range strings.SplitSeq(accept, ",") {
-		media, _, _ := strings.Cut(part, ";")
-		switch strings.TrimSpace(media) {
+		mediaType, _, _ := strings.Cut(part, ";")
+		switch strings.TrimSpace(mediaType) {
 		case "text/plain":
 			return true
 		case "application/json", "*/*":
@@ -169,18 +177,9 @@ func wantsText(accept string) bool {
 	return false
 }
 
-func status(c broker.Class) int {
-	switch c {
-	case broker.Refused:
-		return http.StatusForbidden
-	case broker.Throttled:
-		return http.StatusTooManyRequests
-	case broker.Invalid:
-		return http.StatusBadRequest
-	default:
-		return http.StatusServiceUnavailable
-	}
-}
+// statuses are the HTTP statuses of the failure classes.
+var statuses = surface.Statuses{Refused: http.StatusForbidden, Throttled: http.StatusTooManyRequests,
+	Invalid: http.StatusBadRequest, Unavailable: http.StatusServiceUnavailable}
 
 // GuardRules are this surface's rules for the request guard in front of
 // it: refusals written by WriteError, and no demand for Authorization

@@ -10,14 +10,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credbroker/agent/internal/testfake"
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 type fakeBroker struct {
-	testfake.Reports[broker.Failure] // LogFailure, ObserveRequest
+	surfacetest.Entry
 
 	requests []broker.Request
 	err      error
@@ -30,6 +30,20 @@ func (f *fakeBroker) Credentials(_ context.Context, _ netip.Addr, req broker.Req
 	}
 	return broker.Answer{Credentials: &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: "eyJ.pod-token.sig",
 		Expiration: time.Date(2026, 12, 2, 2, 0, 0, 500, time.UTC)}}, nil
+}
+
+func (f *fakeBroker) Serve(ctx context.Context, addr netip.Addr, req broker.Request) (broker.Answer, *broker.Failure) {
+	return f.Finish(f.Credentials(ctx, addr, req))
+}
+
+// handler is the surface over f, counting its answers in f.Registry().
+func handler(t testing.TB, f *fakeBroker) *Handler {
+	t.Helper()
+	h, err := New(f, f.Registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 func get(h http.Handler, target, accept string) *httptest.ResponseRecorder {
@@ -45,7 +59,7 @@ func get(h http.Handler, target, accept string) *httptest.ResponseRecorder {
 
 func TestServesTheTokenForTheAudience(t *testing.T) {
 	f := &fakeBroker{}
-	rec := get(New(f), Path+"?audience=https://svc.example.com/orders", "")
+	rec := get(handler(t, f), Path+"?audience=https://svc.example.com/orders", "")
 	var a answer
 	if err := json.Unmarshal(rec.Body.Bytes(), &a); rec.Code != 200 || err != nil || a.Token != "eyJ.pod-token.sig" || a.Expiration != "2026-12-02T02:00:00Z" {
 		t.Fatalf("%d %s", rec.Code, rec.Body)
@@ -53,7 +67,7 @@ func TestServesTheTokenForTheAudience(t *testing.T) {
 	if want := (broker.Request{Cloud: Cloud, Want: exchange.KindIDToken, Scope: "https://svc.example.com/orders"}); f.requests[0] != want {
 		t.Errorf("asked %+v, want %+v", f.requests[0], want)
 	}
-	rec = get(New(f), Path+"?audience=svc-b", "text/plain")
+	rec = get(handler(t, f), Path+"?audience=svc-b", "text/plain")
 	if rec.Code != 200 || rec.Body.String() != "eyJ.pod-token.sig\n" || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain") {
 		t.Errorf("text/plain answer %d %q %q", rec.Code, rec.Body, rec.Header().Get("Content-Type"))
 	}
@@ -70,7 +84,7 @@ func TestBadRequests(t *testing.T) {
 		"/v1/token/":             404,
 		"/v1%2Ftoken?audience=a": 404,
 	} {
-		if rec := get(New(f), target, ""); rec.Code != status {
+		if rec := get(handler(t, f), target, ""); rec.Code != status {
 			t.Errorf("%s: %d, want %d", target, rec.Code, status)
 		}
 	}
@@ -81,13 +95,50 @@ func TestBadRequests(t *testing.T) {
 
 func TestRefusalsKeepTheBrokersCode(t *testing.T) {
 	f := &fakeBroker{err: &broker.Refusal{Code: broker.CodeAudienceNotAllowed, Message: "not listed"}}
-	rec := get(New(f), Path+"?audience=x", "")
+	rec := get(handler(t, f), Path+"?audience=x", "")
 	var e errorBody
 	if err := json.Unmarshal(rec.Body.Bytes(), &e); rec.Code != 403 || err != nil || e.Code != broker.CodeAudienceNotAllowed {
 		t.Errorf("%d %s", rec.Code, rec.Body)
 	}
 	f.err = podresolve.ErrNotFound
-	if rec := get(New(f), Path+"?audience=x", ""); rec.Code != 503 || rec.Header().Get("Retry-After") == "" {
+	if rec := get(handler(t, f), Path+"?audience=x", ""); rec.Code != 503 || rec.Header().Get("Retry-After") == "" {
 		t.Errorf("unidentified caller: %d %v", rec.Code, rec.Header())
 	}
 }
+
+// TestCacheHitAllocatesNothing: a cached token is answered, counted and
+// timed without an allocation by the surface (the broker's share is
+// pkg/broker's BenchmarkCacheHit).
+func TestCacheHitAllocatesNothing(t *testing.T) {
+	h := handler(t, &fakeBroker{})
+	h.broker = hitBroker{broker.Answer{Credentials: &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: "eyJ.pod-token.sig",
+		Expiration: time.Date(2026, 12, 2, 2, 0, 0, 0, time.UTC)}}}
+	for _, accept := range []string{"text/plain", "application/json"} {
+		req := httptest.NewRequest(http.MethodGet, Path+"?audience=svc-b", nil)
+		req.RemoteAddr = "10.0.0.1:4000"
+		req.Header.Set("Accept", accept)
+		w := &discardWriter{h: http.Header{}}
+		allocs := testing.AllocsPerRun(100, func() {
+			clear(w.h)
+			h.ServeHTTP(w, req)
+		})
+		if w.code != http.StatusOK || allocs > 0 {
+			t.Errorf("%s: status %d, %.0f allocations per answer; want 200 and none", accept, w.code, allocs)
+		}
+	}
+}
+
+type hitBroker struct{ ans broker.Answer }
+
+func (h hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
+	return h.ans, nil
+}
+
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }

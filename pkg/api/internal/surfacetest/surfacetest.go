@@ -1,0 +1,85 @@
+// Package surfacetest is what the surfaces' tests share: the broker's side
+// of a fake broker (classifying and recording failures as pkg/broker's
+// Serve does) and the surfaces' request metrics read back.
+package surfacetest
+
+import (
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/agent/internal/testfake"
+	"github.com/credbroker/agent/pkg/broker"
+)
+
+// Entry is embedded in a fake broker: its Serve is then one line,
+// return f.Finish(f.Credentials(ctx, addr, req)). Its methods are safe for
+// concurrent use.
+type Entry struct {
+	// Classify maps errors to failures; nil is broker.Classify.
+	Classify func(error) broker.Failure
+
+	mu     sync.Mutex
+	logged []broker.Failure
+	reg    *prometheus.Registry
+}
+
+// Finish turns a Credentials answer into Serve's: a failure is classified
+// and recorded.
+func (e *Entry) Finish(ans broker.Answer, err error) (broker.Answer, *broker.Failure) {
+	if err == nil {
+		return ans, nil
+	}
+	return ans, e.Fail(err)
+}
+
+// Fail classifies and records err.
+func (e *Entry) Fail(err error) *broker.Failure {
+	classify := e.Classify
+	if classify == nil {
+		classify = broker.Classify
+	}
+	f := classify(err)
+	e.mu.Lock()
+	e.logged = append(e.logged, f)
+	e.mu.Unlock()
+	return &f
+}
+
+// Logged returns the failures so far, in order.
+func (e *Entry) Logged() []broker.Failure {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]broker.Failure(nil), e.logged...)
+}
+
+// Registry is where a surface under test registers its request metrics.
+func (e *Entry) Registry() *prometheus.Registry {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.reg == nil {
+		e.reg = prometheus.NewRegistry()
+	}
+	return e.reg
+}
+
+// Counted returns the answers the surface named surface counted in
+// e.Registry(), by status code; codes never answered are left out.
+func (e *Entry) Counted(t testing.TB, surface string) map[int]int {
+	return Counted(t, e.Registry(), surface)
+}
+
+// Counted returns the answers the surface named surface counted in g, by
+// status code; codes never answered are left out.
+func Counted(t testing.TB, g prometheus.Gatherer, surface string) map[int]int {
+	t.Helper()
+	out := map[int]int{}
+	for _, code := range []int{200, 301, 400, 401, 403, 404, 405, 429, 500, 503} {
+		if n := testfake.Metric(t, g, "credbroker_requests_total", map[string]string{"surface": surface, "code": strconv.Itoa(code)}); n > 0 {
+			out[code] = int(n)
+		}
+	}
+	return out
+}
