@@ -226,71 +226,34 @@ func TestChartMatchesKustomizeBase(t *testing.T) {
 		chartObjs, _ := render(t, nil)
 		compareObjects(t, kustomize(t, filepath.Join(root, "deploy/daemonset")), chartObjs)
 	})
-	t.Run("startup-taint", func(t *testing.T) {
-		// kustomize takes only relative paths to other directories.
-		overlay := t.TempDir()
-		rel := func(p string) string {
-			r, err := filepath.Rel(overlay, filepath.Join(root, p))
-			if err != nil {
+	// Each component of the base against the value that turns it on.
+	for _, c := range []struct {
+		name, component string
+		values          map[string]any
+	}{
+		{"startup-taint", "deploy/daemonset/startup-taint", map[string]any{"startupTaint": map[string]any{"enabled": true}}},
+		{"attest-container", "deploy/daemonset/attest-container", map[string]any{"attest": map[string]any{"mode": "container"}}},
+		{"broad-rbac", "deploy/daemonset/broad-rbac", map[string]any{"rbac": map[string]any{"broad": true}}},
+		{"webhook", "deploy/webhook", map[string]any{"webhook": map[string]any{"enabled": true}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// kustomize takes only relative paths to other directories.
+			overlay := t.TempDir()
+			rel := func(p string) string {
+				r, err := filepath.Rel(overlay, filepath.Join(root, p))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return r
+			}
+			k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel(c.component))
+			if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			return r
-		}
-		k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel("deploy/daemonset/startup-taint"))
-		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		chartObjs, _ := render(t, map[string]any{"startupTaint": map[string]any{"enabled": true}})
-		compareObjects(t, kustomize(t, overlay), chartObjs)
-	})
-	t.Run("attest-container", func(t *testing.T) {
-		overlay := t.TempDir()
-		rel := func(p string) string {
-			r, err := filepath.Rel(overlay, filepath.Join(root, p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		}
-		k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel("deploy/daemonset/attest-container"))
-		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		chartObjs, _ := render(t, map[string]any{"attest": map[string]any{"mode": "container"}})
-		compareObjects(t, kustomize(t, overlay), chartObjs)
-	})
-	t.Run("broad-rbac", func(t *testing.T) {
-		overlay := t.TempDir()
-		rel := func(p string) string {
-			r, err := filepath.Rel(overlay, filepath.Join(root, p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		}
-		k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel("deploy/daemonset/broad-rbac"))
-		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		chartObjs, _ := render(t, map[string]any{"rbac": map[string]any{"broad": true}})
-		compareObjects(t, kustomize(t, overlay), chartObjs)
-	})
-	t.Run("webhook", func(t *testing.T) {
-		overlay := t.TempDir()
-		rel := func(p string) string {
-			r, err := filepath.Rel(overlay, filepath.Join(root, p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		}
-		k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel("deploy/daemonset"), rel("deploy/webhook"))
-		if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		chartObjs, _ := render(t, map[string]any{"webhook": map[string]any{"enabled": true}})
-		compareObjects(t, kustomize(t, overlay), chartObjs)
-	})
+			chartObjs, _ := render(t, c.values)
+			compareObjects(t, kustomize(t, overlay), chartObjs)
+		})
+	}
 }
 
 // TestChartLabels: every object carries the chart's labels and the base's
