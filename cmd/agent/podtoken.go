@@ -37,6 +37,11 @@ func (p *podTokenConfig) register(fs *flag.FlagSet) {
 
 func (p *podTokenConfig) enabled() bool { return p.prefix != "" }
 
+// validate has nothing to check before start: the prefix is checked
+// against the other clouds' audiences and the API server's when the cloud
+// is built.
+func (p *podTokenConfig) validate() error { return nil }
+
 // cloud is the broker cloud of pod tokens. The other clouds' exchange
 // audiences and the API server's own (apiAudiences) are reserved under
 // every spelling, and a prefix that covers one of them is refused.

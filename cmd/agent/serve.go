@@ -38,10 +38,13 @@ import (
 	"github.com/credbroker/agent/pkg/reuseport"
 )
 
-// cloudFlags is one cloud's flags (its own file): whether the cloud is on,
-// and its description for the broker. others are the clouds built before
-// it, in the order of serveConfig.clouds.
+// cloudFlags is one cloud's flags (its own file): their registration and
+// checks, whether the cloud is on, and its description for the broker.
+// others are the clouds built before it, in the order of
+// serveConfig.clouds.
 type cloudFlags interface {
+	register(fs *flag.FlagSet)
+	validate() error
 	enabled() bool
 	build(ctx context.Context, rc *rest.Config, others []broker.Cloud) (broker.Cloud, error)
 }
@@ -116,11 +119,10 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "how long in-flight requests may take to finish after SIGTERM")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
-	c.awsConfig.register(fs)
+	for _, cf := range c.clouds() {
+		cf.register(fs)
+	}
 	c.guard.register(fs)
-	c.gcp.register(fs)
-	c.azure.register(fs)
-	c.podToken.register(fs)
 	c.attest.register(fs)
 	c.handoff.register(fs)
 	registerNodeRestrict(fs, &c.nodeRestricted)
@@ -134,11 +136,10 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	if len(c.listen) == 0 {
 		_ = c.listen.Set(defaultListen)
 	}
-	if err := c.gcp.validate(); err != nil {
-		return c, err
-	}
-	if err := c.azure.validate(); err != nil {
-		return c, err
+	for _, cf := range c.clouds() {
+		if err := cf.validate(); err != nil {
+			return c, err
+		}
 	}
 	switch {
 	case c.waitForPod >= c.broker.RequestTimeout:
@@ -147,9 +148,6 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		return c, fmt.Errorf("--token-expiration %s is below the API server's minimum of 10m", c.broker.TokenExpiration)
 	case c.nodeName == "":
 		return c, errors.New("--node-name (or $NODE_NAME) is required")
-	}
-	if err := c.awsConfig.validate(); err != nil {
-		return c, err
 	}
 	if err := c.guard.validate(); err != nil {
 		return c, err
