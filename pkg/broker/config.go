@@ -42,7 +42,8 @@ type Config struct {
 	// UpstreamQPS and UpstreamBurst limit fetches (each one TokenRequest plus
 	// one exchange) across all pods. Defaults 50 and 100: a node of 250 pods
 	// is prefetched in about 3 s after a restart, and a whole cluster's
-	// steady state stays far below STS's per-account quota (docs/upstream-cost.md).
+	// steady state stays far below the token services' per-account quotas
+	// (docs/upstream-cost.md).
 	UpstreamQPS   float64
 	UpstreamBurst int
 	// RequestTimeout bounds how long a request waits for a cache miss to be
