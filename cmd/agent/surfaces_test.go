@@ -78,7 +78,7 @@ func testGuards(t testing.TB, mutate func(*guardConfig)) *guards {
 // surface that answered it; a path no surface owns is the AWS surface's.
 func TestEachSurfaceCountsUnderItsLabel(t *testing.T) {
 	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
-		Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}}})
+		Clouds: []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: fakeExchanger{}})}})
 	if err != nil {
 		t.Fatal(err)
 	}
