@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"time"
 
+	"k8s.io/client-go/rest"
+
 	"github.com/credbroker/agent/pkg/broker"
-	"github.com/credbroker/agent/pkg/exchange"
 	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 )
 
@@ -16,43 +19,49 @@ type awsConfig struct {
 	stsRegion   string
 	stsEndpoint string
 	// stsPartitions are ARN partitions of an S3-compatible STS's roles.
-	stsPartitions listFlag
-	allowedRoles  listFlag
-	aws           broker.Cloud // the AWS cloud's settings; cloud adds its exchanger
+	stsPartitions   listFlag
+	allowedRoles    listFlag
+	audience        string
+	roleAnnotation  string
+	sessionDuration time.Duration
 }
 
-// register adds AWS's flags; --session-duration sets the broker's
-// SessionDuration, the AWS credential lifetime.
-func (a *awsConfig) register(fs *flag.FlagSet, sessionDuration *time.Duration) {
+func (a *awsConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.stsRegion, "sts-region", firstEnv("AWS_REGION", "AWS_DEFAULT_REGION"), "STS region, for its regional endpoint (default $AWS_REGION)")
 	fs.StringVar(&a.stsEndpoint, "sts-endpoint", "", "STS endpoint URL overriding the regional one")
 	fs.Var(&a.stsPartitions, "sts-extra-arn-partitions", "ARN partitions accepted in role annotations besides AWS's, for an S3-compatible STS at --sts-endpoint (minio: arn:minio:iam:::role/ID); repeatable")
-	fs.DurationVar(sessionDuration, "session-duration", time.Hour, "lifetime of the credentials requested from STS (at least 30m)")
-	fs.StringVar(&a.aws.Audience, "audience", "sts.amazonaws.com", "audience of the ServiceAccount token exchanged at AWS STS")
-	fs.StringVar(&a.aws.Annotation, "role-annotation", "eks.amazonaws.com/role-arn", "ServiceAccount annotation naming the role")
+	fs.DurationVar(&a.sessionDuration, "session-duration", awsexchange.DefaultSessionDuration, "lifetime of the credentials requested from STS (at least 30m)")
+	fs.StringVar(&a.audience, "audience", awsexchange.DefaultAudience, "audience of the ServiceAccount token exchanged at AWS STS")
+	fs.StringVar(&a.roleAnnotation, "role-annotation", awsexchange.DefaultAnnotation, "ServiceAccount annotation naming the role")
 	fs.Var(&a.allowedRoles, "allowed-role-arn", "glob pattern of role ARNs that may be assumed ('*' matches any characters); repeatable; empty allows all")
 }
 
+func (a *awsConfig) enabled() bool { return true }
+
 func (a *awsConfig) validate() error {
-	a.aws.Name, a.aws.AllowedIdentities = exchange.AWS, a.allowedRoles
 	switch {
 	case a.stsRegion == "" && a.stsEndpoint == "":
 		return errors.New("--sts-region (or $AWS_REGION) or --sts-endpoint is required")
 	case len(a.stsPartitions) > 0 && a.stsEndpoint == "":
 		return errors.New("--sts-extra-arn-partitions needs --sts-endpoint: AWS's own STS knows only AWS partitions")
+	case a.sessionDuration < 2*broker.FreshnessFloor:
+		return fmt.Errorf("--session-duration %s leaves no room to refresh before the %s freshness floor; use at least %s", a.sessionDuration, broker.FreshnessFloor, 2*broker.FreshnessFloor)
 	}
 	return nil
 }
 
-// cloud builds the broker's AWS cloud: the flags' settings and an STS
-// exchanger asking for sessionDuration.
-func (a *awsConfig) cloud(sessionDuration time.Duration) (broker.Cloud, error) {
-	sts, err := awsexchange.New(awsexchange.Config{Region: a.stsRegion, Endpoint: a.stsEndpoint, Duration: sessionDuration,
+// cloud describes AWS to the broker, with an STS exchanger asking for
+// --session-duration.
+func (a *awsConfig) cloud() (broker.Cloud, error) {
+	sts, err := awsexchange.New(awsexchange.Config{Region: a.stsRegion, Endpoint: a.stsEndpoint, Duration: a.sessionDuration,
 		ExtraPartitions: a.stsPartitions})
 	if err != nil {
 		return broker.Cloud{}, err
 	}
-	c := a.aws
-	c.Exchanger = sts
-	return c, nil
+	return awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: sts, Audience: a.audience, Annotation: a.roleAnnotation,
+		AllowedRoles: a.allowedRoles, Lifetime: a.sessionDuration}), nil
+}
+
+func (a *awsConfig) build(context.Context, *rest.Config, []broker.Cloud) (broker.Cloud, error) {
+	return a.cloud()
 }

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+
+	"k8s.io/client-go/rest"
 
 	"github.com/credbroker/agent/pkg/api/azureidentity"
 	"github.com/credbroker/agent/pkg/broker"
@@ -28,8 +31,8 @@ func (a *azureConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.authorityHost, "azure-authority-host", azure.DefaultAuthorityHost, "Entra ID authority host")
 	fs.StringVar(&a.audience, "azure-audience", azure.TokenAudience, "audience of the ServiceAccount token sent as the client assertion")
 	fs.StringVar(&a.identityHeader, "azure-identity-header", "", "the value pods put in IDENTITY_HEADER (an SSRF guard, not a secret); required with Azure")
-	fs.StringVar(&a.clientAnnotation, "azure-client-id-annotation", "azure.workload.identity/client-id", "ServiceAccount annotation naming the Entra application (client) ID")
-	fs.StringVar(&a.tenantAnnotation, "azure-tenant-id-annotation", "azure.workload.identity/tenant-id", "ServiceAccount annotation naming the identity's tenant (default --azure-tenant-id)")
+	fs.StringVar(&a.clientAnnotation, "azure-client-id-annotation", azure.DefaultClientAnnotation, "ServiceAccount annotation naming the Entra application (client) ID")
+	fs.StringVar(&a.tenantAnnotation, "azure-tenant-id-annotation", azure.DefaultTenantAnnotation, "ServiceAccount annotation naming the identity's tenant (default --azure-tenant-id)")
 	fs.Var(&a.prefetch, "azure-prefetch-resources", "resources (e.g. https://vault.azure.net) whose tokens are prefetched and refreshed ahead for pods with a client ID; repeatable")
 }
 
@@ -53,23 +56,26 @@ func (a *azureConfig) validate() error {
 	return nil
 }
 
-// cloud builds the broker's Azure cloud: the client ID comes from the
-// ServiceAccount's annotation (no annotation, no token), the tenant from
-// its annotation or the flag.
+// cloud describes Azure to the broker (azure.Profile): the client ID
+// from the ServiceAccount's annotation, the tenant from its annotation or
+// --azure-tenant-id.
 func (a *azureConfig) cloud() (broker.Cloud, error) {
 	x, err := azure.New(azure.Config{AuthorityHost: a.authorityHost})
 	if err != nil {
 		return broker.Cloud{}, fmt.Errorf("Azure exchanger: %w", err)
 	}
-	// No Lifetime: the client credentials grant has none, Entra decides.
-	c := broker.Cloud{Name: exchange.Azure, Exchanger: x, Audience: a.audience, Annotation: a.clientAnnotation,
-		TenantAnnotation: a.tenantAnnotation, DefaultTenant: a.tenant, DeniedRetryWindow: azure.DeniedRetryWindow}
+	var prefetch []exchange.Prefetch
 	for _, r := range a.prefetch {
 		req, err := azureidentity.TokenRequest(r)
 		if err != nil {
 			return broker.Cloud{}, err
 		}
-		c.Prefetch = append(c.Prefetch, req)
+		prefetch = append(prefetch, exchange.Prefetch{Want: req.Want, Scope: req.Scope})
 	}
-	return c, nil
+	return azure.Profile(azure.ProfileConfig{Exchanger: x, Tenant: a.tenant, Audience: a.audience,
+		ClientAnnotation: a.clientAnnotation, TenantAnnotation: a.tenantAnnotation, Prefetch: prefetch}), nil
+}
+
+func (a *azureConfig) build(context.Context, *rest.Config, []broker.Cloud) (broker.Cloud, error) {
+	return a.cloud()
 }

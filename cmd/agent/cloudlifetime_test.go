@@ -26,7 +26,7 @@ func TestEachCloudItsOwnLifetimeAndWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if gc.Lifetime != time.Hour || gc.DeniedRetryWindow != gcp.DeniedRetryWindow || c.broker.SessionDuration != 6*time.Hour {
+	if gc.Lifetime != time.Hour || gc.DeniedRetryWindow != gcp.DeniedRetryWindow || c.sessionDuration != 6*time.Hour {
 		t.Errorf("GCP lifetime %s window %s with --session-duration 6h; want 1h and %s", gc.Lifetime, gc.DeniedRetryWindow, gcp.DeniedRetryWindow)
 	}
 	if w := c.gcp.lifetimeWarning(); w != "" {

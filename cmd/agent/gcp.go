@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"strings"
 	"time"
+
+	"k8s.io/client-go/rest"
 
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
 	"github.com/credbroker/agent/pkg/broker"
@@ -34,7 +36,7 @@ func (g *gcpConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.projectNumber, "gcp-project-number", "", "project number the GCE metadata surface reports (default: the provider's)")
 	fs.StringVar(&g.stsEndpoint, "gcp-sts-endpoint", gcp.DefaultSTSEndpoint, "Google STS base URL")
 	fs.StringVar(&g.iamEndpoint, "gcp-iamcredentials-endpoint", gcp.DefaultIAMCredentialsEndpoint, "IAM Credentials base URL")
-	fs.StringVar(&g.annotation, "gcp-service-account-annotation", "iam.gke.io/gcp-service-account", "ServiceAccount annotation naming the Google service account to impersonate")
+	fs.StringVar(&g.annotation, "gcp-service-account-annotation", gcp.DefaultAnnotation, "ServiceAccount annotation naming the Google service account to impersonate")
 	fs.DurationVar(&g.lifetime, "gcp-token-lifetime", gcp.UnextendedMaxDuration, "lifetime of impersonated access tokens (generateAccessToken); at most 1h unless the organisation policy constraints/iam.allowServiceAccountCredentialLifetimeExtension lists the service accounts (then up to 12h); federated and identity tokens live as long as Google grants (1h)")
 	fs.Var(&g.defaultScopes, "gcp-default-scopes", "scopes of tokens asked for without ?scopes=, and of the prefetched token (default "+gcp.CloudPlatformScope+")")
 }
@@ -70,10 +72,9 @@ func (g *gcpConfig) validate() error {
 	return nil
 }
 
-// cloud builds the broker's GCP cloud: a ServiceAccount without the
-// annotation is served as its own federated principal (Google's direct
-// resource access), and pods whose ServiceAccount names a Google service
-// account get a token for the default scopes prefetched.
+// cloud describes GCP to the broker (gcp.Profile), with a token for the
+// default scopes prefetched for pods whose ServiceAccount names a Google
+// service account.
 func (g *gcpConfig) cloud() (broker.Cloud, error) {
 	x, err := gcp.New(gcp.Config{Provider: g.provider, STSEndpoint: g.stsEndpoint, IAMCredentialsEndpoint: g.iamEndpoint})
 	if err != nil {
@@ -83,17 +84,12 @@ func (g *gcpConfig) cloud() (broker.Cloud, error) {
 	if err != nil {
 		return broker.Cloud{}, err
 	}
-	return broker.Cloud{
-		Name:       exchange.GCP,
-		Exchanger:  x,
-		Audience:   gcp.TokenAudience(g.provider),
-		Annotation: strings.TrimSpace(g.annotation),
-		Federated:  true,
-		Prefetch:   []broker.Request{prefetch},
-		Lifetime:   g.lifetime,
-		// Google's IAM propagation is slower than AWS's.
-		DeniedRetryWindow: gcp.DeniedRetryWindow,
-	}, nil
+	return gcp.Profile(gcp.ProfileConfig{Exchanger: x, Provider: g.provider, Annotation: g.annotation,
+		Prefetch: []exchange.Prefetch{{Want: prefetch.Want, Scope: prefetch.Scope}}, Lifetime: g.lifetime}), nil
+}
+
+func (g *gcpConfig) build(context.Context, *rest.Config, []broker.Cloud) (broker.Cloud, error) {
+	return g.cloud()
 }
 
 // lifetimeWarning is what to say at start about a lifetime above the hour

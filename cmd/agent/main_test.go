@@ -33,16 +33,16 @@ func TestServeFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.nodeName != "node-a" || c.stsRegion != "eu-west-1" || strings.Join(c.listen, ",") != defaultListen ||
-		c.probeListen != "127.0.0.1:2703" || c.metricsListen != ":2705" || c.broker.SessionDuration != time.Hour ||
-		c.broker.TokenExpiration != 10*time.Minute || c.aws.Audience != "sts.amazonaws.com" ||
-		c.aws.Annotation != "eks.amazonaws.com/role-arn" || c.broker.CacheSize != 4096 || c.broker.AllowDefaultServiceAccount {
+		c.probeListen != "127.0.0.1:2703" || c.metricsListen != ":2705" || c.sessionDuration != time.Hour ||
+		c.broker.TokenExpiration != 10*time.Minute || c.audience != "sts.amazonaws.com" ||
+		c.roleAnnotation != "eks.amazonaws.com/role-arn" || c.broker.CacheSize != 4096 || c.broker.AllowDefaultServiceAccount {
 		t.Fatalf("defaults: %+v", c)
 	}
 	c, err = parseServeFlags([]string{"--allowed-role-arn", "arn:a:*", "--allowed-role-arn=arn:b:*,arn:c:*", "--listen", "127.0.0.1:1"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(c.aws.AllowedIdentities, " "); got != "arn:a:* arn:b:* arn:c:*" {
+	if got := strings.Join(c.allowedRoles, " "); got != "arn:a:* arn:b:* arn:c:*" {
 		t.Fatalf("allowed roles %q", got)
 	}
 	if strings.Join(c.listen, ",") != "127.0.0.1:1" {

@@ -15,8 +15,8 @@ import (
 
 	"k8s.io/client-go/rest"
 
-	"github.com/credbroker/agent/pkg/api/podtoken"
 	"github.com/credbroker/agent/pkg/broker"
+	xpodtoken "github.com/credbroker/agent/pkg/exchange/podtoken"
 )
 
 // podTokenConfig holds the flags of service-to-service tokens
@@ -37,24 +37,33 @@ func (p *podTokenConfig) register(fs *flag.FlagSet) {
 
 func (p *podTokenConfig) enabled() bool { return p.prefix != "" }
 
+// validate has nothing to check before start: the prefix is checked
+// against the other clouds' audiences and the API server's when the cloud
+// is built.
+func (p *podTokenConfig) validate() error { return nil }
+
 // cloud is the broker cloud of pod tokens. The other clouds' exchange
 // audiences and the API server's own (apiAudiences) are reserved under
 // every spelling, and a prefix that covers one of them is refused.
 func (p *podTokenConfig) cloud(others []broker.Cloud, apiAudiences []string) (broker.Cloud, error) {
-	var reserved []podtoken.Reserved
+	var reserved []xpodtoken.Reserved
 	for _, o := range others {
 		if o.Audience != "" {
-			reserved = append(reserved, podtoken.Reserved{Audience: o.Audience, Owner: fmt.Sprintf("the %s exchange's", o.Name)})
+			reserved = append(reserved, xpodtoken.Reserved{Audience: o.Audience, Owner: fmt.Sprintf("the %s exchange's", o.Name)})
 		}
 	}
 	for _, a := range apiAudiences {
-		reserved = append(reserved, podtoken.Reserved{Audience: a, Owner: "the Kubernetes API server's"})
+		reserved = append(reserved, xpodtoken.Reserved{Audience: a, Owner: "the Kubernetes API server's"})
 	}
-	if err := podtoken.CheckPrefix(p.prefix, reserved); err != nil {
+	if err := xpodtoken.CheckPrefix(p.prefix, reserved); err != nil {
 		return broker.Cloud{}, err
 	}
-	return podtoken.BrokerCloud(podtoken.CloudConfig{Prefix: p.prefix, Annotation: p.annotation,
-		Allowed: p.allowed, Reserved: reserved}), nil
+	return xpodtoken.Profile(xpodtoken.Config{Prefix: p.prefix, Annotation: p.annotation,
+		Allowed: p.allowed, Reserved: reserved})
+}
+
+func (p *podTokenConfig) build(ctx context.Context, rc *rest.Config, others []broker.Cloud) (broker.Cloud, error) {
+	return p.startCloud(ctx, rc, others)
 }
 
 // startCloud builds the pod-token cloud at start: the prefix is checked

@@ -38,6 +38,23 @@ import (
 	"github.com/credbroker/agent/pkg/reuseport"
 )
 
+// cloudFlags is one cloud's flags (its own file): their registration and
+// checks, whether the cloud is on, and its description for the broker.
+// others are the clouds built before it, in the order of
+// serveConfig.clouds.
+type cloudFlags interface {
+	register(fs *flag.FlagSet)
+	validate() error
+	enabled() bool
+	build(ctx context.Context, rc *rest.Config, others []broker.Cloud) (broker.Cloud, error)
+}
+
+// clouds lists every cloud's flags. Pod tokens come last: the other
+// clouds' audiences are reserved from them.
+func (c *serveConfig) clouds() []cloudFlags {
+	return []cloudFlags{&c.awsConfig, &c.gcp, &c.azure, &c.podToken}
+}
+
 // serveConfig is everything `agent serve` is told on its command line.
 type serveConfig struct {
 	nodeName      string
@@ -53,8 +70,8 @@ type serveConfig struct {
 	kubeBurst     int
 	broker        broker.Config
 	// awsConfig is embedded, not named, so that its fields read as the
-	// serve config's own (c.stsRegion, c.aws), as they did before it had a
-	// file of its own.
+	// serve config's own (c.stsRegion), as they did before it had a file
+	// of its own.
 	awsConfig
 	gcp        gcpConfig
 	azure      azureConfig
@@ -102,11 +119,10 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "how long in-flight requests may take to finish after SIGTERM")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or text")
-	c.awsConfig.register(fs, &c.broker.SessionDuration)
+	for _, cf := range c.clouds() {
+		cf.register(fs)
+	}
 	c.guard.register(fs)
-	c.gcp.register(fs)
-	c.azure.register(fs)
-	c.podToken.register(fs)
 	c.attest.register(fs)
 	c.handoff.register(fs)
 	registerNodeRestrict(fs, &c.nodeRestricted)
@@ -120,24 +136,18 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	if len(c.listen) == 0 {
 		_ = c.listen.Set(defaultListen)
 	}
-	if err := c.gcp.validate(); err != nil {
-		return c, err
-	}
-	if err := c.azure.validate(); err != nil {
-		return c, err
+	for _, cf := range c.clouds() {
+		if err := cf.validate(); err != nil {
+			return c, err
+		}
 	}
 	switch {
 	case c.waitForPod >= c.broker.RequestTimeout:
 		return c, fmt.Errorf("--wait-for-pod (%s) must be shorter than --request-timeout (%s): a request waits at most --request-timeout in all", c.waitForPod, c.broker.RequestTimeout)
 	case c.broker.TokenExpiration < 10*time.Minute:
 		return c, fmt.Errorf("--token-expiration %s is below the API server's minimum of 10m", c.broker.TokenExpiration)
-	case c.broker.SessionDuration < 2*broker.FreshnessFloor:
-		return c, fmt.Errorf("--session-duration %s leaves no room to refresh before the %s freshness floor; use at least %s", c.broker.SessionDuration, broker.FreshnessFloor, 2*broker.FreshnessFloor)
 	case c.nodeName == "":
 		return c, errors.New("--node-name (or $NODE_NAME) is required")
-	}
-	if err := c.awsConfig.validate(); err != nil {
-		return c, err
 	}
 	if err := c.guard.validate(); err != nil {
 		return c, err
@@ -178,10 +188,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	aws, err := cfg.awsConfig.cloud(cfg.broker.SessionDuration)
-	if err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(nodeRestrictedGauge(nodeRestricted))
@@ -190,28 +196,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}, func() float64 { return float64(resolver.Len()) }))
 
 	bcfg := cfg.broker
-	bcfg.ServiceAccounts, bcfg.Resolver, bcfg.Clouds = client.ServiceAccounts(), resolver, []broker.Cloud{aws}
-	if cfg.gcp.enabled() {
-		gcpCloud, err := cfg.gcp.cloud()
+	bcfg.ServiceAccounts, bcfg.Resolver = client.ServiceAccounts(), resolver
+	for _, cf := range cfg.clouds() {
+		if !cf.enabled() {
+			continue
+		}
+		c, err := cf.build(ctx, rc, bcfg.Clouds)
 		if err != nil {
 			return err
 		}
-		bcfg.Clouds = append(bcfg.Clouds, gcpCloud)
-	}
-	if cfg.azure.enabled() {
-		azureCloud, err := cfg.azure.cloud()
-		if err != nil {
-			return err
-		}
-		bcfg.Clouds = append(bcfg.Clouds, azureCloud)
-	}
-	// Last: the other clouds' audiences are reserved from it.
-	if cfg.podToken.enabled() {
-		podTokens, err := cfg.podToken.startCloud(ctx, rc, bcfg.Clouds)
-		if err != nil {
-			return err
-		}
-		bcfg.Clouds = append(bcfg.Clouds, podTokens)
+		bcfg.Clouds = append(bcfg.Clouds, c)
 	}
 	grd, err := newGuards(cfg.guard, reg, log.Handler())
 	if err != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -164,7 +165,7 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	}
 	s.grd = grd
 	brk, err := broker.New(broker.Config{
-		ServiceAccounts: kubetest.ServiceAccounts(fakeKube(t)), Resolver: fakeResolver(), Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}},
+		ServiceAccounts: kubetest.ServiceAccounts(fakeKube(t)), Resolver: fakeResolver(), Clouds: []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: fakeExchanger{}})},
 		Registerer: s.reg, Logger: grd.brokerLogger(),
 	})
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 	"github.com/credbroker/agent/pkg/guard"
 )
 
@@ -91,7 +92,7 @@ func surfaceStack(t *testing.T, args []string) string {
 		t.Fatal(err)
 	}
 	gcpCloud.Exchanger, azureCloud.Exchanger = cloudsExchanger{}, cloudsExchanger{}
-	clouds := []broker.Cloud{{Name: exchange.AWS, Exchanger: cloudsExchanger{}}, gcpCloud, azureCloud}
+	clouds := []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: cloudsExchanger{}}), gcpCloud, azureCloud}
 	podTokens, err := cfg.podToken.cloud(clouds, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -14,14 +14,14 @@ import (
 	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
-	"github.com/credbroker/agent/pkg/exchange"
+	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 )
 
 // Every spelling of the metadata tree's root reaches the GCE surface, and
 // refusals made in front of it (the guard's) still carry Metadata-Flavor.
 func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
-		Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}}})
+		Clouds: []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: fakeExchanger{}})}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func testGuards(t testing.TB, mutate func(*guardConfig)) *guards {
 // surface that answered it; a path no surface owns is the AWS surface's.
 func TestEachSurfaceCountsUnderItsLabel(t *testing.T) {
 	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
-		Clouds: []broker.Cloud{{Name: exchange.AWS, Exchanger: fakeExchanger{}}}})
+		Clouds: []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: fakeExchanger{}})}})
 	if err != nil {
 		t.Fatal(err)
 	}

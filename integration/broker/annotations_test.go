@@ -102,8 +102,8 @@ func TestAnnotationHoldingNULNamesNoOtherCloudsIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := broker.New(broker.Config{ServiceAccounts: client.ServiceAccounts(), Resolver: resolver, Clouds: []broker.Cloud{
-		{Name: exchange.AWS, Exchanger: awsX},
-		{Name: exchange.GCP, Exchanger: gcpX, Audience: gcp.TokenAudience(gsts.Provider()), Annotation: gcpAnnotation, Federated: true},
+		aws.Profile(aws.ProfileConfig{Exchanger: awsX}),
+		{Name: exchange.GCP, Exchanger: gcpX, Audience: gcp.TokenAudience(gsts.Provider()), Annotation: gcpAnnotation, IdentityOptional: true},
 	}})
 	if err != nil {
 		t.Fatal(err)

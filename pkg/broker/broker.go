@@ -43,9 +43,7 @@ type PodResolver interface {
 }
 
 // Exchanger trades a pod-bound ServiceAccount token for cloud credentials.
-type Exchanger interface {
-	Exchange(ctx context.Context, req exchange.Request) (exchange.Credentials, error)
-}
+type Exchanger = exchange.Exchanger
 
 // Broker serves per-pod credentials. Create it with New, register it as the
 // resolver's Listener, call Credentials from a wire surface, and call Run
@@ -56,9 +54,11 @@ type Broker struct {
 	tokens   *tokenSource
 	accounts *serviceAccounts
 	policy   rolePolicy
-	// tenantField is, per cloud, the watch's field holding the tenant
-	// annotation, or -1.
-	tenantField []int
+	// extraField is, per cloud, the watch's first field holding its
+	// ExtraAnnotations.
+	extraField []int
+	// prefetches are, per cloud, its Prefetch as requests.
+	prefetches [][]Request
 	// imagesField and ephemeralField are the watch's fields holding
 	// AnnotationAllowedImages and AnnotationAllowEphemeral.
 	imagesField, ephemeralField int
@@ -117,24 +117,20 @@ func New(cfg Config) (*Broker, error) {
 		return nil, errors.New("broker: timeouts and limits must not be negative")
 	case cfg.UpstreamQPS < 0 || cfg.UpstreamBurst < 1:
 		return nil, fmt.Errorf("broker: upstream rate %v/s burst %d must be positive", cfg.UpstreamQPS, cfg.UpstreamBurst)
-	case cfg.SessionDuration < 2*FreshnessFloor:
-		return nil, fmt.Errorf("broker: session duration %s leaves no room to refresh before the %s freshness floor; use at least %s",
-			cfg.SessionDuration, FreshnessFloor, 2*FreshnessFloor)
 	}
-	// The watch keeps one field per cloud's identity annotation, then one
-	// per tenant annotation.
+	// The watch keeps one field per cloud's identity annotation, then
+	// each cloud's extra annotations.
 	annotations := make([]string, len(cfg.Clouds))
+	prefetch := make([][]Request, len(cfg.Clouds))
 	for i, c := range cfg.Clouds {
 		switch {
 		case c.Name == "":
 			return nil, errors.New("broker: a cloud without a name")
 		case slices.ContainsFunc(cfg.Clouds[:i], func(o Cloud) bool { return o.Name == c.Name }):
 			return nil, fmt.Errorf("broker: cloud %s configured twice", c.Name)
-		case c.Exchanger == nil && !c.TokenPerAudience:
+		case c.Exchanger == nil:
 			return nil, fmt.Errorf("broker: cloud %s has no exchanger", c.Name)
-		case c.TokenPerAudience && c.AudiencePrefix == "":
-			return nil, fmt.Errorf("broker: cloud %s hands out tokens for any audience: it needs an audience prefix", c.Name)
-		case c.Audience == "" && !c.TokenPerAudience, c.Annotation == "":
+		case c.Audience == "" && c.TokenAudience == nil, c.Annotation == "":
 			return nil, fmt.Errorf("broker: cloud %s needs a token audience and an annotation", c.Name)
 		case slices.Contains(c.AllowedIdentities, ""):
 			return nil, fmt.Errorf("broker: cloud %s: empty allowed-identity pattern", c.Name)
@@ -145,34 +141,33 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: cloud %s: negative denied-retry window", c.Name)
 		}
 		for _, r := range c.Prefetch {
-			if r.Cloud != c.Name || r.Identity != "" || r.Want == 0 {
-				return nil, fmt.Errorf("broker: cloud %s: prefetch request %+v must be for this cloud, name a kind and no identity", c.Name, r)
+			if r.Want == 0 {
+				return nil, fmt.Errorf("broker: cloud %s: prefetch request %+v must name a kind", c.Name, r)
 			}
+			prefetch[i] = append(prefetch[i], Request{Cloud: c.Name, Want: r.Want, Scope: r.Scope})
 		}
 		annotations[i] = c.Annotation
 	}
-	tenantField := make([]int, len(cfg.Clouds))
+	extraField := make([]int, len(cfg.Clouds))
 	for i, c := range cfg.Clouds {
-		tenantField[i] = -1
-		if c.TenantAnnotation != "" {
-			tenantField[i] = len(annotations)
-			annotations = append(annotations, c.TenantAnnotation)
-		}
+		extraField[i] = len(annotations)
+		annotations = append(annotations, c.ExtraAnnotations...)
 	}
 	imagesField, ephemeralField := len(annotations), len(annotations)+1
 	annotations = append(annotations, AnnotationAllowedImages, AnnotationAllowEphemeral)
 	b := &Broker{
 		imagesField: imagesField, ephemeralField: ephemeralField,
-		cfg:         cfg,
-		resolver:    cfg.Resolver,
-		policy:      rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount},
-		clock:       cfg.Clock,
-		log:         cfg.Logger,
-		limiter:     rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
-		known:       make(map[types.UID]podresolve.Pod),
-		pending:     make(map[types.UID]struct{}),
-		asked:       make(map[types.UID][]Request),
-		tenantField: tenantField,
+		cfg:        cfg,
+		resolver:   cfg.Resolver,
+		policy:     rolePolicy{allowDefault: cfg.AllowDefaultServiceAccount},
+		clock:      cfg.Clock,
+		log:        cfg.Logger,
+		limiter:    rate.NewLimiter(rate.Limit(cfg.UpstreamQPS), cfg.UpstreamBurst),
+		known:      make(map[types.UID]podresolve.Pod),
+		pending:    make(map[types.UID]struct{}),
+		asked:      make(map[types.UID][]Request),
+		extraField: extraField,
+		prefetches: prefetch,
 	}
 	var err error
 	if b.cache, err = lru.New[entryKey, *entry](cfg.CacheSize); err != nil {

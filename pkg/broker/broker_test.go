@@ -528,7 +528,7 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 func TestConfigValidation(t *testing.T) {
 	base := func() Config {
 		return Config{ServiceAccounts: kubetest.ServiceAccounts(newEnv(t, nil).client), Resolver: &testfake.Resolver{},
-			Clouds: []Cloud{{Name: exchange.AWS, Exchanger: &fakeExchanger{}}}}
+			Clouds: []Cloud{awsCloud(&fakeExchanger{})}}
 	}
 	cases := map[string]func(*Config){
 		"no client":    func(c *Config) { c.ServiceAccounts = nil },
@@ -536,10 +536,10 @@ func TestConfigValidation(t *testing.T) {
 		"no exchanger": func(c *Config) { c.Clouds[0].Exchanger = nil },
 		"no clouds":    func(c *Config) { c.Clouds = nil },
 		"cloud twice":  func(c *Config) { c.Clouds = append(c.Clouds, c.Clouds[0]) },
-		"foreign prefetch": func(c *Config) {
-			c.Clouds[0].Prefetch = []Request{{Cloud: exchange.GCP, Want: exchange.KindAccessToken}}
+		"prefetch of no kind": func(c *Config) {
+			c.Clouds[0].Prefetch = []exchange.Prefetch{{Scope: "x"}}
 		},
-		"short session":      func(c *Config) { c.SessionDuration = 20 * time.Minute },
+		"short session":      func(c *Config) { c.Clouds[0].Lifetime = 20 * time.Minute },
 		"negative cache":     func(c *Config) { c.CacheSize = -1 },
 		"empty role pattern": func(c *Config) { c.Clouds[0].AllowedIdentities = []string{""} },
 		"short token":        func(c *Config) { c.TokenExpiration = 5 * time.Minute },

@@ -66,7 +66,7 @@ func (b *Broker) storeLocked(key entryKey, e *entry, now time.Time) {
 
 // compact copies the strings of c, not yet shared with anyone, into one
 // allocation of their exact total size. Exchangers' strings come from
-// response decoders that size buffers for growth (the AWS SDK's XML
+// response decoders that size buffers for growth (an SDK's XML
 // decoder builds each value in a strings.Builder, so a session token
 // holds up to twice its length): a cached credential lives for an hour
 // per pod, and this halves what its strings hold.

@@ -33,7 +33,7 @@ var gcpDefault = Request{Cloud: exchange.GCP, Want: exchange.KindAccessToken, Sc
 func newTwoCloudEnv(t *testing.T, mutate func(*Config)) *testEnv {
 	return newEnv(t, func(c *Config) {
 		c.Clouds = append(c.Clouds, Cloud{Name: exchange.GCP, Exchanger: c.Clouds[0].Exchanger, Audience: gcpAudience,
-			Annotation: gcpAnnotation, Federated: true, Prefetch: []Request{gcpDefault}})
+			Annotation: gcpAnnotation, IdentityOptional: true, Prefetch: prefetchOf(gcpDefault)})
 		if mutate != nil {
 			mutate(c)
 		}
@@ -250,8 +250,7 @@ func TestPrefetchCoversAnnotatedGoogleAccountsOnly(t *testing.T) {
 func TestTenantComesFromTheAnnotationOrTheDefault(t *testing.T) {
 	const clientAnnotation, tenantAnnotation = "azure.workload.identity/client-id", "azure.workload.identity/tenant-id"
 	e := newEnv(t, func(c *Config) {
-		c.Clouds = append(c.Clouds, Cloud{Name: exchange.Azure, Exchanger: c.Clouds[0].Exchanger, Audience: "api://AzureADTokenExchange",
-			Annotation: clientAnnotation, TenantAnnotation: tenantAnnotation, DefaultTenant: "tenant-default"})
+		c.Clouds = append(c.Clouds, azureCloud(c.Clouds[0].Exchanger, clientAnnotation, tenantAnnotation, "tenant-default"))
 	})
 	for _, sa := range []*corev1.ServiceAccount{
 		{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "own", Annotations: map[string]string{clientAnnotation: "client-1", tenantAnnotation: "tenant-own"}}},
@@ -334,9 +333,6 @@ func TestRefusalsRecordEventsOnThePod(t *testing.T) {
 }
 
 const audienceAnnotation = "credbroker.io/token-audiences"
-
-var podTokenCloud = Cloud{Name: "kubernetes", TokenPerAudience: true, AudiencePrefix: "https://svc.example.com/",
-	Annotation: audienceAnnotation, ReservedAudiences: []string{"sts.amazonaws.com"}}
 
 func TestPodTokensForAllowedAudiences(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.Clouds = append(c.Clouds, podTokenCloud) })

@@ -83,8 +83,8 @@ func TestDeniedRetryWindowIsPerCloud(t *testing.T) {
 // lifetime, and pod tokens' too. Each cloud now asks for its own.
 func TestLifetimeIsPerCloud(t *testing.T) {
 	e := newTwoCloudEnv(t, func(c *Config) {
-		c.SessionDuration = 3 * time.Hour // AWS's, by --session-duration
-		c.Clouds[1].Lifetime = time.Hour  // GCP's, by --gcp-token-lifetime
+		c.Clouds[0].Lifetime = 3 * time.Hour // AWS's, by --session-duration
+		c.Clouds[1].Lifetime = time.Hour     // GCP's, by --gcp-token-lifetime
 		c.Clouds = append(c.Clouds, podTokenCloud)
 	})
 	e.annotated("ns", "sa", map[string]string{gcpAnnotation: emailA, "eks.amazonaws.com/role-arn": roleA,
@@ -110,14 +110,15 @@ func TestLifetimeIsPerCloud(t *testing.T) {
 		t.Errorf("lifetimes asked: AWS %s, GCP %s; want 3h and 1h", asked[exchange.KindAWS], asked[exchange.KindAccessToken])
 	}
 	a, _, err := e.gcp("10.0.9.2", Request{Cloud: "kubernetes", Want: exchange.KindIDToken, Scope: "https://svc.example.com/orders"})
-	if err != nil || !a.Credentials.Expiration.Equal(t0.Add(podTokenLifetime)) {
+	if err != nil || !a.Credentials.Expiration.Equal(t0.Add(time.Hour)) {
 		t.Errorf("pod token expiring %v (%v), want its own hour, not the 3h session duration", a.Credentials.Expiration, err)
 	}
 }
 
 // A lifetime a cloud cannot refresh within is refused at start.
 func TestCloudLifetimeBelowTheFloorIsRefused(t *testing.T) {
-	cfg := Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: &testfake.Resolver{}, Clouds: []Cloud{{Name: exchange.AWS, Exchanger: &fakeExchanger{}, Lifetime: 20 * time.Minute}}}
+	cfg := Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: &testfake.Resolver{}, Clouds: []Cloud{awsCloud(&fakeExchanger{})}}
+	cfg.Clouds[0].Lifetime = 20 * time.Minute
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "lifetime") {
 		t.Errorf("New: %v, want a lifetime error", err)
 	}

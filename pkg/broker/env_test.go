@@ -27,6 +27,7 @@ import (
 	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
+	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -60,6 +61,9 @@ func (x *fakeExchanger) Exchange(ctx context.Context, req exchange.Request) (exc
 // account of the role: tests read both back to see whose credentials an
 // answer holds.
 func (x *fakeExchanger) mint(req exchange.Request, n int64, life time.Duration) exchange.Credentials {
+	if req.SessionName == "" {
+		req.SessionName = awsexchange.SessionName(req.Namespace, req.Pod, req.PodUID)
+	}
 	if req.Want == exchange.KindAccessToken {
 		return exchange.Credentials{Kind: exchange.KindAccessToken, TokenType: "Bearer", Expiration: x.clock.Now().Add(life),
 			AccessToken: exchange.Secret(fmt.Sprintf("GCPTOKEN-%s-%s-%s-%d", req.SessionName, req.Role, strings.Join(req.Scopes, "+"), n))}
@@ -152,7 +156,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	})
 	cfg := Config{
 		ServiceAccounts: kubetest.ServiceAccounts(e.client), Resolver: e.resolver,
-		Clouds:     []Cloud{{Name: exchange.AWS, Exchanger: e.exchanger}},
+		Clouds:     []Cloud{awsCloud(e.exchanger)},
 		Registerer: e.reg, Clock: e.clock,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}

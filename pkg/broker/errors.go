@@ -13,23 +13,19 @@ import (
 // Refusal is a request the broker turns down by policy. Code and Message go
 // to the caller verbatim, so they must never carry a secret; they name the
 // pod, the ServiceAccount or the annotation so that the workload's owner can
-// fix the cause without reading the agent's logs.
-type Refusal struct {
-	Code    string
-	Message string
-}
-
-func (r *Refusal) Error() string { return r.Code + ": " + r.Message }
+// fix the cause without reading the agent's logs. A cloud's own policy
+// (Cloud.Check) refuses with the same type.
+type Refusal = exchange.Refusal
 
 // Refusal codes. They are part of the API: callers and dashboards match on them.
 const (
 	CodeHostNetwork           = "HostNetworkNotSupported"
 	CodeDefaultServiceAccount = "DefaultServiceAccount"
-	CodeNoRole                = "NoRoleAnnotation"
+	CodeNoRole                = exchange.CodeNoIdentity
 	CodeRoleNotAllowed        = "RoleNotAllowed"
 	CodeIdentityNotAllowed    = "IdentityNotAllowed"
 	CodeCloudNotServed        = "CloudNotServed"
-	CodeAudienceNotAllowed    = "AudienceNotAllowed"
+	CodeAudienceNotAllowed    = exchange.CodeAudienceNotAllowed
 	CodeServiceAccountMissing = "ServiceAccountNotFound"
 	CodeTokenRequestRefused   = "TokenRequestRefused"
 	CodeUpstreamDenied        = "AccessDenied"
@@ -79,6 +75,26 @@ type provisionalDenial struct{ err error }
 func (e *provisionalDenial) Error() string { return "provisional: " + e.err.Error() }
 func (e *provisionalDenial) Unwrap() error { return e.err }
 
+// cloudFailure carries, with an exchange's failure, its cloud's words for
+// what to fix (Cloud.TrustHint and Cloud.AudienceHint).
+type cloudFailure struct {
+	trust, audience string
+	err             error
+}
+
+func (e *cloudFailure) Error() string { return e.err.Error() }
+func (e *cloudFailure) Unwrap() error { return e.err }
+
+// trustMessage tells the pod to check the identity's trust, in its
+// cloud's words when err carries them.
+func trustMessage(err error) string {
+	msg := "check the identity's trust policy"
+	if cf := (*cloudFailure)(nil); errors.As(err, &cf) && cf.trust != "" {
+		msg += " (" + cf.trust + ")"
+	}
+	return msg
+}
+
 // errKubeAPI is a Kubernetes API failure (TokenRequest or ServiceAccount GET).
 type errKubeAPI struct {
 	throttled bool
@@ -109,10 +125,10 @@ func Classify(err error) Failure {
 		}
 		if xe != nil && xe.Cause == exchange.CauseAudience {
 			return Failure{Class: Unavailable, Code: CodeAudienceRefused, RetryAfter: 2 * time.Second,
-				Message: audienceMessage(xe) + "; retrying for a while in case the provider was just configured, then this becomes final"}
+				Message: audienceMessage(err, xe) + "; retrying for a while in case the provider was just configured, then this becomes final"}
 		}
 		return Failure{Class: Unavailable, Code: CodeUpstreamDenied, RetryAfter: 2 * time.Second,
-			Message: withHint("the identity provider refused this pod's ServiceAccount for the identity ("+code+"); retrying for a while in case the identity or its trust policy was just created, then this becomes final: check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)", xe)}
+			Message: withHint("the identity provider refused this pod's ServiceAccount for the identity ("+code+"); retrying for a while in case the identity or its trust policy was just created, then this becomes final: "+trustMessage(err), xe)}
 	case errors.As(err, &refusal):
 		return Failure{Class: Refused, Code: refusal.Code, Message: refusal.Message}
 	case errors.Is(err, attest.ErrRefused):
@@ -148,7 +164,7 @@ func Classify(err error) Failure {
 	case errors.As(err, &xe):
 		switch {
 		case xe.Cause == exchange.CauseAudience && !xe.Retryable():
-			return Failure{Class: Refused, Code: CodeAudienceRefused, Message: audienceMessage(xe)}
+			return Failure{Class: Refused, Code: CodeAudienceRefused, Message: audienceMessage(err, xe)}
 		case xe.Cause == exchange.CauseLifetime && !xe.Retryable():
 			return Failure{Class: Invalid, Code: CodeLifetimeRefused,
 				Message: withHint("the identity provider refused the credential lifetime the agent asked for ("+xe.Code+"); the identity annotation is not the cause: the agent's lifetime setting for this cloud is", xe)}
@@ -159,7 +175,7 @@ func Classify(err error) Failure {
 		switch xe.Kind {
 		case exchange.Denied, exchange.InvalidToken:
 			return Failure{Class: Refused, Code: CodeUpstreamDenied,
-				Message: withHint("the identity provider refused this pod's ServiceAccount for the identity ("+xe.Code+"); check the identity's trust policy (AWS: the role's; GCP: the workload identity binding; Azure: the application's federated identity credential)", xe)}
+				Message: withHint("the identity provider refused this pod's ServiceAccount for the identity ("+xe.Code+"); "+trustMessage(err), xe)}
 		case exchange.InvalidRequest:
 			return Failure{Class: Invalid, Code: CodeInvalidRole,
 				Message: withHint("the identity provider rejected the request for this identity ("+xe.Code+"); check the identity annotation", xe)}
@@ -196,6 +212,12 @@ func withHint(msg string, xe *exchange.Error) string {
 
 // audienceMessage tells the pod that the token's audience, an agent
 // setting, was refused: the identity annotation is not the cause.
-func audienceMessage(xe *exchange.Error) string {
-	return withHint("the identity provider refused the audience of the ServiceAccount token the agent sends ("+xe.Code+"); the identity annotation is not the cause: the agent's token audience for this cloud (AWS: --audience; Azure: --azure-audience) must be one the provider accepts", xe)
+func audienceMessage(err error, xe *exchange.Error) string {
+	// Without its cloud's words (an error classified outside a fetch), the
+	// agent's first audience setting, --audience, and the others alike.
+	setting := "the agent's token audience for this cloud (--audience, or the cloud's own audience setting)"
+	if cf := (*cloudFailure)(nil); errors.As(err, &cf) && cf.audience != "" {
+		setting = "the agent's token audience for this cloud (" + cf.audience + ")"
+	}
+	return withHint("the identity provider refused the audience of the ServiceAccount token the agent sends ("+xe.Code+"); the identity annotation is not the cause: "+setting+" must be one the provider accepts", xe)
 }

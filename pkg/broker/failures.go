@@ -47,9 +47,9 @@ const maxTransientBackoff = 10 * time.Second
 // deniedRetryWindow is, unless a Cloud sets its own, how long upstream
 // denials (AccessDenied, an invalid token) are treated as possibly
 // transient, retried with backoff and answered with a retryable status.
-// IAM is eventually consistent: a role or trust policy created seconds ago
-// is denied for a while, and STS answers InvalidIdentityToken when it could
-// not fetch the issuer's keys. After the window the denial is final (403),
+// Clouds' IAM is eventually consistent: an identity or trust created
+// seconds ago is denied for a while, and a token service may call a token
+// invalid when it could not fetch the issuer's keys. After the window the denial is final (403),
 // which SDKs do not retry.
 const deniedRetryWindow = 2 * time.Minute
 

@@ -108,20 +108,24 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, who prin
 		return nil, fmt.Errorf("fetching for pod %s/%s: %w", pod.Namespace, pod.Name, errUpstreamBusy)
 	}
 	cloud := &b.cfg.Clouds[ci]
-	if cloud.TokenPerAudience {
-		return b.fetchPodToken(ctx, pod, who, req, cloud.Lifetime)
+	audience := cloud.Audience
+	if cloud.TokenAudience != nil {
+		audience = cloud.TokenAudience(req.Scope)
 	}
-	token, _, err := b.tokens.token(ctx, pod, cloud.Audience, 0)
+	token, exp, err := b.tokens.token(ctx, pod, audience, cloud.TokenLifetime)
 	if err != nil {
 		return nil, err
 	}
 	xreq := exchange.Request{
-		Token:       token,
-		Want:        req.Want,
-		Role:        who.identity,
-		Tenant:      who.tenant,
-		SessionName: exchange.SessionName(pod.Namespace, pod.Name, string(pod.UID)),
-		Duration:    cloud.Lifetime,
+		Token:           token,
+		TokenExpiration: exp,
+		Want:            req.Want,
+		Role:            who.identity,
+		Tenant:          who.tenant,
+		Namespace:       pod.Namespace,
+		Pod:             pod.Name,
+		PodUID:          string(pod.UID),
+		Duration:        cloud.Lifetime,
 	}
 	if req.Want == exchange.KindIDToken {
 		xreq.Audience = req.Scope
@@ -132,28 +136,13 @@ func (b *Broker) fetch(ctx context.Context, pod podresolve.Pod, ci int, who prin
 	creds, err := cloud.Exchanger.Exchange(ctx, xreq)
 	b.metrics.observeUpstream(string(cloud.Name), err, b.clock.Since(start))
 	if err != nil {
-		return nil, fmt.Errorf("exchanging token of pod %s/%s for %s identity %q: %w", pod.Namespace, pod.Name, cloud.Name, who.identity, err)
+		return nil, fmt.Errorf("exchanging token of pod %s/%s for %s identity %q: %w", pod.Namespace, pod.Name, cloud.Name, who.identity,
+			&cloudFailure{trust: cloud.TrustHint, audience: cloud.AudienceHint, err: err})
 	}
 	if err := checkCredentials(req.Want, creds); err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	e := &entry{pod: pod, who: who, creds: &creds, expiration: creds.Expiration, fetchedAt: b.clock.Now()}
-	e.refreshAt = refreshTime(e)
-	return e, nil
-}
-
-// fetchPodToken gets the pod-bound token for the request's audience: the
-// credential is the token itself.
-func (b *Broker) fetchPodToken(ctx context.Context, pod podresolve.Pod, who principal, req Request, lifetime time.Duration) (*entry, error) {
-	token, exp, err := b.tokens.token(ctx, pod, req.Scope, lifetime)
-	if err != nil {
-		return nil, err
-	}
-	if exp.IsZero() {
-		return nil, &errKubeAPI{err: fmt.Errorf("TokenRequest for %s/%s returned no expiry", pod.Namespace, pod.ServiceAccount)}
-	}
-	creds := &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: token, Expiration: exp}
-	e := &entry{pod: pod, who: who, creds: creds, expiration: exp, fetchedAt: b.clock.Now()}
 	e.refreshAt = refreshTime(e)
 	return e, nil
 }
@@ -164,15 +153,7 @@ func checkCredentials(want exchange.Kind, c exchange.Credentials) error {
 	if c.Kind != want {
 		return fmt.Errorf("exchanger returned credentials of kind %d for a request of kind %d", c.Kind, want)
 	}
-	complete := !c.Expiration.IsZero()
-	switch c.Kind {
-	case exchange.KindAWS:
-		complete = complete && c.AccessKeyID != "" && c.SecretAccessKey != "" && c.SessionToken != ""
-	case exchange.KindAccessToken:
-		complete = complete && c.AccessToken != ""
-	case exchange.KindIDToken:
-		complete = complete && c.IDToken != ""
-	}
+	complete := c.Complete()
 	if !complete {
 		return errors.New("exchanger returned incomplete credentials")
 	}

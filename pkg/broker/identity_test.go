@@ -29,8 +29,7 @@ var azureVault = Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, 
 // minted for.
 func newAzureEnv(t *testing.T, mutate func(*Config)) *testEnv {
 	e := newEnv(t, func(c *Config) {
-		c.Clouds = append(c.Clouds, Cloud{Name: exchange.Azure, Exchanger: c.Clouds[0].Exchanger, Audience: "api://AzureADTokenExchange",
-			Annotation: azClientAnnotation, TenantAnnotation: azTenantAnnotation, DefaultTenant: "tenant-default"})
+		c.Clouds = append(c.Clouds, azureCloud(c.Clouds[0].Exchanger, azClientAnnotation, azTenantAnnotation, "tenant-default"))
 		if mutate != nil {
 			mutate(c)
 		}

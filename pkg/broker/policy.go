@@ -2,7 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/credbroker/agent/pkg/exchange"
@@ -29,14 +28,19 @@ func (p rolePolicy) checkServiceAccount(namespace, serviceAccount string) error 
 
 // checkIdentity checks the identity the ServiceAccount names on cloud c
 // ("" when it names none; a GUID in lower case, see canonicalGUID) and the
-// one the caller asked for ("" for whichever the ServiceAccount names).
+// one the caller asked for ("" for whichever the ServiceAccount names). A
+// cloud with its own Check decides alone: its annotation holds a policy
+// for the request's scope, not an identity.
 func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity string, req Request) error {
 	requested := req.Identity
-	if c.TokenPerAudience {
-		return checkAudience(c, namespace, serviceAccount, identity, req.Scope)
+	if c.Check != nil {
+		return c.Check(namespace, serviceAccount, identity, req.Scope)
 	}
-	noun := identityNoun(c.Name)
-	if identity == "" && !c.Federated {
+	noun := c.Noun
+	if noun == "" {
+		noun = "identity"
+	}
+	if identity == "" && !c.IdentityOptional {
 		return &Refusal{Code: CodeNoRole,
 			Message: fmt.Sprintf("ServiceAccount %s/%s has no %s annotation naming the %s to use", namespace, serviceAccount, c.Annotation, noun)}
 	}
@@ -56,39 +60,10 @@ func (p rolePolicy) checkIdentity(c *Cloud, namespace, serviceAccount, identity 
 		Message: fmt.Sprintf("%s %s named by ServiceAccount %s/%s is not allowed on this cluster", noun, identity, namespace, serviceAccount)}
 }
 
-// checkAudience checks a service-to-service token's audience against the
-// ServiceAccount's patterns (identity, comma-separated), the operator's and
-// the reserved ones.
-func checkAudience(c *Cloud, namespace, serviceAccount, patterns, audience string) error {
-	if patterns == "" {
-		return &Refusal{Code: CodeNoRole,
-			Message: fmt.Sprintf("ServiceAccount %s/%s has no %s annotation listing the token audiences it may ask for", namespace, serviceAccount, c.Annotation)}
-	}
-	refuse := func(why string) error {
-		return &Refusal{Code: CodeAudienceNotAllowed,
-			Message: fmt.Sprintf("a token for audience %q is not allowed for ServiceAccount %s/%s: %s", audience, namespace, serviceAccount, why)}
-	}
-	switch {
-	case audience == "":
-		return &Refusal{Code: CodeAudienceNotAllowed, Message: "a token needs an audience"}
-	case slices.Contains(c.ReservedAudiences, audience), c.ReservedAudience != nil && c.ReservedAudience(audience):
-		return refuse("it is the audience of a cloud exchange, never handed out")
-	case !strings.HasPrefix(audience, c.AudiencePrefix):
-		return refuse(fmt.Sprintf("service audiences on this cluster start with %q", c.AudiencePrefix))
-	case len(c.AllowedIdentities) > 0 && !slices.ContainsFunc(c.AllowedIdentities, func(p string) bool { return globMatch(p, audience) }):
-		return refuse("the cluster's --allowed-token-audience patterns do not include it")
-	}
-	for p := range strings.SplitSeq(patterns, ",") {
-		if p = strings.TrimSpace(p); p != "" && globMatch(p, audience) {
-			return nil
-		}
-	}
-	return refuse(fmt.Sprintf("its %s annotation does not list it", c.Annotation))
-}
-
 // principal is whom a pod's credentials on a cloud stand for: the identity
-// its ServiceAccount names and, on a cloud with tenants, the tenant (Azure:
-// a client ID means nothing without its tenant). Cached entries, remembered
+// its ServiceAccount names and, on a cloud with tenants, the tenant (a
+// client ID may mean nothing without its tenant; the cloud's Principal
+// says). Cached entries, remembered
 // failures and flights are matched on the whole of it, so that a change of
 // either annotation takes effect on the next request and the next refresh.
 // Both fields are canonical (canonicalGUID), so that == compares them as
@@ -99,9 +74,10 @@ type principal struct {
 }
 
 // canonicalGUID returns s in lower case if it is a GUID, else s unchanged.
-// GUIDs (Azure client and tenant IDs) are case-insensitive (RFC 9562; Entra
-// ID matches them so), and lower case is their canonical form; role ARNs
-// and email addresses are never GUIDs and stay exact.
+// GUIDs (client and tenant IDs, where a cloud uses them) are
+// case-insensitive (RFC 9562), and lower case is their canonical form;
+// other identities (resource names, email addresses) are never GUIDs and
+// stay exact.
 func canonicalGUID(s string) string {
 	if isGUID(s) {
 		return strings.ToLower(s)
@@ -137,46 +113,8 @@ func hasControl(s string) bool {
 	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || 0x80 <= r && r < 0xa0 })
 }
 
-// identityNoun names what an identity is on a cloud, for messages.
-func identityNoun(c exchange.Cloud) string {
-	switch c {
-	case exchange.AWS:
-		return "role"
-	case exchange.GCP:
-		return "Google service account"
-	case exchange.Azure:
-		return "client ID"
-	default:
-		return "identity"
-	}
-}
-
-// globMatch matches s against pattern, where '*' matches any run of
-// characters (including '/', which IAM role paths contain; path.Match would
-// stop there) and '?' matches one character.
-func globMatch(pattern, s string) bool {
-	px, sx := 0, 0
-	starPx, starSx := -1, 0
-	for sx < len(s) {
-		switch {
-		case px < len(pattern) && (pattern[px] == '?' || pattern[px] == s[sx]):
-			px++
-			sx++
-		case px < len(pattern) && pattern[px] == '*':
-			starPx, starSx = px, sx
-			px++
-		case starPx >= 0:
-			starSx++
-			px, sx = starPx+1, starSx
-		default:
-			return false
-		}
-	}
-	for px < len(pattern) && pattern[px] == '*' {
-		px++
-	}
-	return px == len(pattern)
-}
+// globMatch matches s against pattern (exchange.Glob).
+func globMatch(pattern, s string) bool { return exchange.Glob(pattern, s) }
 
 // cloudIndex returns the index of cloud in Config.Clouds, or -1.
 func (b *Broker) cloudIndex(cloud exchange.Cloud) int {
@@ -217,9 +155,14 @@ func (b *Broker) identityFor(pod podresolve.Pod, req Request) (int, principal, e
 	if fields != nil {
 		who.identity = fields[ci]
 	}
-	who.tenant = cloud.DefaultTenant
-	if f := b.tenantField[ci]; f >= 0 && fields != nil && fields[f] != "" {
-		who.tenant = fields[f]
+	if cloud.Principal != nil {
+		var extra []string
+		if fields != nil {
+			f := b.extraField[ci]
+			extra = fields[f : f+len(cloud.ExtraAnnotations)]
+		}
+		p := cloud.Principal(who.identity, extra)
+		who = principal{identity: p.Identity, tenant: p.Tenant}
 	}
 	if hasControl(who.identity) || hasControl(who.tenant) {
 		return 0, principal{}, &Refusal{Code: CodeInvalidRole,

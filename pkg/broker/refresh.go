@@ -98,7 +98,7 @@ func (b *Broker) prefetch(ctx context.Context, uid types.UID) (retry bool, err e
 		return false, nil
 	}
 	for ci := range b.cfg.Clouds {
-		for _, req := range b.cfg.Clouds[ci].Prefetch {
+		for _, req := range b.prefetches[ci] {
 			// No identity on this cloud, or only a federated principal
 			// (which every ServiceAccount has, so prefetching it would
 			// fetch for every pod whether it uses the cloud or not):
@@ -157,7 +157,7 @@ func (b *Broker) sync(ctx context.Context, key entryKey) (retry bool, err error)
 		// yet: keep what is cached and try again.
 		return true, err
 	}
-	if !cachedOK && (who.identity == "" || !slices.Contains(b.cfg.Clouds[ci].Prefetch, key.req)) {
+	if !cachedOK && (who.identity == "" || !slices.Contains(b.prefetches[ci], key.req)) {
 		// Evicted, and no prefetch would fetch it (prefetch skips a
 		// federated principal, which every pod has).
 		return false, nil

@@ -157,7 +157,7 @@ func TestManyAudiencesCostOnlyThePodsFetchBudget(t *testing.T) {
 	}{
 		{"GCP scope sets", func(c *Config) {
 			c.Clouds = append(c.Clouds, Cloud{Name: exchange.GCP, Exchanger: c.Clouds[0].Exchanger, Audience: gcpAudience,
-				Annotation: gcpAnnotation, Federated: true, Prefetch: []Request{gcpDefault}})
+				Annotation: gcpAnnotation, IdentityOptional: true, Prefetch: prefetchOf(gcpDefault)})
 		}, map[string]string{gcpAnnotation: emailA}, gcpScope},
 		{"pod-token audiences", func(c *Config) { c.Clouds = append(c.Clouds, podTokenCloud) },
 			map[string]string{audienceAnnotation: "https://svc.example.com/*"},

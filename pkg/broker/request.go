@@ -13,24 +13,23 @@ import (
 // fill its share of the cache with spellings of one request.
 type Request struct {
 	Cloud exchange.Cloud
-	// Want is the kind of credential: exchange.KindAWS,
-	// exchange.KindAccessToken or exchange.KindIDToken.
+	// Want is the kind of credential (exchange.Kind).
 	Want exchange.Kind
-	// Identity is the identity the caller names (a role ARN, a Google
-	// service account email, an Azure client ID); empty means the one its
-	// ServiceAccount is annotated with. Naming another one is refused.
+	// Identity is the identity the caller names, in its cloud's terms;
+	// empty means the one its ServiceAccount is annotated with. Naming
+	// another one is refused.
 	Identity string
-	// Scope is the OAuth scopes of an access token, space-separated and
-	// sorted (GCP); the resource (Azure); the audience (identity tokens).
+	// Scope is what the credential is for, in its cloud's terms: OAuth
+	// scopes (space-separated and sorted), a resource, or the audience of
+	// an identity token.
 	Scope string
 }
 
 // Answer is the broker's answer to a Request.
 type Answer struct {
 	Pod podresolve.Pod
-	// Identity is what the credentials stand for: the role ARN, the Google
-	// service account email (empty for the pod's own federated principal),
-	// the Azure client ID.
+	// Identity is what the credentials stand for, in its cloud's terms
+	// (empty for the pod's own principal where its cloud serves one).
 	Identity string
 	// Credentials are shared with the cache and with other callers: read,
 	// never modify.

@@ -64,8 +64,13 @@ type Request struct {
 	Audience string
 	// Tenant is the Azure tenant of Role.
 	Tenant string
-	// SessionName names the session in the cloud's audit log. The AWS
-	// exchanger sanitises it to what STS accepts.
+	// TokenExpiration is when Token expires.
+	TokenExpiration time.Time
+	// Namespace, Pod and PodUID name the pod the token is bound to, for
+	// the cloud's audit log.
+	Namespace, Pod, PodUID string
+	// SessionName, when set, names the session in the cloud's audit log
+	// instead of a name the exchanger makes from the pod's.
 	SessionName string
 	// Duration is the requested lifetime; zero means the exchanger's default.
 	Duration time.Duration
@@ -104,6 +109,20 @@ type Credentials struct {
 
 	// Expiration is when the credentials stop working.
 	Expiration time.Time
+}
+
+// Complete reports whether c has an expiry and every field its Kind needs.
+func (c Credentials) Complete() bool {
+	complete := !c.Expiration.IsZero()
+	switch c.Kind {
+	case KindAWS:
+		complete = complete && c.AccessKeyID != "" && c.SecretAccessKey != "" && c.SessionToken != ""
+	case KindAccessToken:
+		complete = complete && c.AccessToken != ""
+	case KindIDToken:
+		complete = complete && c.IDToken != ""
+	}
+	return complete
 }
 
 // ErrorKind classifies an upstream failure once, so that callers branch on

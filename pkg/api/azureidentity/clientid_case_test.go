@@ -22,6 +22,7 @@ import (
 	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/azure"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -77,8 +78,8 @@ func TestGoClientIDInAnotherCase(t *testing.T) {
 		b, err := broker.New(broker.Config{
 			ServiceAccounts: kubetest.ServiceAccounts(client),
 			Resolver:        testfake.OnePod{Pod: podresolve.Pod{Namespace: "ns", Name: sa + "-0", UID: types.UID("uid-" + sa), ServiceAccount: sa}},
-			Clouds: []broker.Cloud{{Name: exchange.Azure, Exchanger: x, Audience: "api://AzureADTokenExchange", Annotation: clientAnnotation,
-				DefaultTenant: "72f988bf-86f1-41af-91ab-2d7cd011db47", AllowedIdentities: []string{"5B7C1A2E-*"}}},
+			Clouds: []broker.Cloud{azure.Profile(azure.ProfileConfig{Exchanger: x, Audience: "api://AzureADTokenExchange", ClientAnnotation: clientAnnotation,
+				Tenant: "72f988bf-86f1-41af-91ab-2d7cd011db47", AllowedClientIDs: []string{"5B7C1A2E-*"}})},
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/gcp"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -89,8 +90,8 @@ func TestRealBroker(t *testing.T) {
 	}
 	b, err := broker.New(broker.Config{
 		ServiceAccounts: kubetest.ServiceAccounts(client), Resolver: res,
-		Clouds: []broker.Cloud{{Name: exchange.GCP, Exchanger: x, Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k",
-			Annotation: gcpAnnotation, Federated: true, Prefetch: []broker.Request{prefetch}}},
+		Clouds: []broker.Cloud{gcp.Profile(gcp.ProfileConfig{Exchanger: x, Provider: "projects/1/locations/global/workloadIdentityPools/p/providers/k",
+			Annotation: gcpAnnotation, Prefetch: []exchange.Prefetch{{Want: prefetch.Want, Scope: prefetch.Scope}}})},
 	})
 	if err != nil {
 		t.Fatal(err)

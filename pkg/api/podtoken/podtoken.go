@@ -5,11 +5,10 @@
 //
 // The token is pod-bound (it dies with the pod), short-lived and cached
 // and refreshed by the broker like any credential; which audiences a pod
-// may ask for is the broker's policy (the ServiceAccount's annotation, the
-// cluster's prefix and patterns), over this package's description of the
-// cloud (BrokerCloud): never a cloud exchange's audience nor the API
+// may ask for is the policy of the cloud's description (package
+// pkg/exchange/podtoken): never a cloud exchange's audience nor the API
 // server's, under any spelling their receivers accept, and no prefix that
-// covers one (CheckPrefix).
+// covers one.
 package podtoken
 
 import (
@@ -25,6 +24,7 @@ import (
 	"github.com/credbroker/agent/pkg/api/internal/wire"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
+	xpodtoken "github.com/credbroker/agent/pkg/exchange/podtoken"
 	"github.com/credbroker/agent/pkg/guard"
 )
 
@@ -32,7 +32,7 @@ import (
 const Path = "/v1/token"
 
 // Cloud is the broker cloud name of service-to-service tokens.
-const Cloud exchange.Cloud = "kubernetes"
+const Cloud = xpodtoken.Cloud
 
 // MaxAudienceLen bounds the audience a caller may name.
 const MaxAudienceLen = 512

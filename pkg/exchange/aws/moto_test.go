@@ -77,7 +77,7 @@ func TestExchangeAgainstMoto(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const role = "arn:aws:iam::210987654321:role/moto-web"
-	session := exchange.SessionName("app", "web-7d9f8-abcde", "0b1e2f3a-1111-2222-3333-444455556666")
+	session := aws.SessionName("app", "web-7d9f8-abcde", "0b1e2f3a-1111-2222-3333-444455556666")
 	before := time.Now()
 	got, err := s.Exchange(ctx, exchange.Request{Token: testToken, Role: role, SessionName: session})
 	if err != nil {

@@ -140,8 +140,8 @@ func checkDuration(d time.Duration) error {
 }
 
 // Exchange calls AssumeRoleWithWebIdentity for req.Role with req.Token.
-// req.SessionName is made acceptable to STS as by SessionName's rules
-// (callers should pass SessionName's result). req.Duration, when non-zero,
+// The session is named after the pod (SessionName) unless req.SessionName
+// is set, which is made acceptable to STS by the same rules. req.Duration, when non-zero,
 // overrides the configured duration and is truncated to whole seconds.
 //
 // Requests that cannot succeed (no token, a role that is not an ARN, a
@@ -156,7 +156,11 @@ func (s *STS) Exchange(ctx context.Context, req exchange.Request) (exchange.Cred
 		return exchange.Credentials{}, &exchange.Error{Kind: exchange.InvalidRequest, Cause: exchange.CauseIdentityForm,
 			Hint: roleHint(req.Role, err), Err: fmt.Errorf("role %q: %w", req.Role, err)}
 	}
-	sessionName, ok := exchange.SessionNameFor(req.SessionName)
+	name := req.SessionName
+	if name == "" && req.Pod != "" {
+		name = SessionName(req.Namespace, req.Pod, req.PodUID)
+	}
+	sessionName, ok := SessionNameFor(name)
 	if !ok {
 		return exchange.Credentials{}, invalidRequest(req.Role, "session name shorter than 2 characters")
 	}

@@ -422,8 +422,10 @@ func classify(ce *callError, body []byte, token exchange.Secret) *exchange.Error
 	xe := &exchange.Error{Kind: kind, Code: ce.code, Err: ce}
 	if num == 700212 && kind == exchange.Denied {
 		// No federated credential has the token's audience: the agent's
-		// --azure-audience, or the credential's, not the client ID.
+		// --azure-audience, or the credential's, not the client ID. The
+		// hint says which, to the pod too.
 		xe.Cause = exchange.CauseAudience
+		xe.Hint, ce.hint = ce.hint, ""
 	}
 	return xe
 }

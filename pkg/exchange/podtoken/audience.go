@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
-	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
 )
 
-// CloudConfig describes the pod-token cloud to the broker.
-type CloudConfig struct {
+// Config describes the pod-token cloud.
+type Config struct {
 	// Prefix is the cluster's audience prefix (--token-audience-prefix):
 	// every audience handed out starts with it. Required.
 	Prefix string
@@ -24,6 +25,9 @@ type CloudConfig struct {
 	// holding a token for could use to skip their policy, and the API
 	// server's own.
 	Reserved []Reserved
+	// Lifetime is how long the tokens live; zero means an hour, what the
+	// kubelet projects by default, whatever the other clouds' lifetimes.
+	Lifetime time.Duration
 }
 
 // Reserved is an audience no pod token may carry, and whose it is (for
@@ -33,28 +37,84 @@ type Reserved struct {
 	Owner    string
 }
 
-// BrokerCloud is the broker's pod-token cloud. The broker refuses an
-// audience that is a spelling of a reserved one (SameAudience): Google STS,
-// for one, accepts its provider's audience both as //iam.googleapis.com/...
-// and as https://iam.googleapis.com/..., so reserving the configured
-// spelling alone would let a pod whose prefix is https:// get a token
-// Google accepts for another cloud's policy.
+// Profile describes pod tokens to the broker: the credential is the
+// pod-bound token itself (Exchanger), for the audience the request names,
+// and the ServiceAccount's annotation lists the audiences its pods may ask
+// for. An audience that is a spelling of a reserved one (SameAudience) is
+// refused: Google STS, for one, accepts its provider's audience both as
+// //iam.googleapis.com/... and as https://iam.googleapis.com/..., so
+// reserving the configured spelling alone would let a pod whose prefix is
+// https:// get a token Google accepts for another cloud's policy.
 //
 // SECURITY: this is where pod tokens and the clouds' exchanges are kept
 // apart; CheckPrefix refuses at start the prefixes that could not be.
-func BrokerCloud(cfg CloudConfig) broker.Cloud {
-	c := broker.Cloud{Name: Cloud, TokenPerAudience: true, AudiencePrefix: cfg.Prefix,
-		Annotation: cfg.Annotation, AllowedIdentities: cfg.Allowed}
-	canon := make([]string, 0, len(cfg.Reserved))
+func Profile(cfg Config) (exchange.Profile, error) {
+	if cfg.Prefix == "" {
+		return exchange.Profile{}, fmt.Errorf("cloud %s hands out tokens for any audience: it needs an audience prefix", Cloud)
+	}
+	if cfg.Lifetime == 0 {
+		cfg.Lifetime = defaultLifetime
+	}
+	p := &policy{prefix: cfg.Prefix, annotation: cfg.Annotation, allowed: cfg.Allowed}
 	for _, r := range cfg.Reserved {
 		if r.Audience == "" {
 			continue
 		}
-		c.ReservedAudiences = append(c.ReservedAudiences, r.Audience)
-		canon = append(canon, canonicalAudience(r.Audience))
+		p.reserved = append(p.reserved, r.Audience)
+		p.canon = append(p.canon, canonicalAudience(r.Audience))
 	}
-	c.ReservedAudience = func(aud string) bool { return slices.Contains(canon, canonicalAudience(aud)) }
-	return c
+	return exchange.Profile{
+		Name:              Cloud,
+		Exchanger:         Exchanger{},
+		TokenAudience:     func(scope string) string { return scope },
+		TokenLifetime:     cfg.Lifetime,
+		Annotation:        cfg.Annotation,
+		AllowedIdentities: cfg.Allowed,
+		Check:             p.check,
+		Lifetime:          cfg.Lifetime,
+	}, nil
+}
+
+// policy decides which audiences a pod may ask for.
+type policy struct {
+	prefix, annotation string
+	allowed            []string
+	reserved, canon    []string
+}
+
+// check checks a token's audience against the ServiceAccount's patterns
+// (its annotation's value, comma-separated), the operator's and the
+// reserved ones.
+func (p *policy) check(namespace, serviceAccount, patterns, audience string) error {
+	if patterns == "" {
+		return &exchange.Refusal{Code: exchange.CodeNoIdentity,
+			Message: fmt.Sprintf("ServiceAccount %s/%s has no %s annotation listing the token audiences it may ask for", namespace, serviceAccount, p.annotation)}
+	}
+	refuse := func(why string) error {
+		return &exchange.Refusal{Code: exchange.CodeAudienceNotAllowed,
+			Message: fmt.Sprintf("a token for audience %q is not allowed for ServiceAccount %s/%s: %s", audience, namespace, serviceAccount, why)}
+	}
+	switch {
+	case audience == "":
+		return &exchange.Refusal{Code: exchange.CodeAudienceNotAllowed, Message: "a token needs an audience"}
+	case slices.Contains(p.reserved, audience), p.isReserved(audience):
+		return refuse("it is the audience of a cloud exchange, never handed out")
+	case !strings.HasPrefix(audience, p.prefix):
+		return refuse(fmt.Sprintf("service audiences on this cluster start with %q", p.prefix))
+	case len(p.allowed) > 0 && !slices.ContainsFunc(p.allowed, func(pat string) bool { return exchange.Glob(pat, audience) }):
+		return refuse("the cluster's --allowed-token-audience patterns do not include it")
+	}
+	for pat := range strings.SplitSeq(patterns, ",") {
+		if pat = strings.TrimSpace(pat); pat != "" && exchange.Glob(pat, audience) {
+			return nil
+		}
+	}
+	return refuse(fmt.Sprintf("its %s annotation does not list it", p.annotation))
+}
+
+// isReserved reports whether aud is a spelling of a reserved audience.
+func (p *policy) isReserved(aud string) bool {
+	return slices.Contains(p.canon, canonicalAudience(aud))
 }
 
 // CheckPrefix refuses a prefix that covers a reserved audience under any

@@ -1,4 +1,4 @@
-package exchange_test
+package aws_test
 
 import (
 	"regexp"
@@ -7,7 +7,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/credbroker/agent/pkg/exchange"
+	"github.com/credbroker/agent/pkg/exchange/aws"
 )
 
 // stsSessionName is what STS accepts for RoleSessionName.
@@ -34,7 +34,7 @@ func TestSessionName(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := exchange.SessionName(tt.namespace, tt.pod, tt.uid)
+			got := aws.SessionName(tt.namespace, tt.pod, tt.uid)
 			if !stsSessionName.MatchString(got) {
 				t.Errorf("SessionName = %q (%d bytes), not acceptable to STS", got, len(got))
 			}
@@ -64,21 +64,21 @@ func TestSessionNameUniquePerPod(t *testing.T) {
 	}
 	seen := map[string][3]string{}
 	for _, p := range pods {
-		name := exchange.SessionName(p[0], p[1], p[2])
+		name := aws.SessionName(p[0], p[1], p[2])
 		if other, dup := seen[name]; dup {
 			t.Errorf("pods %q and %q share session name %q", other, p, name)
 		}
 		seen[name] = p
 	}
 	// Stable: the same pod always gets the same name.
-	if a, b := exchange.SessionName("ns", "web", "uid-1"), exchange.SessionName("ns", "web", "uid-1"); a != b {
+	if a, b := aws.SessionName("ns", "web", "uid-1"), aws.SessionName("ns", "web", "uid-1"); a != b {
 		t.Errorf("SessionName not deterministic: %q vs %q", a, b)
 	}
 }
 
 func TestSessionNameAcceptsTypesUID(t *testing.T) {
 	uid := types.UID("0b1e2f3a-1111-2222-3333-444455556666")
-	if a, b := exchange.SessionName("ns", "web", uid), exchange.SessionName("ns", "web", string(uid)); a != b {
+	if a, b := aws.SessionName("ns", "web", uid), aws.SessionName("ns", "web", string(uid)); a != b {
 		t.Errorf("types.UID gives %q, string gives %q", a, b)
 	}
 }

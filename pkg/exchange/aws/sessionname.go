@@ -1,4 +1,4 @@
-package exchange
+package aws
 
 import (
 	"crypto/sha256"
