@@ -40,3 +40,24 @@ func TestValuesAllocateOnce(t *testing.T) {
 		t.Errorf("%d values kept, want %d", n, maxValues)
 	}
 }
+
+// TestValuesConcurrent: readers and writers at once (run with -race).
+func TestValuesConcurrent(t *testing.T) {
+	var vs Values
+	done := make(chan struct{})
+	for g := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 500 {
+				v := strings.Repeat("%41", (g*500+i)%40+1)
+				if got, err := vs.Unescape(v); err != nil || got != strings.Repeat("A", (g*500+i)%40+1) {
+					t.Errorf("Unescape(%q) = %q, %v", v, got, err)
+					return
+				}
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+}
