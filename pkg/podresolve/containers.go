@@ -72,15 +72,16 @@ type hostPod struct {
 // stripPodContainers is stripPod keeping, besides, what container mode
 // needs of each container status: its name, ID, image and image ID.
 func stripPodContainers(obj any) (any, error) {
-	out, err := stripPod(obj)
 	p, ok := obj.(*corev1.Pod)
-	if err != nil || !ok {
-		return out, err
+	if !ok {
+		return stripPod(obj)
 	}
-	s := out.(*corev1.Pod)
-	s.Status.ContainerStatuses = stripStatuses(p.Status.ContainerStatuses)
-	s.Status.InitContainerStatuses = stripStatuses(p.Status.InitContainerStatuses)
-	s.Status.EphemeralContainerStatuses = stripStatuses(p.Status.EphemeralContainerStatuses)
+	s := strip(p)
+	s.Status.storedContainers = &storedContainers{
+		ContainerStatuses:          stripStatuses(p.Status.ContainerStatuses),
+		InitContainerStatuses:      stripStatuses(p.Status.InitContainerStatuses),
+		EphemeralContainerStatuses: stripStatuses(p.Status.EphemeralContainerStatuses),
+	}
 	return s, nil
 }
 
@@ -96,7 +97,7 @@ func stripStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
 }
 
 // containersOf lists a stripped pod's containers that have an ID.
-func containersOf(p *corev1.Pod) []Container {
+func containersOf(p *storedPod) []Container {
 	var out []Container
 	add := func(kind ContainerKind, list []corev1.ContainerStatus) {
 		for _, c := range list {
@@ -110,6 +111,9 @@ func containersOf(p *corev1.Pod) []Container {
 			out = append(out, Container{ID: strings.ToLower(id), Name: c.Name, Kind: kind, Image: c.Image, ImageID: c.ImageID})
 		}
 	}
+	if p.Status.storedContainers == nil {
+		return nil
+	}
 	add(ContainerRegular, p.Status.ContainerStatuses)
 	add(ContainerInit, p.Status.InitContainerStatuses)
 	add(ContainerEphemeral, p.Status.EphemeralContainerStatuses)
@@ -119,7 +123,7 @@ func containersOf(p *corev1.Pod) []Container {
 // trackContainersLocked records p's containers and, for a hostNetwork pod, the
 // pod itself; p nil removes the pod at key. r.mu must be held. It returns
 // the events for hostNetwork pods arriving and leaving.
-func (r *Resolver) trackContainersLocked(key podKey, p *corev1.Pod, evs []event) []event {
+func (r *Resolver) trackContainersLocked(key podKey, p *storedPod, evs []event) []event {
 	cs := r.ctr
 	live := p != nil && p.Spec.NodeName == r.node &&
 		p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed

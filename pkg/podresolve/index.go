@@ -362,7 +362,7 @@ func (ix *index) settle(old, newcomer *entry, claim uint64, evs []event) []event
 
 // entryFor returns the index entry for a stripped pod, or nil when the pod
 // must not be indexed.
-func entryFor(p *corev1.Pod, node string) *entry {
+func entryFor(p *storedPod, node string) *entry {
 	if p.Spec.HostNetwork ||
 		p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed ||
 		// The field selector already limits the informer to this node;
@@ -392,7 +392,7 @@ func entryFor(p *corev1.Pod, node string) *entry {
 // podIPs parses every status.podIPs entry (falling back to status.podIP for
 // objects that lack the list), unmapped and without duplicates. Unparsable
 // entries are skipped: they cannot match a source address.
-func podIPs(p *corev1.Pod) []netip.Addr {
+func podIPs(p *storedPod) []netip.Addr {
 	n := len(p.Status.PodIPs)
 	if n == 0 && p.Status.PodIP != "" {
 		n = 1

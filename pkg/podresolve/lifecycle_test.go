@@ -277,13 +277,13 @@ func TestTransformStripsPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &corev1.Pod{
+	want := &storedPod{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: testNS, Name: "a", UID: "a-uid", ResourceVersion: "12345",
 			CreationTimestamp: metav1.NewTime(t0), DeletionTimestamp: &del,
 		},
-		Spec: corev1.PodSpec{NodeName: testNode, ServiceAccountName: "sa-a"},
-		Status: corev1.PodStatus{
+		Spec: storedSpec{NodeName: testNode, ServiceAccountName: "sa-a"},
+		Status: storedStatus{
 			Phase: corev1.PodRunning, PodIP: "10.0.0.1",
 			PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}, {IP: "fd00:1::a00:1"}},
 		},
@@ -305,7 +305,7 @@ func TestTransformStripsPods(t *testing.T) {
 
 	hn := fullPod("h", "10.0.0.2")
 	hn.Spec.HostNetwork = true
-	if got, _ := stripPod(hn); !got.(*corev1.Pod).Spec.HostNetwork {
+	if got, _ := stripPod(hn); !got.(*storedPod).Spec.HostNetwork {
 		t.Error("stripPod dropped hostNetwork")
 	}
 }
@@ -318,10 +318,10 @@ func TestInformerStoreHoldsStrippedPods(t *testing.T) {
 		t.Fatalf("store holds %d objects, want 3", len(objs))
 	}
 	for _, o := range objs {
-		p := o.(*corev1.Pod)
+		p := o.(*storedPod)
 		want, _ := stripPod(fullPod(p.Name, p.Status.PodIP))
 		// The fake tracker may set a resource version of its own.
-		want.(*corev1.Pod).ResourceVersion = p.ResourceVersion
+		want.(*storedPod).ResourceVersion = p.ResourceVersion
 		if !reflect.DeepEqual(p, want) {
 			t.Errorf("store holds\n%+v\nwant\n%+v", p, want)
 		}

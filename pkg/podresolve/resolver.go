@@ -339,7 +339,7 @@ func (r *Resolver) await(ctx context.Context, ip netip.Addr) (Pod, error) {
 // handle applies an added or updated pod. It runs on the informer's
 // handler goroutine, one event at a time.
 func (r *Resolver) handle(obj any, initial bool) {
-	p, ok := obj.(*corev1.Pod)
+	p, ok := obj.(*storedPod)
 	if !ok {
 		r.log.Warn("pod informer delivered an unexpected object", logKeyType, fmt.Sprintf("%T", obj))
 		return
@@ -353,7 +353,7 @@ func (r *Resolver) handle(obj any, initial bool) {
 func (r *Resolver) handleDelete(obj any) {
 	var key podKey
 	switch o := obj.(type) {
-	case *corev1.Pod:
+	case *storedPod:
 		key = podKey{namespace: o.Namespace, name: o.Name}
 	case cache.DeletedFinalStateUnknown:
 		ns, name, err := cache.SplitMetaNamespaceKey(o.Key)
@@ -371,7 +371,7 @@ func (r *Resolver) handleDelete(obj any) {
 
 // apply brings the index (and container mode's state) in line with p, the
 // latest state of the pod at key (nil: deleted).
-func (r *Resolver) apply(key podKey, next *entry, p *corev1.Pod, initial bool) {
+func (r *Resolver) apply(key podKey, next *entry, p *storedPod, initial bool) {
 	r.deliver.Lock()
 	defer r.deliver.Unlock()
 	now := r.clock.Now()
