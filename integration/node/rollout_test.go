@@ -201,20 +201,7 @@ func TestRolloutRestart(t *testing.T) {
 	}
 	before := w.sts.Counts()
 	start := time.Now()
-	if _, err := w.node.CP.Kubectl(ctx, "-n", agentNS, "rollout", "restart", "daemonset/"+agentDS); err != nil {
-		t.Fatal(err)
-	}
-	// The rollout is complete when the restarted template's pod is the only
-	// one and available.
-	if err := poll(ctx, 2*time.Minute, "the restarted rollout", func() (bool, error) {
-		ds, err := c.AppsV1().DaemonSets(agentNS).Get(ctx, agentDS, metav1.GetOptions{})
-		if err != nil || ds.Status.ObservedGeneration < ds.Generation {
-			return false, nil
-		}
-		return ds.Status.UpdatedNumberScheduled == 1 && ds.Status.NumberAvailable == 1 && podCount(ctx, w) == 1, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	w.rolloutRestart(ctx, t)
 	took := time.Since(start)
 	after := w.sts.Counts()
 	t.Logf("rollout restart complete in %v; STS AssumeRoleWithWebIdentity during it: %d", took.Round(100*time.Millisecond), after.AssumeRole-before.AssumeRole)
