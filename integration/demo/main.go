@@ -257,25 +257,13 @@ func run(ctx context.Context, wait, keepDir bool) (err error) {
 	note("it made its own CA and serving certificate and put the CA into the configuration's caBundle before serving; ready only then")
 
 	step("the application team's whole onboarding: identities on the ServiceAccount, nothing in the pod")
-	saYAML := fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata: {name: %[1]s}
----
+	saYAML := harness.IdentityManifest(namespace, saName, harness.Identities{
+		AWSRole: roleARN, GCPServiceAccount: gcpAccount, AzureClientID: azureClientID, TokenAudiences: audience,
+	}) + fmt.Sprintf(`---
 apiVersion: v1
 kind: ServiceAccount
-metadata:
-  name: %[2]s
-  namespace: %[1]s
-  annotations:
-    eks.amazonaws.com/role-arn: %[3]s
-    iam.gke.io/gcp-service-account: %[4]s
-    azure.workload.identity/client-id: %[5]s
-    credbroker.io/token-audiences: %[6]s
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: %[7]s, namespace: %[1]s}
-`, namespace, saName, roleARN, gcpAccount, azureClientID, audience, receiverName)
+metadata: {name: %[2]s, namespace: %[1]s}
+`, namespace, receiverName)
 	for _, l := range strings.Split(strings.TrimSpace(saYAML), "\n") {
 		note("%s", l)
 	}

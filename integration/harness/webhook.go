@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -186,3 +187,32 @@ func (w *Webhook) Stop() { w.Process.Stop(10 * time.Second) }
 
 // LogTail returns the last n lines of the webhook's log.
 func (w *Webhook) LogTail(n int) string { return w.Process.LogTail(n) }
+
+// Identities are what an application team's ServiceAccount names, one per
+// cloud, with the agent's annotations; empty ones are left out.
+type Identities struct {
+	AWSRole           string // eks.amazonaws.com/role-arn
+	GCPServiceAccount string // iam.gke.io/gcp-service-account
+	AzureClientID     string // azure.workload.identity/client-id
+	TokenAudiences    string // credbroker.io/token-audiences
+}
+
+// IdentityManifest is the YAML of a Namespace and a ServiceAccount in it
+// naming ids: the whole of an application team's onboarding, to which the
+// caller appends its workloads (after "---").
+func IdentityManifest(namespace, serviceAccount string, ids Identities) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n---\n", namespace)
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: %s\n  namespace: %s\n  annotations:\n", serviceAccount, namespace)
+	for _, a := range []struct{ key, value string }{
+		{"eks.amazonaws.com/role-arn", ids.AWSRole},
+		{"iam.gke.io/gcp-service-account", ids.GCPServiceAccount},
+		{"azure.workload.identity/client-id", ids.AzureClientID},
+		{"credbroker.io/token-audiences", ids.TokenAudiences},
+	} {
+		if a.value != "" {
+			fmt.Fprintf(&b, "    %s: %s\n", a.key, a.value)
+		}
+	}
+	return b.String()
+}

@@ -33,16 +33,8 @@ const handoffSocket = "/var/run/credbroker/handoff.sock"
 func TestRolloutHandOff(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	c := w.node.CP.Client
-	pods := map[string]*corev1.Pod{}
-	roles := map[string]string{}
-	for _, ns := range []string{"team-h1", "team-h2"} {
-		roles[ns] = w.setupApp(ctx, t, ns, "app")
-		w.createWorkload(ctx, t, workloadSpec{ns: ns, name: "loop", sa: "app", args: []string{"-duration", "50s", "-interval", "200ms"}})
-		t.Cleanup(func() { _ = c.CoreV1().Pods(ns).Delete(ctx, "loop", metav1.DeleteOptions{}) })
-	}
+	roles, pods := w.startLoops(ctx, t, "50s", "team-h1", "team-h2")
 	for ns := range roles {
-		pods[ns] = w.waitPhase(ctx, t, ns, "loop", time.Minute, corev1.PodRunning)
 		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
 	}
 	before := w.upstreamCalls(t, pods)

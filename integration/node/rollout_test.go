@@ -189,32 +189,10 @@ func (w *world) agentClient(ctx context.Context, t *testing.T) kubernetes.Interf
 func TestRolloutRestart(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	c := w.node.CP.Client
-	roles := map[string]string{}
-	for _, ns := range []string{"team-r1", "team-r2"} {
-		roles[ns] = w.setupApp(ctx, t, ns, "app")
-		w.createWorkload(ctx, t, workloadSpec{ns: ns, name: "loop", sa: "app", args: []string{"-duration", "60s", "-interval", "200ms"}})
-		t.Cleanup(func() { _ = c.CoreV1().Pods(ns).Delete(ctx, "loop", metav1.DeleteOptions{}) })
-	}
-	for ns := range roles {
-		w.waitPhase(ctx, t, ns, "loop", time.Minute, corev1.PodRunning)
-	}
+	roles, _ := w.startLoops(ctx, t, "60s", "team-r1", "team-r2")
 	before := w.sts.Counts()
 	start := time.Now()
-	if _, err := w.node.CP.Kubectl(ctx, "-n", agentNS, "rollout", "restart", "daemonset/"+agentDS); err != nil {
-		t.Fatal(err)
-	}
-	// The rollout is complete when the restarted template's pod is the only
-	// one and available.
-	if err := poll(ctx, 2*time.Minute, "the restarted rollout", func() (bool, error) {
-		ds, err := c.AppsV1().DaemonSets(agentNS).Get(ctx, agentDS, metav1.GetOptions{})
-		if err != nil || ds.Status.ObservedGeneration < ds.Generation {
-			return false, nil
-		}
-		return ds.Status.UpdatedNumberScheduled == 1 && ds.Status.NumberAvailable == 1 && podCount(ctx, w) == 1, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	w.rolloutRestart(ctx, t)
 	took := time.Since(start)
 	after := w.sts.Counts()
 	t.Logf("rollout restart complete in %v; STS AssumeRoleWithWebIdentity during it: %d", took.Round(100*time.Millisecond), after.AssumeRole-before.AssumeRole)
@@ -222,6 +200,26 @@ func TestRolloutRestart(t *testing.T) {
 		t.Errorf("rollout took %v, longer than the workloads' 60 s loop covers safely", took)
 	}
 	w.checkLoops(ctx, t, roles)
+}
+
+// startLoops sets up an application (ServiceAccount "app", its role) in
+// each namespace with a "loop" workload that calls the SDK every 200 ms
+// for duration, and waits until every loop runs. It returns each
+// namespace's role and pod.
+func (w *world) startLoops(ctx context.Context, t *testing.T, duration string, namespaces ...string) (map[string]string, map[string]*corev1.Pod) {
+	t.Helper()
+	c := w.node.CP.Client
+	roles := map[string]string{}
+	pods := map[string]*corev1.Pod{}
+	for _, ns := range namespaces {
+		roles[ns] = w.setupApp(ctx, t, ns, "app")
+		w.createWorkload(ctx, t, workloadSpec{ns: ns, name: "loop", sa: "app", args: []string{"-duration", duration, "-interval", "200ms"}})
+		t.Cleanup(func() { _ = c.CoreV1().Pods(ns).Delete(ctx, "loop", metav1.DeleteOptions{}) })
+	}
+	for ns := range roles {
+		pods[ns] = w.waitPhase(ctx, t, ns, "loop", time.Minute, corev1.PodRunning)
+	}
+	return roles, pods
 }
 
 // checkLoops waits for each namespace's "loop" workload to finish and

@@ -129,39 +129,28 @@ func TestWebhookDeploymentThreeClouds(t *testing.T) {
 	// region and the STS endpoint say where AWS is: this AWS is a peer).
 	role := roleARN("hooked-shop")
 	w.sts.TrustRole(role, sub)
-	manifest := fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata: {name: %[1]s}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: %[2]s
-  namespace: %[1]s
-  annotations:
-    eks.amazonaws.com/role-arn: %[3]s
-    iam.gke.io/gcp-service-account: %[4]s
-    azure.workload.identity/client-id: %[5]s
----
+	manifest := harness.IdentityManifest(hookNS, hookSA, harness.Identities{
+		AWSRole: role, GCPServiceAccount: hookGCPAccount, AzureClientID: hookAzureClient,
+	}) + fmt.Sprintf(`---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: %[6]s, namespace: %[1]s}
+metadata: {name: %[3]s, namespace: %[1]s}
 spec:
   replicas: 1
-  selector: {matchLabels: {app: %[6]s}}
+  selector: {matchLabels: {app: %[3]s}}
   template:
-    metadata: {labels: {app: %[6]s}}
+    metadata: {labels: {app: %[3]s}}
     spec:
       serviceAccountName: %[2]s
       terminationGracePeriodSeconds: 1
       containers:
         - name: app
-          image: %[7]s
-          args: [-clouds, "aws,gcp,azure", -azure-resource, %[8]s]
+          image: %[4]s
+          args: [-clouds, "aws,gcp,azure", -azure-resource, %[5]s]
           env:
             - {name: AWS_REGION, value: eu-west-1}
-            - {name: AWS_ENDPOINT_URL_STS, value: %[9]q}
-`, hookNS, hookSA, role, hookGCPAccount, hookAzureClient, hookDeployment, workloadImage, hookAzureRes, w.sts.URL())
+            - {name: AWS_ENDPOINT_URL_STS, value: %[6]q}
+`, hookNS, hookSA, hookDeployment, workloadImage, hookAzureRes, w.sts.URL())
 	mpath := filepath.Join(dir, "app.yaml")
 	if err := os.WriteFile(mpath, []byte(manifest), 0o600); err != nil {
 		t.Fatal(err)
