@@ -9,6 +9,8 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/credbroker/agent/pkg/api"
+	"github.com/credbroker/agent/pkg/api/awscreds"
 	"github.com/credbroker/agent/pkg/broker"
 	awsexchange "github.com/credbroker/agent/pkg/exchange/aws"
 )
@@ -64,4 +66,14 @@ func (a *awsConfig) cloud() (broker.Cloud, error) {
 
 func (a *awsConfig) build(context.Context, *rest.Config, []broker.Cloud) (broker.Cloud, error) {
 	return a.cloud()
+}
+
+// route is the container-credentials surface, which answers every path no
+// other surface owns.
+func (a *awsConfig) route(b tracedBroker, grd *guards) (api.Route, error) {
+	h, err := awscreds.New(b, grd.reg)
+	if err != nil {
+		return api.Route{}, fmt.Errorf("AWS surface: %w", err)
+	}
+	return grd.route(awscreds.Owns, grd.awsRules(), h)
 }

@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/credbroker/agent/pkg/api"
 	"github.com/credbroker/agent/pkg/api/azureidentity"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
@@ -78,4 +79,13 @@ func (a *azureConfig) cloud() (broker.Cloud, error) {
 
 func (a *azureConfig) build(context.Context, *rest.Config, []broker.Cloud) (broker.Cloud, error) {
 	return a.cloud()
+}
+
+// route is the managed-identity surface.
+func (a *azureConfig) route(b tracedBroker, grd *guards) (api.Route, error) {
+	h, err := azureidentity.New(azureidentity.Config{Broker: b, IdentityHeader: a.identityHeader, Registerer: grd.reg})
+	if err != nil {
+		return api.Route{}, fmt.Errorf("Azure managed-identity surface: %w", err)
+	}
+	return grd.route(azureidentity.Owns, azureidentity.GuardRules(), h)
 }

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/credbroker/agent/pkg/api"
 	"github.com/credbroker/agent/pkg/api/gcemetadata"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
@@ -100,4 +101,14 @@ func (g *gcpConfig) lifetimeWarning() string {
 		return ""
 	}
 	return fmt.Sprintf("--gcp-token-lifetime %s is above the %s Google grants unless the organisation policy constraints/iam.allowServiceAccountCredentialLifetimeExtension lists the impersonated service accounts; where it does not, Google refuses every impersonation (LifetimeRefused)", g.lifetime, gcp.UnextendedMaxDuration)
+}
+
+// route is the GCE metadata server surface.
+func (g *gcpConfig) route(b tracedBroker, grd *guards) (api.Route, error) {
+	h, err := gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: g.projectID,
+		NumericProjectID: g.projectNumber, DefaultScopes: g.defaultScopes, Registerer: grd.reg})
+	if err != nil {
+		return api.Route{}, fmt.Errorf("GCE metadata surface: %w", err)
+	}
+	return grd.route(gcemetadata.Owns, gcemetadata.GuardRules(), h)
 }

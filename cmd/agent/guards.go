@@ -111,14 +111,14 @@ func (g *guards) surface(rules guard.Rules, next http.Handler) (http.Handler, er
 	return h, nil
 }
 
-// route adds a route for the surface owning paths owns, with a guard
-// under its rules in front of next.
-func (g *guards) route(routes []api.Route, owns func(string) bool, rules guard.Rules, next http.Handler) ([]api.Route, error) {
+// route is the route of the surface owning paths owns, with a guard under
+// its rules in front of next.
+func (g *guards) route(owns func(string) bool, rules guard.Rules, next http.Handler) (api.Route, error) {
 	h, err := g.surface(rules, next)
 	if err != nil {
-		return nil, err
+		return api.Route{}, err
 	}
-	return append(routes, api.Route{Owns: owns, Handler: h}), nil
+	return api.Route{Owns: owns, Handler: h}, nil
 }
 
 // listener limits ln's connections per source address; all credential

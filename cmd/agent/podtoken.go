@@ -15,6 +15,8 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/credbroker/agent/pkg/api"
+	"github.com/credbroker/agent/pkg/api/podtoken"
 	"github.com/credbroker/agent/pkg/broker"
 	xpodtoken "github.com/credbroker/agent/pkg/exchange/podtoken"
 )
@@ -198,4 +200,13 @@ func tokenAudiences(rc *rest.Config) []string {
 		return slices.DeleteFunc(many, func(s string) bool { return s == "" })
 	}
 	return nil
+}
+
+// route is the pod token surface.
+func (p *podTokenConfig) route(b tracedBroker, grd *guards) (api.Route, error) {
+	h, err := podtoken.New(b, grd.reg)
+	if err != nil {
+		return api.Route{}, fmt.Errorf("pod token surface: %w", err)
+	}
+	return grd.route(podtoken.Owns, podtoken.GuardRules(), h)
 }

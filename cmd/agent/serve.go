@@ -27,10 +27,6 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/credbroker/agent/pkg/api"
-	"github.com/credbroker/agent/pkg/api/awscreds"
-	"github.com/credbroker/agent/pkg/api/azureidentity"
-	"github.com/credbroker/agent/pkg/api/gcemetadata"
-	"github.com/credbroker/agent/pkg/api/podtoken"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/kube"
 	"github.com/credbroker/agent/pkg/nodetaint"
@@ -47,6 +43,9 @@ type cloudFlags interface {
 	validate() error
 	enabled() bool
 	build(ctx context.Context, rc *rest.Config, others []broker.Cloud) (broker.Cloud, error)
+	// route is the cloud's wire surface over b, behind a request guard
+	// with that surface's rules.
+	route(b tracedBroker, grd *guards) (api.Route, error)
 }
 
 // clouds lists every cloud's flags. Pod tokens come last: the other
@@ -257,7 +256,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var draining, serving atomic.Bool
 	ready := func() bool { return !draining.Load() && serving.Load() }
-	credHandler, err := surfaces(att.traced(brk), grd, cfg.gcp, cfg.azure, cfg.podToken)
+	credHandler, err := surfaces(att.traced(brk), grd, cfg.clouds())
 	if err != nil {
 		return err
 	}
@@ -445,47 +444,21 @@ func kubeRESTConfig(cfg serveConfig) (*rest.Config, error) {
 	return rc, nil
 }
 
-// surfaces routes each request to the wire surface that owns its path:
-// the GCE metadata server's "/" and /computeMetadata/ tree when GCP is on,
-// Azure's /metadata/ tree, /v1/token, and the container-credentials API
-// for every other path. Each surface has its own request guard (its error
-// format, its header rules; one budget per address).
-func surfaces(b tracedBroker, grd *guards, gcp gcpConfig, az azureConfig, podToken podTokenConfig) (http.Handler, error) {
+// surfaces routes each request to the wire surface of an enabled cloud
+// that owns its path; the container-credentials API answers every other
+// path. Each surface has its own request guard (its error format, its
+// header rules; one budget per address).
+func surfaces(b tracedBroker, grd *guards, clouds []cloudFlags) (http.Handler, error) {
 	var routes []api.Route
-	if gcp.enabled() {
-		h, err := gcemetadata.New(gcemetadata.Config{Broker: b, ProjectID: gcp.projectID,
-			NumericProjectID: gcp.projectNumber, DefaultScopes: gcp.defaultScopes, Registerer: grd.reg})
-		if err != nil {
-			return nil, fmt.Errorf("GCE metadata surface: %w", err)
+	for _, c := range clouds {
+		if !c.enabled() {
+			continue
 		}
-		if routes, err = grd.route(routes, gcemetadata.Owns, gcemetadata.GuardRules(), h); err != nil {
+		rt, err := c.route(b, grd)
+		if err != nil {
 			return nil, err
 		}
-	}
-	if az.enabled() {
-		h, err := azureidentity.New(azureidentity.Config{Broker: b, IdentityHeader: az.identityHeader, Registerer: grd.reg})
-		if err != nil {
-			return nil, fmt.Errorf("Azure managed-identity surface: %w", err)
-		}
-		if routes, err = grd.route(routes, azureidentity.Owns, azureidentity.GuardRules(), h); err != nil {
-			return nil, err
-		}
-	}
-	if podToken.enabled() {
-		h, err := podtoken.New(b, grd.reg)
-		if err != nil {
-			return nil, fmt.Errorf("pod token surface: %w", err)
-		}
-		if routes, err = grd.route(routes, podtoken.Owns, podtoken.GuardRules(), h); err != nil {
-			return nil, err
-		}
-	}
-	h, err := awscreds.New(b, grd.reg)
-	if err != nil {
-		return nil, fmt.Errorf("AWS surface: %w", err)
-	}
-	if routes, err = grd.route(routes, awscreds.Owns, grd.awsRules(), h); err != nil {
-		return nil, err
+		routes = append(routes, rt)
 	}
 	return api.Router(routes...), nil
 }

@@ -171,7 +171,7 @@ func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.handler, err = surfaces(tracedBroker{Broker: brk}, grd, gcpConfig{}, azureConfig{}, podTokenConfig{}); err != nil {
+	if s.handler, err = surfaces(tracedBroker{Broker: brk}, grd, surfaceClouds(gcpConfig{}, azureConfig{}, podTokenConfig{})); err != nil {
 		t.Fatal(err)
 	}
 	s.srv = newCredentialServer(s.handler, log)

@@ -110,7 +110,7 @@ func surfaceStack(t *testing.T, args []string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := surfaces(tracedBroker{Broker: brk}, grd, cfg.gcp, cfg.azure, cfg.podToken)
+	h, err := surfaces(tracedBroker{Broker: brk}, grd, surfaceClouds(cfg.gcp, cfg.azure, cfg.podToken))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 	go func() { defer close(done); _ = b.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	gcp := gcpConfig{provider: "p", projectID: "proj"}
-	routes, err := surfaces(tracedBroker{Broker: b}, testGuards(t, nil), gcp, azureConfig{}, podTokenConfig{})
+	routes, err := surfaces(tracedBroker{Broker: b}, testGuards(t, nil), surfaceClouds(gcp, azureConfig{}, podTokenConfig{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
 	}
 	// A budget of one request: after the first, the guard refuses every
 	// request from this address, whichever surface it is for.
-	throttled, err := surfaces(tracedBroker{Broker: b}, testGuards(t, func(c *guardConfig) { c.requestBurst, c.requestQPS = 1, 1e-9 }), gcp, azureConfig{}, podTokenConfig{})
+	throttled, err := surfaces(tracedBroker{Broker: b}, testGuards(t, func(c *guardConfig) { c.requestBurst, c.requestQPS = 1, 1e-9 }), surfaceClouds(gcp, azureConfig{}, podTokenConfig{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +91,8 @@ func TestEachSurfaceCountsUnderItsLabel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	routes, err := surfaces(tracedBroker{Broker: b}, grd, gcpConfig{provider: "p", projectID: "proj"},
-		azureConfig{tenant: "t", identityHeader: "h"}, podTokenConfig{prefix: "https://svc.example/"})
+	routes, err := surfaces(tracedBroker{Broker: b}, grd, surfaceClouds(gcpConfig{provider: "p", projectID: "proj"},
+		azureConfig{tenant: "t", identityHeader: "h"}, podTokenConfig{prefix: "https://svc.example/"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,4 +120,10 @@ func mustAtoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// surfaceClouds is every cloud's flags as serveConfig.clouds lists them,
+// AWS's at their defaults: which surfaces are on follows from the others.
+func surfaceClouds(gcp gcpConfig, az azureConfig, podToken podTokenConfig) []cloudFlags {
+	return []cloudFlags{&awsConfig{}, &gcp, &az, &podToken}
 }

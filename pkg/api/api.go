@@ -8,27 +8,37 @@ package api
 import "net/http"
 
 // Route is one surface as the router sees it: the paths it owns and its
-// handler (with its request guard in front).
+// handler (with its request guard in front). A nil Owns owns every path no
+// other route owns, so that every request is answered in some surface's
+// format whatever order the routes come in.
 type Route struct {
 	Owns    func(path string) bool
 	Handler http.Handler
 }
 
-// Router sends each request to the first route that owns its path; the
-// last route should own every path, so that every request is answered in
-// some surface's format.
+// Router sends each request to the first route that owns its path, and
+// the rest to the route with a nil Owns (the last of them, if several).
 func Router(routes ...Route) http.Handler {
-	if len(routes) == 1 {
-		return routes[0].Handler
+	var owners []Route
+	fallback := http.Handler(http.NotFoundHandler())
+	for _, rt := range routes {
+		if rt.Owns == nil {
+			fallback = rt.Handler
+		} else {
+			owners = append(owners, rt)
+		}
+	}
+	if len(owners) == 0 {
+		return fallback
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
-		for _, rt := range routes {
+		for _, rt := range owners {
 			if rt.Owns(p) {
 				rt.Handler.ServeHTTP(w, r)
 				return
 			}
 		}
-		http.NotFound(w, r)
+		fallback.ServeHTTP(w, r)
 	})
 }

@@ -8,15 +8,15 @@ import (
 )
 
 // TestRouterFirstOwnerAnswers: the first route owning a path answers it;
-// the last, owning every path, answers the rest.
+// the route with no Owns answers the rest, wherever it stands.
 func TestRouterFirstOwnerAnswers(t *testing.T) {
 	answer := func(name string) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(name)) })
 	}
 	h := Router(
+		Route{Handler: answer("aws")},
 		Route{Owns: func(p string) bool { return strings.HasPrefix(p, "/computeMetadata") }, Handler: answer("gcp")},
 		Route{Owns: func(p string) bool { return p == "/v1/token" }, Handler: answer("podtoken")},
-		Route{Owns: func(string) bool { return true }, Handler: answer("aws")},
 	)
 	for path, want := range map[string]string{
 		"/computeMetadata/v1/": "gcp", "/v1/token": "podtoken", "/v1/token/": "aws", "/v1/credentials": "aws", "/": "aws",

@@ -51,10 +51,10 @@ func New(b Broker, reg prometheus.Registerer) (*Handler, error) {
 	return h, nil
 }
 
-// Owns reports whether the surface answers path p: every path no other
-// surface owns, so that an unknown path is answered in the format of the
+// Owns is nil: the surface answers every path no other surface owns
+// (api.Route), so that an unknown path is answered in the format of the
 // surface every pod reaches.
-func Owns(string) bool { return true }
+var Owns func(path string) bool
 
 var request = broker.Request{Cloud: exchange.AWS, Want: exchange.KindAWS}
 
