@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -162,12 +161,6 @@ func setupAzure(t *testing.T) *azWorld {
 		}
 	})
 
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
-	w.endpoint = "http://" + host + azTokenPath
 	args := append([]string{
 		"--azure-tenant-id=" + azTenant,
 		"--azure-identity-header=" + azHeader,
@@ -179,13 +172,14 @@ func setupAzure(t *testing.T) *azWorld {
 		Name:        "agent-azure",
 		Kubeconfig:  kc,
 		NodeName:    azNode,
-		Listen:      host,
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
 		STSEndpoint: w.sts.URL(),
 		ExtraArgs:   args,
 	})
 	if err != nil {
 		t.Fatalf("StartAgent: %v", err)
 	}
+	w.endpoint = "http://" + w.agent.Listen + azTokenPath
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("agent log tail:\n%s", w.agent.LogTail(40))
@@ -951,20 +945,15 @@ func (w *azWorld) testNoTokenLeaked(t *testing.T) {
 func (w *azWorld) testPrefetch(t *testing.T) {
 	const res = "https://prefetch.vault.example"
 	ctx := context.Background()
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
-	endpoint := "http://" + host + azTokenPath
 	cfg := w.agent.Config
-	cfg.Name, cfg.Listen = "agent-azure-prefetch", host
+	cfg.Name, cfg.Listen = "agent-azure-prefetch", net.JoinHostPort(netns.ServiceAddr4.String(), "0")
 	cfg.ExtraArgs = append(append([]string{}, cfg.ExtraArgs...), "--azure-prefetch-resources="+res)
 	a, err := harness.StartAgent(ctx, cfg)
 	if err != nil {
 		t.Fatalf("StartAgent with prefetch: %v", err)
 	}
 	defer a.Stop()
+	endpoint := "http://" + a.Listen + azTokenPath
 	defer func() {
 		if t.Failed() {
 			t.Logf("prefetching agent's log tail:\n%s", a.LogTail(40))

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -135,11 +134,6 @@ func setupGCP(t *testing.T) *gcpWorld {
 		}
 	})
 
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.host = net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
 	args := append([]string{
 		"--gcp-workload-identity-provider=" + w.gsts.Provider(),
 		"--gcp-project-id=" + gcpProject,
@@ -152,13 +146,14 @@ func setupGCP(t *testing.T) *gcpWorld {
 		Name:        "agent-gcp",
 		Kubeconfig:  kc,
 		NodeName:    gcpNode,
-		Listen:      w.host,
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
 		STSEndpoint: w.sts.URL(),
 		ExtraArgs:   args,
 	})
 	if err != nil {
 		t.Fatalf("StartAgent: %v", err)
 	}
+	w.host = w.agent.Listen
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("agent log tail:\n%s", w.agent.LogTail(40))

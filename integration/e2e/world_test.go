@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -87,14 +86,8 @@ func setupWorld(t *testing.T) *world {
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr6); err != nil {
 		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr6, err)
 	}
-	// Not port 80: a demo, a benchmark or another test package may hold it.
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	w := &world{root: root, dir: t.TempDir(), home: t.TempDir(), nextIP: 10}
-	w.agentURL6 = "http://" + net.JoinHostPort(netns.ServiceAddr6.String(), strconv.Itoa(port)) + "/v1/credentials"
 	t.Cleanup(func() {
 		if t.Failed() {
 			if w.agent != nil {
@@ -140,18 +133,22 @@ func setupWorld(t *testing.T) *world {
 	})
 
 	w.agent, err = harness.StartAgent(ctx, harness.AgentConfig{
-		Binary:      agentBin,
-		Dir:         w.dir,
-		Kubeconfig:  w.kc,
-		NodeName:    node,
-		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
-		ExtraListen: []string{net.JoinHostPort(netns.ServiceAddr6.String(), strconv.Itoa(port))},
+		Binary:     agentBin,
+		Dir:        w.dir,
+		Kubeconfig: w.kc,
+		NodeName:   node,
+		// Not port 80: a demo, a benchmark or another test package may
+		// hold it. The IPv6 address gets the same port.
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
+		ExtraListen: []string{net.JoinHostPort(netns.ServiceAddr6.String(), "0")},
 		STSEndpoint: w.sts.URL(),
 		ExtraArgs:   append([]string{"--token-audience-prefix=" + tokenAudiencePrefix}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
 	})
 	if err != nil {
 		t.Fatalf("StartAgent: %v", err)
 	}
+	_, port, _ := net.SplitHostPort(w.agent.Listen)
+	w.agentURL6 = "http://" + net.JoinHostPort(netns.ServiceAddr6.String(), port) + "/v1/credentials"
 	t.Cleanup(w.agent.Stop)
 	return w
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -33,9 +34,12 @@ type AgentConfig struct {
 	// NodeName is the node whose pods the agent serves. Required.
 	NodeName string
 	// Listen is the credentials API address. Default 169.254.170.23:80.
+	// Port 0 means a free port on that host, picked afresh if another
+	// process takes it before the agent binds it; Agent.Listen says which.
 	Listen string
 	// ExtraListen are further credentials API addresses (e.g. the IPv6
-	// [fd00:ec2::23]:80), passed in the same --listen flag.
+	// [fd00:ec2::23]:80), passed in the same --listen flag; port 0 here
+	// means Listen's port.
 	ExtraListen []string
 	// STSEndpoint is the STS URL. Required.
 	STSEndpoint string
@@ -92,20 +96,37 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 60 * time.Second
 	}
-	a := &Agent{
-		Listen: cfg.Listen,
-		URL:    "http://" + cfg.Listen + "/v1/credentials",
-		Config: cfg,
+	listenHost, listenPort, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("harness: AgentConfig.Listen %q: %w", cfg.Listen, err)
 	}
+	hosts := []string{"127.0.0.1", "127.0.0.1"}
+	if listenPort == "0" {
+		hosts = append(hosts, listenHost)
+	}
+	a := &Agent{Config: cfg}
 	env := append([]string{"PATH=" + os.Getenv("PATH")}, cfg.Env...)
-	err = withFreshPorts([]string{"127.0.0.1", "127.0.0.1"}, func(ports []int) (*Process, error) {
+	err = withFreshPorts(hosts, func(ports []int) (*Process, error) {
 		probe, metrics := ports[0], ports[1]
+		a.Listen = cfg.Listen
+		if listenPort == "0" {
+			a.Listen = net.JoinHostPort(listenHost, strconv.Itoa(ports[2]))
+		}
+		a.URL = "http://" + a.Listen + "/v1/credentials"
+		_, port, _ := net.SplitHostPort(a.Listen)
+		listen := []string{a.Listen}
+		for _, l := range cfg.ExtraListen {
+			if h, p, err := net.SplitHostPort(l); err == nil && p == "0" {
+				l = net.JoinHostPort(h, port)
+			}
+			listen = append(listen, l)
+		}
 		a.ProbeURL = "http://127.0.0.1:" + strconv.Itoa(probe)
 		a.MetricsURL = "http://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics"
 		args := append([]string{"serve",
 			"--node-name=" + cfg.NodeName,
 			"--kubeconfig=" + cfg.Kubeconfig,
-			"--listen=" + strings.Join(append([]string{cfg.Listen}, cfg.ExtraListen...), ","),
+			"--listen=" + strings.Join(listen, ","),
 			"--probe-listen=127.0.0.1:" + strconv.Itoa(probe),
 			"--metrics-listen=127.0.0.1:" + strconv.Itoa(metrics),
 			"--sts-endpoint=" + cfg.STSEndpoint,
