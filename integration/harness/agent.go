@@ -157,27 +157,13 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 }
 
 func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last string
-	for {
+	return waitFor(ctx, a.Process, timeout, 100*time.Millisecond, func(ctx context.Context) (bool, string) {
 		code, err := a.probe(ctx, "/readyz")
-		if err == nil && code == http.StatusOK {
-			return nil
-		}
 		if err != nil {
-			last = err.Error()
-		} else {
-			last = strconv.Itoa(code)
+			return false, err.Error()
 		}
-		select {
-		case <-a.Process.Done():
-			return a.Process.exitError()
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready (last: %s): %w; log tail:\n%s", a.Process.Name, last, ctx.Err(), a.LogTail(20))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		return code == http.StatusOK, strconv.Itoa(code)
+	})
 }
 
 // Ready reports the status code of /readyz.
@@ -228,6 +214,20 @@ func (a *Agent) Metrics(ctx context.Context) (string, error) {
 // empty). A metric that is not exposed sums to 0.
 func MetricSum(text, name string, labels map[string]string) float64 {
 	var sum float64
+	EachMetricSample(text, func(n string) bool { return n == name }, func(_ string, got map[string]string, v float64) {
+		for k, want := range labels {
+			if got[k] != want {
+				return
+			}
+		}
+		sum += v
+	})
+	return sum
+}
+
+// EachMetricSample calls each with every sample of a Prometheus
+// text-format exposition whose metric name keep accepts.
+func EachMetricSample(text string, keep func(name string) bool, each func(name string, labels map[string]string, value float64)) {
 	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -239,28 +239,16 @@ func MetricSum(text, name string, labels map[string]string) float64 {
 		if !ok {
 			continue
 		}
-		metric, lbls, _ := strings.Cut(series, "{")
-		if metric != name {
-			continue
-		}
-		got := ParseMetricLabels(strings.TrimSuffix(lbls, "}"))
-		match := true
-		for k, v := range labels {
-			if got[k] != v {
-				match = false
-				break
-			}
-		}
-		if !match {
+		name, lbls, _ := strings.Cut(series, "{")
+		if !keep(name) {
 			continue
 		}
 		// A timestamp may follow the value.
 		value, _, _ = strings.Cut(strings.TrimSpace(value), " ")
 		if f, err := strconv.ParseFloat(value, 64); err == nil {
-			sum += f
+			each(name, ParseMetricLabels(strings.TrimSuffix(lbls, "}")), f)
 		}
 	}
-	return sum
 }
 
 // ParseMetricLabels parses the label set of a Prometheus text-format line
