@@ -140,7 +140,7 @@ func (f *faults) startAgent(t *testing.T, name string, extra ...string) *harness
 // world gives a scenario the e2e suite's helpers (serviceAccount, identity,
 // fetchUntil200) against its own agent.
 func (f *faults) world(a *harness.Agent) *world {
-	return &world{root: f.root, dir: f.dir, cp: f.cp, sts: f.sts, agent: a, kc: f.kc}
+	return &world{suite: &suite{root: f.root, dir: f.dir, cp: f.cp, sts: f.sts, agent: a, kc: f.kc}}
 }
 
 // addr is this file's pod address n.
