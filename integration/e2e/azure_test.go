@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -733,12 +732,7 @@ func (w *azWorld) testConcurrentFirst(t *testing.T) {
 	defer w.entra.SetFault(entra.Fault{})
 	s0 := w.snap(t, p)
 	const n = 20
-	var wg sync.WaitGroup
-	results := make([]azResponse, n)
-	for i := range n {
-		wg.Go(func() { results[i] = w.get(t, p, azResource, "", azHeader) })
-	}
-	wg.Wait()
+	results := concurrently(n, func() azResponse { return w.get(t, p, azResource, "", azHeader) })
 	s1 := w.snap(t, p)
 	tokens := map[string]int{}
 	for _, r := range results {

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -632,17 +631,7 @@ func reason404(s string) string {
 // "The request is rejected. Please check if the metadata server is
 // concealed." (googlecloudsdk/core/credentials/gce.py).
 func reason(s string) string {
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, "403") || strings.Contains(l, "DefaultServiceAccount") || strings.Contains(l, "default ServiceAccount") ||
-			strings.Contains(l, "metadata server is concealed") {
-			l = strings.TrimSpace(l)
-			if len(l) > 300 {
-				l = l[:300] + "…"
-			}
-			return l
-		}
-	}
-	return ""
+	return firstLine(s, "403", "DefaultServiceAccount", "default ServiceAccount", "metadata server is concealed")
 }
 
 // 30 concurrent first requests from one pod share one TokenRequest and one
@@ -658,12 +647,7 @@ func (w *gcpWorld) testConcurrentFirst(t *testing.T) {
 	p := w.pod(t, "burst", "api-1", "api")
 
 	const n = 30
-	var wg sync.WaitGroup
-	results := make([]response, n)
-	for i := range n {
-		wg.Go(func() { results[i] = w.get(t, p, tokenPath) })
-	}
-	wg.Wait()
+	results := concurrently(n, func() response { return w.get(t, p, tokenPath) })
 	tokens := map[string]int{}
 	for _, r := range results {
 		if r.status != http.StatusOK {

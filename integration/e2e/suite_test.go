@@ -134,3 +134,14 @@ func (s *suite) pod(t *testing.T, ns, name, sa string) *harness.Pod {
 	}
 	return p
 }
+
+// concurrently calls f n times at once and returns its results in order.
+func concurrently[R any](n int, f func() R) []R {
+	results := make([]R, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { results[i] = f() })
+	}
+	wg.Wait()
+	return results
+}
