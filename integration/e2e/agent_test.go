@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -302,12 +301,7 @@ func (w *world) testConcurrentFirst(t *testing.T) {
 	p := w.pod(t, "burst", "api-1", "api")
 
 	const n = 50
-	var wg sync.WaitGroup
-	results := make([]response, n)
-	for i := range n {
-		wg.Go(func() { results[i] = w.fetch(t, p) })
-	}
-	wg.Wait()
+	results := concurrently(n, func() response { return w.fetch(t, p) })
 	keys := map[string]int{}
 	for _, r := range results {
 		if r.status != http.StatusOK {

@@ -8,14 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +23,6 @@ import (
 	"github.com/credbroker/agent/integration/entra"
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
-	"github.com/credbroker/agent/integration/oidcsts"
 	"github.com/credbroker/agent/integration/testenv"
 	"github.com/credbroker/agent/pkg/exchange/azure"
 )
@@ -59,14 +55,10 @@ const (
 // STS (the harness's agent always has AWS flags), the Entra ID token
 // endpoint peer and one agent with Azure on.
 type azWorld struct {
-	root, dir, home string
-	jsDir           string // integration/sdk/js-azure
-	azauth          string // the Go client program
-	cp              *harness.ControlPlane
-	sts             *oidcsts.Server
-	entra           *entra.Server
-	agent           *harness.Agent
-	pods            *harness.Pods
+	*suite
+	jsDir  string // integration/sdk/js-azure
+	azauth string // the Go client program
+	entra  *entra.Server
 	// endpoint is what pods put in IDENTITY_ENDPOINT.
 	endpoint string
 
@@ -74,9 +66,6 @@ type azWorld struct {
 	// admits, and deniedAt when the agent first answered it.
 	rogue    *harness.Pod
 	deniedAt time.Time
-
-	mu     sync.Mutex
-	nextIP int
 }
 
 // TestAzure runs Azure's own clients (azidentity, Python azure-identity,
@@ -100,44 +89,21 @@ func TestAzure(t *testing.T) {
 
 func setupAzure(t *testing.T) *azWorld {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "ip", "kubectl", "node")
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &azWorld{root: root, dir: t.TempDir(), home: t.TempDir(), nextIP: 10,
-		jsDir: filepath.Join(root, "integration/sdk/js-azure")}
+	w := &azWorld{suite: newSuite(t, azSubnet, "ip", "kubectl", "node")}
+	w.jsDir = filepath.Join(w.root, "integration/sdk/js-azure")
 	if _, err := os.Stat(filepath.Join(w.jsDir, "node_modules/@azure/identity")); err != nil {
 		testenv.Unavailable(t, "@azure/identity not installed in integration/sdk/js-azure; run `make sdk-deps`")
 	}
 	if err := exec.Command(azDebianPython, "-c", "import azure.identity").Run(); err != nil {
 		testenv.Unavailable(t, "%s cannot import azure.identity (apt-get install python3-azure): %v", azDebianPython, err)
 	}
-	ctx := context.Background()
-	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
-		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
-	}
-	w.azauth = filepath.Join(w.dir, "azauth")
-	build := exec.Command("go", "build", "-o", w.azauth, "./integration/sdk/go/azauth")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the Go client: %v\n%s", err, out)
-	}
+	w.azauth = w.build(t, "azauth")
 
-	w.cp = testenv.StartControlPlane(t)
-	w.sts, err = w.cp.StartSTS(ctx, harness.STSConfig{})
-	if err != nil {
-		t.Fatalf("StartSTS: %v", err)
-	}
-	t.Cleanup(func() { w.sts.Close() })
+	w.start(t, azNode, azNSPrefix)
 	// The applications exist from the start, with no federated
 	// credentials; serviceAccount adds them.
-	w.entra, err = w.cp.StartEntra(ctx, harness.EntraConfig{Credentials: map[entra.App][]string{
+	var err error
+	w.entra, err = w.cp.StartEntra(context.Background(), harness.EntraConfig{Credentials: map[entra.App][]string{
 		{Tenant: azTenant, ClientID: azClientShop}:     nil,
 		{Tenant: azTenant2, ClientID: azClientBilling}: nil,
 		{Tenant: azTenant, ClientID: azClientBurst}:    nil,
@@ -147,63 +113,18 @@ func setupAzure(t *testing.T) *azWorld {
 		t.Fatalf("StartEntra: %v", err)
 	}
 	t.Cleanup(func() { w.entra.Close() })
-
-	kc := filepath.Join(w.dir, "agent.kubeconfig")
-	if err := w.cp.AgentKubeconfig(ctx, filepath.Join(root, "deploy/daemonset/rbac.yaml"), kc); err != nil {
-		t.Fatalf("AgentKubeconfig: %v", err)
-	}
-	w.pods, err = harness.NewPods(ctx, w.cp, azNode, azNSPrefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := w.pods.Close(context.Background()); err != nil {
-			t.Errorf("removing pods: %v", err)
-		}
+	w.startAgent(t, harness.AgentConfig{
+		Name:     "agent-azure",
+		NodeName: azNode,
+		Listen:   net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
+		ExtraArgs: append([]string{
+			"--azure-tenant-id=" + azTenant,
+			"--azure-identity-header=" + azHeader,
+			"--azure-authority-host=" + w.entra.URL(),
+		}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
 	})
-
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
-	w.endpoint = "http://" + host + azTokenPath
-	args := append([]string{
-		"--azure-tenant-id=" + azTenant,
-		"--azure-identity-header=" + azHeader,
-		"--azure-authority-host=" + w.entra.URL(),
-	}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...)
-	w.agent, err = harness.StartAgent(ctx, harness.AgentConfig{
-		Binary:      agentBin,
-		Dir:         w.dir,
-		Name:        "agent-azure",
-		Kubeconfig:  kc,
-		NodeName:    azNode,
-		Listen:      host,
-		STSEndpoint: w.sts.URL(),
-		ExtraArgs:   args,
-	})
-	if err != nil {
-		t.Fatalf("StartAgent: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("agent log tail:\n%s", w.agent.LogTail(40))
-		}
-		w.agent.Stop()
-	})
+	w.endpoint = "http://" + w.agent.Listen + azTokenPath
 	return w
-}
-
-// ip hands out TestAzure's pod addresses.
-func (w *azWorld) ip() netip.Addr {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.nextIP++
-	if w.nextIP > 250 {
-		panic("e2e: out of Azure pod addresses")
-	}
-	return netip.MustParseAddr(fmt.Sprintf(azSubnet, w.nextIP))
 }
 
 // azSA is a ServiceAccount of the test and what the peer knows of it.
@@ -249,10 +170,7 @@ func (w *azWorld) serviceAccount(t *testing.T, s azSA) {
 
 func (w *azWorld) pod(t *testing.T, ns, name, sa string) *harness.Pod {
 	t.Helper()
-	p, err := w.pods.Start(context.Background(), harness.PodSpec{Namespace: ns, Name: name, ServiceAccount: sa, IP: w.ip()})
-	if err != nil {
-		t.Fatalf("starting pod %s/%s: %v", ns, name, err)
-	}
+	p := w.suite.pod(t, ns, name, sa)
 	w.waitSeen(t, p)
 	return p
 }
@@ -814,12 +732,7 @@ func (w *azWorld) testConcurrentFirst(t *testing.T) {
 	defer w.entra.SetFault(entra.Fault{})
 	s0 := w.snap(t, p)
 	const n = 20
-	var wg sync.WaitGroup
-	results := make([]azResponse, n)
-	for i := range n {
-		wg.Go(func() { results[i] = w.get(t, p, azResource, "", azHeader) })
-	}
-	wg.Wait()
+	results := concurrently(n, func() azResponse { return w.get(t, p, azResource, "", azHeader) })
 	s1 := w.snap(t, p)
 	tokens := map[string]int{}
 	for _, r := range results {
@@ -951,20 +864,15 @@ func (w *azWorld) testNoTokenLeaked(t *testing.T) {
 func (w *azWorld) testPrefetch(t *testing.T) {
 	const res = "https://prefetch.vault.example"
 	ctx := context.Background()
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
-	endpoint := "http://" + host + azTokenPath
 	cfg := w.agent.Config
-	cfg.Name, cfg.Listen = "agent-azure-prefetch", host
+	cfg.Name, cfg.Listen = "agent-azure-prefetch", net.JoinHostPort(netns.ServiceAddr4.String(), "0")
 	cfg.ExtraArgs = append(append([]string{}, cfg.ExtraArgs...), "--azure-prefetch-resources="+res)
 	a, err := harness.StartAgent(ctx, cfg)
 	if err != nil {
 		t.Fatalf("StartAgent with prefetch: %v", err)
 	}
 	defer a.Stop()
+	endpoint := "http://" + a.Listen + azTokenPath
 	defer func() {
 		if t.Failed() {
 			t.Logf("prefetching agent's log tail:\n%s", a.LogTail(40))

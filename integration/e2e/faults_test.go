@@ -112,10 +112,6 @@ func TestFaults(t *testing.T) {
 // the service address, with pprof on (for the goroutine profile).
 func (f *faults) startAgent(t *testing.T, name string, extra ...string) *harness.Agent {
 	t.Helper()
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	args := append([]string{"--request-timeout=" + faultRequestTimeout.String(), "--enable-pprof"}, extra...)
 	args = append(args, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...)
 	a, err := harness.StartAgent(context.Background(), harness.AgentConfig{
@@ -124,7 +120,7 @@ func (f *faults) startAgent(t *testing.T, name string, extra ...string) *harness
 		Name:        name,
 		Kubeconfig:  f.kc,
 		NodeName:    node,
-		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
 		STSEndpoint: f.sts.URL(),
 		LogLevel:    "info",
 		ExtraArgs:   args,
@@ -144,7 +140,7 @@ func (f *faults) startAgent(t *testing.T, name string, extra ...string) *harness
 // world gives a scenario the e2e suite's helpers (serviceAccount, identity,
 // fetchUntil200) against its own agent.
 func (f *faults) world(a *harness.Agent) *world {
-	return &world{root: f.root, dir: f.dir, cp: f.cp, sts: f.sts, agent: a, kc: f.kc}
+	return &world{suite: &suite{root: f.root, dir: f.dir, cp: f.cp, sts: f.sts, agent: a, kc: f.kc}}
 }
 
 // addr is this file's pod address n.

@@ -8,14 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,19 +45,13 @@ const (
 // (the agent's normal AWS flags), the Google STS + IAM Credentials peer, and
 // one agent serving both clouds on one listener.
 type gcpWorld struct {
-	root, dir, home, python string
-	jsDir                   string // integration/sdk/js-gcp
-	gcpauth                 string // the Go client program
-	cp                      *harness.ControlPlane
-	sts                     *oidcsts.Server
-	gsts                    *googlests.Server
-	agent                   *harness.Agent
-	pods                    *harness.Pods
+	*suite
+	python  string
+	jsDir   string // integration/sdk/js-gcp
+	gcpauth string // the Go client program
+	gsts    *googlests.Server
 	// host is the agent's host:port, what pods put in GCE_METADATA_HOST.
 	host string
-
-	mu     sync.Mutex
-	nextIP int
 }
 
 // TestGCP runs Google's own clients inside pods against the agent's GCE
@@ -79,104 +70,37 @@ func TestGCP(t *testing.T) {
 
 func setupGCP(t *testing.T) *gcpWorld {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "ip", "kubectl", "python3", "node", "gcloud")
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &gcpWorld{root: root, dir: t.TempDir(), home: t.TempDir(), nextIP: 10,
-		jsDir: filepath.Join(root, "integration/sdk/js-gcp")}
+	w := &gcpWorld{suite: newSuite(t, gcpSubnet, "ip", "kubectl", "python3", "node", "gcloud")}
+	w.jsDir = filepath.Join(w.root, "integration/sdk/js-gcp")
 	if _, err := os.Stat(filepath.Join(w.jsDir, "node_modules/google-auth-library")); err != nil {
 		testenv.Unavailable(t, "google-auth-library not installed in integration/sdk/js-gcp; run `make integration-deps`")
 	}
 	if _, err := os.Stat(filepath.Join(gcloudPyPath, "google/auth")); err != nil {
 		testenv.Unavailable(t, "google-auth of the Google Cloud CLI not found under %s", gcloudPyPath)
 	}
-	ctx := context.Background()
-	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
-		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
-	}
 	w.python = strings.TrimSpace(string(must(exec.Command("python3", "-c", "import sys; print(sys.executable)").Output())))
-	w.gcpauth = filepath.Join(w.dir, "gcpauth")
-	build := exec.Command("go", "build", "-o", w.gcpauth, "./integration/sdk/go/gcpauth")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the Go client: %v\n%s", err, out)
-	}
+	w.gcpauth = w.build(t, "gcpauth")
 
-	w.cp = testenv.StartControlPlane(t)
-	w.sts, err = w.cp.StartSTS(ctx, harness.STSConfig{})
-	if err != nil {
-		t.Fatalf("StartSTS: %v", err)
-	}
-	t.Cleanup(func() { w.sts.Close() })
-	w.gsts, err = w.cp.StartGoogleSTS(ctx, harness.GoogleSTSConfig{})
+	w.start(t, gcpNode, gcpNSPrefix)
+	var err error
+	w.gsts, err = w.cp.StartGoogleSTS(context.Background(), harness.GoogleSTSConfig{})
 	if err != nil {
 		t.Fatalf("StartGoogleSTS: %v", err)
 	}
 	t.Cleanup(func() { w.gsts.Close() })
-
-	kc := filepath.Join(w.dir, "agent.kubeconfig")
-	if err := w.cp.AgentKubeconfig(ctx, filepath.Join(root, "deploy/daemonset/rbac.yaml"), kc); err != nil {
-		t.Fatalf("AgentKubeconfig: %v", err)
-	}
-	w.pods, err = harness.NewPods(ctx, w.cp, gcpNode, gcpNSPrefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := w.pods.Close(context.Background()); err != nil {
-			t.Errorf("removing pods: %v", err)
-		}
+	w.startAgent(t, harness.AgentConfig{
+		Name:     "agent-gcp",
+		NodeName: gcpNode,
+		Listen:   net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
+		ExtraArgs: append([]string{
+			"--gcp-workload-identity-provider=" + w.gsts.Provider(),
+			"--gcp-project-id=" + gcpProject,
+			"--gcp-sts-endpoint=" + w.gsts.URL(),
+			"--gcp-iamcredentials-endpoint=" + w.gsts.URL(),
+		}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
 	})
-
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.host = net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
-	args := append([]string{
-		"--gcp-workload-identity-provider=" + w.gsts.Provider(),
-		"--gcp-project-id=" + gcpProject,
-		"--gcp-sts-endpoint=" + w.gsts.URL(),
-		"--gcp-iamcredentials-endpoint=" + w.gsts.URL(),
-	}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...)
-	w.agent, err = harness.StartAgent(ctx, harness.AgentConfig{
-		Binary:      agentBin,
-		Dir:         w.dir,
-		Name:        "agent-gcp",
-		Kubeconfig:  kc,
-		NodeName:    gcpNode,
-		Listen:      w.host,
-		STSEndpoint: w.sts.URL(),
-		ExtraArgs:   args,
-	})
-	if err != nil {
-		t.Fatalf("StartAgent: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("agent log tail:\n%s", w.agent.LogTail(40))
-		}
-		w.agent.Stop()
-	})
+	w.host = w.agent.Listen
 	return w
-}
-
-// ip hands out TestGCP's pod addresses.
-func (w *gcpWorld) ip() netip.Addr {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.nextIP++
-	if w.nextIP > 250 {
-		panic("e2e: out of GCP pod addresses")
-	}
-	return netip.MustParseAddr(fmt.Sprintf(gcpSubnet, w.nextIP))
 }
 
 func gsaEmail(name string) string { return name + "@" + gcpProject + ".iam.gserviceaccount.com" }
@@ -210,15 +134,6 @@ func (w *gcpWorld) serviceAccountWith(t *testing.T, ns, name, email string, anno
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-}
-
-func (w *gcpWorld) pod(t *testing.T, ns, name, sa string) *harness.Pod {
-	t.Helper()
-	p, err := w.pods.Start(context.Background(), harness.PodSpec{Namespace: ns, Name: name, ServiceAccount: sa, IP: w.ip()})
-	if err != nil {
-		t.Fatalf("starting pod %s/%s: %v", ns, name, err)
-	}
-	return p
 }
 
 // env is a Google client's whole environment inside a pod: the metadata
@@ -716,17 +631,7 @@ func reason404(s string) string {
 // "The request is rejected. Please check if the metadata server is
 // concealed." (googlecloudsdk/core/credentials/gce.py).
 func reason(s string) string {
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, "403") || strings.Contains(l, "DefaultServiceAccount") || strings.Contains(l, "default ServiceAccount") ||
-			strings.Contains(l, "metadata server is concealed") {
-			l = strings.TrimSpace(l)
-			if len(l) > 300 {
-				l = l[:300] + "…"
-			}
-			return l
-		}
-	}
-	return ""
+	return firstLine(s, "403", "DefaultServiceAccount", "default ServiceAccount", "metadata server is concealed")
 }
 
 // 30 concurrent first requests from one pod share one TokenRequest and one
@@ -742,12 +647,7 @@ func (w *gcpWorld) testConcurrentFirst(t *testing.T) {
 	p := w.pod(t, "burst", "api-1", "api")
 
 	const n = 30
-	var wg sync.WaitGroup
-	results := make([]response, n)
-	for i := range n {
-		wg.Go(func() { results[i] = w.get(t, p, tokenPath) })
-	}
-	wg.Wait()
+	results := concurrently(n, func() response { return w.get(t, p, tokenPath) })
 	tokens := map[string]int{}
 	for _, r := range results {
 		if r.status != http.StatusOK {

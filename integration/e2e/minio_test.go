@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -50,13 +49,9 @@ func (w *world) testS3WithMinIO(t *testing.T) {
 
 	startAgent := func(name, node string, extra ...string) *harness.Agent {
 		t.Helper()
-		port, err := harness.FreePort(netns.ServiceAddr4.String())
-		if err != nil {
-			t.Fatal(err)
-		}
 		a, err := harness.StartAgent(ctx, harness.AgentConfig{
 			Binary: w.agent.Config.Binary, Dir: w.dir, Name: name, Kubeconfig: w.kc, NodeName: node,
-			Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
+			Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
 			STSEndpoint: m.URL, ExtraArgs: append([]string{"--sts-extra-arn-partitions=minio"}, extra...),
 		})
 		if err != nil {

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,18 +39,13 @@ func (w *world) testS3WithMoto(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port))
 	a2, err := harness.StartAgent(ctx, harness.AgentConfig{
 		Binary:      w.agent.Config.Binary,
 		Dir:         w.dir,
 		Name:        "agent-moto",
 		Kubeconfig:  w.kc,
 		NodeName:    "node-s3",
-		Listen:      listen,
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
 		STSEndpoint: m.URL,
 	})
 	if err != nil {

@@ -10,15 +10,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,21 +35,11 @@ const (
 
 // world is what every scenario shares.
 type world struct {
-	root   string
-	dir    string
-	cp     *harness.ControlPlane
-	sts    *oidcsts.Server
-	agent  *harness.Agent
-	pods   *harness.Pods
-	kc     string // the agent's kubeconfig
-	home   string // empty HOME for SDK clients
+	*suite
 	python string // the real interpreter, not a pyenv shim
 	tools  tools
 	// agentURL6 is the agent's credentials URL on its IPv6 address.
 	agentURL6 string
-
-	mu     sync.Mutex
-	nextIP int
 }
 
 // tools are the SDK clients, resolved once.
@@ -63,96 +49,32 @@ type tools struct {
 
 func setupWorld(t *testing.T) *world {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "ip", "kubectl", "moto_server", "aws", "python3", "node")
-	binDir, err := harness.K8sBinDir()
-	if err != nil {
+	w := &world{suite: newSuite(t, podSubnet, "ip", "kubectl", "moto_server", "aws", "python3", "node")}
+	if _, err := harness.K8sBinDir(); err != nil {
 		testenv.Unavailable(t, "%v", err)
 	}
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "integration/sdk/js/node_modules/@aws-sdk/client-sts")); err != nil {
+	if _, err := os.Stat(filepath.Join(w.root, "integration/sdk/js/node_modules/@aws-sdk/client-sts")); err != nil {
 		testenv.Unavailable(t, "JS SDK not installed; run `make integration-deps`")
 	}
-	ctx := context.Background()
-	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
-		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
-	}
-	if err := netns.AddHostAddr(ctx, netns.ServiceAddr6); err != nil {
+	if err := netns.AddHostAddr(context.Background(), netns.ServiceAddr6); err != nil {
 		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr6, err)
 	}
-	// Not port 80: a demo, a benchmark or another test package may hold it.
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	w := &world{root: root, dir: t.TempDir(), home: t.TempDir(), nextIP: 10}
-	w.agentURL6 = "http://" + net.JoinHostPort(netns.ServiceAddr6.String(), strconv.Itoa(port)) + "/v1/credentials"
-	t.Cleanup(func() {
-		if t.Failed() {
-			if w.agent != nil {
-				t.Logf("agent log tail:\n%s", w.agent.LogTail(40))
-			}
-		}
-	})
-
 	w.python = strings.TrimSpace(string(must(exec.Command("python3", "-c", "import sys; print(sys.executable)").Output())))
 	w.tools.aws, _ = exec.LookPath("aws")
 	w.tools.node, _ = exec.LookPath("node")
-	w.tools.callerid = filepath.Join(w.dir, "callerid")
-	build := exec.Command("go", "build", "-o", w.tools.callerid, "./integration/sdk/go/callerid")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the Go SDK client: %v\n%s", err, out)
-	}
+	w.tools.callerid = w.build(t, "callerid")
 
-	w.cp, err = harness.StartControlPlane(ctx, harness.ControlPlaneConfig{Dir: w.dir, BinDir: binDir})
-	if err != nil {
-		t.Fatalf("StartControlPlane: %v", err)
-	}
-	t.Cleanup(w.cp.Stop)
-
-	w.sts, err = w.cp.StartSTS(ctx, harness.STSConfig{})
-	if err != nil {
-		t.Fatalf("StartSTS: %v", err)
-	}
-	t.Cleanup(func() { w.sts.Close() })
-
-	w.kc = filepath.Join(w.dir, "agent.kubeconfig")
-	if err := w.cp.AgentKubeconfig(ctx, filepath.Join(root, "deploy/daemonset/rbac.yaml"), w.kc); err != nil {
-		t.Fatalf("AgentKubeconfig: %v", err)
-	}
-	w.pods, err = harness.NewPods(ctx, w.cp, node, nsPrefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := w.pods.Close(context.Background()); err != nil {
-			t.Errorf("removing pods: %v", err)
-		}
-	})
-
-	w.agent, err = harness.StartAgent(ctx, harness.AgentConfig{
-		Binary:      agentBin,
-		Dir:         w.dir,
-		Kubeconfig:  w.kc,
-		NodeName:    node,
-		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
-		ExtraListen: []string{net.JoinHostPort(netns.ServiceAddr6.String(), strconv.Itoa(port))},
-		STSEndpoint: w.sts.URL(),
+	w.start(t, node, nsPrefix)
+	w.startAgent(t, harness.AgentConfig{
+		NodeName: node,
+		// Not port 80: a demo, a benchmark or another test package may
+		// hold it. The IPv6 address gets the same port.
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
+		ExtraListen: []string{net.JoinHostPort(netns.ServiceAddr6.String(), "0")},
 		ExtraArgs:   append([]string{"--token-audience-prefix=" + tokenAudiencePrefix}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
 	})
-	if err != nil {
-		t.Fatalf("StartAgent: %v", err)
-	}
-	t.Cleanup(w.agent.Stop)
+	_, port, _ := net.SplitHostPort(w.agent.Listen)
+	w.agentURL6 = "http://" + net.JoinHostPort(netns.ServiceAddr6.String(), port) + "/v1/credentials"
 	return w
 }
 
@@ -161,17 +83,6 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
-}
-
-// ip hands out this suite's pod addresses.
-func (w *world) ip() netip.Addr {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.nextIP++
-	if w.nextIP > 250 {
-		panic("e2e: out of pod addresses")
-	}
-	return netip.MustParseAddr(fmt.Sprintf(podSubnet, w.nextIP))
 }
 
 // roleARN is the IAM role ARN for a role name.
@@ -195,16 +106,6 @@ func (w *world) serviceAccount(t *testing.T, ns, name, role string) {
 	if _, err := w.cp.CreateServiceAccount(context.Background(), ns, name, arn); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// pod starts a simulated pod with a fresh IP.
-func (w *world) pod(t *testing.T, ns, name, sa string) *harness.Pod {
-	t.Helper()
-	p, err := w.pods.Start(context.Background(), harness.PodSpec{Namespace: ns, Name: name, ServiceAccount: sa, IP: w.ip()})
-	if err != nil {
-		t.Fatalf("starting pod %s/%s: %v", ns, name, err)
-	}
-	return p
 }
 
 // creds is the container credentials response.

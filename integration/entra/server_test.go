@@ -10,12 +10,10 @@ package entra_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -454,34 +452,6 @@ func TestFaults(t *testing.T) {
 	if c := w.s.Counts(); c.Faulted != 6 || c.Token != 6 || c.Issued != 0 {
 		t.Errorf("after status faults, Counts = %+v", c)
 	}
-	t.Run("slow answer and a client timeout", func(t *testing.T) {
-		if err := w.s.SetFault(entra.Fault{Latency: time.Minute}); err != nil {
-			t.Fatal(err)
-		}
-		defer w.s.SetFault(entra.Fault{})
-		y := w.exchanger(func(c *azure.Config) { c.HTTPClient = &http.Client{Timeout: 200 * time.Millisecond} })
-		start := time.Now()
-		_, err := y.Exchange(ctx, req(w.podToken(w.PodA), clientA, tenant, vault))
-		if xe := xerr(t, err); xe.Kind != exchange.Transient || !strings.Contains(err.Error(), "timeout") {
-			t.Errorf("error %v, want Transient timeout", err)
-		}
-		if d := time.Since(start); d > 10*time.Second {
-			t.Errorf("took %v: the latency fault is not cut short by the client", d)
-		}
-	})
-	t.Run("slow answer that arrives", func(t *testing.T) {
-		if err := w.s.SetFault(entra.Fault{Latency: 300 * time.Millisecond}); err != nil {
-			t.Fatal(err)
-		}
-		defer w.s.SetFault(entra.Fault{})
-		start := time.Now()
-		if err := access(); err != nil {
-			t.Fatal(err)
-		}
-		if d := time.Since(start); d < 300*time.Millisecond {
-			t.Errorf("answered in %v, before the injected latency", d)
-		}
-	})
 	t.Run("introspection is not faulted by default", func(t *testing.T) {
 		if err := w.s.SetFault(entra.Fault{Status: 503}); err != nil {
 			t.Fatal(err)
@@ -491,30 +461,16 @@ func TestFaults(t *testing.T) {
 			t.Errorf("introspect under a token fault: %v", err)
 		}
 	})
-	t.Run("refuse and recover", func(t *testing.T) {
-		if err := w.s.SetFault(entra.Fault{Refuse: true}); err != nil {
-			t.Fatal(err)
-		}
-		err := access()
-		if xe := xerr(t, err); xe.Kind != exchange.Transient || !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Errorf("while refusing: %v, want Transient connection refused", err)
-		}
-		if err := w.s.SetFault(entra.Fault{}); err != nil {
-			t.Fatal(err)
-		}
-		if err := access(); err != nil {
-			t.Errorf("after recovery: %v", err)
-		}
-	})
-	t.Run("reset", func(t *testing.T) {
-		if err := w.s.SetFault(entra.Fault{Reset: true}); err != nil {
-			t.Fatal(err)
-		}
-		defer w.s.SetFault(entra.Fault{})
-		err := access()
-		if xe := xerr(t, err); xe.Kind != exchange.Transient || !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("while resetting: %v, want Transient connection reset", err)
-		}
+	peertest.RunTransportFaults(t, peertest.TransportFaults{
+		Set: func(f peertest.TransportFault) error {
+			return w.s.SetFault(entra.Fault{Latency: f.Latency, Refuse: f.Refuse, Reset: f.Reset})
+		},
+		Call: access,
+		Timeout: func() error {
+			y := w.exchanger(func(c *azure.Config) { c.HTTPClient = &http.Client{Timeout: 200 * time.Millisecond} })
+			_, err := y.Exchange(ctx, req(w.podToken(w.PodA), clientA, tenant, vault))
+			return err
+		},
 	})
 	assertNoSecretsLogged(t, w)
 }

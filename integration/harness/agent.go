@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -33,9 +34,12 @@ type AgentConfig struct {
 	// NodeName is the node whose pods the agent serves. Required.
 	NodeName string
 	// Listen is the credentials API address. Default 169.254.170.23:80.
+	// Port 0 means a free port on that host, picked afresh if another
+	// process takes it before the agent binds it; Agent.Listen says which.
 	Listen string
 	// ExtraListen are further credentials API addresses (e.g. the IPv6
-	// [fd00:ec2::23]:80), passed in the same --listen flag.
+	// [fd00:ec2::23]:80), passed in the same --listen flag; port 0 here
+	// means Listen's port.
 	ExtraListen []string
 	// STSEndpoint is the STS URL. Required.
 	STSEndpoint string
@@ -92,20 +96,37 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 60 * time.Second
 	}
-	a := &Agent{
-		Listen: cfg.Listen,
-		URL:    "http://" + cfg.Listen + "/v1/credentials",
-		Config: cfg,
+	listenHost, listenPort, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("harness: AgentConfig.Listen %q: %w", cfg.Listen, err)
 	}
+	hosts := []string{"127.0.0.1", "127.0.0.1"}
+	if listenPort == "0" {
+		hosts = append(hosts, listenHost)
+	}
+	a := &Agent{Config: cfg}
 	env := append([]string{"PATH=" + os.Getenv("PATH")}, cfg.Env...)
-	err = withFreshPorts([]string{"127.0.0.1", "127.0.0.1"}, func(ports []int) (*Process, error) {
+	err = withFreshPorts(hosts, func(ports []int) (*Process, error) {
 		probe, metrics := ports[0], ports[1]
+		a.Listen = cfg.Listen
+		if listenPort == "0" {
+			a.Listen = net.JoinHostPort(listenHost, strconv.Itoa(ports[2]))
+		}
+		a.URL = "http://" + a.Listen + "/v1/credentials"
+		_, port, _ := net.SplitHostPort(a.Listen)
+		listen := []string{a.Listen}
+		for _, l := range cfg.ExtraListen {
+			if h, p, err := net.SplitHostPort(l); err == nil && p == "0" {
+				l = net.JoinHostPort(h, port)
+			}
+			listen = append(listen, l)
+		}
 		a.ProbeURL = "http://127.0.0.1:" + strconv.Itoa(probe)
 		a.MetricsURL = "http://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics"
 		args := append([]string{"serve",
 			"--node-name=" + cfg.NodeName,
 			"--kubeconfig=" + cfg.Kubeconfig,
-			"--listen=" + strings.Join(append([]string{cfg.Listen}, cfg.ExtraListen...), ","),
+			"--listen=" + strings.Join(listen, ","),
 			"--probe-listen=127.0.0.1:" + strconv.Itoa(probe),
 			"--metrics-listen=127.0.0.1:" + strconv.Itoa(metrics),
 			"--sts-endpoint=" + cfg.STSEndpoint,
@@ -136,27 +157,13 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 }
 
 func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last string
-	for {
+	return waitFor(ctx, a.Process, timeout, 100*time.Millisecond, func(ctx context.Context) (bool, string) {
 		code, err := a.probe(ctx, "/readyz")
-		if err == nil && code == http.StatusOK {
-			return nil
-		}
 		if err != nil {
-			last = err.Error()
-		} else {
-			last = strconv.Itoa(code)
+			return false, err.Error()
 		}
-		select {
-		case <-a.Process.Done():
-			return a.Process.exitError()
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready (last: %s): %w; log tail:\n%s", a.Process.Name, last, ctx.Err(), a.LogTail(20))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		return code == http.StatusOK, strconv.Itoa(code)
+	})
 }
 
 // Ready reports the status code of /readyz.
@@ -207,6 +214,20 @@ func (a *Agent) Metrics(ctx context.Context) (string, error) {
 // empty). A metric that is not exposed sums to 0.
 func MetricSum(text, name string, labels map[string]string) float64 {
 	var sum float64
+	EachMetricSample(text, func(n string) bool { return n == name }, func(_ string, got map[string]string, v float64) {
+		for k, want := range labels {
+			if got[k] != want {
+				return
+			}
+		}
+		sum += v
+	})
+	return sum
+}
+
+// EachMetricSample calls each with every sample of a Prometheus
+// text-format exposition whose metric name keep accepts.
+func EachMetricSample(text string, keep func(name string) bool, each func(name string, labels map[string]string, value float64)) {
 	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -218,28 +239,16 @@ func MetricSum(text, name string, labels map[string]string) float64 {
 		if !ok {
 			continue
 		}
-		metric, lbls, _ := strings.Cut(series, "{")
-		if metric != name {
-			continue
-		}
-		got := ParseMetricLabels(strings.TrimSuffix(lbls, "}"))
-		match := true
-		for k, v := range labels {
-			if got[k] != v {
-				match = false
-				break
-			}
-		}
-		if !match {
+		name, lbls, _ := strings.Cut(series, "{")
+		if !keep(name) {
 			continue
 		}
 		// A timestamp may follow the value.
 		value, _, _ = strings.Cut(strings.TrimSpace(value), " ")
 		if f, err := strconv.ParseFloat(value, 64); err == nil {
-			sum += f
+			each(name, ParseMetricLabels(strings.TrimSuffix(lbls, "}")), f)
 		}
 	}
-	return sum
 }
 
 // ParseMetricLabels parses the label set of a Prometheus text-format line

@@ -412,30 +412,11 @@ func (cp *ControlPlane) waitReady(ctx context.Context, p *Process) error {
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
 	}
 	defer client.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, cp.cfg.ReadyTimeout)
-	defer cancel()
-	var last string
-	for {
+	return waitFor(ctx, p, cp.cfg.ReadyTimeout, 100*time.Millisecond, func(ctx context.Context) (bool, string) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cp.URL+"/readyz", nil)
 		req.Header.Set("Authorization", "Bearer "+cp.AdminToken)
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-p.Done():
-			return p.exitError()
-		case <-ctx.Done():
-			return fmt.Errorf("kube-apiserver not ready (last: %s): %w; log tail:\n%s", last, ctx.Err(), p.LogTail(20))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		return status200(client.Do(req))
+	})
 }
 
 // WriteKubeconfig writes a kubeconfig for the API server that authenticates
@@ -621,31 +602,17 @@ func randomHex(n int) string {
 // the client port answering is not enough, since until p binds it, it may
 // be someone else's (see withFreshPorts).
 func waitEtcd(ctx context.Context, p *Process, clientURL, peerURL string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	client := &http.Client{Timeout: time.Second}
 	defer client.CloseIdleConnections()
 	want, _ := json.Marshal(peerURL)
-	var last string
-	for {
+	return waitFor(ctx, p, timeout, 50*time.Millisecond, func(ctx context.Context) (bool, string) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, clientURL+"/v3/cluster/member/list", strings.NewReader("{}"))
 		resp, err := client.Do(req)
-		if err == nil {
-			b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && bytes.Contains(b, want) {
-				return nil
-			}
-			last = fmt.Sprintf("%s: %.200s", resp.Status, b)
-		} else {
-			last = err.Error()
+		if err != nil {
+			return false, err.Error()
 		}
-		select {
-		case <-p.Done():
-			return p.exitError()
-		case <-ctx.Done():
-			return fmt.Errorf("%s not serving on %s (last: %s): %w", p.Name, clientURL, last, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK && bytes.Contains(b, want), fmt.Sprintf("%s: %.200s", resp.Status, b)
+	})
 }

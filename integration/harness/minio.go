@@ -5,13 +5,11 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -56,18 +54,12 @@ func MinIOBinary() (string, error) {
 	if p := os.Getenv("CREDBROKER_MINIO_BIN"); p != "" {
 		return p, nil
 	}
-	root, err := RepoRoot()
+	path, built, err := buildCheck("integration/minio/build.sh")
 	if err != nil {
 		return "", err
 	}
-	out, err := exec.Command(filepath.Join(root, "integration/minio/build.sh"), "--check").Output()
-	path := strings.TrimSpace(string(out))
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+	if !built {
 		return path, fmt.Errorf("%w: minio is not built yet (%s); run integration/minio/build.sh", ErrNotFound, path)
-	}
-	if err != nil {
-		return "", fmt.Errorf("running integration/minio/build.sh --check: %w", err)
 	}
 	return path, nil
 }
@@ -142,25 +134,10 @@ func (cp *ControlPlane) StartMinIO(ctx context.Context, cfg MinIOConfig) (*MinIO
 }
 
 func (m *MinIO) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
 	client := &http.Client{Timeout: 2 * time.Second}
-	for {
-		resp, err := client.Get(m.URL + "/minio/health/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-m.Process.Done():
-			return fmt.Errorf("minio exited: %w\n%s", m.Process.exitError(), m.Process.LogTail(20))
-		case <-ctx.Done():
-			return fmt.Errorf("minio not ready on %s: %w\n%s", m.URL, ctx.Err(), m.Process.LogTail(20))
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return waitFor(ctx, m.Process, 60*time.Second, 200*time.Millisecond, func(context.Context) (bool, string) {
+		return status200(client.Get(m.URL + "/minio/health/ready"))
+	})
 }
 
 // Stop stops MinIO and the discovery relay.

@@ -72,29 +72,24 @@ func StartMoto(ctx context.Context, cfg MotoConfig) (*Moto, error) {
 }
 
 func (m *Moto) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for {
-		if err := m.post(ctx, "/moto-api/reset", "", nil); err == nil {
-			// moto loads each service on its first request, which takes
-			// seconds on a busy machine; do it now for STS rather than in
-			// the agent's first, time-limited, exchange.
-			warm := url.Values{"Action": {"GetCallerIdentity"}, "Version": {"2011-06-15"}}
-			_ = m.do(ctx, http.MethodPost, "/", strings.NewReader(warm.Encode()), http.Header{
-				"Content-Type":  {"application/x-www-form-urlencoded"},
-				"Authorization": {"AWS4-HMAC-SHA256 Credential=AKIDHARNESS/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=0"},
-			})
-			return nil
+	err := waitFor(ctx, m.Process, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, string) {
+		if err := m.post(ctx, "/moto-api/reset", "", nil); err != nil {
+			return false, err.Error()
 		}
-		select {
-		case <-m.Process.Done():
-			return m.Process.exitError()
-		case <-ctx.Done():
-			m.Process.Stop(5 * time.Second)
-			return fmt.Errorf("moto not answering on %s: %w", m.URL, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
+		// moto loads each service on its first request, which takes
+		// seconds on a busy machine; do it now for STS rather than in
+		// the agent's first, time-limited, exchange.
+		warm := url.Values{"Action": {"GetCallerIdentity"}, "Version": {"2011-06-15"}}
+		_ = m.do(ctx, http.MethodPost, "/", strings.NewReader(warm.Encode()), http.Header{
+			"Content-Type":  {"application/x-www-form-urlencoded"},
+			"Authorization": {"AWS4-HMAC-SHA256 Credential=AKIDHARNESS/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=0"},
+		})
+		return true, ""
+	})
+	if err != nil {
+		m.Process.Stop(5 * time.Second)
 	}
+	return err
 }
 
 // Stop stops moto.

@@ -2,10 +2,12 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,6 +206,36 @@ func (p *Process) lostPortRace() bool {
 	return bytes.Contains(bytes.ToLower(b), []byte("already in use"))
 }
 
+// waitFor asks ready every interval until it says yes, p exits (its exit
+// error) or timeout passes (an error with ready's last answer).
+func waitFor(ctx context.Context, p *Process, timeout, interval time.Duration, ready func(context.Context) (bool, string)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		ok, last := ready(ctx)
+		if ok {
+			return nil
+		}
+		select {
+		case <-p.Done():
+			return p.exitError()
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready (last: %s): %w; log tail:\n%s", p.Name, last, ctx.Err(), p.LogTail(20))
+		case <-time.After(interval):
+		}
+	}
+}
+
+// status200 is an HTTP answer as waitFor's ready wants it. It closes the
+// body.
+func status200(resp *http.Response, err error) (bool, string) {
+	if err != nil {
+		return false, err.Error()
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK, resp.Status
+}
+
 // ErrNotFound means a binary or directory the harness needs is missing.
 var ErrNotFound = errors.New("harness: not found")
 
@@ -240,20 +272,33 @@ func K8sBinDir() (string, error) {
 	if d := os.Getenv("CREDBROKER_K8S_BIN"); d != "" {
 		return d, checkBins(d)
 	}
-	root, err := RepoRoot()
+	dir, built, err := buildCheck("integration/k8sbin/build.sh")
 	if err != nil {
 		return "", err
 	}
-	out, err := exec.Command(filepath.Join(root, "integration/k8sbin/build.sh"), "--check").Output()
-	dir := strings.TrimSpace(string(out))
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+	if !built {
 		return dir, fmt.Errorf("%w: kube-apiserver and etcd are not built yet in %s; run `make k8sbin`", ErrNotFound, dir)
 	}
-	if err != nil {
-		return "", fmt.Errorf("running build.sh --check: %w", err)
-	}
 	return dir, checkBins(dir)
+}
+
+// buildCheck runs a build script of the tree with --check, which prints
+// where the build goes and exits 1 if it has not run yet.
+func buildCheck(script string) (path string, built bool, err error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", false, err
+	}
+	out, err := exec.Command(filepath.Join(root, script), "--check").Output()
+	path = strings.TrimSpace(string(out))
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+		return path, false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("running %s --check: %w", script, err)
+	}
+	return path, true, nil
 }
 
 func checkBins(dir string) error {

@@ -161,25 +161,14 @@ func (cp *ControlPlane) StartWebhook(ctx context.Context, cfg WebhookConfig) (*W
 }
 
 func (w *Webhook) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	client := &http.Client{Timeout: time.Second}
-	for {
-		if resp, err := client.Get(w.ProbeURL + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-w.Process.Done():
-			return fmt.Errorf("webhook exited: %w; log tail:\n%s", w.Process.exitError(), w.Process.LogTail(20))
-		case <-ctx.Done():
-			w.Stop()
-			return fmt.Errorf("webhook not ready: %w; log tail:\n%s", ctx.Err(), w.Process.LogTail(20))
-		case <-time.After(100 * time.Millisecond):
-		}
+	err := waitFor(ctx, w.Process, timeout, 100*time.Millisecond, func(context.Context) (bool, string) {
+		return status200(client.Get(w.ProbeURL + "/readyz"))
+	})
+	if err != nil {
+		w.Stop()
 	}
+	return err
 }
 
 // Stop stops the webhook.

@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -155,16 +154,12 @@ func (c *cluster) startAgent(t *testing.T, kc, node, mode string, sts string) (*
 	if err != nil {
 		testenv.Unavailable(t, "%v", err)
 	}
-	port, err := harness.FreePort(netns.ServiceAddr4.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	if sts == "" {
 		sts = "http://127.0.0.1:1" // never reached: no pod asks
 	}
 	a, err := harness.StartAgent(context.Background(), harness.AgentConfig{
 		Binary: bin, Dir: c.dir, Name: "agent-" + mode, Kubeconfig: kc, NodeName: node,
-		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), strconv.Itoa(port)),
+		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
 		STSEndpoint: sts, ExtraArgs: []string{"--node-restricted=" + mode},
 		ReadyTimeout: 30 * time.Second,
 	})

@@ -21,8 +21,6 @@
 package scale
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -33,6 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -896,32 +895,10 @@ func (r *run) metrics(ctx context.Context) (snapshot, error) {
 
 func parseMetrics(b []byte) snapshot {
 	var s snapshot
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		name, lbls, _ := strings.Cut(series, "{")
-		keep := false
-		for _, w := range wanted {
-			keep = keep || name == w
-		}
-		if !keep {
-			continue
-		}
-		value, _, _ = strings.Cut(strings.TrimSpace(value), " ")
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			continue
-		}
-		s = append(s, sample{name: name, labels: harness.ParseMetricLabels(strings.TrimSuffix(lbls, "}")), value: v})
-	}
+	harness.EachMetricSample(string(b), func(name string) bool { return slices.Contains(wanted, name) },
+		func(name string, labels map[string]string, v float64) {
+			s = append(s, sample{name: name, labels: labels, value: v})
+		})
 	return s
 }
 

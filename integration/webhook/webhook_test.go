@@ -18,7 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -110,74 +110,38 @@ func setup(t *testing.T) *env {
 	return e
 }
 
-// applyConfiguration applies deploy/webhook's MutatingWebhookConfiguration
-// with its clientConfig pointed at https://127.0.0.1:port/mutate: no
-// Service reaches a process on this host.
-func (e *env) applyConfiguration(t *testing.T, port int) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(e.root, "deploy/webhook/mutatingwebhook.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var obj map[string]any
-	if err := yaml.Unmarshal(b, &obj); err != nil {
-		t.Fatal(err)
-	}
-	for _, w := range obj["webhooks"].([]any) {
-		w.(map[string]any)["clientConfig"] = map[string]any{"url": fmt.Sprintf("https://127.0.0.1:%d/mutate", port)}
-	}
-	out, _ := json.Marshal(obj)
-	path := filepath.Join(e.dir, "mwc.json")
-	if err := os.WriteFile(path, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.cp.Kubectl(context.Background(), "apply", "-f", path); err != nil {
-		t.Fatal(err)
-	}
-}
-
 type webhookProc struct {
 	p          *harness.Process
 	metricsURL string
+	port       int // of its admission endpoint
 }
 
-func (e *env) startWebhook(t *testing.T, port int, extra ...string) *webhookProc {
+// startWebhook registers deploy/webhook's MutatingWebhookConfiguration
+// pointed at a webhook on a free port of 127.0.0.1 and starts it there
+// (harness.StartWebhook), with this suite's clouds and extra flags.
+func (e *env) startWebhook(t *testing.T, extra ...string) *webhookProc {
 	t.Helper()
-	mport, err := harness.FreePort("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := append([]string{"webhook", "--kubeconfig=" + e.kc,
-		"--listen=127.0.0.1:" + strconv.Itoa(port), "--metrics-listen=127.0.0.1:" + strconv.Itoa(mport),
-		"--tls-ip-san=127.0.0.1", "--namespace=" + harness.AgentNamespace, "--webhook-configuration=" + configName,
-		"--ca-publish-delay=1s", "--admission-timeout=3s", "--log-level=debug",
+	args := append([]string{"--webhook-configuration=" + configName,
+		"--admission-timeout=3s", "--log-level=debug",
 		"--gcp-workload-identity-provider=" + gcpProvider, "--gcp-project-id=proj",
 		"--azure-tenant-id=" + azureTenant, "--azure-identity-header=" + identityHdr,
 	}, extra...)
-	p, err := harness.StartProcess("webhook", filepath.Join(e.dir, "logs", fmt.Sprintf("webhook-%d.log", time.Now().UnixNano())), []string{"PATH=" + os.Getenv("PATH")}, e.bin, args...)
+	w, err := e.cp.StartWebhook(context.Background(), harness.WebhookConfig{
+		Binary: e.bin, Dir: e.dir, Name: fmt.Sprintf("webhook-%d", time.Now().UnixNano()), Kubeconfig: e.kc, ExtraArgs: args,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &webhookProc{p: p, metricsURL: "http://127.0.0.1:" + strconv.Itoa(mport)}
-	t.Cleanup(func() { p.Stop(10 * time.Second) })
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get(w.metricsURL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return w
-			}
-		}
-		select {
-		case <-p.Done():
-			t.Fatalf("webhook exited: %s", p.LogTail(30))
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("webhook not ready: %s", p.LogTail(30))
-		}
+	t.Cleanup(w.Stop)
+	u, err := url.Parse(w.URL)
+	if err != nil {
+		t.Fatal(err)
 	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &webhookProc{p: w.Process, metricsURL: w.ProbeURL, port: port}
 }
 
 func (w *webhookProc) metric(t *testing.T, name string, labels map[string]string) float64 {
@@ -241,9 +205,7 @@ metadata: {name: default, namespace: %[1]s, annotations: {"eks.amazonaws.com/rol
 // ServiceAccount's clouds, in every container kind.
 func TestPodsGetExactlyTheirVariables(t *testing.T) {
 	e := setup(t)
-	port, _ := harness.FreePort("127.0.0.1")
-	e.applyConfiguration(t, port)
-	e.startWebhook(t, port)
+	e.startWebhook(t)
 	ctx := context.Background()
 	for _, n := range []string{ns, quietNS} {
 		kubectlApply(t, e, fmt.Sprintf(accounts, n))
@@ -374,9 +336,7 @@ func kubectlApply(t *testing.T, e *env, manifest string) {
 // input) and `agent audit` reports the pod.
 func TestWebhookDownPodsCreatedAndAudited(t *testing.T) {
 	e := setup(t)
-	port, _ := harness.FreePort("127.0.0.1")
-	e.applyConfiguration(t, port)
-	w := e.startWebhook(t, port)
+	w := e.startWebhook(t)
 	kubectlApply(t, e, fmt.Sprintf(accounts, ns))
 	ctx := context.Background()
 	mk := func(name string) *corev1.Pod {
@@ -435,9 +395,7 @@ func TestWebhookDownPodsCreatedAndAudited(t *testing.T) {
 // every 6 s here) are all wired: no admission fails over to Ignore.
 func TestCertificateRotationLosesNoAdmission(t *testing.T) {
 	e := setup(t)
-	port, _ := harness.FreePort("127.0.0.1")
-	e.applyConfiguration(t, port)
-	w := e.startWebhook(t, port, "--cert-validity=9s")
+	w := e.startWebhook(t, "--cert-validity=9s")
 	kubectlApply(t, e, fmt.Sprintf(accounts, ns))
 	ctx := context.Background()
 	before := e.failOpen(t)
@@ -464,7 +422,7 @@ func TestCertificateRotationLosesNoAdmission(t *testing.T) {
 		// A new connection, as an API server opens when its cached ones
 		// are busy or closed, must verify against the published bundle
 		// at every moment.
-		e.handshake(t, port)
+		e.handshake(t, w.port)
 		n++
 	}
 	if d := e.failOpen(t) - before; d != 0 {
@@ -480,9 +438,7 @@ func TestCertificateRotationLosesNoAdmission(t *testing.T) {
 // asserts only that every registered pod was wired and no unregistered one.
 func TestAdmissionLatencyBurst(t *testing.T) {
 	e := setup(t)
-	port, _ := harness.FreePort("127.0.0.1")
-	e.applyConfiguration(t, port)
-	w := e.startWebhook(t, port)
+	w := e.startWebhook(t)
 	kubectlApply(t, e, fmt.Sprintf(accounts, ns))
 	ctx := context.Background()
 	// No client-side rate limit: the harness client's (200/s) would

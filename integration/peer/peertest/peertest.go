@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -250,4 +251,82 @@ func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TransportFault is what every peer's Fault can inject below its error
+// format: latency, refused connections, reset connections.
+type TransportFault struct {
+	Latency       time.Duration
+	Refuse, Reset bool
+}
+
+// TransportFaults are one peer's hooks for RunTransportFaults.
+type TransportFaults struct {
+	// Set applies f (the zero value clears it) to the endpoint the calls
+	// below reach.
+	Set func(f TransportFault) error
+	// Call makes one exchange through the peer.
+	Call func() error
+	// Timeout makes one exchange with a 200 ms client timeout.
+	Timeout func() error
+	// Refused is the call made while connections are refused (Call if
+	// nil).
+	Refused func() error
+}
+
+// RunTransportFaults runs the subtests every peer's TestFaults makes of
+// its transport faults: a slow answer cut short by the client, a slow
+// answer that arrives, refused connections and recovery, a reset.
+func RunTransportFaults(t *testing.T, f TransportFaults) {
+	if f.Refused == nil {
+		f.Refused = f.Call
+	}
+	set := func(t *testing.T, tf TransportFault) {
+		t.Helper()
+		if err := f.Set(tf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("slow answer and a client timeout", func(t *testing.T) {
+		set(t, TransportFault{Latency: time.Minute})
+		defer f.Set(TransportFault{})
+		start := time.Now()
+		err := f.Timeout()
+		if xe := XErr(t, err); xe.Kind != exchange.Transient || !strings.Contains(err.Error(), "timeout") {
+			t.Errorf("error %v, want Transient timeout", err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("took %v: the latency fault is not cut short by the client", d)
+		}
+	})
+	t.Run("slow answer that arrives", func(t *testing.T) {
+		set(t, TransportFault{Latency: 300 * time.Millisecond})
+		defer f.Set(TransportFault{})
+		start := time.Now()
+		if err := f.Call(); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d < 300*time.Millisecond {
+			t.Errorf("answered in %v, before the injected latency", d)
+		}
+	})
+	t.Run("refuse and recover", func(t *testing.T) {
+		set(t, TransportFault{Refuse: true})
+		err := f.Refused()
+		if xe := XErr(t, err); xe.Kind != exchange.Transient || !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("while refusing: %v, want Transient connection refused", err)
+		}
+		set(t, TransportFault{})
+		if err := f.Call(); err != nil {
+			t.Errorf("after recovery: %v", err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		set(t, TransportFault{Reset: true})
+		defer f.Set(TransportFault{})
+		err := f.Call()
+		if xe := XErr(t, err); xe.Kind != exchange.Transient || !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("while resetting: %v, want Transient connection reset", err)
+		}
+	})
 }

@@ -1,0 +1,147 @@
+//go:build integration
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/oidcsts"
+	"github.com/credbroker/agent/integration/testenv"
+)
+
+// suite is what TestAgent's, TestGCP's and TestAzure's worlds each have:
+// a control plane, our AWS STS (the harness's agent always has AWS flags),
+// the agent's kubeconfig, one node's pods with addresses from the suite's
+// own /24 (integration/README.md), and one agent.
+type suite struct {
+	root, dir string
+	home      string // empty HOME for SDK clients
+	agentBin  string
+	cp        *harness.ControlPlane
+	sts       *oidcsts.Server
+	kc        string // the agent's kubeconfig
+	pods      *harness.Pods
+	agent     *harness.Agent
+
+	subnet string // fmt pattern of the pods' addresses
+	mu     sync.Mutex
+	nextIP int
+}
+
+// newSuite checks for root, commands and the agent binary, and makes the
+// suite's directories; start starts its parts.
+func newSuite(t *testing.T, subnet string, commands ...string) *suite {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, commands...)
+	agentBin, err := harness.AgentBinary()
+	if err != nil {
+		testenv.Unavailable(t, "%v", err)
+	}
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &suite{root: root, dir: t.TempDir(), home: t.TempDir(), agentBin: agentBin, subnet: subnet, nextIP: 10}
+}
+
+// build builds the Go SDK client ./integration/sdk/go/<name> and returns
+// its path.
+func (s *suite) build(t *testing.T, name string) string {
+	t.Helper()
+	out := filepath.Join(s.dir, name)
+	build := exec.Command("go", "build", "-o", out, "./integration/sdk/go/"+name)
+	build.Dir = s.root
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the Go client %s: %v\n%s", name, err, b)
+	}
+	return out
+}
+
+// start puts the service address on lo, starts the control plane and our
+// STS, writes the agent's kubeconfig and readies node's pods.
+func (s *suite) start(t *testing.T, node, nsPrefix string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
+		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
+	}
+	s.cp = testenv.StartControlPlane(t)
+	var err error
+	s.sts, err = s.cp.StartSTS(ctx, harness.STSConfig{})
+	if err != nil {
+		t.Fatalf("StartSTS: %v", err)
+	}
+	t.Cleanup(func() { s.sts.Close() })
+	s.kc = filepath.Join(s.dir, "agent.kubeconfig")
+	if err := s.cp.AgentKubeconfig(ctx, filepath.Join(s.root, "deploy/daemonset/rbac.yaml"), s.kc); err != nil {
+		t.Fatalf("AgentKubeconfig: %v", err)
+	}
+	s.pods, err = harness.NewPods(ctx, s.cp, node, nsPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.pods.Close(context.Background()); err != nil {
+			t.Errorf("removing pods: %v", err)
+		}
+	})
+}
+
+// startAgent starts the suite's agent with cfg, its binary, directory,
+// kubeconfig and STS filled in; a failed test logs its log's tail.
+func (s *suite) startAgent(t *testing.T, cfg harness.AgentConfig) {
+	t.Helper()
+	cfg.Binary, cfg.Dir, cfg.Kubeconfig, cfg.STSEndpoint = s.agentBin, s.dir, s.kc, s.sts.URL()
+	var err error
+	s.agent, err = harness.StartAgent(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("StartAgent: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log tail:\n%s", s.agent.LogTail(40))
+		}
+		s.agent.Stop()
+	})
+}
+
+// ip hands out the suite's pod addresses.
+func (s *suite) ip() netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextIP++
+	if s.nextIP > 250 {
+		panic("e2e: out of pod addresses in " + s.subnet)
+	}
+	return netip.MustParseAddr(fmt.Sprintf(s.subnet, s.nextIP))
+}
+
+// pod starts a simulated pod ns/name on sa with the suite's next address.
+func (s *suite) pod(t *testing.T, ns, name, sa string) *harness.Pod {
+	t.Helper()
+	p, err := s.pods.Start(context.Background(), harness.PodSpec{Namespace: ns, Name: name, ServiceAccount: sa, IP: s.ip()})
+	if err != nil {
+		t.Fatalf("starting pod %s/%s: %v", ns, name, err)
+	}
+	return p
+}
+
+// concurrently calls f n times at once and returns its results in order.
+func concurrently[R any](n int, f func() R) []R {
+	results := make([]R, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { results[i] = f() })
+	}
+	wg.Wait()
+	return results
+}
