@@ -60,6 +60,9 @@ type peer struct {
 	mu      sync.Mutex
 	calls   []call
 	replies map[string]reply // "sts", "generateAccessToken", "generateIdToken"
+	// blocked, when set, hears the endpoint of each blocking reply as its
+	// handler starts to wait.
+	blocked chan string
 }
 
 func newPeer(t *testing.T) *peer {
@@ -97,8 +100,12 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	p.calls = append(p.calls, c)
 	rep := p.replies[ep]
+	blocked := p.blocked
 	p.mu.Unlock()
 	if rep.block {
+		if blocked != nil {
+			blocked <- ep
+		}
 		<-r.Context().Done()
 		return
 	}
@@ -633,9 +640,12 @@ func TestNetworkFailuresAreTransient(t *testing.T) {
 	t.Run("caller's deadline on IAM", func(t *testing.T) {
 		p := newPeer(t)
 		p.set("generateAccessToken", reply{block: true})
+		p.blocked = make(chan string, 1)
 		x := newExchanger(t, p, nil)
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		defer cancel()
+		// The deadline passes once the IAM call waits, however long the
+		// STS step took on a loaded machine.
+		ctx := newDeadlineOnSignal()
+		go func() { <-p.blocked; ctx.expire() }()
 		_, err := x.Exchange(ctx, accessReq(email))
 		xe := asError(t, err)
 		if xe.Kind != exchange.Transient || !errors.Is(err, context.DeadlineExceeded) ||
@@ -718,3 +728,27 @@ func assertNoSecret(t *testing.T, err error) {
 var _ interface {
 	Exchange(context.Context, exchange.Request) (exchange.Credentials, error)
 } = (*gcp.Exchanger)(nil)
+
+// deadlineOnSignal is a context whose deadline passes when expire is
+// called: a test's way to let a deadline fall at one step of an exchange
+// rather than after a time that a loaded machine may not keep.
+type deadlineOnSignal struct {
+	context.Context
+	done chan struct{}
+	once sync.Once
+}
+
+func newDeadlineOnSignal() *deadlineOnSignal {
+	return &deadlineOnSignal{Context: context.Background(), done: make(chan struct{})}
+}
+
+func (c *deadlineOnSignal) expire()               { c.once.Do(func() { close(c.done) }) }
+func (c *deadlineOnSignal) Done() <-chan struct{} { return c.done }
+func (c *deadlineOnSignal) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
