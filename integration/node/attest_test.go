@@ -546,6 +546,19 @@ func TestAttestStaleStatus(t *testing.T) {
 	t.Logf("attestation over the whole test: %v", delta(before, w.attestCounts(ctx, t)))
 }
 
+// startSteady sets up an application (ServiceAccount "app", its role) in
+// ns and a workload name there that calls the SDK every 200 ms for ten
+// minutes, restarted if it dies, deleted at the end of the test; it
+// returns the role's name and the running pod.
+func (w *world) startSteady(ctx context.Context, t *testing.T, ns, name string) (string, *corev1.Pod) {
+	t.Helper()
+	role := roleName(w.setupApp(ctx, t, ns, "app"))
+	w.createWorkload(ctx, t, workloadSpec{ns: ns, name: name, sa: "app", restart: corev1.RestartPolicyAlways,
+		args: []string{"-duration", "600s", "-interval", "200ms"}})
+	t.Cleanup(func() { w.deletePodAndWait(ctx, t, ns, name) })
+	return role, w.waitPhase(ctx, t, ns, name, time.Minute, corev1.PodRunning)
+}
+
 // TestAttestDuplicateAddress: while pod A runs, a namespace on the bridge
 // takes A's address too (the node's neighbour entry for it moves to the
 // newer MAC, so the agent's answers reach the impostor). The impostor never
@@ -555,11 +568,7 @@ func TestAttestDuplicateAddress(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
 	c := w.node.CP.Client
-	role := roleName(w.setupApp(ctx, t, "team-ad", "app"))
-	w.createWorkload(ctx, t, workloadSpec{ns: "team-ad", name: "a", sa: "app", restart: corev1.RestartPolicyAlways,
-		args: []string{"-duration", "600s", "-interval", "200ms"}})
-	t.Cleanup(func() { w.deletePodAndWait(ctx, t, "team-ad", "a") })
-	pa := w.waitPhase(ctx, t, "team-ad", "a", time.Minute, corev1.PodRunning)
+	role, pa := w.startSteady(ctx, t, "team-ad", "a")
 	start := time.Now()
 	w.waitRounds(ctx, t, "team-ad", "a", start, 3, role)
 	x := netip.MustParseAddr(pa.Status.PodIP)
@@ -647,11 +656,7 @@ func TestAttestNoFalseRefusals(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
 	c := w.node.CP.Client
-	role := roleName(w.setupApp(ctx, t, "team-af", "app"))
-	w.createWorkload(ctx, t, workloadSpec{ns: "team-af", name: "steady", sa: "app", restart: corev1.RestartPolicyAlways,
-		args: []string{"-duration", "600s", "-interval", "200ms"}})
-	t.Cleanup(func() { w.deletePodAndWait(ctx, t, "team-af", "steady") })
-	p := w.waitPhase(ctx, t, "team-af", "steady", time.Minute, corev1.PodRunning)
+	role, p := w.startSteady(ctx, t, "team-af", "steady")
 	w.waitRounds(ctx, t, "team-af", "steady", time.Now(), 5, role)
 	uid := string(p.UID)
 
@@ -844,17 +849,7 @@ func TestAttestPrivileges(t *testing.T) {
 	if !strings.Contains(strings.Join(args, " "), "--attest=netns") {
 		t.Errorf("agent args %v lack --attest=netns", args)
 	}
-	pid := w.containerPID(ctx, t, pod.Status.ContainerStatuses[0].ContainerID)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fields := map[string]string{}
-	for _, l := range strings.Split(string(status), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			fields[k] = strings.TrimSpace(v)
-		}
-	}
+	pid, fields := w.containerStatus(ctx, t, pod.Status.ContainerStatuses[0].ContainerID)
 	for _, k := range []string{"Uid", "Gid"} {
 		for _, id := range strings.Fields(fields[k]) {
 			if id != "64023" {

@@ -4,8 +4,6 @@ package node
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -43,17 +41,7 @@ func TestDaemonSetReady(t *testing.T) {
 		t.Errorf("169.254.170.23 not on the node:\n%s", out)
 	}
 	// The agent process: non-root, NET_BIND_SERVICE (bit 10) only.
-	pid := w.containerPID(ctx, t, pod.Status.ContainerStatuses[0].ContainerID)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fields := map[string]string{}
-	for _, l := range strings.Split(string(status), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			fields[k] = strings.TrimSpace(v)
-		}
-	}
+	_, fields := w.containerStatus(ctx, t, pod.Status.ContainerStatuses[0].ContainerID)
 	if u := strings.Fields(fields["Uid"]); len(u) < 2 || u[0] != "64023" || u[1] != "64023" {
 		t.Errorf("agent Uid %q, want 64023", fields["Uid"])
 	}

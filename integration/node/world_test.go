@@ -286,6 +286,24 @@ func (w *world) containerPID(ctx context.Context, t *testing.T, containerID stri
 	return 0
 }
 
+// containerStatus returns the host PID of a container's init process and
+// the fields of its /proc/PID/status (Uid, CapEff, NoNewPrivs, ...).
+func (w *world) containerStatus(ctx context.Context, t *testing.T, containerID string) (int, map[string]string) {
+	t.Helper()
+	pid := w.containerPID(ctx, t, containerID)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string]string{}
+	for _, l := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	return pid, fields
+}
+
 // workloadSpec is a pod running the workload client with only the agent's
 // URL (plus region and the test STS endpoint), no mounted token.
 type workloadSpec struct {
