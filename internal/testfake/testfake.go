@@ -8,7 +8,6 @@ import (
 	"context"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -59,42 +58,4 @@ func (r *Resolver) Fail(addr string, err error) {
 		r.errs = make(map[netip.Addr]error)
 	}
 	r.errs[netip.MustParseAddr(addr)] = err
-}
-
-// Reports records what a surface reports to its broker: the failures it
-// logs and the status of every answer. F is the broker's failure type (a
-// type parameter, so that pkg/broker's own tests can use it too). Embed it
-// in a fake broker; its methods are safe for concurrent use.
-type Reports[F any] struct {
-	mu       sync.Mutex
-	logged   []F
-	observed []int
-}
-
-// LogFailure records f.
-func (r *Reports[F]) LogFailure(_ context.Context, _ netip.Addr, _ podresolve.Pod, f F, _ error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.logged = append(r.logged, f)
-}
-
-// ObserveRequest records the answer's status.
-func (r *Reports[F]) ObserveRequest(code int, _ time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.observed = append(r.observed, code)
-}
-
-// Logged returns the failures logged so far, in order.
-func (r *Reports[F]) Logged() []F {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]F(nil), r.logged...)
-}
-
-// Observed returns the statuses observed so far, in order.
-func (r *Reports[F]) Observed() []int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]int(nil), r.observed...)
 }

@@ -35,19 +35,6 @@ func TestResolver(t *testing.T) {
 	}
 }
 
-func TestReports(t *testing.T) {
-	var r Reports[string]
-	r.LogFailure(context.Background(), netip.Addr{}, podresolve.Pod{}, "refused", nil)
-	r.ObserveRequest(403, 0)
-	r.ObserveRequest(200, 0)
-	if got := r.Logged(); len(got) != 1 || got[0] != "refused" {
-		t.Errorf("Logged = %q", got)
-	}
-	if got := r.Observed(); len(got) != 2 || got[0] != 403 || got[1] != 200 {
-		t.Errorf("Observed = %v", got)
-	}
-}
-
 func TestMetric(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_total"}, []string{"result"})
