@@ -326,25 +326,6 @@ func TestFlagValues(t *testing.T) {
 	}
 }
 
-// TestGlobMatch runs the cases of pkg/broker's TestAllowedRolePatterns
-// and globMatch's edge cases: the two copies must agree.
-func TestGlobMatch(t *testing.T) {
-	for _, c := range []struct {
-		pattern, s string
-		want       bool
-	}{
-		{"arn:aws:iam::111122223333:role/team-a/*", "arn:aws:iam::111122223333:role/team-a/app", true},
-		{"arn:aws:iam::111122223333:role/team-a/*", "arn:aws:iam::111122223333:role/team-a/sub/app", true},
-		{"arn:aws:iam::111122223333:role/team-a/*", "arn:aws:iam::111122223333:role/team-b/app", false},
-		{"arn:aws:iam::*:role/x", "arn:aws:iam::999999999999:role/x", true},
-		{"a?c", "abc", true}, {"a?c", "ac", false}, {"*", "", true}, {"", "a", false},
-	} {
-		if got := globMatch(c.pattern, c.s); got != c.want {
-			t.Errorf("globMatch(%q, %q) = %v", c.pattern, c.s, got)
-		}
-	}
-}
-
 func TestValidateIdentities(t *testing.T) {
 	for _, c := range []struct {
 		id    identity

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
+
+	"github.com/credbroker/agent/pkg/exchange"
 )
 
 // maxDetails bounds the lists a finding carries (workloads, grants).
@@ -196,40 +198,12 @@ func validateRoleARN(s string, extraPartitions []string) error {
 }
 
 // allowed reports whether role matches one of the agent's patterns, with
-// the agent's own glob rule (pkg/broker: '*' matches any run of
-// characters, '/' included, and '?' one character).
+// the agent's own glob rule (exchange.Glob).
 func allowed(patterns []string, role string) bool {
 	for _, p := range patterns {
-		if globMatch(p, role) {
+		if exchange.Glob(p, role) {
 			return true
 		}
 	}
 	return false
-}
-
-// globMatch is pkg/broker's matcher (policy.go), copied rather than
-// imported so that the audit does not depend on the broker; TestGlobMatch
-// runs the broker's own pattern cases. Keep the two equal.
-func globMatch(pattern, s string) bool {
-	px, sx := 0, 0
-	starPx, starSx := -1, 0
-	for sx < len(s) {
-		switch {
-		case px < len(pattern) && (pattern[px] == '?' || pattern[px] == s[sx]):
-			px++
-			sx++
-		case px < len(pattern) && pattern[px] == '*':
-			starPx, starSx = px, sx
-			px++
-		case starPx >= 0:
-			starSx++
-			px, sx = starPx+1, starSx
-		default:
-			return false
-		}
-	}
-	for px < len(pattern) && pattern[px] == '*' {
-		px++
-	}
-	return px == len(pattern)
 }
