@@ -84,15 +84,6 @@ func TestAnnotationHoldingNULNamesNoOtherCloudsIdentity(t *testing.T) {
 		}
 	}
 
-	client, err := kube.NewForConfig(cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resolver, err := podresolve.New(podresolve.Config{Pods: client.Pods(), NodeName: node,
-		HostAddrs: func() ([]netip.Addr, error) { return nil, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
 	awsX, err := aws.New(aws.Config{Endpoint: sts.URL()})
 	if err != nil {
 		t.Fatal(err)
@@ -101,19 +92,10 @@ func TestAnnotationHoldingNULNamesNoOtherCloudsIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(broker.Config{ServiceAccounts: client.ServiceAccounts(), Resolver: resolver, Clouds: []broker.Cloud{
+	b := startBroker(t, cp, node,
 		aws.Profile(aws.ProfileConfig{Exchanger: awsX}),
-		{Name: exchange.GCP, Exchanger: gcpX, Audience: gcp.TokenAudience(gsts.Provider()), Annotation: gcpAnnotation, IdentityOptional: true},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resolver.AddListener(b)
-	done := make(chan error, 2)
-	go func() { done <- resolver.Run(ctx) }()
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	waitFor(t, "the resolver and the ServiceAccount watch to sync", func() bool { return resolver.HasSynced() && b.HasSynced() })
+		broker.Cloud{Name: exchange.GCP, Exchanger: gcpX, Audience: gcp.TokenAudience(gsts.Provider()), Annotation: gcpAnnotation, IdentityOptional: true},
+	)
 
 	// The pod whose role annotation ends in NUL and an email: on GCP it is
 	// its own federated principal, as every pod without the GCP annotation.
@@ -141,6 +123,34 @@ func TestAnnotationHoldingNULNamesNoOtherCloudsIdentity(t *testing.T) {
 	if c := gsts.Counts(); c.GenerateAccessToken != 0 || c.Federated != 1 {
 		t.Errorf("Google counted %+v, want one federated token and no impersonation", c)
 	}
+}
+
+// startBroker runs the agent's own wiring for node against cp: pkg/kube's
+// client, the real pod resolver and a broker serving clouds, until the
+// test ends; it returns once both have synced.
+func startBroker(t *testing.T, cp *harness.ControlPlane, node string, clouds ...broker.Cloud) *broker.Broker {
+	t.Helper()
+	client, err := kube.NewForConfig(cp.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver, err := podresolve.New(podresolve.Config{Pods: client.Pods(), NodeName: node,
+		HostAddrs: func() ([]netip.Addr, error) { return nil, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Config{ServiceAccounts: client.ServiceAccounts(), Resolver: resolver, Clouds: clouds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver.AddListener(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- resolver.Run(ctx) }()
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	waitFor(t, "the resolver and the ServiceAccount watch to sync", func() bool { return resolver.HasSynced() && b.HasSynced() })
+	return b
 }
 
 func equalMaps(a, b map[string]string) bool {

@@ -24,8 +24,6 @@ import (
 	"github.com/credbroker/agent/integration/testenv"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
-	"github.com/credbroker/agent/pkg/kube"
-	"github.com/credbroker/agent/pkg/podresolve"
 )
 
 // The fourth cloud, "acme", lives only in this test package: its profile,
@@ -225,26 +223,7 @@ func TestFourthCloud(t *testing.T) {
 		uids[sa] = string(pod.UID)
 	}
 
-	client, err := kube.NewForConfig(cp.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resolver, err := podresolve.New(podresolve.Config{Pods: client.Pods(), NodeName: node,
-		HostAddrs: func() ([]netip.Addr, error) { return nil, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Config{ServiceAccounts: client.ServiceAccounts(), Resolver: resolver,
-		Clouds: []broker.Cloud{acmeProfile(acmeExchanger{url: tokenService.URL, client: tokenService.Client()})}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resolver.AddListener(b)
-	done := make(chan error, 2)
-	go func() { done <- resolver.Run(ctx) }()
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	waitFor(t, "the resolver and the ServiceAccount watch to sync", func() bool { return resolver.HasSynced() && b.HasSynced() })
+	b := startBroker(t, cp, node, acmeProfile(acmeExchanger{url: tokenService.URL, client: tokenService.Client()}))
 
 	surface := acmeSurface{broker: b}
 	get := func(sa string) (int, map[string]string) {
