@@ -292,10 +292,13 @@ type TokenRequest struct {
 	Namespace        string // of the ServiceAccount
 	ServiceAccount   string
 	Code             int32 // HTTP status of the answer
-	BoundKind        string
-	BoundName        string
-	BoundUID         string
-	Audiences        []string
+	// AuthzReason is the authorizer's reason for a refusal (its audit
+	// annotation), empty when the request was authorized.
+	AuthzReason string
+	BoundKind   string
+	BoundName   string
+	BoundUID    string
+	Audiences   []string
 }
 
 // TokenRequests returns every TokenRequest the API server has answered so
@@ -328,6 +331,7 @@ func (cp *ControlPlane) TokenRequests() ([]TokenRequest, error) {
 			ResponseStatus struct {
 				Code int32 `json:"code"`
 			} `json:"responseStatus"`
+			Annotations   map[string]string `json:"annotations"`
 			RequestObject struct {
 				Spec struct {
 					Audiences      []string `json:"audiences"`
@@ -350,6 +354,9 @@ func (cp *ControlPlane) TokenRequests() ([]TokenRequest, error) {
 		tr := TokenRequest{
 			User: ev.User.Username, Namespace: ev.ObjectRef.Namespace, ServiceAccount: ev.ObjectRef.Name,
 			Code: ev.ResponseStatus.Code, Audiences: ev.RequestObject.Spec.Audiences,
+		}
+		if ev.Annotations["authorization.k8s.io/decision"] == "forbid" {
+			tr.AuthzReason = ev.Annotations["authorization.k8s.io/reason"]
 		}
 		if ev.ImpersonatedUser != nil {
 			tr.ImpersonatedUser = ev.ImpersonatedUser.Username

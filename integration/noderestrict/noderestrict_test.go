@@ -316,6 +316,26 @@ func TestNodeRestricted(t *testing.T) {
 		t.Errorf("as node-a for node-b's pod: %v, want NodeRestriction's refusal", err)
 	}
 
+	// A ServiceAccount no pod on node-a runs as is outside the Node
+	// authorizer's graph for node-a: what the agent meets for a pod the
+	// graph has not caught up with. The agent (broker.nodeGraphLags) and the
+	// node suite's audit check match this text and annotation.
+	if _, err := c.cp.CreateServiceAccount(ctx, "team", "unplaced", ""); err != nil {
+		t.Fatal(err)
+	}
+	const graphRefusal = "no relationship found between node"
+	if _, err := asA.CoreV1().ServiceAccounts("team").CreateToken(ctx, "unplaced", reqFor(web.Pod), metav1.CreateOptions{}); !apierrors.IsForbidden(err) ||
+		!strings.Contains(err.Error(), graphRefusal) {
+		t.Errorf("as node-a for a ServiceAccount none of its pods runs as: %v, want the Node authorizer's %q", err, graphRefusal)
+	}
+	trs, err = c.cp.TokenRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := trs[len(trs)-1]; last.ServiceAccount != "unplaced" || last.Code != 403 || !strings.Contains(last.AuthzReason, graphRefusal) {
+		t.Errorf("the audit log's last TokenRequest: %+v, want unplaced's 403 with the authorizer's reason", last)
+	}
+
 	// ServiceAccountNodeAudienceRestriction: as a node, only the audiences
 	// the pod mounts or RBAC grants to nodes (credbroker-node-token-audiences
 	// grants sts.amazonaws.com).

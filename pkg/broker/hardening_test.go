@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -470,5 +471,74 @@ func TestTokenRequestForbiddenIsRetriedThenFinal(t *testing.T) {
 	}
 	if n := e.tokenReqs.Load(); n > 14 {
 		t.Fatalf("%d TokenRequests in the window, want backoff", n)
+	}
+}
+
+// graphLagRefusal is the node authorizer's answer to a node's TokenRequest
+// for a pod its graph does not yet place on that node.
+var graphLagRefusal = error(apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "sa",
+	errors.New(`User "system:node:node-1" cannot create resource "serviceaccounts/token" in API group "" in the namespace "ns": no relationship found between node 'node-1' and this object`)))
+
+// lagGraph makes the next n TokenRequests meet graphLagRefusal, and counts
+// them in refused.
+func (e *testEnv) lagGraph(n int64, refused *atomic.Int64) {
+	var left atomic.Int64
+	left.Store(n)
+	e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "token" || left.Add(-1) < 0 {
+			return false, nil, nil
+		}
+		refused.Add(1)
+		return true, nil, graphLagRefusal
+	})
+}
+
+// getWhileWaiting asks for the pod's credentials while stepping the clock
+// through waits, each once the broker has started waiting on it.
+func (e *testEnv) getWhileWaiting(addr string, waits []time.Duration) response {
+	e.t.Helper()
+	idle := e.clock.Waiters()
+	done := make(chan response, 1)
+	go func() { done <- e.get(addr) }()
+	for _, d := range waits {
+		waitFor(e.t, "the broker to wait before asking the API server again", func() bool { return e.clock.Waiters() > idle })
+		e.clock.Step(d)
+	}
+	return <-done
+}
+
+// A new pod can be missing from the node authorizer's graph for a moment
+// after the agent's watch shows it (a hostNetwork pod calls at once). The
+// TokenRequest is asked again after short waits, inside the one request,
+// rather than failing the pod's first call.
+func TestTokenRequestWaitsForTheNodeAuthorizerGraph(t *testing.T) {
+	e := newEnv(t, nil)
+	e.serviceAccount("ns", "sa", roleA)
+	e.pod("10.0.7.12", "ns", "p", "sa")
+	var refused atomic.Int64
+	e.lagGraph(3, &refused)
+	r := e.getWhileWaiting("10.0.7.12", graphLagWaits[:3])
+	if r.status != http.StatusOK {
+		t.Fatalf("after 3 refusals while the graph lagged: %d %s, want 200", r.status, r.body)
+	}
+	if n, ok := refused.Load(), e.tokenReqs.Load(); n != 3 || ok != 1 {
+		t.Fatalf("TokenRequests: %d refused, %d admitted; want 3 and 1", n, ok)
+	}
+}
+
+// A graph that never links the pod ends in a retryable refusal after every
+// wait, saying why, as any other 403 does.
+func TestTokenRequestGraphNeverCatchesUp(t *testing.T) {
+	e := newEnv(t, nil)
+	e.serviceAccount("ns", "sa", roleA)
+	e.pod("10.0.7.13", "ns", "p", "sa")
+	var refused atomic.Int64
+	e.lagGraph(100, &refused)
+	r := e.getWhileWaiting("10.0.7.13", graphLagWaits)
+	if r.status != http.StatusServiceUnavailable || r.errObj["code"] != CodeTokenRequestRefused || !strings.Contains(r.errObj["message"], "does not link this pod to the agent's node") {
+		t.Fatalf("graph never catching up: %d %s, want a retryable 503 naming the cause", r.status, r.body)
+	}
+	if n := refused.Load(); n != int64(len(graphLagWaits))+1 {
+		t.Fatalf("%d TokenRequests, want %d", n, len(graphLagWaits)+1)
 	}
 }
