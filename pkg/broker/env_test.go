@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -96,7 +95,7 @@ type testEnv struct {
 	exchanger *fakeExchanger
 	broker    *Broker
 	reg       *prometheus.Registry
-	logs      *syncBuffer
+	logs      *testfake.Buffer
 	tokenReqs atomic.Int64
 	tokenErr  atomic.Pointer[error]
 	// bodies collects every response body, to check none carries a secret.
@@ -107,28 +106,11 @@ type testEnv struct {
 	audiences   []string
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, clock: clocktesting.NewFakeClock(t0), client: fake.NewClientset(),
 		resolver: &testfake.Resolver{},
-		reg:      prometheus.NewRegistry(), logs: &syncBuffer{}}
+		reg:      prometheus.NewRegistry(), logs: &testfake.Buffer{}}
 	e.exchanger = &fakeExchanger{clock: e.clock}
 	e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		if a.GetSubresource() != "token" {

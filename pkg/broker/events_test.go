@@ -1,12 +1,10 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +19,8 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/credbroker/agent/internal/testfake"
 )
 
 // forbiddingSink answers like an API server whose RBAC grants the agent
@@ -44,33 +44,16 @@ func (s *forbiddingSink) Patch(ev *corev1.Event, _ []byte) (*corev1.Event, error
 	return s.answer(ev)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Defect (issue 18, item 11): an agent whose RBAC lacks events logged an
 // ERROR "events is forbidden" (client-go's) for every refusal it recorded.
 // Through client-go's real broadcaster, the forbidden answer is logged
 // once, the rest are counted, and client-go logs nothing.
 func TestForbiddenEventsAreLoggedOnceAndCounted(t *testing.T) {
-	var clientGo lockedBuffer
+	var clientGo testfake.Buffer
 	klog.SetSlogLogger(slog.New(slog.NewJSONHandler(&clientGo, nil)))
 	defer klog.ClearLogger()
 
-	var agentLog lockedBuffer
+	var agentLog testfake.Buffer
 	reg := prometheus.NewRegistry()
 	clk := clocktesting.NewFakePassiveClock(time.Now())
 	inner := &forbiddingSink{}

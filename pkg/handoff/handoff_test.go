@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -92,25 +93,8 @@ func (s *sink) Import(c broker.Carried) error {
 	return nil
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // noSecrets fails if a secret the tests minted is in the logs or metrics.
-func noSecrets(t *testing.T, logs *logBuffer, reg *prometheus.Registry) {
+func noSecrets(t *testing.T, logs *testfake.Buffer, reg *prometheus.Registry) {
 	t.Helper()
 	hay := logs.String()
 	mfs, _ := reg.Gather()
@@ -126,14 +110,14 @@ func noSecrets(t *testing.T, logs *logBuffer, reg *prometheus.Registry) {
 
 type fixture struct {
 	dir, path string
-	logs      *logBuffer
+	logs      *testfake.Buffer
 	reg       *prometheus.Registry
 	m         *Metrics
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), logs: &logBuffer{}, reg: prometheus.NewRegistry()}
+	f := &fixture{dir: t.TempDir(), logs: &testfake.Buffer{}, reg: prometheus.NewRegistry()}
 	f.path = filepath.Join(f.dir, "handoff.sock")
 	var err error
 	if f.m, err = NewMetrics(f.reg); err != nil {
