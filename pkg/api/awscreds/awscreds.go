@@ -41,12 +41,11 @@ type Handler struct {
 // New returns the surface over b; its request metrics are registered with
 // reg (nil: not registered).
 func New(b Broker, reg prometheus.Registerer) (*Handler, error) {
-	m, err := surface.NewRequests(reg, Name)
-	if err != nil {
+	h := &Handler{broker: b}
+	var err error
+	if h.Handler, err = surface.NewHandler(reg, Name, h.serve, nil); err != nil {
 		return nil, err
 	}
-	h := &Handler{broker: b}
-	h.Handler = surface.NewHandler(h.serve, nil, m)
 	return h, nil
 }
 

@@ -158,11 +158,10 @@ func New(cfg Config) (*Handler, error) {
 	if h.clock == nil {
 		h.clock = clock.RealClock{}
 	}
-	m, err := surface.NewRequests(cfg.Registerer, Name)
-	if err != nil {
+	var err error
+	if h.Handler, err = surface.NewHandler(cfg.Registerer, Name, h.serve, h.clock); err != nil {
 		return nil, err
 	}
-	h.Handler = surface.NewHandler(h.serve, h.clock, m)
 	return h, nil
 }
 

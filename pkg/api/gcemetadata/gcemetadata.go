@@ -191,11 +191,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h.defaultScope, h.defaultScopes = canon, list
 	h.scopesBody = []byte(strings.Join(list, "\n") + "\n")
-	m, err := surface.NewRequests(cfg.Registerer, Name)
-	if err != nil {
+	if h.Handler, err = surface.NewHandler(cfg.Registerer, Name, h.serve, h.clock); err != nil {
 		return nil, err
 	}
-	h.Handler = surface.NewHandler(h.serve, h.clock, m)
 	return h, nil
 }
 
