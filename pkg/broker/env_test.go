@@ -158,7 +158,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	// ShutDown stops the delaying queue's goroutine in tests that never
 	// call Run (it is idempotent for those that do).
 	t.Cleanup(func() { cancel(); <-informerDone; b.queue.ShutDown() })
-	waitFor(t, "the ServiceAccount watch to list", b.HasSynced)
+	testfake.Eventually(t, "the ServiceAccount watch to list", b.HasSynced)
 	t.Cleanup(func() { e.assertNoSecretsLeaked() })
 	return e
 }
@@ -167,7 +167,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 // annotation as the test last set it.
 func (e *testEnv) waitForRole(ns, name, role string) {
 	e.t.Helper()
-	waitFor(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
+	testfake.Eventually(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
 		got, err := e.broker.accounts.Identity(ns, name, 0)
 		return err == nil && got == role
 	})
@@ -288,24 +288,6 @@ func (e *testEnv) assertNoSecretsLeaked() {
 		if strings.Contains(haystack.String(), marker) {
 			e.t.Errorf("a secret (%s...) leaked into logs, an error body or metrics", marker)
 		}
-	}
-}
-
-// eventually polls cond; it asserts an outcome, not a duration: the bound
-// is generous and only stops a broken test from hanging.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	waitFor(t, what, cond)
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

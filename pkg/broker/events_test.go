@@ -78,7 +78,7 @@ func TestForbiddenEventsAreLoggedOnceAndCounted(t *testing.T) {
 	for range pods {
 		<-recorded
 	}
-	waitFor(t, "every Event to be counted", func() bool { return testutil.ToFloat64(sink.dropped) == pods })
+	testfake.Eventually(t, "every Event to be counted", func() bool { return testutil.ToFloat64(sink.dropped) == pods })
 	if n := inner.calls.Load(); n != 1 {
 		t.Errorf("%d Events sent to an API server that forbids them, want 1 and then a pause", n)
 	}
@@ -94,8 +94,8 @@ func TestForbiddenEventsAreLoggedOnceAndCounted(t *testing.T) {
 	clk.SetTime(clk.Now().Add(forbiddenEventsPause))
 	rec.Event(&corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: "ns", Name: "late", UID: "late"}, corev1.EventTypeWarning, CodeNoRole, "no role")
 	<-recorded
-	waitFor(t, "the Event to be sent", func() bool { return inner.calls.Load() == 2 })
-	waitFor(t, "the recovery to be logged", func() bool { return strings.Contains(agentLog.String(), "accepts the agent's Events again") })
+	testfake.Eventually(t, "the Event to be sent", func() bool { return inner.calls.Load() == 2 })
+	testfake.Eventually(t, "the recovery to be logged", func() bool { return strings.Contains(agentLog.String(), "accepts the agent's Events again") })
 	if got := testutil.ToFloat64(sink.dropped); got != pods {
 		t.Errorf("%v dropped after recovery, want %d", got, pods)
 	}

@@ -183,7 +183,7 @@ func TestHandOffCarriesEveryEntry(t *testing.T) {
 	}
 	// The sender counts after its last write, which may be after the
 	// receiver has read it.
-	waitFor(t, "the sender to count 3 entries", func() bool { return testutil.ToFloat64(f.m.sentN) == 3 })
+	testfake.Eventually(t, "the sender to count 3 entries", func() bool { return testutil.ToFloat64(f.m.sentN) == 3 })
 	if !strings.Contains(f.logs.String(), `"taken":2`) {
 		t.Errorf("no log line with the counts: %s", f.logs.String())
 	}
@@ -261,7 +261,7 @@ func TestPeerOfAnotherUIDGetsNothing(t *testing.T) {
 	if !strings.HasPrefix(string(out), "read 0 bytes") {
 		t.Fatalf("the peer of UID %d got: %s", nobody, out)
 	}
-	waitFor(t, "the refusal to be counted", func() bool { return testutil.ToFloat64(f.m.sent.WithLabelValues(resultPeerRefused)) == 1 })
+	testfake.Eventually(t, "the refusal to be counted", func() bool { return testutil.ToFloat64(f.m.sent.WithLabelValues(resultPeerRefused)) == 1 })
 	// The same socket answers this agent's own UID.
 	if r := f.receive(&sink{}, nil); r.Taken != 1 {
 		t.Errorf("own UID: %+v", r)
@@ -486,16 +486,5 @@ func TestSuccessorTakesThePathOver(t *testing.T) {
 	fi, err := os.Stat(f.path)
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode %v, %v; want 0600", fi.Mode(), err)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
