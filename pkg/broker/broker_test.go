@@ -306,7 +306,7 @@ func TestConcurrentFirstRequestsShareOneUpstreamCall(t *testing.T) {
 	for i := range callers {
 		wg.Go(func() { results[i] = e.get("10.0.0.10") })
 	}
-	eventually(t, "all callers to miss the cache", func() bool {
+	testfake.Eventually(t, "all callers to miss the cache", func() bool {
 		return e.counter("credbroker_cache_misses_total", nil) == callers
 	})
 	close(release)
@@ -435,8 +435,8 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	e.broker.PodReady(p)
-	eventually(t, "prefetch", func() bool { return e.cached(p.UID) })
-	eventually(t, "the prefetch queue to drain", e.broker.Prefetched)
+	testfake.Eventually(t, "prefetch", func() bool { return e.cached(p.UID) })
+	testfake.Eventually(t, "the prefetch queue to drain", e.broker.Prefetched)
 	if r := e.get("10.0.0.20"); r.status != 200 || e.counter("credbroker_cache_hits_total", nil) != 1 {
 		t.Fatalf("first request after prefetch was not a hit: %d", r.status)
 	}
@@ -448,7 +448,7 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 	for range 27 {
 		e.clock.Step(time.Minute)
 	}
-	eventually(t, "background refresh", func() bool { return e.exchanger.calls.Load() == 2 })
+	testfake.Eventually(t, "background refresh", func() bool { return e.exchanger.calls.Load() == 2 })
 	r := e.get("10.0.0.20")
 	if left := mustParse(t, r.creds.Expiration).Sub(e.clock.Now()); left < 45*time.Minute {
 		t.Fatalf("after refresh, served credential has %s left", left)
@@ -476,7 +476,7 @@ func TestPrefetchSkipsPodsWithoutRole(t *testing.T) {
 	go func() { done <- e.broker.Run(ctx) }()
 	e.broker.PodReady(e.pod("10.0.0.21", "ns", "p", "plain"))
 	e.broker.PodReady(e.pod("10.0.0.22", "ns", "q", "default"))
-	eventually(t, "both prefetches to be tried", e.broker.Prefetched)
+	testfake.Eventually(t, "both prefetches to be tried", e.broker.Prefetched)
 	cancel()
 	<-done
 	if e.tokenReqs.Load() != 0 {

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -96,7 +95,7 @@ type testEnv struct {
 	exchanger *fakeExchanger
 	broker    *Broker
 	reg       *prometheus.Registry
-	logs      *syncBuffer
+	logs      *testfake.Buffer
 	tokenReqs atomic.Int64
 	tokenErr  atomic.Pointer[error]
 	// bodies collects every response body, to check none carries a secret.
@@ -107,28 +106,11 @@ type testEnv struct {
 	audiences   []string
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, clock: clocktesting.NewFakeClock(t0), client: fake.NewClientset(),
 		resolver: &testfake.Resolver{},
-		reg:      prometheus.NewRegistry(), logs: &syncBuffer{}}
+		reg:      prometheus.NewRegistry(), logs: &testfake.Buffer{}}
 	e.exchanger = &fakeExchanger{clock: e.clock}
 	e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		if a.GetSubresource() != "token" {
@@ -176,7 +158,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	// ShutDown stops the delaying queue's goroutine in tests that never
 	// call Run (it is idempotent for those that do).
 	t.Cleanup(func() { cancel(); <-informerDone; b.queue.ShutDown() })
-	waitFor(t, "the ServiceAccount watch to list", b.HasSynced)
+	testfake.Eventually(t, "the ServiceAccount watch to list", b.HasSynced)
 	t.Cleanup(func() { e.assertNoSecretsLeaked() })
 	return e
 }
@@ -185,7 +167,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 // annotation as the test last set it.
 func (e *testEnv) waitForRole(ns, name, role string) {
 	e.t.Helper()
-	waitFor(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
+	testfake.Eventually(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
 		got, err := e.broker.accounts.Identity(ns, name, 0)
 		return err == nil && got == role
 	})
@@ -306,24 +288,6 @@ func (e *testEnv) assertNoSecretsLeaked() {
 		if strings.Contains(haystack.String(), marker) {
 			e.t.Errorf("a secret (%s...) leaked into logs, an error body or metrics", marker)
 		}
-	}
-}
-
-// eventually polls cond; it asserts an outcome, not a duration: the bound
-// is generous and only stops a broken test from hanging.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	waitFor(t, what, cond)
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

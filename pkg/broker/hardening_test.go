@@ -22,6 +22,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -58,7 +59,7 @@ func newRealResolverEnv(t *testing.T) *realResolverEnv {
 	go func() { resolverDone <- r.Run(ctx) }()
 	go func() { brokerDone <- e.broker.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-resolverDone; <-brokerDone })
-	waitFor(t, "the resolver to sync", r.HasSynced)
+	testfake.Eventually(t, "the resolver to sync", r.HasSynced)
 	return &realResolverEnv{testEnv: e, resolver: r}
 }
 
@@ -99,7 +100,7 @@ func (e *realResolverEnv) apply(p *corev1.Pod) {
 // to nobody).
 func (e *realResolverEnv) resolvesTo(addr, name string) {
 	e.t.Helper()
-	waitFor(e.t, addr+" to resolve to "+name, func() bool {
+	testfake.Eventually(e.t, addr+" to resolve to "+name, func() bool {
 		p, err := e.resolver.Resolve(context.Background(), netip.MustParseAddr(addr))
 		if name == "" {
 			return errors.Is(err, podresolve.ErrNotFound)
@@ -127,7 +128,7 @@ func TestSandboxRecreatedPodIsServedAgain(t *testing.T) {
 	e.serviceAccount("ns", "sa", roleA)
 	e.apply(runningPod("p", "sa", t0, "10.0.5.1"))
 	e.resolvesTo("10.0.5.1", "p")
-	waitFor(t, "the prefetch", e.broker.Prefetched)
+	testfake.Eventually(t, "the prefetch", e.broker.Prefetched)
 
 	served := func(addr string) {
 		t.Helper()
@@ -144,7 +145,7 @@ func TestSandboxRecreatedPodIsServedAgain(t *testing.T) {
 	e.resolvesTo("10.0.5.1", "")
 	e.apply(runningPod("p", "sa", t0, "10.0.5.1"))
 	e.resolvesTo("10.0.5.1", "p")
-	waitFor(t, "the prefetch after the pod came back", func() bool { return e.cached("uid-p") })
+	testfake.Eventually(t, "the prefetch after the pod came back", func() bool { return e.cached("uid-p") })
 	served("10.0.5.1")
 
 	// A new address for the same pod is no reason to fetch again.
@@ -169,7 +170,7 @@ func TestPodsSwappingAddressesAreBothServed(t *testing.T) {
 	e.resolvesTo("10.0.6.2", "q")
 
 	e.apply(runningPod("q", "sa-q", t0.Add(time.Minute), "10.0.6.1"))
-	waitFor(t, "the address to be contested", func() bool {
+	testfake.Eventually(t, "the address to be contested", func() bool {
 		_, err := e.resolver.Resolve(context.Background(), netip.MustParseAddr("10.0.6.1"))
 		return errors.Is(err, podresolve.ErrAmbiguous)
 	})
@@ -348,7 +349,7 @@ func TestServiceAccountReplaced(t *testing.T) {
 	if err := e.client.CoreV1().ServiceAccounts("ns").Delete(context.Background(), "sa", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the watch to see the deletion", func() bool {
+	testfake.Eventually(t, "the watch to see the deletion", func() bool {
 		_, err := e.broker.accounts.Identity("ns", "sa", 0)
 		return errors.Is(err, errServiceAccountMissing)
 	})
@@ -389,7 +390,7 @@ func TestPrefetchedWaitsForTheFetch(t *testing.T) {
 		t.Fatal("Prefetched while the pod's first fetch is running")
 	}
 	close(release)
-	waitFor(t, "the prefetch to finish", e.broker.Prefetched)
+	testfake.Eventually(t, "the prefetch to finish", e.broker.Prefetched)
 	if !e.cached(p.UID) {
 		t.Fatal("Prefetched before the credential was cached")
 	}
@@ -501,7 +502,7 @@ func (e *testEnv) getWhileWaiting(addr string, waits []time.Duration) response {
 	done := make(chan response, 1)
 	go func() { done <- e.get(addr) }()
 	for _, d := range waits {
-		waitFor(e.t, "the broker to wait before asking the API server again", func() bool { return e.clock.Waiters() > idle })
+		testfake.Eventually(e.t, "the broker to wait before asking the API server again", func() bool { return e.clock.Waiters() > idle })
 		e.clock.Step(d)
 	}
 	return <-done
