@@ -121,11 +121,7 @@ func TestGCPConcurrentFirstRequestsShareOneFetch(t *testing.T) {
 	e := newTwoCloudEnv(t, nil)
 	e.annotated("ns", "a", map[string]string{gcpAnnotation: emailA})
 	e.pod("10.0.0.1", "ns", "pod-a", "a")
-	release := make(chan struct{})
-	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
-		<-release
-		return e.exchanger.mint(req, 1, time.Hour), nil
-	})
+	_, release := e.exchanger.hold()
 	const callers = 30
 	var wg sync.WaitGroup
 	tokens := make([]string, callers)

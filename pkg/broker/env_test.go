@@ -81,6 +81,21 @@ func (x *fakeExchanger) mint(req exchange.Request, n int64, life time.Duration) 
 	}
 }
 
+// hold makes every exchange wait until release is closed and then mint a
+// credential valid for an hour, one numbered 1; entered is closed when
+// the first exchange starts waiting. Tests use it to act while a fetch is
+// in flight.
+func (x *fakeExchanger) hold() (entered <-chan struct{}, release chan struct{}) {
+	in, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	x.setFn(func(req exchange.Request) (exchange.Credentials, error) {
+		once.Do(func() { close(in) })
+		<-release
+		return x.mint(req, 1, time.Hour), nil
+	})
+	return in, release
+}
+
 func (x *fakeExchanger) setFn(fn func(exchange.Request) (exchange.Credentials, error)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -201,6 +216,15 @@ func (e *testEnv) setRole(ns, name, role string) {
 }
 
 // pod places a pod with its ServiceAccount at addr.
+// newEnvWithPod is newEnv with the setup most tests start from: one pod,
+// ns/p at addr, whose ServiceAccount ns/sa names roleA.
+func newEnvWithPod(t testing.TB, addr string) (*testEnv, podresolve.Pod) {
+	t.Helper()
+	e := newEnv(t, nil)
+	e.serviceAccount("ns", "sa", roleA)
+	return e, e.pod(addr, "ns", "p", "sa")
+}
+
 func (e *testEnv) pod(addr, ns, name, sa string) podresolve.Pod {
 	p := podresolve.Pod{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name), ServiceAccount: sa,
 		IPs: []netip.Addr{netip.MustParseAddr(addr)}}

@@ -196,9 +196,7 @@ func TestPodsSwappingAddressesAreBothServed(t *testing.T) {
 // is fetched or served for it again, and a late PodReady does not bring it
 // back.
 func TestAPIServerSaysPodIsGone(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.7.1", "ns", "p", "sa")
+	e, p := newEnvWithPod(t, "10.0.7.1")
 	if r := e.get("10.0.7.1"); r.status != http.StatusOK {
 		t.Fatal(r.body)
 	}
@@ -231,9 +229,7 @@ func TestAPIServerSaysPodIsGone(t *testing.T) {
 func TestDenialIsRetriedThenFinal(t *testing.T) {
 	for _, kind := range []exchange.ErrorKind{exchange.Denied, exchange.InvalidToken} {
 		t.Run(kind.String(), func(t *testing.T) {
-			e := newEnv(t, nil)
-			e.serviceAccount("ns", "sa", roleA)
-			e.pod("10.0.7.2", "ns", "p", "sa")
+			e, _ := newEnvWithPod(t, "10.0.7.2")
 			e.exchanger.setFn(func(exchange.Request) (exchange.Credentials, error) {
 				return exchange.Credentials{}, &exchange.Error{Kind: kind, Code: "AccessDenied", Err: errors.New("not yet")}
 			})
@@ -268,9 +264,7 @@ func TestDenialIsRetriedThenFinal(t *testing.T) {
 // An authoritative denial ends stale serving of that role; a transient
 // failure does not (TestOutageKeepsCachedPodsAndBacksOff).
 func TestDenialEndsStaleServing(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.3", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.3")
 	if r := e.get("10.0.7.3"); r.status != http.StatusOK {
 		t.Fatal(r.body)
 	}
@@ -291,9 +285,7 @@ func TestDenialEndsStaleServing(t *testing.T) {
 // watch keeps the last known annotation, and cached credentials are served
 // while valid.
 func TestAPIServerOutageKeepsServingCached(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.4", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.4")
 	if r := e.get("10.0.7.4"); r.status != http.StatusOK {
 		t.Fatal(r.body)
 	}
@@ -339,9 +331,7 @@ func TestRequestWaitIsBounded(t *testing.T) {
 // cached as missing and answered 403, and a refresh in that window evicted
 // the pod's credential.
 func TestServiceAccountReplaced(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.7.7", "ns", "p", "sa")
+	e, p := newEnvWithPod(t, "10.0.7.7")
 	first := e.get("10.0.7.7")
 	if first.status != http.StatusOK {
 		t.Fatal(first.body)
@@ -371,15 +361,8 @@ func TestServiceAccountReplaced(t *testing.T) {
 // taken off the queue. It now tracks announced pods until their first
 // fetch is over.
 func TestPrefetchedWaitsForTheFetch(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.7.8", "ns", "p", "sa")
-	entered, release := make(chan struct{}), make(chan struct{})
-	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
-		close(entered)
-		<-release
-		return e.exchanger.mint(req, 1, time.Hour), nil
-	})
+	e, p := newEnvWithPod(t, "10.0.7.8")
+	entered, release := e.exchanger.hold()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.broker.Run(ctx) }()
@@ -454,9 +437,7 @@ func TestBackoffHasJitter(t *testing.T) {
 // not synced answers 403 for a moment; so does an admission denial) is
 // retried for deniedRetryWindow, answered 503, and only then final.
 func TestTokenRequestForbiddenIsRetriedThenFinal(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.11", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.11")
 	forbidden := error(apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "sa", errors.New("RBAC: not yet")))
 	e.tokenErr.Store(&forbidden)
 	if r := e.get("10.0.7.11"); r.status != http.StatusServiceUnavailable || r.errObj["code"] != CodeTokenRequestRefused || r.header.Get("Retry-After") == "" {
@@ -513,9 +494,7 @@ func (e *testEnv) getWhileWaiting(addr string, waits []time.Duration) response {
 // TokenRequest is asked again after short waits, inside the one request,
 // rather than failing the pod's first call.
 func TestTokenRequestWaitsForTheNodeAuthorizerGraph(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.12", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.12")
 	var refused atomic.Int64
 	e.lagGraph(3, &refused)
 	r := e.getWhileWaiting("10.0.7.12", graphLagWaits[:3])
@@ -530,9 +509,7 @@ func TestTokenRequestWaitsForTheNodeAuthorizerGraph(t *testing.T) {
 // A graph that never links the pod ends in a retryable refusal after every
 // wait, saying why, as any other 403 does.
 func TestTokenRequestGraphNeverCatchesUp(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.13", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.13")
 	var refused atomic.Int64
 	e.lagGraph(100, &refused)
 	r := e.getWhileWaiting("10.0.7.13", graphLagWaits)
