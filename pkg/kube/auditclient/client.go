@@ -15,11 +15,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
+
+	"github.com/credbroker/agent/pkg/kube"
 )
 
 // The audit's own scheme: exactly the groups whose objects it reads whole.
@@ -29,17 +29,7 @@ import (
 // clientset (k8s.io/client-go/kubernetes) would register every API group,
 // and the linker would keep all of their code in the agent binary, which
 // every node runs (see pkg/kube for the same reasoning).
-var (
-	scheme         = runtime.NewScheme()
-	codecs         = serializer.NewCodecFactory(scheme)
-	parameterCodec = runtime.NewParameterCodec(scheme)
-)
-
-func init() {
-	utilruntime.Must(corev1.AddToScheme(scheme))
-	utilruntime.Must(rbacv1.AddToScheme(scheme))
-	utilruntime.Must(appsv1.AddToScheme(scheme))
-}
+var codecs = kube.NewCodecs(corev1.AddToScheme, rbacv1.AddToScheme, appsv1.AddToScheme)
 
 // DefaultPageSize is the number of objects asked for per list request.
 const DefaultPageSize = 500
@@ -81,7 +71,7 @@ func restClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string) (rest.
 	c := rest.CopyConfig(cfg)
 	c.GroupVersion = &gv
 	c.APIPath = apiPath
-	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(scheme, codecs).WithoutConversion()
+	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(codecs.Scheme, codecs.Factory).WithoutConversion()
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent() + " audit"
 	}
@@ -137,7 +127,7 @@ type object interface {
 }
 
 func listClient[T object, L runtime.Object](rc rest.Interface, resource, namespace string, newObject func() T, newList func() L) *gentype.ClientWithList[T, L] {
-	return gentype.NewClientWithList(resource, rc, parameterCodec, namespace, newObject, newList, gentype.PrefersProtobuf[T]())
+	return gentype.NewClientWithList(resource, rc, codecs.Parameters, namespace, newObject, newList, gentype.PrefersProtobuf[T]())
 }
 
 // ServiceAccounts implements audit.Lister.
