@@ -25,15 +25,25 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-var (
-	scheme         = runtime.NewScheme()
-	codecs         = serializer.NewCodecFactory(scheme)
-	parameterCodec = runtime.NewParameterCodec(scheme)
-)
+var codecs = NewCodecs(corev1.AddToScheme, authenticationv1.AddToScheme)
 
-func init() {
-	utilruntime.Must(corev1.AddToScheme(scheme))
-	utilruntime.Must(authenticationv1.AddToScheme(scheme))
+// Codecs is a scheme of exactly the API groups a client reads, with what
+// typed clients need over it. A client for more groups (the audit's)
+// builds its own, so that the serving agent links only its two.
+type Codecs struct {
+	Scheme     *runtime.Scheme
+	Factory    serializer.CodecFactory
+	Parameters runtime.ParameterCodec
+}
+
+// NewCodecs registers the groups add adds; it panics if one fails, as
+// registering generated types only does on a programming error.
+func NewCodecs(add ...func(*runtime.Scheme) error) Codecs {
+	s := runtime.NewScheme()
+	for _, a := range add {
+		utilruntime.Must(a(s))
+	}
+	return Codecs{Scheme: s, Factory: serializer.NewCodecFactory(s), Parameters: runtime.NewParameterCodec(s)}
 }
 
 // Client reaches the core/v1 resources the agent uses. Its methods return
@@ -55,7 +65,7 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 	gv := corev1.SchemeGroupVersion
 	c.GroupVersion = &gv
 	c.APIPath = "/api"
-	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(scheme, codecs).WithoutConversion()
+	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(codecs.Scheme, codecs.Factory).WithoutConversion()
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
@@ -77,7 +87,7 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 // Pods lists and watches the pods of every namespace; as the node, only
 // with the field selector spec.nodeName=<node>.
 func (c *Client) Pods() *gentype.ClientWithList[*corev1.Pod, *corev1.PodList] {
-	return gentype.NewClientWithList("pods", c.asNode(), parameterCodec, metav1.NamespaceAll,
+	return gentype.NewClientWithList("pods", c.asNode(), codecs.Parameters, metav1.NamespaceAll,
 		func() *corev1.Pod { return &corev1.Pod{} },
 		func() *corev1.PodList { return &corev1.PodList{} },
 		gentype.PrefersProtobuf[*corev1.Pod]())
@@ -85,7 +95,7 @@ func (c *Client) Pods() *gentype.ClientWithList[*corev1.Pod, *corev1.PodList] {
 
 // Nodes reads and patches nodes.
 func (c *Client) Nodes() *gentype.Client[*corev1.Node] {
-	return gentype.NewClient("nodes", c.rest, parameterCodec, "",
+	return gentype.NewClient("nodes", c.rest, codecs.Parameters, "",
 		func() *corev1.Node { return &corev1.Node{} },
 		gentype.PrefersProtobuf[*corev1.Node]())
 }
@@ -94,7 +104,7 @@ func (c *Client) Nodes() *gentype.Client[*corev1.Node] {
 // and asks for their tokens (as the node, when node-restricted).
 func (c *Client) ServiceAccounts() *ServiceAccounts {
 	return &ServiceAccounts{
-		ClientWithList: gentype.NewClientWithList("serviceaccounts", c.rest, parameterCodec, metav1.NamespaceAll,
+		ClientWithList: gentype.NewClientWithList("serviceaccounts", c.rest, codecs.Parameters, metav1.NamespaceAll,
 			func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
 			func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} },
 			gentype.PrefersProtobuf[*corev1.ServiceAccount]()),
@@ -119,7 +129,7 @@ func (s *ServiceAccounts) CreateToken(ctx context.Context, namespace, name strin
 		Resource("serviceaccounts").
 		Name(name).
 		SubResource("token").
-		VersionedParams(&opts, parameterCodec).
+		VersionedParams(&opts, codecs.Parameters).
 		Body(req).
 		Do(ctx).
 		Into(result)
@@ -128,7 +138,7 @@ func (s *ServiceAccounts) CreateToken(ctx context.Context, namespace, name strin
 
 // Scheme is the scheme the client decodes with (core/v1 and
 // authentication/v1), for client-go's event recorder.
-func Scheme() *runtime.Scheme { return scheme }
+func Scheme() *runtime.Scheme { return codecs.Scheme }
 
 // EventSink writes Events for client-go's event broadcaster
 // (k8s.io/client-go/tools/record), in the namespace of each Event (as the
@@ -139,7 +149,7 @@ func (c *Client) EventSink() *EventSink { return &EventSink{rest: c.asNode()} }
 type EventSink struct{ rest rest.Interface }
 
 func (s *EventSink) events(namespace string) *gentype.Client[*corev1.Event] {
-	return gentype.NewClient("events", s.rest, parameterCodec, namespace,
+	return gentype.NewClient("events", s.rest, codecs.Parameters, namespace,
 		func() *corev1.Event { return &corev1.Event{} }, gentype.PrefersProtobuf[*corev1.Event]())
 }
 
@@ -173,7 +183,7 @@ func (c *Client) WatchServiceAccounts(ctx context.Context, opts metav1.ListOptio
 
 // GetServiceAccount reads one ServiceAccount.
 func (c *Client) GetServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
-	return gentype.NewClientWithList("serviceaccounts", c.rest, parameterCodec, namespace,
+	return gentype.NewClientWithList("serviceaccounts", c.rest, codecs.Parameters, namespace,
 		func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
 		func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} },
 		gentype.PrefersProtobuf[*corev1.ServiceAccount]()).Get(ctx, name, metav1.GetOptions{})

@@ -63,7 +63,7 @@ func TestCreateTokenPostsToTheTokenSubresource(t *testing.T) {
 	if a.contentType != "application/vnd.kubernetes.protobuf" {
 		t.Errorf("Content-Type %q, want protobuf", a.contentType)
 	}
-	obj, gvk, err := codecs.UniversalDeserializer().Decode(a.body, nil, nil)
+	obj, gvk, err := codecs.Factory.UniversalDeserializer().Decode(a.body, nil, nil)
 	if err != nil {
 		t.Fatalf("decoding the body: %v", err)
 	}

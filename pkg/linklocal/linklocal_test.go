@@ -131,20 +131,43 @@ func withKind(t *testing.T, kind string) {
 	t.Cleanup(func() { dedicatedKind = old })
 }
 
+// setupTwice runs Setup twice with the default Config, as a restarted
+// agent does; ok is false, the test failed, if either run failed. It runs
+// in the caller's goroutine, which inNetns has put in the test namespace.
+func setupTwice(t *testing.T) (first, second Result, ok bool) {
+	t.Helper()
+	ctx := context.Background()
+	first, err := Setup(ctx, Config{})
+	if err != nil {
+		t.Errorf("first Setup: %v", err)
+		return first, second, false
+	}
+	if second, err = Setup(ctx, Config{}); err != nil {
+		t.Errorf("second Setup: %v", err)
+		return first, second, false
+	}
+	return first, second, true
+}
+
+// onLoopback is a prepare step that puts p on lo, as a node's own
+// address.
+func onLoopback(p netip.Prefix) func() error {
+	return func() error {
+		lo, err := netlink.LinkByName(LoopbackLink)
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(p), Flags: unix.IFA_F_NODAD})
+	}
+}
+
 func TestSetupFallsBackToLoopbackWhenKindMissing(t *testing.T) {
 	// No kernel has this link kind, so LinkAdd fails with EOPNOTSUPP exactly
 	// as it does for dummy on kernels built without it.
 	withKind(t, "credbroker-none")
 	inNetns(t, func() {
-		ctx := context.Background()
-		first, err := Setup(ctx, Config{})
-		if err != nil {
-			t.Errorf("first Setup: %v", err)
-			return
-		}
-		second, err := Setup(ctx, Config{})
-		if err != nil {
-			t.Errorf("second Setup: %v", err)
+		first, second, ok := setupTwice(t)
+		if !ok {
 			return
 		}
 		if !first.Fallback || first.Link != LoopbackLink || first.LinkCreated {
@@ -193,15 +216,8 @@ func TestSetupDedicatedLink(t *testing.T) {
 			}
 		}
 
-		ctx := context.Background()
-		first, err := Setup(ctx, Config{})
-		if err != nil {
-			t.Errorf("first Setup: %v", err)
-			return
-		}
-		second, err := Setup(ctx, Config{})
-		if err != nil {
-			t.Errorf("second Setup: %v", err)
+		first, second, ok := setupTwice(t)
+		if !ok {
 			return
 		}
 		if first.Fallback || !first.LinkCreated || first.Link != DefaultLinkName || len(first.Added) != 1 {
@@ -262,13 +278,7 @@ func TestSetupIPv6(t *testing.T) {
 		want6   bool
 	}{
 		{name: "auto without IPv6", mode: IPv6Auto, want6: false},
-		{name: "auto with a global address", mode: IPv6Auto, want6: true, prepare: func() error {
-			lo, err := netlink.LinkByName(LoopbackLink)
-			if err != nil {
-				return err
-			}
-			return netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(global), Flags: unix.IFA_F_NODAD})
-		}},
+		{name: "auto with a global address", mode: IPv6Auto, want6: true, prepare: onLoopback(global)},
 		{name: "auto with a default route", mode: IPv6Auto, want6: true, prepare: func() error {
 			lo, err := netlink.LinkByName(LoopbackLink)
 			if err != nil {
@@ -282,21 +292,9 @@ func TestSetupIPv6(t *testing.T) {
 				Dst:       &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
 			})
 		}},
-		{name: "auto ignores its own address", mode: IPv6Auto, want6: false, prepare: func() error {
-			lo, err := netlink.LinkByName(LoopbackLink)
-			if err != nil {
-				return err
-			}
-			return netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(DefaultIPv6), Flags: unix.IFA_F_NODAD})
-		}},
+		{name: "auto ignores its own address", mode: IPv6Auto, want6: false, prepare: onLoopback(DefaultIPv6)},
 		{name: "on", mode: IPv6On, want6: true},
-		{name: "off with a global address", mode: IPv6Off, want6: false, prepare: func() error {
-			lo, err := netlink.LinkByName(LoopbackLink)
-			if err != nil {
-				return err
-			}
-			return netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(global), Flags: unix.IFA_F_NODAD})
-		}},
+		{name: "off with a global address", mode: IPv6Off, want6: false, prepare: onLoopback(global)},
 	}
 	withKind(t, "credbroker-none") // loopback: the path this kernel takes
 	for _, tt := range tests {

@@ -1,7 +1,6 @@
 package azureidentity
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -42,20 +42,9 @@ type jsToken struct {
 
 func runNode(t *testing.T, env []string, args ...string) map[string]json.RawMessage {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", append([]string{filepath.Join(jsAzure, "azure-identity.mjs")}, args...)...)
-	cmd.Env = env
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	b, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("node @azure/identity: %v\n%s", err, stderr.String())
-	}
 	var out map[string]json.RawMessage
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatalf("decoding %q: %v", b, err)
-	}
+	surfacetest.RunJSONClient(t, &out, "node @azure/identity", 90*time.Second, env,
+		"node", append([]string{filepath.Join(jsAzure, "azure-identity.mjs")}, args...)...)
 	return out
 }
 

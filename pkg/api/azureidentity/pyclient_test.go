@@ -1,7 +1,6 @@
 package azureidentity
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -69,20 +69,8 @@ type pyToken struct {
 
 func runPython(t *testing.T, py string, env []string, args ...string) map[string]json.RawMessage {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, py, append([]string{"-c", pyScript}, args...)...)
-	cmd.Env = env
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	b, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python azure-identity: %v\n%s", err, stderr.String())
-	}
 	var out map[string]json.RawMessage
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatalf("decoding %q: %v", b, err)
-	}
+	surfacetest.RunJSONClient(t, &out, "python azure-identity", 90*time.Second, env, py, append([]string{"-c", pyScript}, args...)...)
 	return out
 }
 

@@ -1,16 +1,14 @@
 package gcemetadata
 
 import (
-	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -36,23 +34,12 @@ func TestNodeGoogleAuthLibrary(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			ts, fb := serveReal(t, func(fb *fakeBroker, _ *Config) { fb.federated = fed })
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, "node", filepath.Join(jsGCP, "gcp-auth.mjs"), "https://svc.example")
-			cmd.Env = clientEnv(t, ts.Listener.Addr().String())
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			b, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("node: %v\n%s", err, stderr.String())
-			}
 			var out struct {
 				Library, GcpMetadata, Client, Token, ProjectID, Email, Universe, IDToken, IDError string
 				Expiry                                                                            int64
 			}
-			if err := json.Unmarshal(b, &out); err != nil {
-				t.Fatalf("decoding %q: %v", b, err)
-			}
+			surfacetest.RunJSONClient(t, &out, "node", 60*time.Second, clientEnv(t, ts.Listener.Addr().String()),
+				"node", filepath.Join(jsGCP, "gcp-auth.mjs"), "https://svc.example")
 			t.Logf("google-auth-library %s, gcp-metadata %s, %s", out.Library, out.GcpMetadata, out.Client)
 			if out.Client != "Compute" || out.Token != testToken+"/"+DefaultScope || out.ProjectID != testProject ||
 				out.Email != email || out.Universe != UniverseDomain {

@@ -1,15 +1,13 @@
 package gcemetadata
 
 import (
-	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -83,20 +81,9 @@ type pyOut struct {
 
 func runPython(t *testing.T, hostport string) pyOut {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "python3", "-c", pyScript)
-	cmd.Env = clientEnv(t, hostport, "PYTHONPATH="+gcloudThirdParty)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	b, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python google-auth: %v\n%s", err, stderr.String())
-	}
 	var out pyOut
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatalf("decoding %q: %v", b, err)
-	}
+	surfacetest.RunJSONClient(t, &out, "python google-auth", 60*time.Second, clientEnv(t, hostport, "PYTHONPATH="+gcloudThirdParty),
+		"python3", "-c", pyScript)
 	return out
 }
 
@@ -165,16 +152,7 @@ func TestGcloud(t *testing.T) {
 	hp := ts.Listener.Addr().String()
 	gcloud := func(args ...string) string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "gcloud", args...)
-		cmd.Env = clientEnv(t, hp, "GCE_METADATA_ROOT="+hp)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("gcloud %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-		}
+		out := surfacetest.RunClient(t, "gcloud "+strings.Join(args, " "), 60*time.Second, clientEnv(t, hp, "GCE_METADATA_ROOT="+hp), "gcloud", args...)
 		return strings.TrimSpace(string(out))
 	}
 	if got := gcloud("auth", "print-access-token"); got != testToken+"/"+DefaultScope {

@@ -15,11 +15,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
+
+	"github.com/credbroker/agent/pkg/kube"
 )
 
 // The audit's own scheme: exactly the groups whose objects it reads whole.
@@ -29,17 +29,7 @@ import (
 // clientset (k8s.io/client-go/kubernetes) would register every API group,
 // and the linker would keep all of their code in the agent binary, which
 // every node runs (see pkg/kube for the same reasoning).
-var (
-	scheme         = runtime.NewScheme()
-	codecs         = serializer.NewCodecFactory(scheme)
-	parameterCodec = runtime.NewParameterCodec(scheme)
-)
-
-func init() {
-	utilruntime.Must(corev1.AddToScheme(scheme))
-	utilruntime.Must(rbacv1.AddToScheme(scheme))
-	utilruntime.Must(appsv1.AddToScheme(scheme))
-}
+var codecs = kube.NewCodecs(corev1.AddToScheme, rbacv1.AddToScheme, appsv1.AddToScheme)
 
 // DefaultPageSize is the number of objects asked for per list request.
 const DefaultPageSize = 500
@@ -81,7 +71,7 @@ func restClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string) (rest.
 	c := rest.CopyConfig(cfg)
 	c.GroupVersion = &gv
 	c.APIPath = apiPath
-	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(scheme, codecs).WithoutConversion()
+	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(codecs.Scheme, codecs.Factory).WithoutConversion()
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent() + " audit"
 	}
@@ -136,115 +126,78 @@ type object interface {
 	metav1.Object
 }
 
+// listEach pages through resource in namespace ("" for all, and for a
+// cluster-scoped resource) and calls each with every item, in order, until
+// one fails. items reads a page's items: the list types share no method
+// for it.
+func listEach[E any, PE interface {
+	*E
+	object
+}, L interface {
+	runtime.Object
+	continuer
+}](ctx context.Context, c *Client, rc rest.Interface, resource, namespace string, opts metav1.ListOptions,
+	newList func() L, items func(L) []E, each func(*E) error) error {
+	l := listClient(rc, resource, namespace, func() PE { return PE(new(E)) }, newList)
+	return pages(ctx, l, resource, c.PageSize, opts, func(p L) error { return eachItem(items(p), each) })
+}
+
+// eachItem calls each with every item of a page, in place (an item is a
+// large struct), until one fails.
+func eachItem[E any](items []E, each func(*E) error) error {
+	for i := range items {
+		if err := each(&items[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func listClient[T object, L runtime.Object](rc rest.Interface, resource, namespace string, newObject func() T, newList func() L) *gentype.ClientWithList[T, L] {
-	return gentype.NewClientWithList(resource, rc, parameterCodec, namespace, newObject, newList, gentype.PrefersProtobuf[T]())
+	return gentype.NewClientWithList(resource, rc, codecs.Parameters, namespace, newObject, newList, gentype.PrefersProtobuf[T]())
 }
 
 // ServiceAccounts implements audit.Lister.
 func (c *Client) ServiceAccounts(ctx context.Context, namespace string, each func(*corev1.ServiceAccount) error) error {
-	l := listClient(c.core, "serviceaccounts", namespace,
-		func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
-		func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} })
-	return pages(ctx, l, "serviceaccounts", c.PageSize, metav1.ListOptions{}, func(p *corev1.ServiceAccountList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return listEach(ctx, c, c.core, "serviceaccounts", namespace, metav1.ListOptions{},
+		func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} }, func(l *corev1.ServiceAccountList) []corev1.ServiceAccount { return l.Items }, each)
 }
 
 // Pods implements audit.Lister.
 func (c *Client) Pods(ctx context.Context, namespace string, each func(*corev1.Pod) error) error {
-	l := listClient(c.core, "pods", namespace,
-		func() *corev1.Pod { return &corev1.Pod{} },
-		func() *corev1.PodList { return &corev1.PodList{} })
-	return pages(ctx, l, "pods", c.PageSize, metav1.ListOptions{}, func(p *corev1.PodList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return listEach(ctx, c, c.core, "pods", namespace, metav1.ListOptions{},
+		func() *corev1.PodList { return &corev1.PodList{} }, func(l *corev1.PodList) []corev1.Pod { return l.Items }, each)
 }
 
 // DaemonSets implements audit.Lister: the DaemonSets of namespace called name
 // (a field selector, so that the ClusterRole needs list and not get).
 func (c *Client) DaemonSets(ctx context.Context, namespace, name string, each func(*appsv1.DaemonSet) error) error {
-	l := listClient(c.apps, "daemonsets", namespace,
-		func() *appsv1.DaemonSet { return &appsv1.DaemonSet{} },
-		func() *appsv1.DaemonSetList { return &appsv1.DaemonSetList{} })
-	opts := metav1.ListOptions{FieldSelector: "metadata.name=" + name}
-	return pages(ctx, l, "daemonsets", c.PageSize, opts, func(p *appsv1.DaemonSetList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return listEach(ctx, c, c.apps, "daemonsets", namespace, metav1.ListOptions{FieldSelector: "metadata.name=" + name},
+		func() *appsv1.DaemonSetList { return &appsv1.DaemonSetList{} }, func(l *appsv1.DaemonSetList) []appsv1.DaemonSet { return l.Items }, each)
 }
 
 // Roles implements audit.Lister.
 func (c *Client) Roles(ctx context.Context, namespace string, each func(*rbacv1.Role) error) error {
-	l := listClient(c.rbac, "roles", namespace,
-		func() *rbacv1.Role { return &rbacv1.Role{} },
-		func() *rbacv1.RoleList { return &rbacv1.RoleList{} })
-	return pages(ctx, l, "roles", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.RoleList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return listEach(ctx, c, c.rbac, "roles", namespace, metav1.ListOptions{},
+		func() *rbacv1.RoleList { return &rbacv1.RoleList{} }, func(l *rbacv1.RoleList) []rbacv1.Role { return l.Items }, each)
 }
 
 // RoleBindings implements audit.Lister.
 func (c *Client) RoleBindings(ctx context.Context, namespace string, each func(*rbacv1.RoleBinding) error) error {
-	l := listClient(c.rbac, "rolebindings", namespace,
-		func() *rbacv1.RoleBinding { return &rbacv1.RoleBinding{} },
-		func() *rbacv1.RoleBindingList { return &rbacv1.RoleBindingList{} })
-	return pages(ctx, l, "rolebindings", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.RoleBindingList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return listEach(ctx, c, c.rbac, "rolebindings", namespace, metav1.ListOptions{},
+		func() *rbacv1.RoleBindingList { return &rbacv1.RoleBindingList{} }, func(l *rbacv1.RoleBindingList) []rbacv1.RoleBinding { return l.Items }, each)
 }
 
 // ClusterRoles implements audit.Lister.
 func (c *Client) ClusterRoles(ctx context.Context, each func(*rbacv1.ClusterRole) error) error {
-	l := listClient(c.rbac, "clusterroles", "",
-		func() *rbacv1.ClusterRole { return &rbacv1.ClusterRole{} },
-		func() *rbacv1.ClusterRoleList { return &rbacv1.ClusterRoleList{} })
-	return pages(ctx, l, "clusterroles", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.ClusterRoleList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return listEach(ctx, c, c.rbac, "clusterroles", "", metav1.ListOptions{},
+		func() *rbacv1.ClusterRoleList { return &rbacv1.ClusterRoleList{} }, func(l *rbacv1.ClusterRoleList) []rbacv1.ClusterRole { return l.Items }, each)
 }
 
 // ClusterRoleBindings implements audit.Lister.
 func (c *Client) ClusterRoleBindings(ctx context.Context, each func(*rbacv1.ClusterRoleBinding) error) error {
-	l := listClient(c.rbac, "clusterrolebindings", "",
-		func() *rbacv1.ClusterRoleBinding { return &rbacv1.ClusterRoleBinding{} },
-		func() *rbacv1.ClusterRoleBindingList { return &rbacv1.ClusterRoleBindingList{} })
-	return pages(ctx, l, "clusterrolebindings", c.PageSize, metav1.ListOptions{}, func(p *rbacv1.ClusterRoleBindingList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return listEach(ctx, c, c.rbac, "clusterrolebindings", "", metav1.ListOptions{},
+		func() *rbacv1.ClusterRoleBindingList { return &rbacv1.ClusterRoleBindingList{} }, func(l *rbacv1.ClusterRoleBindingList) []rbacv1.ClusterRoleBinding { return l.Items }, each)
 }
 
 // Metadata implements audit.Lister: the metadata of each object of resource.
@@ -254,12 +207,7 @@ func (c *Client) Metadata(ctx context.Context, resource schema.GroupVersionResou
 		l = c.meta.Resource(resource).Namespace(namespace)
 	}
 	return pages(ctx, l, resource.Resource, c.PageSize, metav1.ListOptions{}, func(p *metav1.PartialObjectMetadataList) error {
-		for i := range p.Items {
-			if err := each(&p.Items[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return eachItem(p.Items, each)
 	})
 }
 

@@ -2,6 +2,7 @@ package auditclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -55,5 +56,23 @@ func TestPages(t *testing.T) {
 	}
 	if len(got) != 1234 || got[1233] != 1233 || l.calls != 13 || maxPage != 100 {
 		t.Errorf("%d items in %d calls, largest page %d", len(got), l.calls, maxPage)
+	}
+}
+
+// eachItem hands over every item of a page, in order and in place, and
+// stops at the first error.
+func TestEachItem(t *testing.T) {
+	items := []int{1, 2, 3, 4}
+	var seen []int
+	if err := eachItem(items, func(p *int) error { seen = append(seen, *p); *p *= 10; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(seen) != "[1 2 3 4]" || fmt.Sprint(items) != "[10 20 30 40]" {
+		t.Errorf("saw %v, items now %v; want [1 2 3 4] and each changed in place", seen, items)
+	}
+	stop := errors.New("stop")
+	n := 0
+	if err := eachItem(items, func(*int) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+		t.Errorf("eachItem = %v after %d calls, want stop after 1", err, n)
 	}
 }
