@@ -216,7 +216,7 @@ func (b *Broker) Credentials(ctx context.Context, addr netip.Addr, req Request) 
 	cached, ok := b.cache.Get(key)
 	if ok && cached.who == who && cached.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
 		b.metrics.cacheHits.Inc()
-		return Answer{Pod: pod, Identity: who.identity, Credentials: cached.creds}, nil
+		return Answer{Pod: pod, Identity: who.identity, Credentials: cached.creds, Rendered: &cached.rendered}, nil
 	}
 	if !ok || cached.who != who {
 		cached = nil

@@ -24,8 +24,9 @@ type entryKey struct {
 // requests for which the pod has an identity.
 var podSync = Request{}
 
-// entry is one pod's cached credential for one request. It is immutable: a
-// refresh replaces it, so readers need no lock beyond the cache's.
+// entry is one pod's cached credential for one request. It is immutable
+// but for rendered, which surfaces fill once (atomically): a refresh
+// replaces the entry, so readers need no lock beyond the cache's.
 type entry struct {
 	pod        podresolve.Pod
 	who        principal
@@ -33,6 +34,7 @@ type entry struct {
 	expiration time.Time
 	fetchedAt  time.Time
 	refreshAt  time.Time
+	rendered   Rendered
 }
 
 // record caches a fetch's outcome and schedules the next refresh. It returns
