@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -35,6 +36,29 @@ type entry struct {
 	fetchedAt  time.Time
 	refreshAt  time.Time
 	rendered   Rendered
+	// touched is when a hit last moved the entry to the front of the
+	// cache's eviction order (Unix nanoseconds of the broker's clock).
+	touched atomic.Int64
+}
+
+// touchInterval is how often at most a hit moves its entry to the front
+// of the cache's eviction order. Moving it takes the cache's write lock and
+// rewrites three list nodes, which on every hit was the largest share of
+// the broker's work in a cache hit; once per interval keeps the order
+// exact to within the interval, which is all an LRU of credentials that
+// live for an hour needs.
+const touchInterval = time.Second
+
+// touch marks e, found under key by Peek, as used at now for the cache's
+// eviction order. If a refresh replaced the entry in between, the new one
+// is moved, which is as good.
+func (b *Broker) touch(key entryKey, e *entry, now time.Time) {
+	n := now.UnixNano()
+	if last := e.touched.Load(); last != 0 && n >= last && n-last < int64(touchInterval) {
+		return
+	}
+	e.touched.Store(n)
+	b.cache.Get(key)
 }
 
 // record caches a fetch's outcome and schedules the next refresh. It returns
