@@ -218,7 +218,7 @@ func (b *Broker) Credentials(ctx context.Context, addr netip.Addr, req Request) 
 		if now := b.clock.Now(); cached.expiration.Sub(now) >= FreshnessFloor {
 			b.touch(key, cached, now)
 			b.metrics.cacheHits.Inc()
-			return Answer{Pod: pod, Identity: who.identity, Credentials: cached.creds, Rendered: &cached.rendered}, nil
+			return Answer{Pod: pod, Identity: who.identity, Credentials: cached.creds}, nil
 		}
 	}
 	if !ok || cached.who != who {

@@ -26,8 +26,8 @@ type entryKey struct {
 var podSync = Request{}
 
 // entry is one pod's cached credential for one request. It is immutable
-// but for rendered, which surfaces fill once (atomically): a refresh
-// replaces the entry, so readers need no lock beyond the cache's.
+// but for touched: a refresh replaces it, so readers need no lock beyond
+// the cache's.
 type entry struct {
 	pod        podresolve.Pod
 	who        principal
@@ -35,7 +35,6 @@ type entry struct {
 	expiration time.Time
 	fetchedAt  time.Time
 	refreshAt  time.Time
-	rendered   Rendered
 	// touched is when a hit last moved the entry to the front of the
 	// cache's eviction order (Unix nanoseconds of the broker's clock).
 	touched atomic.Int64

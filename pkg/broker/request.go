@@ -34,10 +34,6 @@ type Answer struct {
 	// Credentials are shared with the cache and with other callers: read,
 	// never modify.
 	Credentials *exchange.Credentials
-	// Rendered is where a surface may keep its wire body of Credentials
-	// for later hits on the same cache entry; nil when the answer was not
-	// a cache hit (nothing is kept then).
-	Rendered *Rendered
 }
 
 // Class is what kind of answer a failure calls for. Each surface maps it

@@ -7,7 +7,6 @@ package awscreds
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -88,58 +87,23 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if f != nil {
 		return statuses.Write(w, f, WriteError)
 	}
+	buf := bodyPool.Get().(*[]byte)
+	body := appendCredentials((*buf)[:0], ans.Credentials)
 	hdr := w.Header()
 	hdr["Content-Type"] = contentTypeJSON
 	hdr["Cache-Control"] = noStore
-	if ans.Rendered == nil {
-		// Not a cache hit: render into a pooled buffer, cleared of the
-		// secrets before it goes back for another pod.
-		buf := bodyPool.Get().(*[]byte)
-		body := appendCredentials((*buf)[:0], ans.Credentials)
-		write(w, r, body, nil)
-		clear(body)
-		*buf = body
-		bodyPool.Put(buf)
-		return http.StatusOK
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
 	}
-	// The answer depends on the credentials alone, so a cache hit writes
-	// the body rendered on the entry's first hit, kept with the entry
-	// (which a refresh, an eviction or the pod's departure replaces).
-	body, length := ans.Rendered.Load(format)
-	if body == nil {
-		body = appendCredentials(make([]byte, 0, answerSize(ans.Credentials)), ans.Credentials)
-		length = []string{strconv.Itoa(len(body))}
-		ans.Rendered.Store(format, body, length)
-	}
-	write(w, r, body, length)
+	// Clear the secrets before the buffer goes back for another pod.
+	clear(body)
+	*buf = body
+	bodyPool.Put(buf)
 	return http.StatusOK
 }
 
-// write answers 200 with body (none to HEAD); length, if known, is
-// len(body) as a Content-Length value.
-func write(w http.ResponseWriter, r *http.Request, body []byte, length []string) {
-	if r.Method != http.MethodGet {
-		w.WriteHeader(http.StatusOK)
-		return
-	}
-	if length != nil {
-		w.Header()["Content-Length"] = length
-	}
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
-}
-
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
-
-// format is this surface's rendering of a cached answer.
-var format = broker.NewFormat(Name)
-
-// answerSize is an upper bound of appendCredentials' output for c when no
-// string needs escaping, so that the body is rendered in one allocation.
-func answerSize(c *exchange.Credentials) int {
-	return len(`{"AccessKeyId":"","SecretAccessKey":"","Token":"","Expiration":"2006-01-02T15:04:05Z","AccountId":""}`) +
-		len(c.AccessKeyID) + len(c.SecretAccessKey) + len(c.SessionToken) + len(c.AccountID)
-}
 
 // Codes of the refusals this surface makes itself, before the broker.
 const (

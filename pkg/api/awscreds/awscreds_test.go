@@ -222,22 +222,17 @@ func TestFailuresByClass(t *testing.T) {
 	}
 }
 
-// TestCacheHitAllocatesNothing: neither a hit that renders into the
-// pool (an answer that keeps no body) nor one that writes the body kept
-// with its cache entry allocates.
 func TestCacheHitAllocatesNothing(t *testing.T) {
-	for name, kept := range map[string]*broker.Rendered{"rendered": nil, "kept": new(broker.Rendered)} {
-		h, _ := New(hitBroker{credsFor("ASIAPODA"), kept}, prometheus.NewRegistry())
-		req := httptest.NewRequest(http.MethodGet, Path, nil)
-		req.RemoteAddr = "10.0.0.1:40000"
-		w := &discardWriter{h: http.Header{}}
-		allocs := testing.AllocsPerRun(100, func() {
-			clear(w.h)
-			h.ServeHTTP(w, req)
-		})
-		if w.code != http.StatusOK || allocs > 0 {
-			t.Errorf("%s: status %d, %.0f allocations per answer; want 200 and none", name, w.code, allocs)
-		}
+	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
+	req := httptest.NewRequest(http.MethodGet, Path, nil)
+	req.RemoteAddr = "10.0.0.1:40000"
+	w := &discardWriter{h: http.Header{}}
+	allocs := testing.AllocsPerRun(100, func() {
+		clear(w.h)
+		h.ServeHTTP(w, req)
+	})
+	if w.code != http.StatusOK || allocs > 0 {
+		t.Errorf("status %d, %.0f allocations per answer; want 200 and none", w.code, allocs)
 	}
 }
 
@@ -258,22 +253,17 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 
 // hitBroker answers every request with the same credentials and records
 // nothing, for the benchmarks.
-type hitBroker struct {
-	creds *exchange.Credentials
-	// kept is the cache entry's rendered body, as the broker's hits hand
-	// it out; nil for an answer that keeps none.
-	kept *broker.Rendered
-}
+type hitBroker struct{ creds *exchange.Credentials }
 
 func (h hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
-	return broker.Answer{Credentials: h.creds, Rendered: h.kept}, nil
+	return broker.Answer{Credentials: h.creds}, nil
 }
 
 // BenchmarkCacheHit is the surface's share of a cached answer: address
 // parsing, rendering and headers (the broker's share is pkg/broker's
 // BenchmarkCacheHit).
 func BenchmarkCacheHit(b *testing.B) {
-	h, _ := New(hitBroker{credsFor("ASIAPODA"), new(broker.Rendered)}, prometheus.NewRegistry())
+	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
 	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
 	w := &discardWriter{h: http.Header{}}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/guard"
 )
 
@@ -23,7 +22,7 @@ func BenchmarkCacheHitGuarded(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	surface, err := New(hitBroker{credsFor("ASIAPODA"), new(broker.Rendered)}, prometheus.NewRegistry())
+	surface, err := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}

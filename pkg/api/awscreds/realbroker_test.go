@@ -45,12 +45,13 @@ func (x *countingSTS) Exchange(_ context.Context, req exchange.Request) (exchang
 		Expiration: x.clk.Now().Add(time.Hour)}, nil
 }
 
-// TestRenderedBodyFollowsTheCacheEntry runs the surface over the real
-// broker: the body a cache hit writes without rendering is the one of the
-// very entry the broker found for the calling pod, so that another pod
-// (also one that took over an address), a refreshed credential or an
-// evicted one is never answered with bytes rendered earlier.
-func TestRenderedBodyFollowsTheCacheEntry(t *testing.T) {
+// TestAnswerFollowsTheCacheEntry runs the surface over the real broker:
+// every answer, cache hits included, is rendered from the entry the broker
+// found for the calling pod, so that another pod (also one that took over
+// an address), a refreshed credential or an evicted one is never answered
+// with bytes of an earlier answer. (A body kept with each cache entry was
+// tried and left out: bench/README.md, "What was tried".)
+func TestAnswerFollowsTheCacheEntry(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	client := fake.NewClientset()
 	client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -92,17 +93,12 @@ func TestRenderedBodyFollowsTheCacheEntry(t *testing.T) {
 	setPod := func(addr, name, sa string) {
 		res.Set(addr, podresolve.Pod{Namespace: "ns", Name: name, UID: types.UID("uid-" + name), ServiceAccount: sa})
 	}
-	// get answers addr's request; the body must be one document (a
-	// second one appended, or a Content-Length of another body, fails
-	// here; a fetch's answer carries none).
+	// get answers addr's request; the body must be one document.
 	get := func(addr string) (key, expiration string) {
 		t.Helper()
 		rec := do(h, http.MethodGet, Path, addr, nil)
 		if rec.Code != http.StatusOK {
 			t.Fatalf("%s: status %d: %s", addr, rec.Code, rec.Body)
-		}
-		if cl := rec.Header().Get("Content-Length"); cl != "" && cl != fmt.Sprint(rec.Body.Len()) {
-			t.Errorf("%s: Content-Length %q for a body of %d bytes", addr, cl, rec.Body.Len())
 		}
 		var doc struct{ AccessKeyId, Expiration string }
 		if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
@@ -112,8 +108,7 @@ func TestRenderedBodyFollowsTheCacheEntry(t *testing.T) {
 	}
 	want := func(addr, wantKey string) {
 		t.Helper()
-		// Twice: the first hit renders and keeps the body, the second
-		// writes the kept one.
+		// Twice: the first answer may be a fetch, the second is a hit.
 		for i := range 2 {
 			if got, _ := get(addr); got != wantKey {
 				t.Fatalf("%s, request %d: key %q, want %q", addr, i, got, wantKey)
@@ -148,25 +143,5 @@ func TestRenderedBodyFollowsTheCacheEntry(t *testing.T) {
 	res.Fail("10.0.0.1", podresolve.ErrNotFound)
 	if rec := do(h, http.MethodGet, Path, "10.0.0.1", nil); rec.Code == http.StatusOK {
 		t.Fatalf("a departed pod's address was answered 200: %s", rec.Body)
-	}
-}
-
-// TestRenderedKeepsOneFormat: a body kept for one format is never written
-// for another, and the first kept body stays.
-func TestRenderedKeepsOneFormat(t *testing.T) {
-	var r broker.Rendered
-	other := broker.NewFormat("other")
-	r.Store(other, []byte("text"), []string{"4"})
-	if body, _ := r.Load(format); body != nil {
-		t.Fatalf("format %v answered with another format's body %q", format, body)
-	}
-	r.Store(format, []byte("json"), []string{"4"})
-	if body, _ := r.Load(other); string(body) != "text" {
-		t.Fatalf("kept body %q, want the first one", body)
-	}
-	var none *broker.Rendered
-	none.Store(format, []byte("x"), nil)
-	if body, length := none.Load(format); body != nil || length != nil {
-		t.Fatal("a nil Rendered kept something")
 	}
 }
