@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 func TestVersionAndUsage(t *testing.T) {
@@ -91,6 +94,21 @@ func TestProbes(t *testing.T) {
 	ready = true
 	if get("/readyz") != 200 {
 		t.Fatal("ready: readyz not 200")
+	}
+}
+
+// TestMetricsAreNotCompressed: a scraper that accepts gzip (Prometheus
+// does) gets the metrics as plain text, so that no scrape allocates a gzip
+// writer's megabyte of compressor state in the agent.
+func TestMetricsAreNotCompressed(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector())
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	rec := httptest.NewRecorder()
+	metricsHandler(reg).ServeHTTP(rec, req)
+	if rec.Code != 200 || rec.Header().Get("Content-Encoding") != "" || !strings.Contains(rec.Body.String(), "go_goroutines ") {
+		t.Fatalf("status %d, Content-Encoding %q, body starts %.40q; want 200, plain text", rec.Code, rec.Header().Get("Content-Encoding"), rec.Body.String())
 	}
 }
 

@@ -202,7 +202,8 @@ func runWebhook(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxHeaderBytes:    64 << 10,
 	}
 	mmux := http.NewServeMux()
-	mmux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Uncompressed, as the agent's (metricsHandler says why).
+	mmux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true}))
 	mmux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mmux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		// Ready once the API servers trust the certificate served: before,

@@ -213,10 +213,13 @@ func (b *Broker) Credentials(ctx context.Context, addr netip.Addr, req Request) 
 	}
 	key := entryKey{uid: pod.UID, req: req}
 	key.req.Identity = ""
-	cached, ok := b.cache.Get(key)
-	if ok && cached.who == who && cached.expiration.Sub(b.clock.Now()) >= FreshnessFloor {
-		b.metrics.cacheHits.Inc()
-		return Answer{Pod: pod, Identity: who.identity, Credentials: cached.creds}, nil
+	cached, ok := b.cache.Peek(key)
+	if ok && cached.who == who {
+		if now := b.clock.Now(); cached.expiration.Sub(now) >= FreshnessFloor {
+			b.touch(key, cached, now)
+			b.metrics.cacheHits.Inc()
+			return Answer{Pod: pod, Identity: who.identity, Credentials: cached.creds}, nil
+		}
 	}
 	if !ok || cached.who != who {
 		cached = nil

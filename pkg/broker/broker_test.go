@@ -405,6 +405,48 @@ func TestCacheIsBounded(t *testing.T) {
 	}
 }
 
+// TestHitsKeepEntriesInTheCache: the cache evicts the least recently used
+// entry, hits included, to within touchInterval: a hit moves its entry to
+// the front once per interval, not on every hit.
+func TestHitsKeepEntriesInTheCache(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.CacheSize = 2 })
+	e.serviceAccount("ns", "sa", roleA)
+	get := func(i int) {
+		t.Helper()
+		if r := e.get(fmt.Sprintf("10.0.1.%d", i)); r.status != 200 {
+			t.Fatal(r.body)
+		}
+	}
+	for i := range 3 {
+		e.pod(fmt.Sprintf("10.0.1.%d", i), "ns", fmt.Sprintf("p%d", i), "sa")
+	}
+	get(0)
+	get(1)
+	get(0) // a hit: p0 is now the most recently used
+	get(2) // evicts p1, not p0
+	x := e.exchanger.calls.Load()
+	get(0)
+	if e.exchanger.calls.Load() != x {
+		t.Fatal("the entry hit last was evicted before one never hit since it was stored")
+	}
+	get(1)
+	if e.exchanger.calls.Load() != x+1 {
+		t.Fatal("the least recently used entry was not the one evicted")
+	}
+	// Now p1 and p0 are cached, p1 in front. Hits on p0 within one
+	// interval of its last move leave the order alone; after it, the next
+	// hit moves p0 to the front again.
+	get(0)
+	e.clock.Step(touchInterval)
+	get(0)
+	get(2) // evicts p1
+	x = e.exchanger.calls.Load()
+	get(0)
+	if e.exchanger.calls.Load() != x {
+		t.Fatal("a hit a whole interval after the entry's last move did not move it")
+	}
+}
+
 // A pod announced by the resolver is fetched in the background, so that
 // its first request is a cache hit; later the credential is refreshed
 // before it falls below the freshness floor, without any request.

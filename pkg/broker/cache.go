@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -24,8 +25,9 @@ type entryKey struct {
 // requests for which the pod has an identity.
 var podSync = Request{}
 
-// entry is one pod's cached credential for one request. It is immutable: a
-// refresh replaces it, so readers need no lock beyond the cache's.
+// entry is one pod's cached credential for one request. It is immutable
+// but for touched: a refresh replaces it, so readers need no lock beyond
+// the cache's.
 type entry struct {
 	pod        podresolve.Pod
 	who        principal
@@ -33,6 +35,29 @@ type entry struct {
 	expiration time.Time
 	fetchedAt  time.Time
 	refreshAt  time.Time
+	// touched is when a hit last moved the entry to the front of the
+	// cache's eviction order (Unix nanoseconds of the broker's clock).
+	touched atomic.Int64
+}
+
+// touchInterval is how often at most a hit moves its entry to the front
+// of the cache's eviction order. Moving it takes the cache's write lock and
+// rewrites three list nodes, which on every hit was the largest share of
+// the broker's work in a cache hit; once per interval keeps the order
+// exact to within the interval, which is all an LRU of credentials that
+// live for an hour needs.
+const touchInterval = time.Second
+
+// touch marks e, found under key by Peek, as used at now for the cache's
+// eviction order. If a refresh replaced the entry in between, the new one
+// is moved, which is as good.
+func (b *Broker) touch(key entryKey, e *entry, now time.Time) {
+	n := now.UnixNano()
+	if last := e.touched.Load(); last != 0 && n >= last && n-last < int64(touchInterval) {
+		return
+	}
+	e.touched.Store(n)
+	b.cache.Get(key)
 }
 
 // record caches a fetch's outcome and schedules the next refresh. It returns

@@ -122,7 +122,12 @@ func (a *agentProc) metrics(ctx context.Context) (metricSet, error) {
 // one before writing the profile) and then reads the heap in use and the
 // resident set size.
 func (a *agentProc) memory(ctx context.Context) (memSample, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/debug/pprof/heap?gc=1", nil)
+	// debug=1 (the text form) forces the GC as the default form does but
+	// writes no gzip stream: the default form allocates a gzip writer's
+	// megabyte of compressor state in the agent right after the collection,
+	// and the sample then counted the probe's own garbage in the heap and
+	// RSS.
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/debug/pprof/heap?gc=1&debug=1", nil)
 	resp, err := a.http.Do(req)
 	if err != nil {
 		return memSample{}, fmt.Errorf("forcing a GC in the agent: %w", err)

@@ -300,7 +300,7 @@ func renderMarkdown(o options, r *results) string {
 		w("Pods are created on the integration control plane (kube-apiserver + etcd) with `spec.nodeName` set to the agent's node "+
 			"and their IP in the status, as a kubelet would; the agent indexes them through its informer and prefetches their "+
 			"credentials. The first %d have network namespaces and serve the load scenarios; the rest exist only in the API. "+
-			"Measured after a forced GC (`/debug/pprof/heap?gc=1`), from the agent's own `/metrics`.\n\n", r.Pairs[len(r.Pairs)-1].Pods)
+			"Measured after a forced GC (`/debug/pprof/heap?gc=1&debug=1`, the text form, which allocates no gzip writer in the agent after the collection), from the agent's own `/metrics`.\n\n", r.Pairs[len(r.Pairs)-1].Pods)
 		w("| pods on the node | credentials cached | Go heap (alloc) | Go heap (in use spans) | RSS |\n|---:|---:|---:|---:|---:|\n")
 		for _, m := range r.Memory {
 			w("| %d | %d | %.1f MiB | %.1f MiB | %.1f MiB |\n", m.Pods, m.Cached, mib(m.HeapAlloc), mib(m.HeapInuse), mib(m.RSS))

@@ -109,14 +109,12 @@ var statuses = surface.Statuses{Refused: http.StatusForbidden, Throttled: http.S
 // Status is the HTTP status of a failure class.
 func Status(c broker.Class) int { return statuses.Status(c) }
 
-// expirationLayout is RFC 3339 in UTC with a literal Z and whole seconds: the
-// JavaScript SDK rejects "+00:00", and some parsers reject fractions.
-const expirationLayout = "2006-01-02T15:04:05Z"
-
 // appendCredentials renders the container-credentials answer every AWS SDK
 // reads, {"AccessKeyId","SecretAccessKey","Token","Expiration","AccountId"},
 // all strings. It is written by hand rather than with encoding/json because
-// it runs on every cache hit: this way it allocates nothing.
+// it runs on every cache hit: this way it allocates nothing. Expiration is
+// RFC 3339 in UTC with a literal Z and whole seconds: the JavaScript SDK
+// rejects "+00:00", and some parsers reject fractions.
 func appendCredentials(b []byte, c *exchange.Credentials) []byte {
 	b = append(b, `{"AccessKeyId":`...)
 	b = wire.AppendJSONString(b, c.AccessKeyID)
@@ -125,8 +123,7 @@ func appendCredentials(b []byte, c *exchange.Credentials) []byte {
 	b = append(b, `,"Token":`...)
 	b = wire.AppendJSONString(b, c.SessionToken.Reveal())
 	b = append(b, `,"Expiration":"`...)
-	// Truncate, never round up: a credential must not look longer-lived than it is.
-	b = c.Expiration.UTC().Truncate(time.Second).AppendFormat(b, expirationLayout)
+	b = wire.AppendRFC3339Seconds(b, c.Expiration)
 	b = append(b, '"')
 	if c.AccountID != "" {
 		b = append(b, `,"AccountId":`...)

@@ -112,7 +112,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		b = append(b, `{"token":`...)
 		b = wire.AppendJSONString(b, ans.Credentials.IDToken.Reveal())
 		b = append(b, `,"expiration":"`...)
-		b = ans.Credentials.Expiration.UTC().Truncate(time.Second).AppendFormat(b, time.RFC3339)
+		b = wire.AppendRFC3339Seconds(b, ans.Credentials.Expiration)
 		b = append(b, `"}`...)
 	}
 	return wire.Reply(w, bp, b, false)

@@ -40,6 +40,31 @@ var plain = func() (t [256]bool) {
 	return t
 }()
 
+// AppendRFC3339Seconds appends t in UTC as RFC 3339 with whole seconds,
+// truncated (never rounded up: a credential must not look longer-lived
+// than it is), and a literal Z, as
+// t.UTC().Truncate(time.Second).AppendFormat(b, "2006-01-02T15:04:05Z")
+// does, without interpreting a layout on every answer.
+func AppendRFC3339Seconds(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 1 || year > 9999 {
+		return t.Truncate(time.Second).AppendFormat(b, "2006-01-02T15:04:05Z")
+	}
+	hour, minute, sec := t.Clock()
+	b = append(b, byte('0'+year/1000), byte('0'+year/100%10), byte('0'+year/10%10), byte('0'+year%10), '-')
+	b = append2(b, int(month), '-')
+	b = append2(b, day, 'T')
+	b = append2(b, hour, ':')
+	b = append2(b, minute, ':')
+	return append2(b, sec, 'Z')
+}
+
+// append2 appends n (0-99) in two digits, then sep.
+func append2(b []byte, n int, sep byte) []byte {
+	return append(b, byte('0'+n/10), byte('0'+n%10), sep)
+}
+
 // RetryAfterSeconds renders d as a Retry-After value: whole seconds,
 // rounded up, at least 1.
 func RetryAfterSeconds(d time.Duration) string {
