@@ -11,6 +11,7 @@
 package audit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -104,12 +105,8 @@ type Config struct {
 
 // Run audits the cluster l reads and returns the findings, sorted.
 func Run(ctx context.Context, l Lister, cfg Config) (*Report, error) {
-	if cfg.AgentNamespace == "" {
-		cfg.AgentNamespace = "credbroker-system"
-	}
-	if cfg.AgentDaemonSet == "" {
-		cfg.AgentDaemonSet = "credbroker-agent"
-	}
+	cfg.AgentNamespace = cmp.Or(cfg.AgentNamespace, "credbroker-system")
+	cfg.AgentDaemonSet = cmp.Or(cfg.AgentDaemonSet, "credbroker-agent")
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

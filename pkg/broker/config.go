@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"log/slog"
 	"time"
 
@@ -81,28 +82,16 @@ func (c *Config) setDefaults() {
 			*d = v
 		}
 	}
-	if c.PodCacheEntries == 0 {
-		c.PodCacheEntries = 16
-	}
+	c.PodCacheEntries = cmp.Or(c.PodCacheEntries, 16)
 	setDefault(&c.TokenExpiration, 10*time.Minute)
 	setDefault(&c.PodFetchInterval, 6*time.Second)
-	if c.PodFetchBurst == 0 {
-		c.PodFetchBurst = 10
-	}
+	c.PodFetchBurst = cmp.Or(c.PodFetchBurst, 10)
 	setDefault(&c.RequestTimeout, 5*time.Second)
 	setDefault(&c.FetchTimeout, 15*time.Second)
-	if c.CacheSize == 0 {
-		c.CacheSize = 4096
-	}
-	if c.UpstreamQPS == 0 {
-		c.UpstreamQPS = 50
-	}
-	if c.UpstreamBurst == 0 {
-		c.UpstreamBurst = 100
-	}
-	if c.Workers == 0 {
-		c.Workers = 16
-	}
+	c.CacheSize = cmp.Or(c.CacheSize, 4096)
+	c.UpstreamQPS = cmp.Or(c.UpstreamQPS, 50)
+	c.UpstreamBurst = cmp.Or(c.UpstreamBurst, 100)
+	c.Workers = cmp.Or(c.Workers, 16)
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
 	}

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"cmp"
 	"errors"
 	"math"
 	"net/http"
@@ -58,15 +59,9 @@ func NewLimiter(cfg LimiterConfig) (*Limiter, error) {
 	if cfg.RequestQPS < 0 || cfg.RequestBurst < 0 || cfg.MaxAddrs < 0 {
 		return nil, errors.New("guard: negative request limit")
 	}
-	if cfg.RequestQPS == 0 {
-		cfg.RequestQPS = DefaultRequestQPS
-	}
-	if cfg.RequestBurst == 0 {
-		cfg.RequestBurst = DefaultRequestBurst
-	}
-	if cfg.MaxAddrs == 0 {
-		cfg.MaxAddrs = DefaultMaxAddrs
-	}
+	cfg.RequestQPS = cmp.Or(cfg.RequestQPS, DefaultRequestQPS)
+	cfg.RequestBurst = cmp.Or(cfg.RequestBurst, DefaultRequestBurst)
+	cfg.MaxAddrs = cmp.Or(cfg.MaxAddrs, DefaultMaxAddrs)
 	addrs, err := lru.New[netip.Addr, *rate.Limiter](cfg.MaxAddrs)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -72,15 +73,9 @@ func NewLogLimiter(cfg LogConfig) (*LogLimiter, error) {
 	case cfg.Burst < 0, cfg.Interval < 0, cfg.MaxAddrs < 0:
 		return nil, errors.New("guard: negative log limit")
 	}
-	if cfg.Burst == 0 {
-		cfg.Burst = DefaultLogBurst
-	}
-	if cfg.Interval == 0 {
-		cfg.Interval = DefaultLogInterval
-	}
-	if cfg.MaxAddrs == 0 {
-		cfg.MaxAddrs = DefaultMaxAddrs
-	}
+	cfg.Burst = cmp.Or(cfg.Burst, DefaultLogBurst)
+	cfg.Interval = cmp.Or(cfg.Interval, DefaultLogInterval)
+	cfg.MaxAddrs = cmp.Or(cfg.MaxAddrs, DefaultMaxAddrs)
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}

@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,18 +65,10 @@ func Receive(ctx context.Context, cfg ReceiveConfig) Result {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Second
-	}
-	if cfg.MaxEntries == 0 {
-		cfg.MaxEntries = 16384
-	}
-	if cfg.MaxEntryBytes == 0 {
-		cfg.MaxEntryBytes = 64 << 10
-	}
-	if cfg.MaxBytes == 0 {
-		cfg.MaxBytes = 64 << 20
-	}
+	cfg.Timeout = cmp.Or(cfg.Timeout, 5*time.Second)
+	cfg.MaxEntries = cmp.Or(cfg.MaxEntries, 16384)
+	cfg.MaxEntryBytes = cmp.Or(cfg.MaxEntryBytes, 64<<10)
+	cfg.MaxBytes = cmp.Or(cfg.MaxBytes, 64<<20)
 	start := time.Now()
 	r := receive(ctx, cfg)
 	if m := cfg.Metrics; m != nil {

@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -50,9 +51,7 @@ func Listen(cfg ServerConfig) (*Listener, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Second
-	}
+	cfg.Timeout = cmp.Or(cfg.Timeout, 5*time.Second)
 	var suffix [8]byte
 	_, _ = rand.Read(suffix[:])
 	tmp := cfg.Path + "." + hex.EncodeToString(suffix[:])

@@ -29,6 +29,7 @@
 package linklocal
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -131,21 +132,15 @@ type Result struct {
 }
 
 func (c Config) withDefaults() (Config, error) {
-	if c.LinkName == "" {
-		c.LinkName = DefaultLinkName
-	}
+	c.LinkName = cmp.Or(c.LinkName, DefaultLinkName)
 	if !c.IPv4.IsValid() {
 		c.IPv4 = DefaultIPv4
 	}
 	if !c.IPv6.IsValid() {
 		c.IPv6 = DefaultIPv6
 	}
-	if c.IPv6Mode == "" {
-		c.IPv6Mode = IPv6Auto
-	}
-	if c.ProcSysNet == "" {
-		c.ProcSysNet = DefaultProcSysNet
-	}
+	c.IPv6Mode = cmp.Or(c.IPv6Mode, IPv6Auto)
+	c.ProcSysNet = cmp.Or(c.ProcSysNet, DefaultProcSysNet)
 	switch {
 	case len(c.LinkName) >= unix.IFNAMSIZ || strings.ContainsAny(c.LinkName, "/ \t\n:"):
 		return c, fmt.Errorf("linklocal: invalid link name %q", c.LinkName)

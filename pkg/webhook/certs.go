@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -70,12 +71,8 @@ type Certs struct {
 
 // NewCerts checks cfg.
 func NewCerts(cfg CertConfig) (*Certs, error) {
-	if cfg.Validity == 0 {
-		cfg.Validity = 168 * time.Hour
-	}
-	if cfg.PublishDelay == 0 {
-		cfg.PublishDelay = 10 * time.Second
-	}
+	cfg.Validity = cmp.Or(cfg.Validity, 168*time.Hour)
+	cfg.PublishDelay = cmp.Or(cfg.PublishDelay, 10*time.Second)
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}

@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/credbroker/agent/pkg/exchange"
@@ -34,15 +35,9 @@ type ProfileConfig struct {
 // annotation names, and the container credentials prefetched for every pod
 // with one.
 func Profile(cfg ProfileConfig) exchange.Profile {
-	if cfg.Audience == "" {
-		cfg.Audience = DefaultAudience
-	}
-	if cfg.Annotation == "" {
-		cfg.Annotation = DefaultAnnotation
-	}
-	if cfg.Lifetime == 0 {
-		cfg.Lifetime = DefaultSessionDuration
-	}
+	cfg.Audience = cmp.Or(cfg.Audience, DefaultAudience)
+	cfg.Annotation = cmp.Or(cfg.Annotation, DefaultAnnotation)
+	cfg.Lifetime = cmp.Or(cfg.Lifetime, DefaultSessionDuration)
 	return exchange.Profile{
 		Name:              exchange.AWS,
 		Exchanger:         cfg.Exchanger,

@@ -1,6 +1,7 @@
 package azure
 
 import (
+	"cmp"
 	"github.com/credbroker/agent/pkg/exchange"
 )
 
@@ -35,9 +36,7 @@ type ProfileConfig struct {
 // nothing without its tenant. No Lifetime: the client credentials grant
 // has none, Entra decides.
 func Profile(cfg ProfileConfig) exchange.Profile {
-	if cfg.Audience == "" {
-		cfg.Audience = TokenAudience
-	}
+	cfg.Audience = cmp.Or(cfg.Audience, TokenAudience)
 	tenant := cfg.Tenant
 	var extra []string
 	if cfg.TenantAnnotation != "" {

@@ -1,6 +1,7 @@
 package podtoken
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -52,9 +53,7 @@ func Profile(cfg Config) (exchange.Profile, error) {
 	if cfg.Prefix == "" {
 		return exchange.Profile{}, fmt.Errorf("cloud %s hands out tokens for any audience: it needs an audience prefix", Cloud)
 	}
-	if cfg.Lifetime == 0 {
-		cfg.Lifetime = defaultLifetime
-	}
+	cfg.Lifetime = cmp.Or(cfg.Lifetime, defaultLifetime)
 	p := &policy{prefix: cfg.Prefix, annotation: cfg.Annotation, allowed: cfg.Allowed}
 	for _, r := range cfg.Reserved {
 		if r.Audience == "" {
