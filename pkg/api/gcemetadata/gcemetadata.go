@@ -471,17 +471,9 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr,
 			scope = canon
 		}
 	}
-	ans, f := h.b.Serve(r.Context(), addr, broker.Request{
-		Cloud: exchange.GCP, Want: exchange.KindAccessToken, Scope: scope})
-	if f != nil {
-		return statuses.Write(w, f, WriteError)
-	}
-	if named != "" && h.shownEmail(ans.Identity) != named {
-		return notFound(w)
-	}
-	c := ans.Credentials
-	if c == nil || c.AccessToken == "" {
-		return writeText(w, http.StatusInternalServerError, CodeInternal, "the broker returned no access token")
+	c, status := h.fetch(w, r, addr, named, exchange.KindAccessToken, scope)
+	if c == nil {
+		return status
 	}
 	// Whole seconds, rounded down: never promise more life than is left,
 	// and never 0 (x/oauth2 rejects it).
@@ -499,6 +491,30 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr,
 	hdr["Content-Type"] = contentTypeJSON
 	hdr["Cache-Control"] = noStore
 	return wire.Reply(w, bp, b, false)
+}
+
+// fetch asks the broker for a token of kind want (an access or an identity
+// token) at scope for the pod at addr. When there is none to send it
+// answers the request itself and returns a nil credential and the status:
+// the broker failed; the path named another account than the pod's (the
+// request names the pod's own as "", and its annotation may have changed
+// since); or the answer holds no token of that kind.
+func (h *Handler) fetch(w http.ResponseWriter, r *http.Request, addr netip.Addr, named string, want exchange.Kind, scope string) (*exchange.Credentials, int) {
+	ans, f := h.b.Serve(r.Context(), addr, broker.Request{Cloud: exchange.GCP, Want: want, Scope: scope})
+	if f != nil {
+		return nil, statuses.Write(w, f, WriteError)
+	}
+	if named != "" && h.shownEmail(ans.Identity) != named {
+		return nil, notFound(w)
+	}
+	c := ans.Credentials
+	switch {
+	case want == exchange.KindAccessToken && (c == nil || c.AccessToken == ""):
+		return nil, writeText(w, http.StatusInternalServerError, CodeInternal, "the broker returned no access token")
+	case want == exchange.KindIDToken && (c == nil || c.IDToken == ""):
+		return nil, writeText(w, http.StatusInternalServerError, CodeInternal, "the broker returned no identity token")
+	}
+	return c, 0
 }
 
 // idToken answers an identity token for ?audience=. format (standard or
@@ -525,17 +541,9 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 	case !wire.Printable(aud):
 		return writeText(w, http.StatusBadRequest, CodeBadRequest, "audience: invalid characters")
 	}
-	ans, f := h.b.Serve(r.Context(), addr, broker.Request{
-		Cloud: exchange.GCP, Want: exchange.KindIDToken, Scope: aud})
-	if f != nil {
-		return statuses.Write(w, f, WriteError)
-	}
-	if named != "" && h.shownEmail(ans.Identity) != named {
-		return notFound(w)
-	}
-	c := ans.Credentials
-	if c == nil || c.IDToken == "" {
-		return writeText(w, http.StatusInternalServerError, CodeInternal, "the broker returned no identity token")
+	c, status := h.fetch(w, r, addr, named, exchange.KindIDToken, aud)
+	if c == nil {
+		return status
 	}
 	hdr := w.Header()
 	hdr["Content-Type"] = contentTypeText
