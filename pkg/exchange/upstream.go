@@ -35,6 +35,15 @@ func DefaultHTTPClient() *http.Client {
 	}
 }
 
+// HTTPClientOr returns c, or DefaultHTTPClient() when c is nil: what every
+// exchanger does with a Config that names no client.
+func HTTPClientOr(c *http.Client) *http.Client {
+	if c == nil {
+		return DefaultHTTPClient()
+	}
+	return c
+}
+
 // SendFailure names why a request got no answer, from the innermost
 // network error, leaving out the URL the caller knows.
 func SendFailure(err error) string {

@@ -1,8 +1,10 @@
 package exchange
 
 import (
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestKindForStatus(t *testing.T) {
@@ -27,5 +29,15 @@ func TestAppendDetails(t *testing.T) {
 	AppendDetails(&b, "code", "", "detail")
 	if got, want := b.String(), "call: code: detail"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestHTTPClientOr(t *testing.T) {
+	mine := &http.Client{}
+	if HTTPClientOr(mine) != mine {
+		t.Error("a configured client was replaced")
+	}
+	if c := HTTPClientOr(nil); c == nil || c.Timeout != 10*time.Second {
+		t.Errorf("HTTPClientOr(nil) = %+v, want the default client (10 s timeout)", c)
 	}
 }

@@ -109,10 +109,7 @@ func New(cfg Config) (*STS, error) {
 	if err := checkDuration(duration); err != nil {
 		return nil, fmt.Errorf("sts: session duration: %w", err)
 	}
-	httpClient := cfg.HTTPClient
-	if httpClient == nil {
-		httpClient = exchange.DefaultHTTPClient()
-	}
+	httpClient := exchange.HTTPClientOr(cfg.HTTPClient)
 	for _, p := range cfg.ExtraPartitions {
 		if !ValidPartition(p) || p == "aws" || strings.HasPrefix(p, "aws-") {
 			return nil, fmt.Errorf("sts: extra ARN partition %q is not a partition name other than AWS's (lower-case letters, digits and dashes)", p)

@@ -170,10 +170,7 @@ func New(cfg Config) (*Exchanger, error) {
 		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
 		return nil, fmt.Errorf("azure: authority host %q is not an absolute http(s) URL without query", s)
 	}
-	client := cfg.HTTPClient
-	if client == nil {
-		client = exchange.DefaultHTTPClient()
-	}
+	client := exchange.HTTPClientOr(cfg.HTTPClient)
 	clk := cfg.Clock
 	if clk == nil {
 		clk = clock.RealClock{}

@@ -238,10 +238,7 @@ func New(cfg Config) (*Exchanger, error) {
 	if err := checkDuration(d); err != nil {
 		return nil, fmt.Errorf("gcp: token lifetime: %w", err)
 	}
-	client := cfg.HTTPClient
-	if client == nil {
-		client = exchange.DefaultHTTPClient()
-	}
+	client := exchange.HTTPClientOr(cfg.HTTPClient)
 	clk := cfg.Clock
 	if clk == nil {
 		clk = clock.RealClock{}
