@@ -1,12 +1,12 @@
 package azureidentity
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 )
 
 // The guard in front of the surface writes its refusals with GuardRules'
@@ -18,14 +18,10 @@ func TestGuardRules(t *testing.T) {
 	if r.RequireAuthorization {
 		t.Fatal("the Azure surface requires Authorization, which no Azure client sends")
 	}
-	w := httptest.NewRecorder()
-	if got := r.WriteError(w, http.StatusTooManyRequests, "Throttled", "slow down", 1500*time.Millisecond); got != 429 || w.Code != 429 {
-		t.Fatalf("status %d / %d", got, w.Code)
-	}
-	var body map[string]string
-	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["error"] != "Throttled" || body["error_description"] != "slow down" ||
+	w, body := surfacetest.Throttled(t, r.WriteError)
+	if body["error"] != "Throttled" || body["error_description"] != "slow down" ||
 		w.Header().Get("Retry-After") != "2" || !strings.HasPrefix(w.Header().Get("Content-Type"), "application/json") {
-		t.Errorf("headers %v body %q (%v)", w.Header(), w.Body, err)
+		t.Errorf("headers %v body %q", w.Header(), w.Body)
 	}
 	w = httptest.NewRecorder()
 	r.WriteError(w, http.StatusBadRequest, "ForwardedRequest", "no", 0)

@@ -4,14 +4,19 @@
 package surfacetest
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/guard"
 )
 
 // Entry is embedded in a fake broker: its Serve is then one line,
@@ -82,4 +87,22 @@ func Counted(t testing.TB, g prometheus.Gatherer, surface string) map[int]int {
 		}
 	}
 	return out
+}
+
+// Throttled has write, a surface's guard error writer, refuse a request
+// with 429, code "Throttled", message "slow down" and a wait of 1.5 s, and
+// returns the answer and its JSON body. A status other than 429 fails the
+// test at once; a body that is not a JSON object of strings is a nil map,
+// which fails the caller's checks of it.
+func Throttled(t testing.TB, write guard.ErrorWriter) (*httptest.ResponseRecorder, map[string]string) {
+	t.Helper()
+	w := httptest.NewRecorder()
+	if got := write(w, http.StatusTooManyRequests, "Throttled", "slow down", 1500*time.Millisecond); got != 429 || w.Code != 429 {
+		t.Fatalf("status %d / %d", got, w.Code)
+	}
+	var body map[string]string
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+		t.Errorf("body %q: %v", w.Body, err)
+	}
+	return w, body
 }
