@@ -49,10 +49,7 @@ const (
 func render(t *testing.T, components ...string) []byte {
 	t.Helper()
 	testenv.RequireCommand(t, "kubectl")
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := testenv.RepoRoot(t)
 	dir := filepath.Join(root, "deploy/daemonset")
 	if len(components) > 0 {
 		// kustomize takes only relative paths to other directories.
@@ -519,10 +516,7 @@ func TestAdmissionPolicyAdmitsTheAgent(t *testing.T) {
 	_, kc := applyBase(t, cp, "broad-rbac")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	agentBin := testenv.AgentBinary(t)
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
 		t.Fatal(err)
 	}

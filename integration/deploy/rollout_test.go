@@ -172,10 +172,7 @@ func TestRolloutZeroDowntime(t *testing.T) {
 	_, kc := applyBase(t, cp, "broad-rbac")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	agentBin := testenv.AgentBinary(t)
 	orig, err := os.ReadFile(migrateReqPath)
 	if err != nil {
 		testenv.Unavailable(t, "kernel without tcp_migrate_req: %v", err)

@@ -68,14 +68,8 @@ type faults struct {
 func TestFaults(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip", "kubectl")
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	agentBin := testenv.AgentBinary(t)
+	root := testenv.RepoRoot(t)
 	ctx := context.Background()
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
 		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
@@ -92,6 +86,7 @@ func TestFaults(t *testing.T) {
 	f.cp = testenv.StartControlPlane(t)
 	// The API-server scenario freezes it; never leave it stopped.
 	t.Cleanup(func() { _ = f.cp.ThawAPIServer() })
+	var err error
 	f.sts, err = f.cp.StartSTS(ctx, harness.STSConfig{})
 	if err != nil {
 		t.Fatalf("StartSTS: %v", err)

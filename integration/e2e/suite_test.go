@@ -42,14 +42,8 @@ func newSuite(t *testing.T, subnet string, commands ...string) *suite {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, commands...)
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	agentBin := testenv.AgentBinary(t)
+	root := testenv.RepoRoot(t)
 	return &suite{root: root, dir: t.TempDir(), home: t.TempDir(), agentBin: agentBin, subnet: subnet, nextIP: 10}
 }
 

@@ -50,9 +50,7 @@ type tools struct {
 func setupWorld(t *testing.T) *world {
 	t.Helper()
 	w := &world{suite: newSuite(t, podSubnet, "ip", "kubectl", "moto_server", "aws", "python3", "node")}
-	if _, err := harness.K8sBinDir(); err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	testenv.K8sBinDir(t)
 	if _, err := os.Stat(filepath.Join(w.root, "integration/sdk/js/node_modules/@aws-sdk/client-sts")); err != nil {
 		testenv.Unavailable(t, "JS SDK not installed; run `make integration-deps`")
 	}

@@ -75,14 +75,8 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	cp := testenv.StartControlPlane(t)
-	bin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := testenv.AgentBinary(t)
+	root := testenv.RepoRoot(t)
 	e := &env{cp: cp, root: root, dir: t.TempDir(), bin: bin}
 	ctx := context.Background()
 	for _, n := range []string{harness.AgentNamespace, ns} {
