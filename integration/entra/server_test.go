@@ -235,36 +235,12 @@ func TestRejectedAssertions(t *testing.T) {
 			t.Errorf("error %v, want Denied AADSTS70025", err)
 		}
 	})
-	t.Run("expired by the clock", func(t *testing.T) {
-		tok := w.podToken(w.PodA) // valid for 10 minutes
-		w.Offset.Store(int64(11 * time.Minute))
-		defer w.Offset.Store(0)
+	w.RunStaleTokens(t, w.podToken, func(tok exchange.Secret) error {
 		_, err := x.Exchange(ctx, req(tok, clientA, tenant, vault))
+		return err
+	}, func(t *testing.T, err error) {
 		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || xe.Code != "AADSTS700024" {
 			t.Errorf("error %v, want InvalidToken AADSTS700024", err)
-		}
-	})
-	t.Run("pod deleted", func(t *testing.T) {
-		pod := w.CreatePod("short-lived", "app-a")
-		tok := w.podToken(pod)
-		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
-			t.Fatal(err)
-		}
-		_, err := x.Exchange(ctx, req(tok, clientA, tenant, vault))
-		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "no longer exists") {
-			t.Errorf("error %v, want InvalidToken: pod gone", err)
-		}
-	})
-	t.Run("pod replaced", func(t *testing.T) {
-		pod := w.CreatePod("replaced", "app-a")
-		tok := w.podToken(pod)
-		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
-			t.Fatal(err)
-		}
-		w.CreatePod("replaced", "app-a")
-		_, err := x.Exchange(ctx, req(tok, clientA, tenant, vault))
-		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "was replaced") {
-			t.Errorf("error %v, want InvalidToken: pod replaced", err)
 		}
 	})
 	t.Run("unknown tenant", func(t *testing.T) {
