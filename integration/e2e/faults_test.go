@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +34,6 @@ import (
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
 	"github.com/credbroker/agent/integration/oidcsts"
-	"github.com/credbroker/agent/integration/testenv"
 )
 
 const (
@@ -55,25 +53,15 @@ const (
 	askerTimeout = 15 * time.Second
 )
 
-// faults is what the scenarios share: one control plane, one STS.
+// faults is what the scenarios share: the suite's control plane, STS and
+// kubeconfig (no pods and no agent: each scenario starts its own).
 type faults struct {
-	root     string
-	dir      string
-	agentBin string
-	cp       *harness.ControlPlane
-	sts      *oidcsts.Server
-	kc       string
+	*suite
 }
 
 func TestFaults(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "ip", "kubectl")
-	agentBin := testenv.AgentBinary(t)
-	root := testenv.RepoRoot(t)
+	f := &faults{suite: newSuite(t, faultSubnet, "ip", "kubectl")}
 	ctx := context.Background()
-	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
-		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
-	}
 	if err := netns.Cleanup(ctx, faultPrefix); err != nil {
 		t.Fatal(err)
 	}
@@ -82,20 +70,9 @@ func TestFaults(t *testing.T) {
 			t.Errorf("removing namespaces: %v", err)
 		}
 	})
-	f := &faults{root: root, dir: t.TempDir(), agentBin: agentBin}
-	f.cp = testenv.StartControlPlane(t)
+	f.startCluster(t)
 	// The API-server scenario freezes it; never leave it stopped.
 	t.Cleanup(func() { _ = f.cp.ThawAPIServer() })
-	var err error
-	f.sts, err = f.cp.StartSTS(ctx, harness.STSConfig{})
-	if err != nil {
-		t.Fatalf("StartSTS: %v", err)
-	}
-	t.Cleanup(func() { f.sts.Close() })
-	f.kc = filepath.Join(f.dir, "agent.kubeconfig")
-	if err := f.cp.AgentKubeconfig(ctx, filepath.Join(root, "deploy/daemonset/rbac.yaml"), f.kc); err != nil {
-		t.Fatalf("AgentKubeconfig: %v", err)
-	}
 
 	t.Run("IPReuseChurn", f.testChurn)
 	t.Run("SandboxRecreatedAndSwap", f.testSandbox)

@@ -226,19 +226,3 @@ func (w *world) podEnv(extra ...string) []string {
 
 // stsCallsFor counts AssumeRoleWithWebIdentity calls for a pod.
 func (w *world) stsCallsFor(p *corev1.Pod) int64 { return w.sts.PodCalls(string(p.UID)) }
-
-// tokenRequestsFor counts the agent's TokenRequests bound to a pod.
-func (w *world) tokenRequestsFor(t *testing.T, p *corev1.Pod) int {
-	t.Helper()
-	trs, err := w.cp.TokenRequests()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, tr := range trs {
-		if tr.BoundUID == string(p.UID) {
-			n++
-		}
-	}
-	return n
-}
