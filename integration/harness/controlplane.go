@@ -510,24 +510,31 @@ func (cp *ControlPlane) AgentKubeconfig(ctx context.Context, rbacPath, path stri
 		}
 		rbacPath = filepath.Join(root, "deploy/daemonset/rbac.yaml")
 	}
-	if err := cp.EnsureNamespace(ctx, AgentNamespace); err != nil {
-		return err
-	}
-	if _, err := cp.Kubectl(ctx, "apply", "-f", rbacPath); err != nil {
-		return fmt.Errorf("applying agent RBAC: %w", err)
-	}
 	root, err := RepoRoot()
 	if err != nil {
 		return err
 	}
-	if _, err := cp.Kubectl(ctx, "apply", "-f", filepath.Join(root, "deploy/daemonset/broad-rbac/rbac.yaml")); err != nil {
-		return fmt.Errorf("applying the agent's broad RBAC: %w", err)
+	return cp.serviceAccountKubeconfig(ctx, path, AgentServiceAccount, rbacPath, filepath.Join(root, "deploy/daemonset/broad-rbac/rbac.yaml"))
+}
+
+// serviceAccountKubeconfig applies manifests (in order) with kubectl, in
+// AgentNamespace, requests a day's token for ServiceAccount sa there and
+// writes a kubeconfig with it to path: what the agent's and the webhook's
+// identities are made of, so that each runs with exactly its RBAC.
+func (cp *ControlPlane) serviceAccountKubeconfig(ctx context.Context, path, sa string, manifests ...string) error {
+	if err := cp.EnsureNamespace(ctx, AgentNamespace); err != nil {
+		return err
 	}
-	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, AgentServiceAccount, 24*time.Hour)
+	for _, m := range manifests {
+		if _, err := cp.Kubectl(ctx, "apply", "-f", m); err != nil {
+			return fmt.Errorf("applying %s for %s: %w", m, sa, err)
+		}
+	}
+	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, sa, 24*time.Hour)
 	if err != nil {
 		return err
 	}
-	return cp.WriteKubeconfig(path, AgentServiceAccount, token)
+	return cp.WriteKubeconfig(path, sa, token)
 }
 
 // writePKI makes a CA, an API server serving certificate for 127.0.0.1 and
