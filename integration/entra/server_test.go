@@ -61,13 +61,7 @@ func setup(t *testing.T) *world {
 		Log:     w.Logger(),
 		Now:     w.Now,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	w.s = s
 	return w
 }
@@ -339,13 +333,7 @@ func TestRequestChecks(t *testing.T) {
 	t.Run("resources", func(t *testing.T) {
 		s, err := entra.New(entra.Config{Issuer: w.CP.Issuer, HTTPClient: w.CP.AdminHTTPClient(), Resources: []string{vault},
 			Credentials: map[entra.App][]entra.FederatedCredential{{Tenant: tenant, ClientID: clientA}: {{Issuer: w.CP.Issuer, Subject: subjectA}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Start("127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		s = peertest.Started(t, s, err)
 		x, _ := azure.New(azure.Config{AuthorityHost: s.URL()})
 		if _, err := x.Exchange(context.Background(), req(w.podToken(w.PodA), clientA, tenant, vault)); err != nil {
 			t.Errorf("listed resource: %v", err)
@@ -496,13 +484,7 @@ func TestIssuerUnreachable(t *testing.T) {
 	const iss = "http://127.0.0.1:1"
 	s, err := entra.New(entra.Config{Issuer: iss, HTTPClient: &http.Client{Timeout: 2 * time.Second},
 		Credentials: map[entra.App][]entra.FederatedCredential{{Tenant: tenant, ClientID: clientA}: {{Issuer: iss, Subject: subjectA}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	key := peertest.NewKey(t)
 	tok := sign(t, key, "k1", map[string]any{"iss": iss, "sub": subjectA, "aud": azure.TokenAudience, "exp": time.Now().Add(time.Hour).Unix()})
 	x, err := azure.New(azure.Config{AuthorityHost: s.URL()})

@@ -55,13 +55,7 @@ func setup(t *testing.T) *world {
 		Log:           w.Logger(),
 		Now:           w.Now,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	w.s = s
 	return w
 }
@@ -558,13 +552,7 @@ func assertNoSecretsLogged(t *testing.T, w *world) {
 // token exchange is a retryable 503, not a verdict on the token.
 func TestIssuerUnreachable(t *testing.T) {
 	s, err := googlests.New(googlests.Config{Issuer: "http://127.0.0.1:1", HTTPClient: &http.Client{Timeout: 2 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	key := peertest.NewKey(t)
 	tok := sign(t, key, "k1", map[string]any{"iss": "http://127.0.0.1:1", "sub": subjectA, "aud": googlests.Audience(s.Provider()), "exp": time.Now().Add(time.Hour).Unix()})
 	x, err := gcp.New(gcp.Config{Provider: s.Provider(), STSEndpoint: s.URL(), IAMCredentialsEndpoint: s.URL()})

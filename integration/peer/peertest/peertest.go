@@ -200,6 +200,24 @@ func APIServerKey(t *testing.T, cp *harness.ControlPlane) *rsa.PrivateKey {
 	return key
 }
 
+// Started is a peer as its New returned it (s, err), listening on a free
+// loopback port until the test ends; a peer that cannot be made or started
+// fails the test.
+func Started[S interface {
+	Start(addr string) error
+	Close() error
+}](t testing.TB, s S, err error) S {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // XErr is err as an *exchange.Error, or the test fails.
 func XErr(t *testing.T, err error) *exchange.Error {
 	t.Helper()
