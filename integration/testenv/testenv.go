@@ -58,22 +58,24 @@ func RequireCommand(tb testing.TB, names ...string) string {
 // under test.
 func AgentBinary(tb testing.TB) string {
 	tb.Helper()
-	p, err := harness.AgentBinary()
-	if err != nil {
-		Unavailable(tb, "%v", err)
-	}
-	return p
+	return available(tb, harness.AgentBinary)
 }
 
 // K8sBinDir is the folder of the Kubernetes binaries (harness.K8sBinDir),
 // or the test stops as unavailable.
 func K8sBinDir(tb testing.TB) string {
 	tb.Helper()
-	d, err := harness.K8sBinDir()
+	return available(tb, harness.K8sBinDir)
+}
+
+// available is find's path, or the test stops as unavailable with its error.
+func available(tb testing.TB, find func() (string, error)) string {
+	tb.Helper()
+	p, err := find()
 	if err != nil {
 		Unavailable(tb, "%v", err)
 	}
-	return d
+	return p
 }
 
 // RepoRoot is the repository's root (harness.RepoRoot). Unlike a missing
