@@ -653,17 +653,23 @@ func (f *faults) testSandbox(t *testing.T) {
 			}
 		}
 	}
+	// readdress takes p's addresses away, as the teardown of its sandbox
+	// does, and gives it s's, as its next sandbox does.
+	readdress := func(t *testing.T, p *corev1.Pod, s spot) {
+		t.Helper()
+		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name, s.ip); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var figures []string
 
 	t.Run("SameAddress", func(t *testing.T) {
 		p := create(t, "same-1", "svc-a", spots[0])
 		servedAs(t, spots[0], p, "sandbox-a")
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name, spots[0].ip); err != nil {
-			t.Fatal(err)
-		}
+		readdress(t, p, spots[0])
 		took := servedAs(t, spots[0], p, "sandbox-a")
 		calls, trs := steady(t, spots[0], p, "sandbox-a")
 		figures = append(figures, fmt.Sprintf("same address: served again %v after its IPs were set again; 20 requests then caused %d STS calls and %d TokenRequests (%d STS calls for the pod in all)",
@@ -675,12 +681,7 @@ func (f *faults) testSandbox(t *testing.T) {
 	t.Run("NewAddress", func(t *testing.T) {
 		p := create(t, "moved-1", "svc-b", spots[1])
 		servedAs(t, spots[1], p, "sandbox-b")
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name, spots[2].ip); err != nil {
-			t.Fatal(err)
-		}
+		readdress(t, p, spots[2])
 		took := servedAs(t, spots[2], p, "sandbox-b")
 		notServedAs(t, spots[1], p)
 		calls, trs := steady(t, spots[2], p, "sandbox-b")
