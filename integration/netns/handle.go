@@ -57,6 +57,19 @@ func (h *Handle) Close() error {
 // the pod. Only literal IP addresses are dialled: a name would be resolved
 // with the host's resolver, which is not what a pod would see.
 func (h *Handle) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return h.dial(ctx, net.Dialer{}, network, addr)
+}
+
+// DialFrom is DialContext from the namespace's address local, for a
+// namespace with more than one (a pod sandbox that also holds another
+// pod's address), where the kernel's choice is not the one under test.
+func (h *Handle) DialFrom(local netip.Addr) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return h.dial(ctx, net.Dialer{LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}, network, addr)
+	}
+}
+
+func (h *Handle) dial(ctx context.Context, d net.Dialer, network, addr string) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: dialing %s: %w", h.name, addr, err)
@@ -64,52 +77,83 @@ func (h *Handle) DialContext(ctx context.Context, network, addr string) (net.Con
 	if _, err := netip.ParseAddr(host); err != nil {
 		return nil, fmt.Errorf("netns %s: dialing %s: only IP addresses are supported: %w", h.name, addr, err)
 	}
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	done := make(chan result, 1)
-	// A fresh goroutine owns the switched thread, so the caller's goroutine
-	// is never locked and a thread whose namespace cannot be restored dies
-	// with the goroutine (the runtime terminates threads that exit locked).
-	go func() {
-		runtime.LockOSThread()
-		conn, restored, err := h.dialLocked(ctx, network, addr)
-		if restored {
-			runtime.UnlockOSThread()
-		}
-		done <- result{conn, err}
-	}()
-	r := <-done
-	return r.conn, r.err
-}
-
-// dialLocked must run on a locked OS thread. restored reports whether the
-// thread is back in its original namespace and may be reused.
-func (h *Handle) dialLocked(ctx context.Context, network, addr string) (conn net.Conn, restored bool, err error) {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	if h.fd < 0 {
-		return nil, true, fmt.Errorf("netns %s: closed", h.name)
-	}
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, true, fmt.Errorf("netns %s: opening own namespace: %w", h.name, err)
-	}
-	defer unix.Close(orig)
-	if err := unix.Setns(h.fd, unix.CLONE_NEWNET); err != nil {
-		return nil, true, fmt.Errorf("netns %s: entering: %w", h.name, err)
-	}
-	var d net.Dialer
-	conn, dialErr := d.DialContext(ctx, network, addr)
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+	var conn net.Conn
+	err = h.inside(func() error {
+		var err error
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	}, func() {
 		if conn != nil {
 			conn.Close()
 		}
-		return nil, false, fmt.Errorf("netns %s: returning to own namespace: %w", h.name, err)
+	})
+	if err != nil {
+		return nil, err
 	}
-	if dialErr != nil {
-		return nil, true, fmt.Errorf("netns %s: %w", h.name, dialErr)
+	return conn, nil
+}
+
+// Listen opens a listener inside the namespace (a server in the pod, on
+// the pod's address). It serves from any thread, as a dialled socket does.
+func (h *Handle) Listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := h.inside(func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	}, func() {
+		if l != nil {
+			l.Close()
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
-	return conn, true, nil
+	return l, nil
+}
+
+// inside runs open (which makes one socket) in the namespace, on a fresh
+// goroutine that owns the switched thread: the caller's goroutine is never
+// locked, and a thread whose namespace cannot be restored dies with the
+// goroutine (the runtime terminates threads that exit locked). When the
+// thread cannot return, undo closes what open made, which would otherwise
+// be handed out from a failed call.
+func (h *Handle) inside(open func() error, undo func()) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		restored, err := h.insideLocked(open, undo)
+		if restored {
+			runtime.UnlockOSThread()
+		}
+		done <- err
+	}()
+	return <-done
+}
+
+// insideLocked must run on a locked OS thread. restored reports whether the
+// thread is back in its original namespace and may be reused.
+func (h *Handle) insideLocked(open func() error, undo func()) (restored bool, err error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.fd < 0 {
+		return true, fmt.Errorf("netns %s: closed", h.name)
+	}
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return true, fmt.Errorf("netns %s: opening own namespace: %w", h.name, err)
+	}
+	defer unix.Close(orig)
+	if err := unix.Setns(h.fd, unix.CLONE_NEWNET); err != nil {
+		return true, fmt.Errorf("netns %s: entering: %w", h.name, err)
+	}
+	openErr := open()
+	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+		undo()
+		return false, fmt.Errorf("netns %s: returning to own namespace: %w", h.name, err)
+	}
+	if openErr != nil {
+		return true, fmt.Errorf("netns %s: %w", h.name, openErr)
+	}
+	return true, nil
 }

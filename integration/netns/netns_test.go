@@ -150,31 +150,27 @@ func TestThreadsComeBack(t *testing.T) {
 	hostSeen := acceptRemote(t, hostL)
 
 	const n = 200
-	var wg sync.WaitGroup
 	errs := make(chan error, 2*n)
-	for range n {
-		wg.Go(func() {
-			c, err := ns.DialContext(ctx, "tcp", l.Addr().String())
-			if err != nil {
-				errs <- err
-				return
-			}
-			c.Close()
-		})
+	// dialAll makes n dials at once and waits for them all.
+	dialAll := func(dial func() (net.Conn, error)) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				c, err := dial()
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.Close()
+			})
+		}
+		wg.Wait()
 	}
-	wg.Wait()
-	for range n {
-		wg.Go(func() {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", hostL.Addr().String())
-			if err != nil {
-				errs <- err
-				return
-			}
-			c.Close()
-		})
-	}
-	wg.Wait()
+	dialAll(func() (net.Conn, error) { return ns.DialContext(ctx, "tcp", l.Addr().String()) })
+	dialAll(func() (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", hostL.Addr().String())
+	})
 	close(errs)
 	for err := range errs {
 		t.Errorf("dial: %v", err)
@@ -186,6 +182,64 @@ func TestThreadsComeBack(t *testing.T) {
 		if a := <-hostSeen; a != netip.MustParseAddr("127.0.0.1") {
 			t.Fatalf("host dial seen from %v", a)
 		}
+	}
+}
+
+// TestListenAndDialFrom: a listener opened through the namespace is the
+// pod's (it binds the pod's address, which the host does not hold, and the
+// host reaches it through the veth), and DialFrom binds its local address
+// inside the namespace (the pod's address works, the host's does not).
+func TestListenAndDialFrom(t *testing.T) {
+	setup(t)
+	ctx := context.Background()
+	ns, err := netns.Create(ctx, netns.Spec{Name: prefix + "-l", IP: netip.MustParseAddr("10.244.250.4")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	addr := netip.AddrPortFrom(ns.IP(), 0).String()
+	if l, err := net.Listen("tcp", addr); err == nil {
+		l.Close()
+		t.Fatalf("the host holds %s: the test cannot tell inside from outside", ns.IP())
+	}
+	l, err := ns.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("Listen inside: %v", err)
+	}
+	defer l.Close()
+	seen := acceptRemote(t, l)
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatalf("dialing the pod's listener from the host: %v", err)
+	}
+	c.Close()
+	if a := <-seen; a == ns.IP() {
+		t.Errorf("the pod's listener saw the host's dial come from the pod's own address %v", a)
+	}
+
+	hostL, err := net.Listen("tcp", netip.AddrPortFrom(netns.ServiceAddr4, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostL.Close()
+	hostSeen := acceptRemote(t, hostL)
+	h, err := netns.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	c, err = h.DialFrom(ns.IP())(ctx, "tcp", hostL.Addr().String())
+	if err != nil {
+		t.Fatalf("DialFrom the pod's address: %v", err)
+	}
+	c.Close()
+	if a := <-hostSeen; a != ns.IP() {
+		t.Errorf("DialFrom %v seen from %v", ns.IP(), a)
+	}
+	if c, err := h.DialFrom(netns.ServiceAddr4)(ctx, "tcp", hostL.Addr().String()); err == nil {
+		c.Close()
+		t.Errorf("DialFrom the host's %v worked: the bind is not inside the namespace", netns.ServiceAddr4)
 	}
 }
 
