@@ -33,7 +33,7 @@ const handoffSocket = "/var/run/credbroker/handoff.sock"
 func TestRolloutHandOff(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	roles, pods := w.startLoops(ctx, t, "50s", "team-h1", "team-h2")
+	roles, pods := w.startLoops(ctx, t, "50s", "200ms", "team-h1", "team-h2")
 	for ns := range roles {
 		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
 	}
@@ -86,16 +86,8 @@ func TestRolloutHandOff(t *testing.T) {
 func TestHandOffPolicyChanged(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	c := w.node.CP.Client
-	pods := map[string]*corev1.Pod{}
-	roles := map[string]string{}
-	for _, ns := range []string{"team-hp1", "team-hp2"} {
-		roles[ns] = w.setupApp(ctx, t, ns, "app")
-		w.createWorkload(ctx, t, workloadSpec{ns: ns, name: "loop", sa: "app", args: []string{"-duration", "45s", "-interval", "200ms"}})
-		t.Cleanup(func() { _ = c.CoreV1().Pods(ns).Delete(ctx, "loop", metav1.DeleteOptions{}) })
-	}
+	roles, pods := w.startLoops(ctx, t, "45s", "200ms", "team-hp1", "team-hp2")
 	for ns := range roles {
-		pods[ns] = w.waitPhase(ctx, t, ns, "loop", time.Minute, corev1.PodRunning)
 		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
 	}
 	before := w.upstreamCalls(t, map[string]*corev1.Pod{"team-hp1": pods["team-hp1"]})
@@ -148,13 +140,9 @@ func TestHandOffPolicyChanged(t *testing.T) {
 func TestHandOffPredecessorKilled(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	c := w.node.CP.Client
-	role := w.setupApp(ctx, t, "team-hk", "app")
-	w.createWorkload(ctx, t, workloadSpec{ns: "team-hk", name: "loop", sa: "app", args: []string{"-duration", "60s", "-interval", "200ms"}})
-	t.Cleanup(func() { _ = c.CoreV1().Pods("team-hk").Delete(ctx, "loop", metav1.DeleteOptions{}) })
-	pod := w.waitPhase(ctx, t, "team-hk", "loop", time.Minute, corev1.PodRunning)
+	roles, pods := w.startLoops(ctx, t, "60s", "200ms", "team-hk")
+	role := roles["team-hk"]
 	w.waitRounds(ctx, t, "team-hk", "loop", time.Now(), 3, roleName(role))
-	pods := map[string]*corev1.Pod{"team-hk": pod}
 	before := w.upstreamCalls(t, pods)
 
 	old := w.agentPod(ctx, t)
