@@ -531,15 +531,7 @@ func TestAdmissionPolicyAdmitsTheAgent(t *testing.T) {
 		t.Fatalf("StartAgent: %v", err)
 	}
 	t.Cleanup(a.Stop)
-	ps, err := harness.NewPods(ctx, cp, testNodeName, "cbdpa")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ps.Close(context.Background()) })
-	p, err := ps.Start(ctx, harness.PodSpec{Namespace: "team", Name: "web", ServiceAccount: "app", IP: netipMust("10.244.23.20")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := startAppPod(ctx, t, cp, "cbdpa", "10.244.23.20")
 	status, body, err := p.Get(ctx, a.URL)
 	if err != nil || status != 200 {
 		t.Fatalf("credentials from the agent under the policy: %d %v\n%s\nagent log:\n%s", status, err, redact(body), a.LogTail(30))
