@@ -34,9 +34,7 @@ func TestRolloutHandOff(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
 	roles, pods := w.startLoops(ctx, t, "50s", "200ms", "team-h1", "team-h2")
-	for ns := range roles {
-		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
-	}
+	w.waitLoopsServed(ctx, t, roles)
 	before := w.upstreamCalls(t, pods)
 	start := time.Now()
 	w.rolloutRestart(ctx, t)
@@ -87,9 +85,7 @@ func TestHandOffPolicyChanged(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
 	roles, pods := w.startLoops(ctx, t, "45s", "200ms", "team-hp1", "team-hp2")
-	for ns := range roles {
-		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
-	}
+	w.waitLoopsServed(ctx, t, roles)
 	before := w.upstreamCalls(t, map[string]*corev1.Pod{"team-hp1": pods["team-hp1"]})
 	patch := fmt.Sprintf(`[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--allowed-role-arn=%s"}]`, roles["team-hp1"])
 	t.Cleanup(func() { w.removeAgentArg(ctx, t, "--allowed-role-arn=") })
@@ -141,8 +137,8 @@ func TestHandOffPredecessorKilled(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
 	roles, pods := w.startLoops(ctx, t, "60s", "200ms", "team-hk")
+	w.waitLoopsServed(ctx, t, roles)
 	role := roles["team-hk"]
-	w.waitRounds(ctx, t, "team-hk", "loop", time.Now(), 3, roleName(role))
 	before := w.upstreamCalls(t, pods)
 
 	old := w.agentPod(ctx, t)

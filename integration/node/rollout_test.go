@@ -202,6 +202,15 @@ func TestRolloutRestart(t *testing.T) {
 	w.checkLoops(ctx, t, roles)
 }
 
+// waitLoopsServed waits until every loop of startLoops has made three
+// rounds from now with its own role: the agent serves them all.
+func (w *world) waitLoopsServed(ctx context.Context, t *testing.T, roles map[string]string) {
+	t.Helper()
+	for ns, role := range roles {
+		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(role))
+	}
+}
+
 // startLoops sets up an application (ServiceAccount "app", its role) in
 // each namespace with a "loop" workload that calls the SDK every interval
 // for duration, and waits until every loop runs. It returns each
