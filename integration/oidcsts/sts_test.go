@@ -19,7 +19,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
-	"github.com/aws/smithy-go"
 
 	"github.com/credbroker/agent/integration/oidcsts"
 	"github.com/credbroker/agent/integration/peer/peertest"
@@ -175,14 +174,6 @@ func assume(ctx context.Context, c *sts.Client, token string) (*sts.AssumeRoleWi
 	})
 }
 
-func errorCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
-	}
-	return ""
-}
-
 func TestAssumeRoleAndCallerIdentity(t *testing.T) {
 	is := newIssuer(t)
 	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
@@ -225,7 +216,7 @@ func TestAssumeRoleAndCallerIdentity(t *testing.T) {
 	bogus := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 		return aws.Credentials{AccessKeyID: "ASIAFAKEFAKEFAKEFAKE", SecretAccessKey: "x", SessionToken: "y"}, nil
 	})
-	if _, err := client(s.URL(), bogus).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{}); errorCode(err) != "InvalidClientTokenId" {
+	if _, err := client(s.URL(), bogus).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{}); peertest.AWSErrorCode(err) != "InvalidClientTokenId" {
 		t.Errorf("GetCallerIdentity with unknown key: %v, want InvalidClientTokenId", err)
 	}
 }
@@ -254,7 +245,7 @@ func TestRejectedTokens(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := assume(context.Background(), client(s.URL(), nil), is.token(t, tc.opts))
-			if got := errorCode(err); got != tc.want {
+			if got := peertest.AWSErrorCode(err); got != tc.want {
 				t.Errorf("error %v (code %q), want code %q", err, got, tc.want)
 			}
 		})
@@ -264,7 +255,7 @@ func TestRejectedTokens(t *testing.T) {
 		p.set("team/pod-1", "")
 		defer p.set("team/pod-1", "uid-1")
 		_, err := assume(context.Background(), client(s.URL(), nil), tok)
-		if got := errorCode(err); got != "InvalidIdentityToken" {
+		if got := peertest.AWSErrorCode(err); got != "InvalidIdentityToken" {
 			t.Errorf("error %v, want InvalidIdentityToken", err)
 		}
 	})
@@ -293,7 +284,7 @@ func TestFaults(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := assume(ctx, client(s.URL(), nil), tok)
-			if got := errorCode(err); got != string(tc.code) {
+			if got := peertest.AWSErrorCode(err); got != string(tc.code) {
 				t.Errorf("error %v, want code %s", err, tc.code)
 			}
 			var re interface{ HTTPStatusCode() int }

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/smithy-go"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -216,6 +217,17 @@ func Started[S interface {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// AWSErrorCode is the error code an AWS SDK client reports for err
+// (AccessDenied, InvalidIdentityToken...), or "" when err carries none: how
+// the tests that call oidcsts with the real SDK read its refusals.
+func AWSErrorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
 }
 
 // XErr is err as an *exchange.Error, or the test fails.
