@@ -3,6 +3,7 @@ package netns
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -77,83 +78,72 @@ func (h *Handle) dial(ctx context.Context, d net.Dialer, network, addr string) (
 	if _, err := netip.ParseAddr(host); err != nil {
 		return nil, fmt.Errorf("netns %s: dialing %s: only IP addresses are supported: %w", h.name, addr, err)
 	}
-	var conn net.Conn
-	err = h.inside(func() error {
-		var err error
-		conn, err = d.DialContext(ctx, network, addr)
-		return err
-	}, func() {
-		if conn != nil {
-			conn.Close()
-		}
-	})
+	c, err := h.inside(func() (io.Closer, error) { return d.DialContext(ctx, network, addr) })
 	if err != nil {
 		return nil, err
 	}
-	return conn, nil
+	return c.(net.Conn), nil
 }
 
 // Listen opens a listener inside the namespace (a server in the pod, on
 // the pod's address). It serves from any thread, as a dialled socket does.
 func (h *Handle) Listen(network, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := h.inside(func() error {
-		var err error
-		l, err = net.Listen(network, addr)
-		return err
-	}, func() {
-		if l != nil {
-			l.Close()
-		}
-	})
+	l, err := h.inside(func() (io.Closer, error) { return net.Listen(network, addr) })
 	if err != nil {
 		return nil, err
 	}
-	return l, nil
+	return l.(net.Listener), nil
 }
 
 // inside runs open (which makes one socket) in the namespace, on a fresh
 // goroutine that owns the switched thread: the caller's goroutine is never
 // locked, and a thread whose namespace cannot be restored dies with the
 // goroutine (the runtime terminates threads that exit locked). When the
-// thread cannot return, undo closes what open made, which would otherwise
-// be handed out from a failed call.
-func (h *Handle) inside(open func() error, undo func()) error {
-	done := make(chan error, 1)
+// thread cannot return, what open made is closed rather than handed out
+// from a failed call.
+func (h *Handle) inside(open func() (io.Closer, error)) (io.Closer, error) {
+	type result struct {
+		c   io.Closer
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		restored, err := h.insideLocked(open, undo)
+		c, restored, err := h.insideLocked(open)
 		if restored {
 			runtime.UnlockOSThread()
 		}
-		done <- err
+		done <- result{c, err}
 	}()
-	return <-done
+	r := <-done
+	return r.c, r.err
 }
 
 // insideLocked must run on a locked OS thread. restored reports whether the
 // thread is back in its original namespace and may be reused.
-func (h *Handle) insideLocked(open func() error, undo func()) (restored bool, err error) {
+func (h *Handle) insideLocked(open func() (io.Closer, error)) (c io.Closer, restored bool, err error) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if h.fd < 0 {
-		return true, fmt.Errorf("netns %s: closed", h.name)
+		return nil, true, fmt.Errorf("netns %s: closed", h.name)
 	}
 	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return true, fmt.Errorf("netns %s: opening own namespace: %w", h.name, err)
+		return nil, true, fmt.Errorf("netns %s: opening own namespace: %w", h.name, err)
 	}
 	defer unix.Close(orig)
 	if err := unix.Setns(h.fd, unix.CLONE_NEWNET); err != nil {
-		return true, fmt.Errorf("netns %s: entering: %w", h.name, err)
+		return nil, true, fmt.Errorf("netns %s: entering: %w", h.name, err)
 	}
-	openErr := open()
+	c, openErr := open()
 	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		undo()
-		return false, fmt.Errorf("netns %s: returning to own namespace: %w", h.name, err)
+		if openErr == nil {
+			c.Close()
+		}
+		return nil, false, fmt.Errorf("netns %s: returning to own namespace: %w", h.name, err)
 	}
 	if openErr != nil {
-		return true, fmt.Errorf("netns %s: %w", h.name, openErr)
+		return nil, true, fmt.Errorf("netns %s: %w", h.name, openErr)
 	}
-	return true, nil
+	return c, true, nil
 }

@@ -40,6 +40,17 @@ func setup(t *testing.T) {
 	}
 }
 
+// create makes a namespace for the test, closed at its end.
+func create(t *testing.T, spec netns.Spec) *netns.Namespace {
+	t.Helper()
+	ns, err := netns.Create(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("Create(%s): %v", spec.Name, err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
 // acceptRemote serves l and reports each accepted connection's remote address.
 func acceptRemote(t *testing.T, l net.Listener) <-chan netip.Addr {
 	t.Helper()
@@ -131,11 +142,7 @@ func TestSourceAddressIsThePods(t *testing.T) {
 func TestThreadsComeBack(t *testing.T) {
 	setup(t)
 	ctx := context.Background()
-	ns, err := netns.Create(ctx, netns.Spec{Name: prefix + "-t", IP: netip.MustParseAddr("10.244.250.3")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	ns := create(t, netns.Spec{Name: prefix + "-t", IP: netip.MustParseAddr("10.244.250.3")})
 	l, err := net.Listen("tcp", netip.AddrPortFrom(netns.ServiceAddr4, 0).String())
 	if err != nil {
 		t.Fatal(err)
@@ -192,11 +199,7 @@ func TestThreadsComeBack(t *testing.T) {
 func TestListenAndDialFrom(t *testing.T) {
 	setup(t)
 	ctx := context.Background()
-	ns, err := netns.Create(ctx, netns.Spec{Name: prefix + "-l", IP: netip.MustParseAddr("10.244.250.4")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	ns := create(t, netns.Spec{Name: prefix + "-l", IP: netip.MustParseAddr("10.244.250.4")})
 	addr := netip.AddrPortFrom(ns.IP(), 0).String()
 	if l, err := net.Listen("tcp", addr); err == nil {
 		l.Close()
