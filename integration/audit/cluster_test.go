@@ -52,17 +52,9 @@ type cluster struct {
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	testenv.RequireCommand(t, "kubectl", "jq")
-	if _, err := harness.K8sBinDir(); err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	bin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	testenv.K8sBinDir(t)
+	bin := testenv.AgentBinary(t)
+	root := testenv.RepoRoot(t)
 	dir := t.TempDir()
 	policy := filepath.Join(dir, "audit-policy.yaml")
 	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {

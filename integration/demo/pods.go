@@ -10,11 +10,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -84,52 +82,6 @@ func (p *pod) exec(ctx context.Context, env []string, args ...string) ([]byte, e
 	return out, nil
 }
 
-// listenIn opens a TCP listener inside the network namespace at path: the
-// receiving pod's socket, on its own address. It runs on a thread of its
-// own, which is thrown away if it cannot be switched back.
-func listenIn(path, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer self.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("entering %s: %w", path, err)}
-			return
-		}
-		l, lerr := net.Listen("tcp", addr)
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked and ends with this goroutine.
-			if l != nil {
-				l.Close()
-			}
-			ch <- result{err: fmt.Errorf("returning from %s: %w", path, err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{l: l, err: lerr}
-	}()
-	r := <-ch
-	return r.l, r.err
-}
-
 // startReceiver serves pod B's whole program in B's network namespace: an
 // HTTP service that accepts callers only with a ServiceAccount token for
 // its audience, verified with pkg/verify against the API server's
@@ -149,7 +101,8 @@ func startReceiver(ctx context.Context, cp *harness.ControlPlane, b *pod, audien
 		return nil, "", err
 	}
 	addr := net.JoinHostPort(b.ns.IP().String(), "8080")
-	l, err := listenIn(b.ns.Path(), addr)
+	// The receiving pod's socket, on its own address.
+	l, err := b.ns.Listen("tcp", addr)
 	if err != nil {
 		return nil, "", err
 	}

@@ -49,10 +49,7 @@ const (
 func render(t *testing.T, components ...string) []byte {
 	t.Helper()
 	testenv.RequireCommand(t, "kubectl")
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := testenv.RepoRoot(t)
 	dir := filepath.Join(root, "deploy/daemonset")
 	if len(components) > 0 {
 		// kustomize takes only relative paths to other directories.
@@ -519,10 +516,7 @@ func TestAdmissionPolicyAdmitsTheAgent(t *testing.T) {
 	_, kc := applyBase(t, cp, "broad-rbac")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	agentBin := testenv.AgentBinary(t)
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
 		t.Fatal(err)
 	}
@@ -537,15 +531,7 @@ func TestAdmissionPolicyAdmitsTheAgent(t *testing.T) {
 		t.Fatalf("StartAgent: %v", err)
 	}
 	t.Cleanup(a.Stop)
-	ps, err := harness.NewPods(ctx, cp, testNodeName, "cbdpa")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ps.Close(context.Background()) })
-	p, err := ps.Start(ctx, harness.PodSpec{Namespace: "team", Name: "web", ServiceAccount: "app", IP: netipMust("10.244.23.20")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := startAppPod(ctx, t, cp, "cbdpa", "10.244.23.20")
 	status, body, err := p.Get(ctx, a.URL)
 	if err != nil || status != 200 {
 		t.Fatalf("credentials from the agent under the policy: %d %v\n%s\nagent log:\n%s", status, err, redact(body), a.LogTail(30))

@@ -86,3 +86,20 @@ func startAppRole(ctx context.Context, t *testing.T, cp *harness.ControlPlane) *
 	t.Cleanup(func() { sts.Close() })
 	return sts
 }
+
+// startAppPod starts team/web (ServiceAccount app) at ip on the test node,
+// in network namespaces named after prefix (one per test, so that tests
+// running at once keep apart), removed at the test's end.
+func startAppPod(ctx context.Context, t *testing.T, cp *harness.ControlPlane, prefix, ip string) *harness.Pod {
+	t.Helper()
+	ps, err := harness.NewPods(ctx, cp, testNodeName, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ps.Close(context.Background()) })
+	p, err := ps.Start(ctx, harness.PodSpec{Namespace: "team", Name: "web", ServiceAccount: "app", IP: netipMust(ip)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

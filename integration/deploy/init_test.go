@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/testenv"
 )
 
@@ -18,10 +17,7 @@ import (
 func TestInitSubcommand(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
-	bin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	bin := testenv.AgentBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	const ns = "cbdpinit"

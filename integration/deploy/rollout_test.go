@@ -172,10 +172,7 @@ func TestRolloutZeroDowntime(t *testing.T) {
 	_, kc := applyBase(t, cp, "broad-rbac")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	agentBin := testenv.AgentBinary(t)
 	orig, err := os.ReadFile(migrateReqPath)
 	if err != nil {
 		testenv.Unavailable(t, "kernel without tcp_migrate_req: %v", err)
@@ -185,15 +182,7 @@ func TestRolloutZeroDowntime(t *testing.T) {
 		t.Fatal(err)
 	}
 	sts := startAppRole(ctx, t, cp)
-	ps, err := harness.NewPods(ctx, cp, testNodeName, "cbdpr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ps.Close(context.Background()) })
-	pod, err := ps.Start(ctx, harness.PodSpec{Namespace: "team", Name: "web", ServiceAccount: "app", IP: netipMust("10.244.23.30")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := startAppPod(ctx, t, cp, "cbdpr", "10.244.23.30")
 
 	for _, migrate := range []string{"0", "1"} {
 		t.Run("tcp_migrate_req="+migrate, func(t *testing.T) {

@@ -195,15 +195,23 @@ func (w *world) testRefusalEvents(t *testing.T) {
 
 // Refused callers get 403 with a JSON message saying why.
 func (w *world) testRefusals(t *testing.T) {
-	t.Run("DefaultServiceAccount", func(t *testing.T) {
-		// Even annotated, "default" is refused unless the operator opts in.
-		w.serviceAccount(t, "lazy", "default", "lazy-default")
-		p := w.pod(t, "lazy", "app-1", "default")
+	// refused makes ServiceAccount ns/sa (annotated with role unless
+	// empty) and its pod app-1, and returns the pod and the message of the
+	// 403 its request must get.
+	refused := func(t *testing.T, ns, sa, role string) (*harness.Pod, apiError) {
+		t.Helper()
+		w.serviceAccount(t, ns, sa, role)
+		p := w.pod(t, ns, "app-1", sa)
 		r := w.fetch(t, p)
 		if r.status != http.StatusForbidden {
 			t.Fatalf("status %d %s, want 403", r.status, r.body)
 		}
-		if e := r.apiError(t); !strings.Contains(strings.ToLower(e.Message), "default") {
+		return p, r.apiError(t)
+	}
+	t.Run("DefaultServiceAccount", func(t *testing.T) {
+		// Even annotated, "default" is refused unless the operator opts in.
+		p, e := refused(t, "lazy", "default", "lazy-default")
+		if !strings.Contains(strings.ToLower(e.Message), "default") {
 			t.Errorf("message %q does not mention the default ServiceAccount", e.Message)
 		}
 		if got := w.stsCallsFor(p.Pod); got != 0 {
@@ -211,13 +219,7 @@ func (w *world) testRefusals(t *testing.T) {
 		}
 	})
 	t.Run("NoRoleAnnotation", func(t *testing.T) {
-		w.serviceAccount(t, "plain", "no-role-sa", "")
-		p := w.pod(t, "plain", "app-1", "no-role-sa")
-		r := w.fetch(t, p)
-		if r.status != http.StatusForbidden {
-			t.Fatalf("status %d %s, want 403", r.status, r.body)
-		}
-		e := r.apiError(t)
+		_, e := refused(t, "plain", "no-role-sa", "")
 		if !strings.Contains(e.Message, harness.RoleAnnotation) || !strings.Contains(e.Message, "no-role-sa") {
 			t.Errorf("message %q does not name the annotation %s and the ServiceAccount no-role-sa", e.Message, harness.RoleAnnotation)
 		}

@@ -36,18 +36,9 @@ const (
 func TestAttest(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
-	binDir, err := harness.K8sBinDir()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	binDir := testenv.K8sBinDir(t)
+	agentBin := testenv.AgentBinary(t)
+	root := testenv.RepoRoot(t)
 	ctx := context.Background()
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
 		t.Fatal(err)

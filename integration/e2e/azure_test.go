@@ -329,31 +329,6 @@ func (w *azWorld) checkToken(t *testing.T, who string, p *harness.Pod, s azSA, t
 	return is
 }
 
-// tokenRequestsFor returns the TokenRequests bound to a pod, by audience
-// (the API server's audit log).
-func (w *azWorld) tokenRequestsFor(t *testing.T, p *corev1.Pod) map[string]int {
-	t.Helper()
-	trs, err := w.cp.TokenRequests()
-	if err != nil {
-		t.Fatal(err)
-	}
-	auds := map[string]int{}
-	for _, tr := range trs {
-		if tr.BoundUID == string(p.UID) {
-			auds[strings.Join(tr.Audiences, ",")]++
-		}
-	}
-	return auds
-}
-
-func sum(m map[string]int) int {
-	n := 0
-	for _, v := range m {
-		n += v
-	}
-	return n
-}
-
 // azSnapshot is what the agent and its upstreams have done so far, for one
 // pod's figures.
 type azSnapshot struct {
@@ -369,7 +344,7 @@ func (w *azWorld) snap(t *testing.T, p *harness.Pod) azSnapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return azSnapshot{requests: harness.MetricSum(m, "credbroker_requests_total", nil), trs: sum(w.tokenRequestsFor(t, p.Pod)),
+	return azSnapshot{requests: harness.MetricSum(m, "credbroker_requests_total", nil), trs: w.tokenRequestsFor(t, p.Pod),
 		issued: w.entra.PodCalls(string(p.Pod.UID)), peer: w.entra.Counts()}
 }
 
@@ -493,7 +468,7 @@ func (w *azWorld) testClients(t *testing.T) {
 		})
 	}
 	for _, pp := range pods {
-		auds := w.tokenRequestsFor(t, pp.p.Pod)
+		auds := w.tokenRequestsByAudience(t, pp.p.Pod)
 		t.Logf("pod %s/%s: TokenRequests by audience %v, %d tokens issued by the peer", pp.p.Pod.Namespace, pp.p.Pod.Name,
 			auds, w.entra.PodCalls(string(pp.p.Pod.UID)))
 		if auds[entra.TokenAudience] == 0 || len(auds) != 1 {
@@ -640,7 +615,7 @@ func (w *azWorld) testRefusals(t *testing.T) {
 			if n := w.entra.Counts().Token - before; n != 0 {
 				t.Errorf("%d Entra calls for a refused pod", n)
 			}
-			if got := w.tokenRequestsFor(t, tc.p.Pod); len(got) != 0 {
+			if got := w.tokenRequestsByAudience(t, tc.p.Pod); len(got) != 0 {
 				t.Errorf("TokenRequests for a refused pod: %v", got)
 			}
 		})
@@ -892,7 +867,7 @@ func (w *azWorld) testPrefetch(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("prefetched for %s: %d tokens; TokenRequests by audience %v", p.Pod.Name, w.entra.PodCalls(uid), w.tokenRequestsFor(t, p.Pod))
+	t.Logf("prefetched for %s: %d tokens; TokenRequests by audience %v", p.Pod.Name, w.entra.PodCalls(uid), w.tokenRequestsByAudience(t, p.Pod))
 
 	// The agent prefetches for every other pod with a client ID too, so
 	// the figures are the pod's: tokens the peer issued for it.

@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +34,6 @@ import (
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
 	"github.com/credbroker/agent/integration/oidcsts"
-	"github.com/credbroker/agent/integration/testenv"
 )
 
 const (
@@ -55,31 +53,15 @@ const (
 	askerTimeout = 15 * time.Second
 )
 
-// faults is what the scenarios share: one control plane, one STS.
+// faults is what the scenarios share: the suite's control plane, STS and
+// kubeconfig (no pods and no agent: each scenario starts its own).
 type faults struct {
-	root     string
-	dir      string
-	agentBin string
-	cp       *harness.ControlPlane
-	sts      *oidcsts.Server
-	kc       string
+	*suite
 }
 
 func TestFaults(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "ip", "kubectl")
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := &faults{suite: newSuite(t, faultSubnet, "ip", "kubectl")}
 	ctx := context.Background()
-	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
-		t.Fatalf("putting %s on lo: %v", netns.ServiceAddr4, err)
-	}
 	if err := netns.Cleanup(ctx, faultPrefix); err != nil {
 		t.Fatal(err)
 	}
@@ -88,19 +70,9 @@ func TestFaults(t *testing.T) {
 			t.Errorf("removing namespaces: %v", err)
 		}
 	})
-	f := &faults{root: root, dir: t.TempDir(), agentBin: agentBin}
-	f.cp = testenv.StartControlPlane(t)
+	f.startCluster(t)
 	// The API-server scenario freezes it; never leave it stopped.
 	t.Cleanup(func() { _ = f.cp.ThawAPIServer() })
-	f.sts, err = f.cp.StartSTS(ctx, harness.STSConfig{})
-	if err != nil {
-		t.Fatalf("StartSTS: %v", err)
-	}
-	t.Cleanup(func() { f.sts.Close() })
-	f.kc = filepath.Join(f.dir, "agent.kubeconfig")
-	if err := f.cp.AgentKubeconfig(ctx, filepath.Join(root, "deploy/daemonset/rbac.yaml"), f.kc); err != nil {
-		t.Fatalf("AgentKubeconfig: %v", err)
-	}
 
 	t.Run("IPReuseChurn", f.testChurn)
 	t.Run("SandboxRecreatedAndSwap", f.testSandbox)
@@ -681,17 +653,23 @@ func (f *faults) testSandbox(t *testing.T) {
 			}
 		}
 	}
+	// readdress takes p's addresses away, as the teardown of its sandbox
+	// does, and gives it s's, as its next sandbox does.
+	readdress := func(t *testing.T, p *corev1.Pod, s spot) {
+		t.Helper()
+		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name, s.ip); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var figures []string
 
 	t.Run("SameAddress", func(t *testing.T) {
 		p := create(t, "same-1", "svc-a", spots[0])
 		servedAs(t, spots[0], p, "sandbox-a")
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name, spots[0].ip); err != nil {
-			t.Fatal(err)
-		}
+		readdress(t, p, spots[0])
 		took := servedAs(t, spots[0], p, "sandbox-a")
 		calls, trs := steady(t, spots[0], p, "sandbox-a")
 		figures = append(figures, fmt.Sprintf("same address: served again %v after its IPs were set again; 20 requests then caused %d STS calls and %d TokenRequests (%d STS calls for the pod in all)",
@@ -703,12 +681,7 @@ func (f *faults) testSandbox(t *testing.T) {
 	t.Run("NewAddress", func(t *testing.T) {
 		p := create(t, "moved-1", "svc-b", spots[1])
 		servedAs(t, spots[1], p, "sandbox-b")
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.cp.SetPodIPs(ctx, ns, p.Name, spots[2].ip); err != nil {
-			t.Fatal(err)
-		}
+		readdress(t, p, spots[2])
 		took := servedAs(t, spots[2], p, "sandbox-b")
 		notServedAs(t, spots[1], p)
 		calls, trs := steady(t, spots[2], p, "sandbox-b")

@@ -343,23 +343,6 @@ func (w *gcpWorld) checkIDToken(t *testing.T, who string, p *harness.Pod, token,
 	}
 }
 
-// tokenRequestsFor counts the TokenRequests bound to a pod (the API
-// server's audit log).
-func (w *gcpWorld) tokenRequestsFor(t *testing.T, p *corev1.Pod) int {
-	t.Helper()
-	trs, err := w.cp.TokenRequests()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, tr := range trs {
-		if tr.BoundUID == string(p.UID) {
-			n++
-		}
-	}
-	return n
-}
-
 // snapshot is what the agent and its upstreams have done so far, for one
 // pod's figures.
 type snapshot struct {

@@ -8,8 +8,11 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
@@ -42,14 +45,8 @@ func newSuite(t *testing.T, subnet string, commands ...string) *suite {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, commands...)
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	agentBin := testenv.AgentBinary(t)
+	root := testenv.RepoRoot(t)
 	return &suite{root: root, dir: t.TempDir(), home: t.TempDir(), agentBin: agentBin, subnet: subnet, nextIP: 10}
 }
 
@@ -66,9 +63,27 @@ func (s *suite) build(t *testing.T, name string) string {
 	return out
 }
 
-// start puts the service address on lo, starts the control plane and our
-// STS, writes the agent's kubeconfig and readies node's pods.
+// start starts the cluster (startCluster) and readies node's pods.
 func (s *suite) start(t *testing.T, node, nsPrefix string) {
+	t.Helper()
+	s.startCluster(t)
+	var err error
+	s.pods, err = harness.NewPods(context.Background(), s.cp, node, nsPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.pods.Close(context.Background()); err != nil {
+			t.Errorf("removing pods: %v", err)
+		}
+	})
+}
+
+// startCluster puts the service address on lo, starts the control plane
+// and our STS, and writes the agent's kubeconfig: what every test of the
+// package needs before its first agent, TestFaults too (whose scenarios
+// make their own pods and agents).
+func (s *suite) startCluster(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	if err := netns.AddHostAddr(ctx, netns.ServiceAddr4); err != nil {
@@ -85,15 +100,6 @@ func (s *suite) start(t *testing.T, node, nsPrefix string) {
 	if err := s.cp.AgentKubeconfig(ctx, filepath.Join(s.root, "deploy/daemonset/rbac.yaml"), s.kc); err != nil {
 		t.Fatalf("AgentKubeconfig: %v", err)
 	}
-	s.pods, err = harness.NewPods(ctx, s.cp, node, nsPrefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.pods.Close(context.Background()); err != nil {
-			t.Errorf("removing pods: %v", err)
-		}
-	})
 }
 
 // startAgent starts the suite's agent with cfg, its binary, directory,
@@ -133,6 +139,35 @@ func (s *suite) pod(t *testing.T, ns, name, sa string) *harness.Pod {
 		t.Fatalf("starting pod %s/%s: %v", ns, name, err)
 	}
 	return p
+}
+
+// tokenRequestsByAudience counts the TokenRequests bound to a pod (the API
+// server's audit log, so every client's, the agent's among them) by
+// audience, joined with commas.
+func (s *suite) tokenRequestsByAudience(t *testing.T, p *corev1.Pod) map[string]int {
+	t.Helper()
+	trs, err := s.cp.TokenRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auds := map[string]int{}
+	for _, tr := range trs {
+		if tr.BoundUID == string(p.UID) {
+			auds[strings.Join(tr.Audiences, ",")]++
+		}
+	}
+	return auds
+}
+
+// tokenRequestsFor counts the TokenRequests bound to a pod, whatever their
+// audience.
+func (s *suite) tokenRequestsFor(t *testing.T, p *corev1.Pod) int {
+	t.Helper()
+	n := 0
+	for _, c := range s.tokenRequestsByAudience(t, p) {
+		n += c
+	}
+	return n
 }
 
 // concurrently calls f n times at once and returns its results in order.

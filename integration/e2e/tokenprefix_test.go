@@ -22,10 +22,7 @@ import (
 // token (minted for the API server's audiences) names both.
 func TestTokenAudiencePrefixAgainstTheAPIServer(t *testing.T) {
 	cp := testenv.StartControlPlane(t)
-	agentBin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	agentBin := testenv.AgentBinary(t)
 	ctx := context.Background()
 	kc := filepath.Join(cp.Dir, "agent.kubeconfig")
 	if err := cp.AgentKubeconfig(ctx, "", kc); err != nil {

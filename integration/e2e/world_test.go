@@ -50,9 +50,7 @@ type tools struct {
 func setupWorld(t *testing.T) *world {
 	t.Helper()
 	w := &world{suite: newSuite(t, podSubnet, "ip", "kubectl", "moto_server", "aws", "python3", "node")}
-	if _, err := harness.K8sBinDir(); err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	testenv.K8sBinDir(t)
 	if _, err := os.Stat(filepath.Join(w.root, "integration/sdk/js/node_modules/@aws-sdk/client-sts")); err != nil {
 		testenv.Unavailable(t, "JS SDK not installed; run `make integration-deps`")
 	}
@@ -228,19 +226,3 @@ func (w *world) podEnv(extra ...string) []string {
 
 // stsCallsFor counts AssumeRoleWithWebIdentity calls for a pod.
 func (w *world) stsCallsFor(p *corev1.Pod) int64 { return w.sts.PodCalls(string(p.UID)) }
-
-// tokenRequestsFor counts the agent's TokenRequests bound to a pod.
-func (w *world) tokenRequestsFor(t *testing.T, p *corev1.Pod) int {
-	t.Helper()
-	trs, err := w.cp.TokenRequests()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, tr := range trs {
-		if tr.BoundUID == string(p.UID) {
-			n++
-		}
-	}
-	return n
-}

@@ -61,13 +61,7 @@ func setup(t *testing.T) *world {
 		Log:     w.Logger(),
 		Now:     w.Now,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	w.s = s
 	return w
 }
@@ -235,36 +229,12 @@ func TestRejectedAssertions(t *testing.T) {
 			t.Errorf("error %v, want Denied AADSTS70025", err)
 		}
 	})
-	t.Run("expired by the clock", func(t *testing.T) {
-		tok := w.podToken(w.PodA) // valid for 10 minutes
-		w.Offset.Store(int64(11 * time.Minute))
-		defer w.Offset.Store(0)
+	w.RunStaleTokens(t, w.podToken, func(tok exchange.Secret) error {
 		_, err := x.Exchange(ctx, req(tok, clientA, tenant, vault))
+		return err
+	}, func(t *testing.T, err error) {
 		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || xe.Code != "AADSTS700024" {
 			t.Errorf("error %v, want InvalidToken AADSTS700024", err)
-		}
-	})
-	t.Run("pod deleted", func(t *testing.T) {
-		pod := w.CreatePod("short-lived", "app-a")
-		tok := w.podToken(pod)
-		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
-			t.Fatal(err)
-		}
-		_, err := x.Exchange(ctx, req(tok, clientA, tenant, vault))
-		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "no longer exists") {
-			t.Errorf("error %v, want InvalidToken: pod gone", err)
-		}
-	})
-	t.Run("pod replaced", func(t *testing.T) {
-		pod := w.CreatePod("replaced", "app-a")
-		tok := w.podToken(pod)
-		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
-			t.Fatal(err)
-		}
-		w.CreatePod("replaced", "app-a")
-		_, err := x.Exchange(ctx, req(tok, clientA, tenant, vault))
-		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "was replaced") {
-			t.Errorf("error %v, want InvalidToken: pod replaced", err)
 		}
 	})
 	t.Run("unknown tenant", func(t *testing.T) {
@@ -363,13 +333,7 @@ func TestRequestChecks(t *testing.T) {
 	t.Run("resources", func(t *testing.T) {
 		s, err := entra.New(entra.Config{Issuer: w.CP.Issuer, HTTPClient: w.CP.AdminHTTPClient(), Resources: []string{vault},
 			Credentials: map[entra.App][]entra.FederatedCredential{{Tenant: tenant, ClientID: clientA}: {{Issuer: w.CP.Issuer, Subject: subjectA}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Start("127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		s = peertest.Started(t, s, err)
 		x, _ := azure.New(azure.Config{AuthorityHost: s.URL()})
 		if _, err := x.Exchange(context.Background(), req(w.podToken(w.PodA), clientA, tenant, vault)); err != nil {
 			t.Errorf("listed resource: %v", err)
@@ -520,13 +484,7 @@ func TestIssuerUnreachable(t *testing.T) {
 	const iss = "http://127.0.0.1:1"
 	s, err := entra.New(entra.Config{Issuer: iss, HTTPClient: &http.Client{Timeout: 2 * time.Second},
 		Credentials: map[entra.App][]entra.FederatedCredential{{Tenant: tenant, ClientID: clientA}: {{Issuer: iss, Subject: subjectA}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	key := peertest.NewKey(t)
 	tok := sign(t, key, "k1", map[string]any{"iss": iss, "sub": subjectA, "aud": azure.TokenAudience, "exp": time.Now().Add(time.Hour).Unix()})
 	x, err := azure.New(azure.Config{AuthorityHost: s.URL()})

@@ -55,13 +55,7 @@ func setup(t *testing.T) *world {
 		Log:           w.Logger(),
 		Now:           w.Now,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	w.s = s
 	return w
 }
@@ -264,36 +258,12 @@ func TestRejectedSubjectTokens(t *testing.T) {
 		})
 	}
 
-	t.Run("expired by the clock", func(t *testing.T) {
-		tok := w.podToken(w.PodA) // valid for 10 minutes
-		w.Offset.Store(int64(11 * time.Minute))
-		defer w.Offset.Store(0)
+	w.RunStaleTokens(t, w.podToken, func(tok exchange.Secret) error {
 		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
+		return err
+	}, func(t *testing.T, err error) {
 		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "expired") {
 			t.Errorf("error %v, want InvalidToken for expiry", err)
-		}
-	})
-	t.Run("pod deleted", func(t *testing.T) {
-		pod := w.CreatePod("short-lived", "app-a")
-		tok := w.podToken(pod)
-		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
-			t.Fatal(err)
-		}
-		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
-		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "no longer exists") {
-			t.Errorf("error %v, want InvalidToken: pod gone", err)
-		}
-	})
-	t.Run("pod replaced", func(t *testing.T) {
-		pod := w.CreatePod("replaced", "app-a")
-		tok := w.podToken(pod)
-		if err := w.CP.DeletePod(ctx, ns, pod.Name); err != nil {
-			t.Fatal(err)
-		}
-		w.CreatePod("replaced", "app-a")
-		_, err := x.Exchange(ctx, exchange.Request{Token: tok, Want: exchange.KindAccessToken})
-		if xe := xerr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "was replaced") {
-			t.Errorf("error %v, want InvalidToken: pod replaced", err)
 		}
 	})
 	t.Run("exchanger configured for another provider", func(t *testing.T) {
@@ -582,13 +552,7 @@ func assertNoSecretsLogged(t *testing.T, w *world) {
 // token exchange is a retryable 503, not a verdict on the token.
 func TestIssuerUnreachable(t *testing.T) {
 	s, err := googlests.New(googlests.Config{Issuer: "http://127.0.0.1:1", HTTPClient: &http.Client{Timeout: 2 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s = peertest.Started(t, s, err)
 	key := peertest.NewKey(t)
 	tok := sign(t, key, "k1", map[string]any{"iss": "http://127.0.0.1:1", "sub": subjectA, "aud": googlests.Audience(s.Provider()), "exp": time.Now().Add(time.Hour).Unix()})
 	x, err := gcp.New(gcp.Config{Provider: s.Provider(), STSEndpoint: s.URL(), IAMCredentialsEndpoint: s.URL()})

@@ -3,6 +3,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
@@ -510,24 +511,52 @@ func (cp *ControlPlane) AgentKubeconfig(ctx context.Context, rbacPath, path stri
 		}
 		rbacPath = filepath.Join(root, "deploy/daemonset/rbac.yaml")
 	}
-	if err := cp.EnsureNamespace(ctx, AgentNamespace); err != nil {
-		return err
-	}
-	if _, err := cp.Kubectl(ctx, "apply", "-f", rbacPath); err != nil {
-		return fmt.Errorf("applying agent RBAC: %w", err)
-	}
 	root, err := RepoRoot()
 	if err != nil {
 		return err
 	}
-	if _, err := cp.Kubectl(ctx, "apply", "-f", filepath.Join(root, "deploy/daemonset/broad-rbac/rbac.yaml")); err != nil {
-		return fmt.Errorf("applying the agent's broad RBAC: %w", err)
+	return cp.serviceAccountKubeconfig(ctx, path, AgentServiceAccount, rbacPath, filepath.Join(root, "deploy/daemonset/broad-rbac/rbac.yaml"))
+}
+
+// serviceAccountKubeconfig applies manifests (in order) with kubectl, in
+// AgentNamespace, requests a day's token for ServiceAccount sa there and
+// writes a kubeconfig with it to path: what the agent's and the webhook's
+// identities are made of, so that each runs with exactly its RBAC.
+func (cp *ControlPlane) serviceAccountKubeconfig(ctx context.Context, path, sa string, manifests ...string) error {
+	if err := cp.EnsureNamespace(ctx, AgentNamespace); err != nil {
+		return err
 	}
-	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, AgentServiceAccount, 24*time.Hour)
+	for _, m := range manifests {
+		if _, err := cp.Kubectl(ctx, "apply", "-f", m); err != nil {
+			return fmt.Errorf("applying %s for %s: %w", m, sa, err)
+		}
+	}
+	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, sa, 24*time.Hour)
 	if err != nil {
 		return err
 	}
-	return cp.WriteKubeconfig(path, AgentServiceAccount, token)
+	return cp.WriteKubeconfig(path, sa, token)
+}
+
+// NewCA makes a self-signed CA certificate named cn for key, valid for a
+// week from an hour ago (clocks of the parts may differ a little): the
+// root of a test PKI, the control plane's (writePKI) or the node suite's.
+func NewCA(cn string, key crypto.Signer) (*x509.Certificate, error) {
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(7 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("creating CA %s: %w", cn, err)
+	}
+	return x509.ParseCertificate(der)
 }
 
 // writePKI makes a CA, an API server serving certificate for 127.0.0.1 and
@@ -537,24 +566,12 @@ func writePKI(dir string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "credbroker-test-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("creating CA: %w", err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
+	caCert, err := NewCA("credbroker-test-ca", caKey)
 	if err != nil {
 		return nil, err
 	}
+	caDER := caCert.Raw
+	now := time.Now()
 	srvKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, err

@@ -4,7 +4,6 @@ package harness_test
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
-	"github.com/aws/smithy-go"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/peer/peertest"
 	"github.com/credbroker/agent/integration/testenv"
 )
 
@@ -33,14 +32,6 @@ func startControlPlane(t *testing.T) *harness.ControlPlane {
 		t.Fatal(err)
 	}
 	return cp
-}
-
-func errorCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
-	}
-	return ""
 }
 
 // TestControlPlaneAgentIdentityAndSTS runs the pieces the agent relies on
@@ -140,7 +131,7 @@ func TestControlPlaneAgentIdentityAndSTS(t *testing.T) {
 	_, err = client.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
 		RoleArn: aws.String("arn:aws:iam::123456789012:role/app-b"), RoleSessionName: aws.String("x1"), WebIdentityToken: aws.String(token),
 	})
-	if errorCode(err) != "AccessDenied" {
+	if peertest.AWSErrorCode(err) != "AccessDenied" {
 		t.Errorf("other role: %v, want AccessDenied", err)
 	}
 
@@ -149,7 +140,7 @@ func TestControlPlaneAgentIdentityAndSTS(t *testing.T) {
 	if err := cp.DeletePod(ctx, "team", "pod-1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := assume(token); errorCode(err) != "InvalidIdentityToken" {
+	if _, err := assume(token); peertest.AWSErrorCode(err) != "InvalidIdentityToken" {
 		t.Errorf("token of a deleted pod: %v, want InvalidIdentityToken", err)
 	}
 	trs, err := cp.TokenRequests()

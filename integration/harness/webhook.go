@@ -27,17 +27,7 @@ func (cp *ControlPlane) WebhookKubeconfig(ctx context.Context, path string) erro
 	if err != nil {
 		return err
 	}
-	if err := cp.EnsureNamespace(ctx, AgentNamespace); err != nil {
-		return err
-	}
-	if _, err := cp.Kubectl(ctx, "apply", "-f", filepath.Join(root, "deploy/webhook/rbac.yaml")); err != nil {
-		return fmt.Errorf("applying the webhook's RBAC: %w", err)
-	}
-	token, err := cp.ServiceAccountToken(ctx, AgentNamespace, WebhookServiceAccount, 24*time.Hour)
-	if err != nil {
-		return err
-	}
-	return cp.WriteKubeconfig(path, WebhookServiceAccount, token)
+	return cp.serviceAccountKubeconfig(ctx, path, WebhookServiceAccount, filepath.Join(root, "deploy/webhook/rbac.yaml"))
 }
 
 // registerWebhook applies deploy/webhook's MutatingWebhookConfiguration

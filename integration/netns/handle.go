@@ -3,6 +3,7 @@ package netns
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -57,6 +58,19 @@ func (h *Handle) Close() error {
 // the pod. Only literal IP addresses are dialled: a name would be resolved
 // with the host's resolver, which is not what a pod would see.
 func (h *Handle) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return h.dial(ctx, net.Dialer{}, network, addr)
+}
+
+// DialFrom is DialContext from the namespace's address local, for a
+// namespace with more than one (a pod sandbox that also holds another
+// pod's address), where the kernel's choice is not the one under test.
+func (h *Handle) DialFrom(local netip.Addr) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return h.dial(ctx, net.Dialer{LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}, network, addr)
+	}
+}
+
+func (h *Handle) dial(ctx context.Context, d net.Dialer, network, addr string) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: dialing %s: %w", h.name, addr, err)
@@ -64,29 +78,50 @@ func (h *Handle) DialContext(ctx context.Context, network, addr string) (net.Con
 	if _, err := netip.ParseAddr(host); err != nil {
 		return nil, fmt.Errorf("netns %s: dialing %s: only IP addresses are supported: %w", h.name, addr, err)
 	}
+	c, err := h.inside(func() (io.Closer, error) { return d.DialContext(ctx, network, addr) })
+	if err != nil {
+		return nil, err
+	}
+	return c.(net.Conn), nil
+}
+
+// Listen opens a listener inside the namespace (a server in the pod, on
+// the pod's address). It serves from any thread, as a dialled socket does.
+func (h *Handle) Listen(network, addr string) (net.Listener, error) {
+	l, err := h.inside(func() (io.Closer, error) { return net.Listen(network, addr) })
+	if err != nil {
+		return nil, err
+	}
+	return l.(net.Listener), nil
+}
+
+// inside runs open (which makes one socket) in the namespace, on a fresh
+// goroutine that owns the switched thread: the caller's goroutine is never
+// locked, and a thread whose namespace cannot be restored dies with the
+// goroutine (the runtime terminates threads that exit locked). When the
+// thread cannot return, what open made is closed rather than handed out
+// from a failed call.
+func (h *Handle) inside(open func() (io.Closer, error)) (io.Closer, error) {
 	type result struct {
-		conn net.Conn
-		err  error
+		c   io.Closer
+		err error
 	}
 	done := make(chan result, 1)
-	// A fresh goroutine owns the switched thread, so the caller's goroutine
-	// is never locked and a thread whose namespace cannot be restored dies
-	// with the goroutine (the runtime terminates threads that exit locked).
 	go func() {
 		runtime.LockOSThread()
-		conn, restored, err := h.dialLocked(ctx, network, addr)
+		c, restored, err := h.insideLocked(open)
 		if restored {
 			runtime.UnlockOSThread()
 		}
-		done <- result{conn, err}
+		done <- result{c, err}
 	}()
 	r := <-done
-	return r.conn, r.err
+	return r.c, r.err
 }
 
-// dialLocked must run on a locked OS thread. restored reports whether the
+// insideLocked must run on a locked OS thread. restored reports whether the
 // thread is back in its original namespace and may be reused.
-func (h *Handle) dialLocked(ctx context.Context, network, addr string) (conn net.Conn, restored bool, err error) {
+func (h *Handle) insideLocked(open func() (io.Closer, error)) (c io.Closer, restored bool, err error) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if h.fd < 0 {
@@ -100,16 +135,15 @@ func (h *Handle) dialLocked(ctx context.Context, network, addr string) (conn net
 	if err := unix.Setns(h.fd, unix.CLONE_NEWNET); err != nil {
 		return nil, true, fmt.Errorf("netns %s: entering: %w", h.name, err)
 	}
-	var d net.Dialer
-	conn, dialErr := d.DialContext(ctx, network, addr)
+	c, openErr := open()
 	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		if conn != nil {
-			conn.Close()
+		if openErr == nil {
+			c.Close()
 		}
 		return nil, false, fmt.Errorf("netns %s: returning to own namespace: %w", h.name, err)
 	}
-	if dialErr != nil {
-		return nil, true, fmt.Errorf("netns %s: %w", h.name, dialErr)
+	if openErr != nil {
+		return nil, true, fmt.Errorf("netns %s: %w", h.name, openErr)
 	}
-	return conn, true, nil
+	return c, true, nil
 }

@@ -185,6 +185,11 @@ func (n *Namespace) DialContext(ctx context.Context, network, addr string) (net.
 	return n.handle.DialContext(ctx, network, addr)
 }
 
+// Listen opens a listener inside the namespace; see Handle.Listen.
+func (n *Namespace) Listen(network, addr string) (net.Listener, error) {
+	return n.handle.Listen(network, addr)
+}
+
 // Close removes the namespace and the veth pair. It is idempotent. Processes
 // still running inside keep the namespace alive but cut off from the host.
 func (n *Namespace) Close() error {

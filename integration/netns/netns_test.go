@@ -40,6 +40,17 @@ func setup(t *testing.T) {
 	}
 }
 
+// create makes a namespace for the test, closed at its end.
+func create(t *testing.T, spec netns.Spec) *netns.Namespace {
+	t.Helper()
+	ns, err := netns.Create(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("Create(%s): %v", spec.Name, err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
 // acceptRemote serves l and reports each accepted connection's remote address.
 func acceptRemote(t *testing.T, l net.Listener) <-chan netip.Addr {
 	t.Helper()
@@ -131,11 +142,7 @@ func TestSourceAddressIsThePods(t *testing.T) {
 func TestThreadsComeBack(t *testing.T) {
 	setup(t)
 	ctx := context.Background()
-	ns, err := netns.Create(ctx, netns.Spec{Name: prefix + "-t", IP: netip.MustParseAddr("10.244.250.3")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	ns := create(t, netns.Spec{Name: prefix + "-t", IP: netip.MustParseAddr("10.244.250.3")})
 	l, err := net.Listen("tcp", netip.AddrPortFrom(netns.ServiceAddr4, 0).String())
 	if err != nil {
 		t.Fatal(err)
@@ -150,31 +157,27 @@ func TestThreadsComeBack(t *testing.T) {
 	hostSeen := acceptRemote(t, hostL)
 
 	const n = 200
-	var wg sync.WaitGroup
 	errs := make(chan error, 2*n)
-	for range n {
-		wg.Go(func() {
-			c, err := ns.DialContext(ctx, "tcp", l.Addr().String())
-			if err != nil {
-				errs <- err
-				return
-			}
-			c.Close()
-		})
+	// dialAll makes n dials at once and waits for them all.
+	dialAll := func(dial func() (net.Conn, error)) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				c, err := dial()
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.Close()
+			})
+		}
+		wg.Wait()
 	}
-	wg.Wait()
-	for range n {
-		wg.Go(func() {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", hostL.Addr().String())
-			if err != nil {
-				errs <- err
-				return
-			}
-			c.Close()
-		})
-	}
-	wg.Wait()
+	dialAll(func() (net.Conn, error) { return ns.DialContext(ctx, "tcp", l.Addr().String()) })
+	dialAll(func() (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", hostL.Addr().String())
+	})
 	close(errs)
 	for err := range errs {
 		t.Errorf("dial: %v", err)
@@ -186,6 +189,60 @@ func TestThreadsComeBack(t *testing.T) {
 		if a := <-hostSeen; a != netip.MustParseAddr("127.0.0.1") {
 			t.Fatalf("host dial seen from %v", a)
 		}
+	}
+}
+
+// TestListenAndDialFrom: a listener opened through the namespace is the
+// pod's (it binds the pod's address, which the host does not hold, and the
+// host reaches it through the veth), and DialFrom binds its local address
+// inside the namespace (the pod's address works, the host's does not).
+func TestListenAndDialFrom(t *testing.T) {
+	setup(t)
+	ctx := context.Background()
+	ns := create(t, netns.Spec{Name: prefix + "-l", IP: netip.MustParseAddr("10.244.250.4")})
+	addr := netip.AddrPortFrom(ns.IP(), 0).String()
+	if l, err := net.Listen("tcp", addr); err == nil {
+		l.Close()
+		t.Fatalf("the host holds %s: the test cannot tell inside from outside", ns.IP())
+	}
+	l, err := ns.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("Listen inside: %v", err)
+	}
+	defer l.Close()
+	seen := acceptRemote(t, l)
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatalf("dialing the pod's listener from the host: %v", err)
+	}
+	c.Close()
+	if a := <-seen; a == ns.IP() {
+		t.Errorf("the pod's listener saw the host's dial come from the pod's own address %v", a)
+	}
+
+	hostL, err := net.Listen("tcp", netip.AddrPortFrom(netns.ServiceAddr4, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostL.Close()
+	hostSeen := acceptRemote(t, hostL)
+	h, err := netns.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	c, err = h.DialFrom(ns.IP())(ctx, "tcp", hostL.Addr().String())
+	if err != nil {
+		t.Fatalf("DialFrom the pod's address: %v", err)
+	}
+	c.Close()
+	if a := <-hostSeen; a != ns.IP() {
+		t.Errorf("DialFrom %v seen from %v", ns.IP(), a)
+	}
+	if c, err := h.DialFrom(netns.ServiceAddr4)(ctx, "tcp", hostL.Addr().String()); err == nil {
+		c.Close()
+		t.Errorf("DialFrom the host's %v worked: the bind is not inside the namespace", netns.ServiceAddr4)
 	}
 }
 

@@ -26,7 +26,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,7 +33,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -229,41 +227,13 @@ func (w *world) askFrom(ctx context.Context, dial dialFunc, n int, keepAlive boo
 // its routes would pick).
 func dialFromNS(nsPath string, local netip.Addr) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type res struct {
-			c   net.Conn
-			err error
+		h, err := netns.Open(nsPath)
+		if err != nil {
+			return nil, err
 		}
-		ch := make(chan res, 1)
-		go func() {
-			// The thread is in another namespace while dialling; if it
-			// cannot be switched back, it ends with this goroutine
-			// (a locked thread whose goroutine exits is discarded).
-			runtime.LockOSThread()
-			orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				ch <- res{nil, err}
-				return
-			}
-			defer unix.Close(orig)
-			target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				ch <- res{nil, err}
-				return
-			}
-			defer unix.Close(target)
-			if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-				ch <- res{nil, fmt.Errorf("entering %s: %w", nsPath, err)}
-				return
-			}
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}
-			c, err := d.DialContext(ctx, network, addr)
-			if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
-				runtime.UnlockOSThread()
-			}
-			ch <- res{c, err}
-		}()
-		r := <-ch
-		return r.c, r.err
+		// The connection outlives the handle (see netns.Handle.Close).
+		defer h.Close()
+		return h.DialFrom(local)(ctx, network, addr)
 	}
 }
 
@@ -323,19 +293,10 @@ func delta(before, after map[string]float64) map[string]float64 {
 // podPIDs lists the processes of a pod: those in its cgroup (the kubelet's
 // cgroupfs driver names it pod<UID>).
 func podPIDs(uid string) []int {
-	var pids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, e := range procs {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if err == nil && strings.Contains(string(cg), "/pod"+uid+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return processes(func(proc string) bool {
+		cg, err := os.ReadFile(filepath.Join(proc, "cgroup"))
+		return err == nil && strings.Contains(string(cg), "/pod"+uid+"/")
+	})
 }
 
 // pauseKubelet stops the kubelet's process group with SIGSTOP: the API

@@ -85,6 +85,21 @@ func cgroupPIDs() []int {
 	return pids
 }
 
+// processes lists, in /proc's order, the processes whose /proc/<pid>
+// directory keep accepts. A process that exits meanwhile is keep's to pass
+// over (its files no longer read).
+func processes(keep func(proc string) bool) []int {
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, e := range procs {
+		pid, err := strconv.Atoi(e.Name())
+		if err == nil && keep(filepath.Join("/proc", e.Name())) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // removeCgroupRoot removes the node's cgroup tree, deepest first.
 func removeCgroupRoot() {
 	for _, h := range cgroupHierarchies() {
@@ -124,25 +139,24 @@ func teardown(ctx context.Context, dir string, seen map[string]bool) {
 		}
 	}
 	sock := filepath.Join(dir, "containerd.sock")
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
+	shims := processes(func(proc string) bool {
+		b, err := os.ReadFile(filepath.Join(proc, "cmdline"))
 		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err != nil {
-			continue
+			return false
 		}
 		args := strings.Split(string(b), "\x00")
 		if len(args) == 0 || !strings.Contains(args[0], "containerd-shim") {
-			continue
+			return false
 		}
 		for i := range args[:len(args)-1] {
 			if args[i] == "-address" && args[i+1] == sock {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+				return true
 			}
 		}
+		return false
+	})
+	for _, pid := range shims {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	if seen != nil {
 		es, _ := os.ReadDir("/var/run/netns")

@@ -33,10 +33,8 @@ const handoffSocket = "/var/run/credbroker/handoff.sock"
 func TestRolloutHandOff(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	roles, pods := w.startLoops(ctx, t, "50s", "team-h1", "team-h2")
-	for ns := range roles {
-		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
-	}
+	roles, pods := w.startLoops(ctx, t, "50s", "200ms", "team-h1", "team-h2")
+	w.waitLoopsServed(ctx, t, roles)
 	before := w.upstreamCalls(t, pods)
 	start := time.Now()
 	w.rolloutRestart(ctx, t)
@@ -86,18 +84,8 @@ func TestRolloutHandOff(t *testing.T) {
 func TestHandOffPolicyChanged(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	c := w.node.CP.Client
-	pods := map[string]*corev1.Pod{}
-	roles := map[string]string{}
-	for _, ns := range []string{"team-hp1", "team-hp2"} {
-		roles[ns] = w.setupApp(ctx, t, ns, "app")
-		w.createWorkload(ctx, t, workloadSpec{ns: ns, name: "loop", sa: "app", args: []string{"-duration", "45s", "-interval", "200ms"}})
-		t.Cleanup(func() { _ = c.CoreV1().Pods(ns).Delete(ctx, "loop", metav1.DeleteOptions{}) })
-	}
-	for ns := range roles {
-		pods[ns] = w.waitPhase(ctx, t, ns, "loop", time.Minute, corev1.PodRunning)
-		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(roles[ns]))
-	}
+	roles, pods := w.startLoops(ctx, t, "45s", "200ms", "team-hp1", "team-hp2")
+	w.waitLoopsServed(ctx, t, roles)
 	before := w.upstreamCalls(t, map[string]*corev1.Pod{"team-hp1": pods["team-hp1"]})
 	patch := fmt.Sprintf(`[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--allowed-role-arn=%s"}]`, roles["team-hp1"])
 	t.Cleanup(func() { w.removeAgentArg(ctx, t, "--allowed-role-arn=") })
@@ -148,13 +136,9 @@ func TestHandOffPolicyChanged(t *testing.T) {
 func TestHandOffPredecessorKilled(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	c := w.node.CP.Client
-	role := w.setupApp(ctx, t, "team-hk", "app")
-	w.createWorkload(ctx, t, workloadSpec{ns: "team-hk", name: "loop", sa: "app", args: []string{"-duration", "60s", "-interval", "200ms"}})
-	t.Cleanup(func() { _ = c.CoreV1().Pods("team-hk").Delete(ctx, "loop", metav1.DeleteOptions{}) })
-	pod := w.waitPhase(ctx, t, "team-hk", "loop", time.Minute, corev1.PodRunning)
-	w.waitRounds(ctx, t, "team-hk", "loop", time.Now(), 3, roleName(role))
-	pods := map[string]*corev1.Pod{"team-hk": pod}
+	roles, pods := w.startLoops(ctx, t, "60s", "200ms", "team-hk")
+	w.waitLoopsServed(ctx, t, roles)
+	role := roles["team-hk"]
 	before := w.upstreamCalls(t, pods)
 
 	old := w.agentPod(ctx, t)

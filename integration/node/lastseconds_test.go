@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/credbroker/agent/integration/netns"
+	"github.com/credbroker/agent/integration/node/workload/lines"
 )
 
 // readRounds reads what the workload wrote to its -out file so far.
@@ -25,7 +26,7 @@ func readRounds(path string) result {
 	return parseResult(raw)
 }
 
-func roundTime(t *testing.T, rl roundLine) time.Time {
+func roundTime(t *testing.T, rl lines.Round) time.Time {
 	t.Helper()
 	ts, err := time.Parse(time.RFC3339Nano, rl.Time)
 	if err != nil {

@@ -227,23 +227,18 @@ func TestSandboxKilled(t *testing.T) {
 // cgroupfs layout names the pod's cgroup pod<UID>).
 func pausePID(t *testing.T, uid string) int {
 	t.Helper()
-	procs, _ := os.ReadDir("/proc")
-	for _, e := range procs {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+	pids := processes(func(proc string) bool {
+		exe, err := os.Readlink(filepath.Join(proc, "exe"))
 		if err != nil || filepath.Base(exe) != "pause" {
-			continue
+			return false
 		}
-		cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if err == nil && strings.Contains(string(cg), "pod"+uid) {
-			return pid
-		}
+		cg, err := os.ReadFile(filepath.Join(proc, "cgroup"))
+		return err == nil && strings.Contains(string(cg), "pod"+uid)
+	})
+	if len(pids) == 0 {
+		t.Fatalf("no pause process for pod %s", uid)
 	}
-	t.Fatalf("no pause process for pod %s", uid)
-	return 0
+	return pids[0]
 }
 
 // TestGracefulDeletion: a pod deleted with a grace period keeps running

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/credbroker/agent/integration/harness"
 )
 
 // pki is the node's own CA: the API server trusts it for client
@@ -35,26 +37,12 @@ func newPKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "credbroker-node-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("creating node CA: %w", err)
-	}
-	ca, err := x509.ParseCertificate(der)
+	ca, err := harness.NewCA("credbroker-node-ca", key)
 	if err != nil {
 		return nil, err
 	}
 	p := &pki{dir: dir, ca: ca, caKey: key, serial: 1}
-	if err := os.WriteFile(p.CAFile(), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(p.CAFile(), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o600); err != nil {
 		return nil, fmt.Errorf("writing node CA: %w", err)
 	}
 	return p, nil

@@ -189,7 +189,7 @@ func (w *world) agentClient(ctx context.Context, t *testing.T) kubernetes.Interf
 func TestRolloutRestart(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
-	roles, _ := w.startLoops(ctx, t, "60s", "team-r1", "team-r2")
+	roles, _ := w.startLoops(ctx, t, "60s", "200ms", "team-r1", "team-r2")
 	before := w.sts.Counts()
 	start := time.Now()
 	w.rolloutRestart(ctx, t)
@@ -202,18 +202,27 @@ func TestRolloutRestart(t *testing.T) {
 	w.checkLoops(ctx, t, roles)
 }
 
+// waitLoopsServed waits until every loop of startLoops has made three
+// rounds from now with its own role: the agent serves them all.
+func (w *world) waitLoopsServed(ctx context.Context, t *testing.T, roles map[string]string) {
+	t.Helper()
+	for ns, role := range roles {
+		w.waitRounds(ctx, t, ns, "loop", time.Now(), 3, roleName(role))
+	}
+}
+
 // startLoops sets up an application (ServiceAccount "app", its role) in
-// each namespace with a "loop" workload that calls the SDK every 200 ms
+// each namespace with a "loop" workload that calls the SDK every interval
 // for duration, and waits until every loop runs. It returns each
 // namespace's role and pod.
-func (w *world) startLoops(ctx context.Context, t *testing.T, duration string, namespaces ...string) (map[string]string, map[string]*corev1.Pod) {
+func (w *world) startLoops(ctx context.Context, t *testing.T, duration, interval string, namespaces ...string) (map[string]string, map[string]*corev1.Pod) {
 	t.Helper()
 	c := w.node.CP.Client
 	roles := map[string]string{}
 	pods := map[string]*corev1.Pod{}
 	for _, ns := range namespaces {
 		roles[ns] = w.setupApp(ctx, t, ns, "app")
-		w.createWorkload(ctx, t, workloadSpec{ns: ns, name: "loop", sa: "app", args: []string{"-duration", duration, "-interval", "200ms"}})
+		w.createWorkload(ctx, t, workloadSpec{ns: ns, name: "loop", sa: "app", args: []string{"-duration", duration, "-interval", interval}})
 		t.Cleanup(func() { _ = c.CoreV1().Pods(ns).Delete(ctx, "loop", metav1.DeleteOptions{}) })
 	}
 	for ns := range roles {
@@ -252,10 +261,8 @@ func TestAgentCrash(t *testing.T) {
 	w := need(t)
 	ctx := context.Background()
 	c := w.node.CP.Client
-	role := w.setupApp(ctx, t, "team-c", "app")
-	w.createWorkload(ctx, t, workloadSpec{ns: "team-c", name: "loop", sa: "app", args: []string{"-duration", "30s", "-interval", "100ms"}})
-	t.Cleanup(func() { _ = c.CoreV1().Pods("team-c").Delete(ctx, "loop", metav1.DeleteOptions{}) })
-	w.waitPhase(ctx, t, "team-c", "loop", time.Minute, corev1.PodRunning)
+	roles, _ := w.startLoops(ctx, t, "30s", "100ms", "team-c")
+	role := roles["team-c"]
 
 	pod := w.agentPod(ctx, t)
 	restarts := pod.Status.ContainerStatuses[0].RestartCount

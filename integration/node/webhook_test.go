@@ -35,6 +35,7 @@ import (
 	"github.com/credbroker/agent/integration/entra"
 	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/node/workload/lines"
 )
 
 const (
@@ -48,22 +49,6 @@ const (
 	hookAzureHeader = "node-suite-header"
 	hookAzureRes    = "https://vault.azure.net"
 )
-
-// clouds is the workload's -clouds line (integration/node/workload/clouds.go).
-type clouds struct {
-	Clouds bool     `json:"clouds"`
-	Env    []string `json:"env"`
-	AWS    *step    `json:"aws"`
-	GCP    *step    `json:"gcp"`
-	Azure  *step    `json:"azure"`
-}
-
-type step struct {
-	Identity    string `json:"identity"`
-	AccessKeyID string `json:"access_key_id"`
-	Token       string `json:"token"`
-	Error       string `json:"error"`
-}
 
 func TestWebhookDeploymentThreeClouds(t *testing.T) {
 	w := need(t)
@@ -201,7 +186,7 @@ spec:
 	if !slices.Equal(got.Env, allCredentialVars) {
 		t.Errorf("variables in the container: %v, want %v", got.Env, allCredentialVars)
 	}
-	for name, s := range map[string]*step{"aws": got.AWS, "gcp": got.GCP, "azure": got.Azure} {
+	for name, s := range map[string]*lines.CloudStep{"aws": got.AWS, "gcp": got.GCP, "azure": got.Azure} {
 		if s == nil || s.Error != "" {
 			t.Fatalf("%s SDK in the pod: %+v", name, s)
 		}
@@ -316,9 +301,9 @@ func (w *world) deploymentPod(ctx context.Context, t *testing.T, ns, app string)
 }
 
 // cloudsLine waits for the workload's -clouds line in the pod's log.
-func (w *world) cloudsLine(ctx context.Context, t *testing.T, ns, name string) clouds {
+func (w *world) cloudsLine(ctx context.Context, t *testing.T, ns, name string) lines.Clouds {
 	t.Helper()
-	var got clouds
+	var got lines.Clouds
 	var last []byte
 	err := poll(ctx, 90*time.Second, "the workload's line in "+ns+"/"+name, func() (bool, error) {
 		raw, err := w.node.CP.Client.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)

@@ -25,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/credbroker/agent/integration/harness"
+	"github.com/credbroker/agent/integration/node/workload/lines"
 	"github.com/credbroker/agent/integration/oidcsts"
 	"github.com/credbroker/agent/integration/testenv"
 )
@@ -409,28 +410,8 @@ func (w *world) waitPhase(ctx context.Context, t *testing.T, ns, name string, ti
 
 // result is the workload client's output.
 type result struct {
-	rounds  []roundLine
-	summary summaryLine
-}
-
-type roundLine struct {
-	N           int    `json:"n"`
-	Time        string `json:"time"`
-	Terminating bool   `json:"terminating"`
-	Arn         string `json:"arn"`
-	SDKError    string `json:"sdk_error"`
-	RawStatus   int    `json:"raw_status"`
-	RawError    string `json:"raw_error"`
-}
-
-type summaryLine struct {
-	Summary   bool           `json:"summary"`
-	Rounds    int            `json:"rounds"`
-	SDKOK     int            `json:"sdk_ok"`
-	SDKFailed int            `json:"sdk_failed"`
-	RawOK     int            `json:"raw_ok"`
-	RawFailed map[string]int `json:"raw_failed"`
-	Arns      map[string]int `json:"arns"`
+	rounds  []lines.Round
+	summary lines.Summary
 }
 
 // firstSDKError describes the SDK errors the client printed, for the test
@@ -490,7 +471,7 @@ func parseResult(raw []byte) result {
 			_ = json.Unmarshal(line, &r.summary)
 			continue
 		}
-		var rl roundLine
+		var rl lines.Round
 		if json.Unmarshal(line, &rl) == nil && rl.N > 0 {
 			r.rounds = append(r.rounds, rl)
 		}

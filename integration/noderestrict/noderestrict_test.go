@@ -62,19 +62,14 @@ func startCluster(t *testing.T, extraFlags ...string) *cluster {
 func startClusterAdmission(t *testing.T, nodeRestriction bool, extraFlags ...string) *cluster {
 	t.Helper()
 	testenv.RequireCommand(t, "kubectl")
-	binDir, err := harness.K8sBinDir()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	binDir := testenv.K8sBinDir(t)
+	root := testenv.RepoRoot(t)
 	c := &cluster{root: root, dir: t.TempDir(), uids: map[string]string{}}
 	ctx := context.Background()
 	if nodeRestriction {
 		extraFlags = append([]string{"--enable-admission-plugins=NodeRestriction"}, extraFlags...)
 	}
+	var err error
 	c.cp, err = harness.StartControlPlane(ctx, harness.ControlPlaneConfig{
 		Dir: c.dir, BinDir: binDir, AuthorizationModes: "Node,RBAC", ExtraAPIServerFlags: extraFlags,
 	})
@@ -150,10 +145,7 @@ func agentClient(t *testing.T, kc, impersonate string) kubernetes.Interface {
 
 func (c *cluster) startAgent(t *testing.T, kc, node, mode string, sts string) (*harness.Agent, error) {
 	t.Helper()
-	bin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
+	bin := testenv.AgentBinary(t)
 	if sts == "" {
 		sts = "http://127.0.0.1:1" // never reached: no pod asks
 	}

@@ -19,9 +19,9 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
-	"github.com/aws/smithy-go"
 
 	"github.com/credbroker/agent/integration/oidcsts"
+	"github.com/credbroker/agent/integration/peer/peertest"
 )
 
 const (
@@ -151,14 +151,7 @@ func start(t *testing.T, is *issuer, p *pods) *oidcsts.Server {
 		Roles:  map[string]string{roleA: subjectA},
 		PodUID: p.uid,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return peertest.Started(t, s, err)
 }
 
 // client is a real aws-sdk-go-v2 STS client without retries, so that every
@@ -179,14 +172,6 @@ func assume(ctx context.Context, c *sts.Client, token string) (*sts.AssumeRoleWi
 		WebIdentityToken: aws.String(token),
 		DurationSeconds:  aws.Int32(3600),
 	})
-}
-
-func errorCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
-	}
-	return ""
 }
 
 func TestAssumeRoleAndCallerIdentity(t *testing.T) {
@@ -231,7 +216,7 @@ func TestAssumeRoleAndCallerIdentity(t *testing.T) {
 	bogus := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 		return aws.Credentials{AccessKeyID: "ASIAFAKEFAKEFAKEFAKE", SecretAccessKey: "x", SessionToken: "y"}, nil
 	})
-	if _, err := client(s.URL(), bogus).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{}); errorCode(err) != "InvalidClientTokenId" {
+	if _, err := client(s.URL(), bogus).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{}); peertest.AWSErrorCode(err) != "InvalidClientTokenId" {
 		t.Errorf("GetCallerIdentity with unknown key: %v, want InvalidClientTokenId", err)
 	}
 }
@@ -260,7 +245,7 @@ func TestRejectedTokens(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := assume(context.Background(), client(s.URL(), nil), is.token(t, tc.opts))
-			if got := errorCode(err); got != tc.want {
+			if got := peertest.AWSErrorCode(err); got != tc.want {
 				t.Errorf("error %v (code %q), want code %q", err, got, tc.want)
 			}
 		})
@@ -270,7 +255,7 @@ func TestRejectedTokens(t *testing.T) {
 		p.set("team/pod-1", "")
 		defer p.set("team/pod-1", "uid-1")
 		_, err := assume(context.Background(), client(s.URL(), nil), tok)
-		if got := errorCode(err); got != "InvalidIdentityToken" {
+		if got := peertest.AWSErrorCode(err); got != "InvalidIdentityToken" {
 			t.Errorf("error %v, want InvalidIdentityToken", err)
 		}
 	})
@@ -299,7 +284,7 @@ func TestFaults(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := assume(ctx, client(s.URL(), nil), tok)
-			if got := errorCode(err); got != string(tc.code) {
+			if got := peertest.AWSErrorCode(err); got != string(tc.code) {
 				t.Errorf("error %v, want code %s", err, tc.code)
 			}
 			var re interface{ HTTPStatusCode() int }
@@ -310,36 +295,23 @@ func TestFaults(t *testing.T) {
 	}
 
 	t.Run("refuse and recover", func(t *testing.T) {
-		if err := s.SetFault(oidcsts.Fault{Refuse: true}); err != nil {
-			t.Fatal(err)
-		}
-		_, err := assume(ctx, client(s.URL(), nil), tok)
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Errorf("while refusing: %v, want connection refused", err)
-		}
-		if err := s.SetFault(oidcsts.Fault{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := assume(ctx, client(s.URL(), nil), tok); err != nil {
-			t.Errorf("after recovery: %v", err)
-		}
+		faultAndRecover(t, s, tok, oidcsts.Fault{Refuse: true}, syscall.ECONNREFUSED)
 	})
 	if got := s.Counts(); got.Faulted != 4 || got.Issued != 1 || got.AssumeRole != 5 {
 		t.Errorf("Counts = %+v, want 4 faulted, 1 issued, 5 received", got)
 	}
 }
 
-func TestResetFault(t *testing.T) {
-	is := newIssuer(t)
-	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
-	s := start(t, is, p)
+// faultAndRecover sets a transport fault, checks that an AssumeRole call
+// fails with want, clears the fault and checks that the next call succeeds.
+func faultAndRecover(t *testing.T, s *oidcsts.Server, tok string, f oidcsts.Fault, want syscall.Errno) {
+	t.Helper()
 	ctx := context.Background()
-	tok := is.token(t, tokenOpts{})
-	if err := s.SetFault(oidcsts.Fault{Reset: true}); err != nil {
+	if err := s.SetFault(f); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := assume(ctx, client(s.URL(), nil), tok); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("while resetting: %v, want connection reset", err)
+	if _, err := assume(ctx, client(s.URL(), nil), tok); !errors.Is(err, want) {
+		t.Errorf("under fault %+v: %v, want %v", f, err, want)
 	}
 	if err := s.SetFault(oidcsts.Fault{}); err != nil {
 		t.Fatal(err)
@@ -347,6 +319,14 @@ func TestResetFault(t *testing.T) {
 	if _, err := assume(ctx, client(s.URL(), nil), tok); err != nil {
 		t.Errorf("after recovery: %v", err)
 	}
+}
+
+func TestResetFault(t *testing.T) {
+	is := newIssuer(t)
+	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
+	s := start(t, is, p)
+	tok := is.token(t, tokenOpts{})
+	faultAndRecover(t, s, tok, oidcsts.Fault{Reset: true}, syscall.ECONNRESET)
 	if got := s.Counts(); got.AssumeRole != 2 || got.Faulted != 1 || got.Issued != 1 {
 		t.Errorf("Counts = %+v, want 2 received, 1 faulted (the reset), 1 issued", got)
 	}

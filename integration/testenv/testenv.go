@@ -53,15 +53,49 @@ func RequireCommand(tb testing.TB, names ...string) string {
 	return first
 }
 
+// AgentBinary is bin/agent (harness.AgentBinary), or the test stops as
+// unavailable: a missing build is a prerequisite, not a failure of the code
+// under test.
+func AgentBinary(tb testing.TB) string {
+	tb.Helper()
+	return available(tb, harness.AgentBinary)
+}
+
+// K8sBinDir is the folder of the Kubernetes binaries (harness.K8sBinDir),
+// or the test stops as unavailable.
+func K8sBinDir(tb testing.TB) string {
+	tb.Helper()
+	return available(tb, harness.K8sBinDir)
+}
+
+// available is find's path, or the test stops as unavailable with its error.
+func available(tb testing.TB, find func() (string, error)) string {
+	tb.Helper()
+	p, err := find()
+	if err != nil {
+		Unavailable(tb, "%v", err)
+	}
+	return p
+}
+
+// RepoRoot is the repository's root (harness.RepoRoot). Unlike a missing
+// binary, not finding it is a failure: the tests run from inside the tree.
+func RepoRoot(tb testing.TB) string {
+	tb.Helper()
+	r, err := harness.RepoRoot()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
 // StartControlPlane starts etcd and kube-apiserver for one test (stopped at
 // its end), or reports them unavailable (a skip, a failure under CI).
 func StartControlPlane(tb testing.TB) *harness.ControlPlane {
 	tb.Helper()
 	RequireRoot(tb)
 	RequireCommand(tb, "ip", "kubectl")
-	if _, err := harness.K8sBinDir(); err != nil {
-		Unavailable(tb, "%v", err)
-	}
+	K8sBinDir(tb)
 	cp, err := harness.StartControlPlane(context.Background(), harness.ControlPlaneConfig{Dir: tb.TempDir()})
 	if err != nil {
 		tb.Fatalf("StartControlPlane: %v", err)

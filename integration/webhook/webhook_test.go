@@ -42,7 +42,6 @@ import (
 
 const (
 	ns, quietNS  = "team", "quiet"
-	webhookSA    = "credbroker-webhook"
 	roleAnn      = "eks.amazonaws.com/role-arn"
 	gcpAnn       = "iam.gke.io/gcp-service-account"
 	azureAnn     = "azure.workload.identity/client-id"
@@ -75,14 +74,8 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	cp := testenv.StartControlPlane(t)
-	bin, err := harness.AgentBinary()
-	if err != nil {
-		testenv.Unavailable(t, "%v", err)
-	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := testenv.AgentBinary(t)
+	root := testenv.RepoRoot(t)
 	e := &env{cp: cp, root: root, dir: t.TempDir(), bin: bin}
 	ctx := context.Background()
 	for _, n := range []string{harness.AgentNamespace, ns} {
@@ -96,15 +89,8 @@ func setup(t *testing.T) *env {
 	if _, err := cp.Kubectl(ctx, "label", "namespace", quietNS, "credbroker.io/inject=false"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cp.Kubectl(ctx, "apply", "-f", filepath.Join(root, "deploy/webhook/rbac.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	token, err := cp.ServiceAccountToken(ctx, harness.AgentNamespace, webhookSA, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
 	e.kc = filepath.Join(e.dir, "webhook.kubeconfig")
-	if err := cp.WriteKubeconfig(e.kc, webhookSA, token); err != nil {
+	if err := cp.WebhookKubeconfig(ctx, e.kc); err != nil {
 		t.Fatal(err)
 	}
 	return e

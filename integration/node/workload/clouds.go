@@ -17,26 +17,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"golang.org/x/oauth2/google"
+
+	"github.com/credbroker/agent/integration/node/workload/lines"
 )
-
-// cloudsResult is the one line -clouds prints. The tokens are the test
-// peers' (googlests, entra), printed so that the test can ask the peer
-// whose token it minted; AccessKeyID is not a secret.
-type cloudsResult struct {
-	Clouds bool `json:"clouds"`
-	// Env names the credential variables the container found set (names only).
-	Env   []string    `json:"env"`
-	AWS   *cloudsStep `json:"aws,omitempty"`
-	GCP   *cloudsStep `json:"gcp,omitempty"`
-	Azure *cloudsStep `json:"azure,omitempty"`
-}
-
-type cloudsStep struct {
-	Identity    string `json:"identity,omitempty"` // AWS: caller ARN; GCP: the metadata server's email
-	AccessKeyID string `json:"access_key_id,omitempty"`
-	Token       string `json:"token,omitempty"`
-	Error       string `json:"error,omitempty"`
-}
 
 var credentialVars = []string{
 	"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
@@ -49,7 +32,7 @@ var credentialVars = []string{
 // prints one JSON line, and then stays up until SIGTERM, failed or not (a
 // Deployment's container that exits is restarted, and its log with it).
 func runClouds(list, azureResource string) {
-	res := cloudsResult{Clouds: true, Env: []string{}}
+	res := lines.Clouds{Clouds: true, Env: []string{}}
 	for _, v := range credentialVars {
 		if _, ok := os.LookupEnv(v); ok {
 			res.Env = append(res.Env, v)
@@ -59,7 +42,7 @@ func runClouds(list, azureResource string) {
 	defer cancel()
 	failed := false
 	for _, c := range strings.Split(list, ",") {
-		var s cloudsStep
+		var s lines.CloudStep
 		var err error
 		switch c {
 		case "aws":
@@ -92,8 +75,8 @@ func runClouds(list, azureResource string) {
 // awsIdentity: the SDK's default chain (the container provider, from
 // AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN),
 // then STS GetCallerIdentity signed with what it got.
-func awsIdentity(ctx context.Context) (cloudsStep, error) {
-	var s cloudsStep
+func awsIdentity(ctx context.Context) (lines.CloudStep, error) {
+	var s lines.CloudStep
 	cfg, err := config.LoadDefaultConfig(ctx)
 	if err != nil {
 		return s, fmt.Errorf("loading config: %w", err)
@@ -114,8 +97,8 @@ func awsIdentity(ctx context.Context) (cloudsStep, error) {
 // gcpIdentity: cloud.google.com/go/compute/metadata for the account's
 // email, then golang.org/x/oauth2/google's default credentials for an
 // access token (the metadata server's, from GCE_METADATA_HOST).
-func gcpIdentity(ctx context.Context) (cloudsStep, error) {
-	var s cloudsStep
+func gcpIdentity(ctx context.Context) (lines.CloudStep, error) {
+	var s lines.CloudStep
 	email, err := metadata.EmailWithContext(ctx, "default")
 	if err != nil {
 		return s, fmt.Errorf("metadata email: %w", err)
@@ -135,8 +118,8 @@ func gcpIdentity(ctx context.Context) (cloudsStep, error) {
 
 // azureIdentity: azidentity's DefaultAzureCredential, which picks the
 // managed identity of IDENTITY_ENDPOINT and IDENTITY_HEADER.
-func azureIdentity(ctx context.Context, resource string) (cloudsStep, error) {
-	var s cloudsStep
+func azureIdentity(ctx context.Context, resource string) (lines.CloudStep, error) {
+	var s lines.CloudStep
 	cred, err := azidentity.NewDefaultAzureCredential(nil)
 	if err != nil {
 		return s, fmt.Errorf("DefaultAzureCredential: %w", err)

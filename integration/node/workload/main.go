@@ -35,27 +35,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+
+	"github.com/credbroker/agent/integration/node/workload/lines"
 )
-
-type round struct {
-	N           int    `json:"n"`
-	Time        string `json:"time"`
-	Terminating bool   `json:"terminating,omitempty"`
-	Arn         string `json:"arn,omitempty"`
-	SDKError    string `json:"sdk_error,omitempty"`
-	RawStatus   int    `json:"raw_status"`
-	RawError    string `json:"raw_error,omitempty"`
-}
-
-type summary struct {
-	Summary   bool           `json:"summary"`
-	Rounds    int            `json:"rounds"`
-	SDKOK     int            `json:"sdk_ok"`
-	SDKFailed int            `json:"sdk_failed"`
-	RawOK     int            `json:"raw_ok"`
-	RawFailed map[string]int `json:"raw_failed"` // by status code or "error"
-	Arns      map[string]int `json:"arns"`
-}
 
 func main() {
 	rounds := flag.Int("rounds", 0, "stop after this many rounds (0: run for -duration)")
@@ -91,7 +73,7 @@ func main() {
 		w = io.MultiWriter(os.Stdout, f)
 	}
 	enc := json.NewEncoder(w)
-	sum := summary{Summary: true, RawFailed: map[string]int{}, Arns: map[string]int{}}
+	sum := lines.Summary{Summary: true, RawFailed: map[string]int{}, Arns: map[string]int{}}
 	end := time.Now().Add(*duration)
 	raw := &http.Client{Timeout: 2 * time.Second}
 	cfg, err := config.LoadDefaultConfig(context.Background())
@@ -106,7 +88,7 @@ func main() {
 		os.Exit(2)
 	}
 	for i := 1; ; i++ {
-		r := round{N: i, Time: time.Now().UTC().Format(time.RFC3339Nano), Terminating: terminating.Load() != 0}
+		r := lines.Round{N: i, Time: time.Now().UTC().Format(time.RFC3339Nano), Terminating: terminating.Load() != 0}
 		cache.Invalidate()
 		arn, err := callerArn(client)
 		if err != nil {

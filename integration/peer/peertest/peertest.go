@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/smithy-go"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -200,6 +201,35 @@ func APIServerKey(t *testing.T, cp *harness.ControlPlane) *rsa.PrivateKey {
 	return key
 }
 
+// Started is a peer as its New returned it (s, err), listening on a free
+// loopback port until the test ends; a peer that cannot be made or started
+// fails the test.
+func Started[S interface {
+	Start(addr string) error
+	Close() error
+}](t testing.TB, s S, err error) S {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// AWSErrorCode is the error code an AWS SDK client reports for err
+// (AccessDenied, InvalidIdentityToken...), or "" when err carries none: how
+// the tests that call oidcsts with the real SDK read its refusals.
+func AWSErrorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
 // XErr is err as an *exchange.Error, or the test fails.
 func XErr(t *testing.T, err error) *exchange.Error {
 	t.Helper()
@@ -251,6 +281,46 @@ func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// RunStaleTokens runs the subtests every peer's rejection test makes of a
+// token that was real when issued but is stale now: expired by the peer's
+// clock (Offset moved past its ten minutes), its pod deleted, its pod
+// replaced by one of the same name (another UID). token makes a pod's token
+// for the peer, call exchanges it, and expired checks the error of the
+// first, whose code each peer words its own way.
+func (w *World) RunStaleTokens(t *testing.T, token func(*corev1.Pod) exchange.Secret, call func(exchange.Secret) error, expired func(t *testing.T, err error)) {
+	t.Helper()
+	ctx := context.Background()
+	t.Run("expired by the clock", func(t *testing.T) {
+		tok := token(w.PodA) // valid for 10 minutes
+		w.Offset.Store(int64(11 * time.Minute))
+		defer w.Offset.Store(0)
+		expired(t, call(tok))
+	})
+	t.Run("pod deleted", func(t *testing.T) {
+		pod := w.CreatePod("short-lived", "app-a")
+		tok := token(pod)
+		if err := w.CP.DeletePod(ctx, Namespace, pod.Name); err != nil {
+			t.Fatal(err)
+		}
+		err := call(tok)
+		if xe := XErr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "no longer exists") {
+			t.Errorf("error %v, want InvalidToken: pod gone", err)
+		}
+	})
+	t.Run("pod replaced", func(t *testing.T) {
+		pod := w.CreatePod("replaced", "app-a")
+		tok := token(pod)
+		if err := w.CP.DeletePod(ctx, Namespace, pod.Name); err != nil {
+			t.Fatal(err)
+		}
+		w.CreatePod("replaced", "app-a")
+		err := call(tok)
+		if xe := XErr(t, err); xe.Kind != exchange.InvalidToken || !strings.Contains(err.Error(), "was replaced") {
+			t.Errorf("error %v, want InvalidToken: pod replaced", err)
+		}
+	})
 }
 
 // TransportFault is what every peer's Fault can inject below its error
