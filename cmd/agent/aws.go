@@ -46,8 +46,8 @@ func (a *awsConfig) validate() error {
 		return errors.New("--sts-region (or $AWS_REGION) or --sts-endpoint is required")
 	case len(a.stsPartitions) > 0 && a.stsEndpoint == "":
 		return errors.New("--sts-extra-arn-partitions needs --sts-endpoint: AWS's own STS knows only AWS partitions")
-	case a.sessionDuration < 2*broker.FreshnessFloor:
-		return fmt.Errorf("--session-duration %s leaves no room to refresh before the %s freshness floor; use at least %s", a.sessionDuration, broker.FreshnessFloor, 2*broker.FreshnessFloor)
+	case a.sessionDuration < broker.MinLifetime:
+		return fmt.Errorf("--session-duration %s leaves no room to refresh before the %s freshness floor; use at least %s", a.sessionDuration, broker.FreshnessFloor, broker.MinLifetime)
 	}
 	return nil
 }

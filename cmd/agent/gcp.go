@@ -59,8 +59,8 @@ func (g *gcpConfig) validate() error {
 		g.projectNumber = p.ProjectNumber
 	}
 	switch {
-	case g.lifetime < 2*broker.FreshnessFloor:
-		return fmt.Errorf("--gcp-token-lifetime %s leaves no room to refresh before the %s freshness floor; use at least %s", g.lifetime, broker.FreshnessFloor, 2*broker.FreshnessFloor)
+	case g.lifetime < broker.MinLifetime:
+		return fmt.Errorf("--gcp-token-lifetime %s leaves no room to refresh before the %s freshness floor; use at least %s", g.lifetime, broker.FreshnessFloor, broker.MinLifetime)
 	case g.lifetime > gcp.MaxDuration:
 		return fmt.Errorf("--gcp-token-lifetime %s is above the %s Google grants even where the organisation policy constraints/iam.allowServiceAccountCredentialLifetimeExtension allows longer tokens (and %s without it)", g.lifetime, gcp.MaxDuration, gcp.UnextendedMaxDuration)
 	}

@@ -101,7 +101,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.probeListen, "probe-listen", "127.0.0.1:2703", "host:port for /healthz and /readyz")
 	fs.StringVar(&c.metricsListen, "metrics-listen", ":2705", "host:port for Prometheus /metrics")
 	fs.BoolVar(&c.enablePprof, "enable-pprof", false, "serve /debug/pprof on the metrics listener")
-	fs.DurationVar(&c.broker.TokenExpiration, "token-expiration", 10*time.Minute, "lifetime of the pod-bound ServiceAccount token (the API minimum is 10m)")
+	fs.DurationVar(&c.broker.TokenExpiration, "token-expiration", broker.MinTokenExpiration, "lifetime of the pod-bound ServiceAccount token (the API minimum is 10m)")
 	fs.IntVar(&c.broker.PodFetchBurst, "pod-fetch-burst", 10, "credential fetches one pod's requests may cause at once (cache misses); background refreshes are not counted")
 	fs.DurationVar(&c.broker.PodFetchInterval, "pod-fetch-interval", 6*time.Second, "after --pod-fetch-burst, one more request-driven fetch per pod per this interval")
 	fs.BoolVar(&c.broker.AllowDefaultServiceAccount, "allow-default-service-account", false, "serve pods that run as their namespace's default ServiceAccount")
@@ -143,8 +143,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	switch {
 	case c.waitForPod >= c.broker.RequestTimeout:
 		return c, fmt.Errorf("--wait-for-pod (%s) must be shorter than --request-timeout (%s): a request waits at most --request-timeout in all", c.waitForPod, c.broker.RequestTimeout)
-	case c.broker.TokenExpiration < 10*time.Minute:
-		return c, fmt.Errorf("--token-expiration %s is below the API server's minimum of 10m", c.broker.TokenExpiration)
+	case c.broker.TokenExpiration < broker.MinTokenExpiration:
+		return c, fmt.Errorf("--token-expiration %s is below the API server's minimum of %s", c.broker.TokenExpiration, broker.MinTokenExpiration)
 	case c.nodeName == "":
 		return c, errors.New("--node-name (or $NODE_NAME) is required")
 	}

@@ -111,8 +111,8 @@ func New(cfg Config) (*Broker, error) {
 		return nil, errors.New("broker: at least one cloud is required")
 	case cfg.CacheSize < 0, cfg.PodCacheEntries < 0:
 		return nil, fmt.Errorf("broker: cache sizes %d and %d must be positive", cfg.CacheSize, cfg.PodCacheEntries)
-	case cfg.TokenExpiration < 10*time.Minute:
-		return nil, fmt.Errorf("broker: token expiration %s is below the 10m the API server accepts for a TokenRequest", cfg.TokenExpiration)
+	case cfg.TokenExpiration < MinTokenExpiration:
+		return nil, fmt.Errorf("broker: token expiration %s is below the %s the API server accepts for a TokenRequest", cfg.TokenExpiration, MinTokenExpiration)
 	case cfg.RequestTimeout < 0, cfg.FetchTimeout < 0, cfg.PodFetchInterval < 0, cfg.PodFetchBurst < 0:
 		return nil, errors.New("broker: timeouts and limits must not be negative")
 	case cfg.UpstreamQPS < 0 || cfg.UpstreamBurst < 1:
@@ -134,9 +134,9 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: cloud %s needs a token audience and an annotation", c.Name)
 		case slices.Contains(c.AllowedIdentities, ""):
 			return nil, fmt.Errorf("broker: cloud %s: empty allowed-identity pattern", c.Name)
-		case c.Lifetime != 0 && c.Lifetime < 2*FreshnessFloor:
+		case c.Lifetime != 0 && c.Lifetime < MinLifetime:
 			return nil, fmt.Errorf("broker: cloud %s: lifetime %s leaves no room to refresh before the %s freshness floor; use at least %s",
-				c.Name, c.Lifetime, FreshnessFloor, 2*FreshnessFloor)
+				c.Name, c.Lifetime, FreshnessFloor, MinLifetime)
 		case c.DeniedRetryWindow < 0:
 			return nil, fmt.Errorf("broker: cloud %s: negative denied-retry window", c.Name)
 		}

@@ -22,6 +22,15 @@ type Cloud = exchange.Profile
 // and fails below 10; every other SDK is more lenient.
 const FreshnessFloor = 15 * time.Minute
 
+// MinLifetime is the least credential lifetime a cloud may ask of its
+// exchanger: below it a credential would fall under FreshnessFloor before
+// a refresh could land.
+const MinLifetime = 2 * FreshnessFloor
+
+// MinTokenExpiration is the least lifetime the API server accepts for a
+// TokenRequest, and the default.
+const MinTokenExpiration = 10 * time.Minute
+
 // staleServeFloor is the least lifetime of a credential served while
 // upstream is failing: less than this and the caller could not even use it.
 const staleServeFloor = time.Minute
@@ -32,7 +41,7 @@ type Config struct {
 	Resolver        PodResolver          // required
 	Clouds          []Cloud              // at least one
 
-	TokenExpiration            time.Duration // TokenRequest lifetime; default and minimum 10m (the API's minimum)
+	TokenExpiration            time.Duration // TokenRequest lifetime; default and minimum MinTokenExpiration
 	AllowDefaultServiceAccount bool
 	CacheSize                  int // credentials cached in all; default 4096
 	// PodCacheEntries bounds what one pod holds in the cache (and in the
@@ -83,7 +92,7 @@ func (c *Config) setDefaults() {
 		}
 	}
 	c.PodCacheEntries = cmp.Or(c.PodCacheEntries, 16)
-	setDefault(&c.TokenExpiration, 10*time.Minute)
+	setDefault(&c.TokenExpiration, MinTokenExpiration)
 	setDefault(&c.PodFetchInterval, 6*time.Second)
 	c.PodFetchBurst = cmp.Or(c.PodFetchBurst, 10)
 	setDefault(&c.RequestTimeout, 5*time.Second)
