@@ -41,12 +41,7 @@ type auditConfig struct {
 
 func parseAuditFlags(args []string, stderr io.Writer) (auditConfig, error) {
 	var c auditConfig
-	fs := flag.NewFlagSet("agent audit", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: agent audit [flags]\n\nReads a cluster (read-only) and reports its identity misconfigurations; docs/audit.md lists the finding IDs.\nExit status: 0 no finding at or above --fail-on, 1 some, 2 error.\n\n")
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("audit", "Reads a cluster (read-only) and reports its identity misconfigurations; docs/audit.md lists the finding IDs.\nExit status: 0 no finding at or above --fail-on, 1 some, 2 error.", stderr)
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "path to a kubeconfig (default: $KUBECONFIG, ~/.kube/config, then the in-cluster config)")
 	fs.StringVar(&c.context, "context", "", "kubeconfig context to use (default: its current context)")
 	fs.StringVar(&c.audit.Namespace, "namespace", "", "audit only this namespace (default: all)")

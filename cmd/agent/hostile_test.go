@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/credbroker/agent/internal/testfake"
 )
 
 // Every row of the "Hostile input" table in docs/security.md is a case
@@ -229,7 +231,7 @@ func TestManyIdleConnections(t *testing.T) {
 	}
 	// The server counts a connection when it accepts it; wait until all 16
 	// are accepted, so that the next ones are certainly the excess.
-	eventually(t, "16 connections accepted", func() bool {
+	testfake.Eventually(t, "16 connections accepted", func() bool {
 		return s.grd.conns.Open(mustAddr(podIdler)) == 16
 	})
 	for i := range 200 {
@@ -258,7 +260,7 @@ func TestManyIdleConnections(t *testing.T) {
 	for _, c := range kept {
 		c.Close()
 	}
-	eventually(t, "the idler's slots returned", func() bool { return s.grd.conns.Open(mustAddr(podIdler)) == 0 })
+	testfake.Eventually(t, "the idler's slots returned", func() bool { return s.grd.conns.Open(mustAddr(podIdler)) == 0 })
 }
 
 // A pod hammering the endpoint gets 429 with Retry-After past its burst;
@@ -332,17 +334,4 @@ func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func isReset(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "connection reset")
-}
-
-// eventually polls cond; it asserts an outcome, not a duration: the bound
-// only stops a broken test from hanging.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

@@ -90,3 +90,16 @@ commands:
 Run "agent <command> -h" for a command's flags.
 `)
 }
+
+// newFlagSet returns the flag set of the subcommand name, which reports
+// errors on stderr (run's exit status says the rest) and whose usage text
+// opens with about and then lists the flags.
+func newFlagSet(name, about string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("agent "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: agent %s [flags]\n\n%s\n\n", name, about)
+		fs.PrintDefaults()
+	}
+	return fs
+}

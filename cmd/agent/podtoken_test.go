@@ -63,19 +63,25 @@ func testClouds(t *testing.T) []broker.Cloud {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gcpCloud, err := cfg.gcp.cloud()
-	if err != nil {
-		t.Fatal(err)
-	}
-	azureCloud, err := cfg.azure.cloud()
-	if err != nil {
-		t.Fatal(err)
-	}
 	awsCloud, err := cfg.awsConfig.cloud()
 	if err != nil {
 		t.Fatal(err)
 	}
+	gcpCloud, azureCloud := googleAndAzure(t, cfg)
 	return []broker.Cloud{awsCloud, gcpCloud, azureCloud}
+}
+
+// googleAndAzure returns the GCP and Azure clouds cfg configures.
+func googleAndAzure(t *testing.T, cfg serveConfig) (gcpCloud, azureCloud broker.Cloud) {
+	t.Helper()
+	gcpCloud, err := cfg.gcp.cloud()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if azureCloud, err = cfg.azure.cloud(); err != nil {
+		t.Fatal(err)
+	}
+	return gcpCloud, azureCloud
 }
 
 // The prefix is checked against the API server's audiences, read from it:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,10 +19,8 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/internal/testfake"
@@ -97,37 +94,14 @@ func fakeKube(t testing.TB) *fake.Clientset {
 			t.Fatal(err)
 		}
 	}
-	client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.GetSubresource() != "token" {
-			return false, nil, nil
-		}
-		tr := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenRequest).DeepCopy()
+	kubetest.IssueTokens(client, 10*time.Minute, func(tr *authenticationv1.TokenRequest) string {
 		uid := types.UID("")
 		if tr.Spec.BoundObjectRef != nil {
 			uid = tr.Spec.BoundObjectRef.UID
 		}
-		tr.Status.Token = "SATOKEN-" + string(uid)
-		tr.Status.ExpirationTimestamp = metav1.NewTime(time.Now().Add(10 * time.Minute))
-		return true, tr, nil
+		return "SATOKEN-" + string(uid)
 	})
 	return client
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type testStack struct {
@@ -136,7 +110,7 @@ type testStack struct {
 	handler http.Handler
 	srv     *http.Server
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *testfake.Buffer
 	stop    func()
 }
 
@@ -153,7 +127,7 @@ func defaultGuardConfig(t testing.TB) guardConfig {
 // newStack builds the request path; mutate changes the guard flags.
 func newStack(t testing.TB, mutate func(*guardConfig)) *testStack {
 	t.Helper()
-	s := &testStack{t: t, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	s := &testStack{t: t, reg: prometheus.NewRegistry(), logs: &testfake.Buffer{}}
 	gc := defaultGuardConfig(t)
 	if mutate != nil {
 		mutate(&gc)

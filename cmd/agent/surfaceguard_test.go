@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -83,14 +84,7 @@ func surfaceStack(t *testing.T, args []string) string {
 	if _, err := kc.CoreV1().ServiceAccounts("shop").Update(context.Background(), sa, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	gcpCloud, err := cfg.gcp.cloud()
-	if err != nil {
-		t.Fatal(err)
-	}
-	azureCloud, err := cfg.azure.cloud()
-	if err != nil {
-		t.Fatal(err)
-	}
+	gcpCloud, azureCloud := googleAndAzure(t, cfg)
 	gcpCloud.Exchanger, azureCloud.Exchanger = cloudsExchanger{}, cloudsExchanger{}
 	clouds := []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: cloudsExchanger{}}), gcpCloud, azureCloud}
 	podTokens, err := cfg.podToken.cloud(clouds, nil)
@@ -138,6 +132,13 @@ func surfaceStack(t *testing.T, args []string) string {
 // get sends one request from podApp and reads the answer.
 func get(t *testing.T, addr, target string, hdr map[string]string) *http.Response {
 	t.Helper()
+	return getFrom(t, podApp, addr, target, hdr)
+}
+
+// getFrom sends one request from the pod address from, on a connection of
+// its own, and reads the answer.
+func getFrom(t *testing.T, from, addr, target string, hdr map[string]string) *http.Response {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, "http://"+addr+target, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +146,7 @@ func get(t *testing.T, addr, target string, hdr map[string]string) *http.Respons
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	conn := dial(t, podApp, addr)
+	conn := dial(t, from, addr)
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	if err := req.Write(conn); err != nil {
 		t.Fatal(err)
@@ -354,20 +355,12 @@ func TestGuardRefusalsSpeakEachSurfacesFormat(t *testing.T) {
 		{podDefault, "/metadata/identity/oauth2/token?resource=r", "application/json", azureHdr, func(b string) bool { return strings.Contains(b, `"error":"`+guard.CodeForwarded+`"`) }},
 		{podIdler, "/v1/token?audience=" + sgAudience, "application/json", nil, func(b string) bool { return strings.Contains(b, `{"code":"`+guard.CodeForwarded+`"`) }},
 	} {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+c.target, nil)
-		for k, v := range c.hdr {
-			req.Header.Set(k, v)
+		hdr := maps.Clone(c.hdr)
+		if hdr == nil {
+			hdr = map[string]string{}
 		}
-		req.Header.Set("X-Forwarded-For", "10.0.0.9")
-		conn := dial(t, c.from, addr)
-		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-		if err := req.Write(conn); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(conn), req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		hdr["X-Forwarded-For"] = "10.0.0.9"
+		resp := getFrom(t, c.from, addr, c.target, hdr)
 		b := readBody(t, resp)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(resp.Header.Get("Content-Type"), c.wantType) || !c.body(b) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -20,16 +19,7 @@ import (
 // Every spelling of the metadata tree's root reaches the GCE surface, and
 // refusals made in front of it (the guard's) still carry Metadata-Flavor.
 func TestGCEPathsReachTheMetadataSurface(t *testing.T) {
-	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
-		Clouds: []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: fakeExchanger{}})}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Run owns the broker's refresh queue; stopping it stops the queue.
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	b := runAWSBroker(t)
 	gcp := gcpConfig{provider: "p", projectID: "proj"}
 	routes, err := surfaces(tracedBroker{Broker: b}, testGuards(t, nil), surfaceClouds(gcp, azureConfig{}, podTokenConfig{}))
 	if err != nil {
@@ -77,15 +67,7 @@ func testGuards(t testing.TB, mutate func(*guardConfig)) *guards {
 // TestEachSurfaceCountsUnderItsLabel: a request is counted under the
 // surface that answered it; a path no surface owns is the AWS surface's.
 func TestEachSurfaceCountsUnderItsLabel(t *testing.T) {
-	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
-		Clouds: []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: fakeExchanger{}})}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	b := runAWSBroker(t)
 	reg := prometheus.NewRegistry()
 	grd, err := newGuards(defaultGuardConfig(t), reg, slog.DiscardHandler)
 	if err != nil {
@@ -126,4 +108,18 @@ func mustAtoi(t *testing.T, s string) int {
 // AWS's at their defaults: which surfaces are on follows from the others.
 func surfaceClouds(gcp gcpConfig, az azureConfig, podToken podTokenConfig) []cloudFlags {
 	return []cloudFlags{&awsConfig{}, &gcp, &az, &podToken}
+}
+
+// runAWSBroker runs a broker with the AWS cloud over testPods until the
+// test ends. Run owns the broker's refresh queue; stopping it stops the
+// queue.
+func runAWSBroker(t *testing.T) *broker.Broker {
+	t.Helper()
+	b, err := broker.New(broker.Config{ServiceAccounts: kubetest.ServiceAccounts(fake.NewClientset()), Resolver: fakeResolver(),
+		Clouds: []broker.Cloud{awsexchange.Profile(awsexchange.ProfileConfig{Exchanger: fakeExchanger{}})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Run(t, b)
+	return b
 }

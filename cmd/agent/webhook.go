@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -57,12 +56,7 @@ type webhookConfig struct {
 
 func parseWebhookFlags(args []string, stderr io.Writer) (webhookConfig, error) {
 	var c webhookConfig
-	fs := flag.NewFlagSet("agent webhook", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: agent webhook [flags]\n\nA mutating admission webhook that adds each enabled cloud's SDK variables to pods whose ServiceAccount names an identity (docs/deploy.md).\n\n")
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("webhook", "A mutating admission webhook that adds each enabled cloud's SDK variables to pods whose ServiceAccount names an identity (docs/deploy.md).", stderr)
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "path to a kubeconfig; empty means the in-cluster config")
 	fs.StringVar(&c.listen, "listen", ":9443", "host:port of the HTTPS admission endpoint (/mutate)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", ":2706", "host:port for /metrics, /healthz and /readyz")

@@ -1,7 +1,7 @@
 // Package testfake holds the fakes that several packages' tests used to
-// write each for itself: resolvers that stand for pkg/podresolve, and the
-// part of a fake broker that records what a surface reported. It imports
-// neither pkg/broker nor a surface, so that their own tests can use it.
+// write each for itself: resolvers that stand for pkg/podresolve, and a
+// read of one metric from a registry. It imports neither pkg/broker nor a
+// surface, so that their own tests can use it.
 package testfake
 
 import (

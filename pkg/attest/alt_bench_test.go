@@ -166,11 +166,7 @@ func BenchmarkAltSockDiagCached(b *testing.B) {
 // TestSockDiagAgrees: the alternative finds what the /proc table shows.
 func TestSockDiagAgrees(t *testing.T) {
 	l := newLab(t)
-	inf := &fakeInformer{}
-	uid := randUID(t)
-	inf.add("a", uid, ipA)
-	ns := l.netns([]netip.Addr{ipA}, []bool{true})
-	pid := l.process(ns, uid, ctrID)
+	inf, _, ns, pid := l.onePod("a")
 	a, _ := newAttester(t, inf)
 	_, conn := l.dial(ns, srv4)
 	if _, err := a.Resolve(WithConn(context.Background(), conn), ipA); err != nil {

@@ -254,11 +254,7 @@ func TestNoConnectionRefusedWithoutKernel(t *testing.T) {
 // the pod's TCP table (each read walks the host's whole connection hash).
 func TestBurstSharesTableReads(t *testing.T) {
 	l := newLab(t)
-	inf := &fakeInformer{}
-	uid := randUID(t)
-	inf.add("a", uid, ipA)
-	ns := l.netns([]netip.Addr{ipA}, []bool{true})
-	l.process(ns, uid, ctrID)
+	inf, uid, ns, _ := l.onePod("a")
 	a, _ := newAttester(t, inf)
 	a.Check(context.Background())
 	const n = 32
@@ -290,11 +286,7 @@ func TestBurstSharesTableReads(t *testing.T) {
 // not evidence for a new connection on the same 4-tuple.
 func TestStaleClientSocketNotEvidence(t *testing.T) {
 	l := newLab(t)
-	inf := &fakeInformer{}
-	uid := randUID(t)
-	inf.add("a", uid, ipA)
-	ns := l.netns([]netip.Addr{ipA}, []bool{true})
-	l.process(ns, uid, ctrID)
+	inf, uid, ns, _ := l.onePod("a")
 	a, _ := newAttester(t, inf)
 	client, conn := l.dial(ns, srv4)
 	// The agent's end closes; the client's stays open, in CLOSE_WAIT.
@@ -342,11 +334,7 @@ func waitState(t *testing.T, a *Attester, uid types.UID, client net.Conn, state 
 // connecting to an IPv4 address shows in tcp6 as ::ffff:X.
 func TestMappedIPv4(t *testing.T) {
 	l := newLab(t)
-	inf := &fakeInformer{}
-	uid := randUID(t)
-	inf.add("a", uid, ipA)
-	ns := l.netns([]netip.Addr{ipA}, []bool{true})
-	l.process(ns, uid, ctrID)
+	inf, uid, ns, _ := l.onePod("a")
 	a, _ := newAttester(t, inf)
 	var fd int
 	var err error

@@ -31,11 +31,7 @@ const (
 // benchNode builds the node once per benchmark.
 func benchNode(b *testing.B) (*lab, *fakeInformer, string, *Attester) {
 	l := newLab(b)
-	inf := &fakeInformer{}
-	uid := randUID(b)
-	inf.add("client", uid, ipA)
-	ns := l.netns([]netip.Addr{ipA}, []bool{true})
-	l.process(ns, uid, ctrID)
+	inf, _, ns, _ := l.onePod("client")
 	for i := 1; i < benchPods; i++ {
 		u := randUID(b)
 		inf.add("pod-"+strconv.Itoa(i), u, netip.AddrFrom4([4]byte{10, 251, byte(i >> 8), byte(i)}))

@@ -164,6 +164,18 @@ func (l *lab) netns(addrs []netip.Addr, route []bool) string {
 
 // process starts a sleeping process in netns name and, unless uid is
 // empty, in pod uid's cgroup (container ctr). It returns its PID.
+// onePod is the scene most tests start from: a pod named name at ipA,
+// known to the returned informer, with one process in a network namespace
+// of its own that holds ipA. It returns the pod's UID, the namespace and
+// the process's PID.
+func (l *lab) onePod(name string) (inf *fakeInformer, uid types.UID, ns string, pid int) {
+	inf = &fakeInformer{}
+	uid = randUID(l.t)
+	inf.add(name, uid, ipA)
+	ns = l.netns([]netip.Addr{ipA}, []bool{true})
+	return inf, uid, ns, l.process(ns, uid, ctrID)
+}
+
 func (l *lab) process(name string, uid types.UID, ctr string) int {
 	t := l.t
 	cmd := exec.Command("ip", "netns", "exec", name, "sleep", "3600")

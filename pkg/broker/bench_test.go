@@ -21,9 +21,7 @@ import (
 // pod resolution, policy, identity lookup, cache lookup and metrics. The
 // wire surfaces benchmark their own share (pkg/api/awscreds).
 func BenchmarkCacheHit(b *testing.B) {
-	e := newEnv(b, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.1", "ns", "p", "sa")
+	e, _ := newEnvWithPod(b, "10.0.0.1")
 	addr := netip.MustParseAddr("10.0.0.1")
 	ctx := context.Background()
 	if _, err := e.broker.Credentials(ctx, addr, awsRequest); err != nil {
@@ -39,9 +37,7 @@ func BenchmarkCacheHit(b *testing.B) {
 }
 
 func BenchmarkCacheHitParallel(b *testing.B) {
-	e := newEnv(b, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.1", "ns", "p", "sa")
+	e, _ := newEnvWithPod(b, "10.0.0.1")
 	addr := netip.MustParseAddr("10.0.0.1")
 	ctx := context.Background()
 	b.ReportAllocs()

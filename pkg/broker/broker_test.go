@@ -100,15 +100,8 @@ func TestIPReuseNeverServesThePreviousPod(t *testing.T) {
 
 // A fetch that completes after its pod left must not put credentials back.
 func TestFetchFinishingAfterPodLeftIsDiscarded(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.0.3", "ns", "p", "sa")
-	entered, release := make(chan struct{}), make(chan struct{})
-	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
-		close(entered)
-		<-release
-		return e.exchanger.mint(req, 1, time.Hour), nil
-	})
+	e, p := newEnvWithPod(t, "10.0.0.3")
+	entered, release := e.exchanger.hold()
 	done := make(chan response)
 	go func() { done <- e.get("10.0.0.3") }()
 	<-entered
@@ -247,9 +240,7 @@ func TestGlobMatch(t *testing.T) {
 // are served, and while upstream fails a still valid one is served; an
 // expired one never is.
 func TestFreshnessAndStaleServing(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.8", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.0.8")
 	first := e.get("10.0.0.8")
 
 	e.clock.Step(50 * time.Minute) // 10 minutes left: below the floor
@@ -292,21 +283,15 @@ func mustParse(t *testing.T, s string) time.Time {
 func (c awsCredentials) AccessKeyId() string { return c.AccessKeyID }
 
 func TestConcurrentFirstRequestsShareOneUpstreamCall(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.10", "ns", "p", "sa")
-	release := make(chan struct{})
-	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
-		<-release
-		return e.exchanger.mint(req, 1, time.Hour), nil
-	})
+	e, _ := newEnvWithPod(t, "10.0.0.10")
+	_, release := e.exchanger.hold()
 	const callers = 50
 	var wg sync.WaitGroup
 	results := make([]response, callers)
 	for i := range callers {
 		wg.Go(func() { results[i] = e.get("10.0.0.10") })
 	}
-	eventually(t, "all callers to miss the cache", func() bool {
+	testfake.Eventually(t, "all callers to miss the cache", func() bool {
 		return e.counter("credbroker_cache_misses_total", nil) == callers
 	})
 	close(release)
@@ -379,9 +364,7 @@ func TestUpstreamErrorClasses(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			e := newEnv(t, nil)
-			e.serviceAccount("ns", "sa", roleA)
-			e.pod("10.0.0.13", "ns", "p", "sa")
+			e, _ := newEnvWithPod(t, "10.0.0.13")
 			if c.tokenErr != nil {
 				e.tokenErr.Store(&c.tokenErr)
 			}
@@ -426,17 +409,15 @@ func TestCacheIsBounded(t *testing.T) {
 // its first request is a cache hit; later the credential is refreshed
 // before it falls below the freshness floor, without any request.
 func TestPrefetchAndBackgroundRefresh(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.0.20", "ns", "p", "sa")
+	e, p := newEnvWithPod(t, "10.0.0.20")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.broker.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
 	e.broker.PodReady(p)
-	eventually(t, "prefetch", func() bool { return e.cached(p.UID) })
-	eventually(t, "the prefetch queue to drain", e.broker.Prefetched)
+	testfake.Eventually(t, "prefetch", func() bool { return e.cached(p.UID) })
+	testfake.Eventually(t, "the prefetch queue to drain", e.broker.Prefetched)
 	if r := e.get("10.0.0.20"); r.status != 200 || e.counter("credbroker_cache_hits_total", nil) != 1 {
 		t.Fatalf("first request after prefetch was not a hit: %d", r.status)
 	}
@@ -448,7 +429,7 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 	for range 27 {
 		e.clock.Step(time.Minute)
 	}
-	eventually(t, "background refresh", func() bool { return e.exchanger.calls.Load() == 2 })
+	testfake.Eventually(t, "background refresh", func() bool { return e.exchanger.calls.Load() == 2 })
 	r := e.get("10.0.0.20")
 	if left := mustParse(t, r.creds.Expiration).Sub(e.clock.Now()); left < 45*time.Minute {
 		t.Fatalf("after refresh, served credential has %s left", left)
@@ -476,7 +457,7 @@ func TestPrefetchSkipsPodsWithoutRole(t *testing.T) {
 	go func() { done <- e.broker.Run(ctx) }()
 	e.broker.PodReady(e.pod("10.0.0.21", "ns", "p", "plain"))
 	e.broker.PodReady(e.pod("10.0.0.22", "ns", "q", "default"))
-	eventually(t, "both prefetches to be tried", e.broker.Prefetched)
+	testfake.Eventually(t, "both prefetches to be tried", e.broker.Prefetched)
 	cancel()
 	<-done
 	if e.tokenReqs.Load() != 0 {
@@ -488,9 +469,7 @@ func TestPrefetchSkipsPodsWithoutRole(t *testing.T) {
 // ServiceAccounts), and the pod's cached credentials for the old role are
 // not served after it.
 func TestRoleChangeTakesEffect(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.30", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.0.30")
 	if r := e.get("10.0.0.30"); r.creds.AccountID != "111122223333" {
 		t.Fatal(r.body)
 	}

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -48,7 +49,7 @@ func (e *testEnv) annotated(ns, name string, annotations map[string]string) {
 	if _, err := e.client.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
-	waitFor(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
+	testfake.Eventually(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
 		id, err := e.broker.accounts.Identity(ns, name, 1)
 		return err == nil && id == annotations[gcpAnnotation]
 	})
@@ -120,11 +121,7 @@ func TestGCPConcurrentFirstRequestsShareOneFetch(t *testing.T) {
 	e := newTwoCloudEnv(t, nil)
 	e.annotated("ns", "a", map[string]string{gcpAnnotation: emailA})
 	e.pod("10.0.0.1", "ns", "pod-a", "a")
-	release := make(chan struct{})
-	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
-		<-release
-		return e.exchanger.mint(req, 1, time.Hour), nil
-	})
+	_, release := e.exchanger.hold()
 	const callers = 30
 	var wg sync.WaitGroup
 	tokens := make([]string, callers)
@@ -135,7 +132,7 @@ func TestGCPConcurrentFirstRequestsShareOneFetch(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, "all callers to miss the cache", func() bool { return e.counter("credbroker_cache_misses_total", nil) == callers })
+	testfake.Eventually(t, "all callers to miss the cache", func() bool { return e.counter("credbroker_cache_misses_total", nil) == callers })
 	close(release)
 	wg.Wait()
 	for i, tok := range tokens {
@@ -235,7 +232,7 @@ func TestPrefetchCoversAnnotatedGoogleAccountsOnly(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	e.broker.PodReady(a)
 	e.broker.PodReady(b)
-	waitFor(t, "the prefetch", e.broker.Prefetched)
+	testfake.Eventually(t, "the prefetch", e.broker.Prefetched)
 	if !e.broker.cache.Contains(entryKey{uid: a.UID, req: gcpDefault}) {
 		t.Error("the pod naming a Google service account was not prefetched")
 	}
@@ -260,7 +257,7 @@ func TestTenantComesFromTheAnnotationOrTheDefault(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the watch", func() bool {
+	testfake.Eventually(t, "the watch", func() bool {
 		id, err := e.broker.accounts.Identity("ns", "plain", 1)
 		return err == nil && id == "client-2"
 	})
@@ -343,7 +340,7 @@ func TestPodTokensForAllowedAudiences(t *testing.T) {
 		}
 	}
 	// Both: the map above creates them in either order.
-	waitFor(t, "the watch", func() bool {
+	testfake.Eventually(t, "the watch", func() bool {
 		_, errMute := e.broker.accounts.Identity("ns", "mute", 1)
 		_, errCaller := e.broker.accounts.Identity("ns", "caller", 1)
 		return errMute == nil && errCaller == nil

@@ -24,7 +24,7 @@ func TestDeniedRetryWindowIsPerCloud(t *testing.T) {
 	const gcpWindow = 10 * time.Minute
 	e := newTwoCloudEnv(t, func(c *Config) { c.Clouds[1].DeniedRetryWindow = gcpWindow })
 	e.annotated("ns", "sa", map[string]string{gcpAnnotation: emailA, "eks.amazonaws.com/role-arn": roleA})
-	waitFor(t, "the watch to see the role", func() bool { id, err := e.broker.accounts.Identity("ns", "sa", 0); return err == nil && id == roleA })
+	testfake.Eventually(t, "the watch to see the role", func() bool { id, err := e.broker.accounts.Identity("ns", "sa", 0); return err == nil && id == roleA })
 	e.pod("10.0.9.1", "ns", "p", "sa")
 	e.exchanger.setFn(func(exchange.Request) (exchange.Credentials, error) {
 		return exchange.Credentials{}, &exchange.Error{Kind: exchange.Denied, Code: "PERMISSION_DENIED", Err: errors.New("binding not yet seen")}
@@ -89,7 +89,7 @@ func TestLifetimeIsPerCloud(t *testing.T) {
 	})
 	e.annotated("ns", "sa", map[string]string{gcpAnnotation: emailA, "eks.amazonaws.com/role-arn": roleA,
 		audienceAnnotation: "https://svc.example.com/orders"})
-	waitFor(t, "the watch to see the role", func() bool { id, err := e.broker.accounts.Identity("ns", "sa", 0); return err == nil && id == roleA })
+	testfake.Eventually(t, "the watch to see the role", func() bool { id, err := e.broker.accounts.Identity("ns", "sa", 0); return err == nil && id == roleA })
 	e.pod("10.0.9.2", "ns", "p", "sa")
 	var mu sync.Mutex
 	asked := map[exchange.Kind]time.Duration{}

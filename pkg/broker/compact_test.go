@@ -14,9 +14,7 @@ import (
 // credential's strings in one allocation of its own (compact); what a cache
 // hit serves must be, field for field, what the exchanger returned.
 func TestCachedCredentialsAreTheExchangersStrings(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.0.1", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.0.1")
 	want := exchange.Credentials{
 		Kind:            exchange.KindAWS,
 		AccessKeyID:     "ASIAEXAMPLEEXAMPLE01",

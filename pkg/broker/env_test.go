@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -82,6 +81,21 @@ func (x *fakeExchanger) mint(req exchange.Request, n int64, life time.Duration) 
 	}
 }
 
+// hold makes every exchange wait until release is closed and then mint a
+// credential valid for an hour, one numbered 1; entered is closed when
+// the first exchange starts waiting. Tests use it to act while a fetch is
+// in flight.
+func (x *fakeExchanger) hold() (entered <-chan struct{}, release chan struct{}) {
+	in, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	x.setFn(func(req exchange.Request) (exchange.Credentials, error) {
+		once.Do(func() { close(in) })
+		<-release
+		return x.mint(req, 1, time.Hour), nil
+	})
+	return in, release
+}
+
 func (x *fakeExchanger) setFn(fn func(exchange.Request) (exchange.Credentials, error)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -96,7 +110,7 @@ type testEnv struct {
 	exchanger *fakeExchanger
 	broker    *Broker
 	reg       *prometheus.Registry
-	logs      *syncBuffer
+	logs      *testfake.Buffer
 	tokenReqs atomic.Int64
 	tokenErr  atomic.Pointer[error]
 	// bodies collects every response body, to check none carries a secret.
@@ -107,28 +121,11 @@ type testEnv struct {
 	audiences   []string
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, clock: clocktesting.NewFakeClock(t0), client: fake.NewClientset(),
 		resolver: &testfake.Resolver{},
-		reg:      prometheus.NewRegistry(), logs: &syncBuffer{}}
+		reg:      prometheus.NewRegistry(), logs: &testfake.Buffer{}}
 	e.exchanger = &fakeExchanger{clock: e.clock}
 	e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		if a.GetSubresource() != "token" {
@@ -176,7 +173,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	// ShutDown stops the delaying queue's goroutine in tests that never
 	// call Run (it is idempotent for those that do).
 	t.Cleanup(func() { cancel(); <-informerDone; b.queue.ShutDown() })
-	waitFor(t, "the ServiceAccount watch to list", b.HasSynced)
+	testfake.Eventually(t, "the ServiceAccount watch to list", b.HasSynced)
 	t.Cleanup(func() { e.assertNoSecretsLeaked() })
 	return e
 }
@@ -185,7 +182,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 // annotation as the test last set it.
 func (e *testEnv) waitForRole(ns, name, role string) {
 	e.t.Helper()
-	waitFor(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
+	testfake.Eventually(e.t, "the ServiceAccount watch to see "+ns+"/"+name, func() bool {
 		got, err := e.broker.accounts.Identity(ns, name, 0)
 		return err == nil && got == role
 	})
@@ -219,6 +216,15 @@ func (e *testEnv) setRole(ns, name, role string) {
 }
 
 // pod places a pod with its ServiceAccount at addr.
+// newEnvWithPod is newEnv with the setup most tests start from: one pod,
+// ns/p at addr, whose ServiceAccount ns/sa names roleA.
+func newEnvWithPod(t testing.TB, addr string) (*testEnv, podresolve.Pod) {
+	t.Helper()
+	e := newEnv(t, nil)
+	e.serviceAccount("ns", "sa", roleA)
+	return e, e.pod(addr, "ns", "p", "sa")
+}
+
 func (e *testEnv) pod(addr, ns, name, sa string) podresolve.Pod {
 	p := podresolve.Pod{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name), ServiceAccount: sa,
 		IPs: []netip.Addr{netip.MustParseAddr(addr)}}
@@ -306,24 +312,6 @@ func (e *testEnv) assertNoSecretsLeaked() {
 		if strings.Contains(haystack.String(), marker) {
 			e.t.Errorf("a secret (%s...) leaked into logs, an error body or metrics", marker)
 		}
-	}
-}
-
-// eventually polls cond; it asserts an outcome, not a duration: the bound
-// is generous and only stops a broken test from hanging.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	waitFor(t, what, cond)
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -1,12 +1,10 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +19,8 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/credbroker/agent/internal/testfake"
 )
 
 // forbiddingSink answers like an API server whose RBAC grants the agent
@@ -44,33 +44,16 @@ func (s *forbiddingSink) Patch(ev *corev1.Event, _ []byte) (*corev1.Event, error
 	return s.answer(ev)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Defect (issue 18, item 11): an agent whose RBAC lacks events logged an
 // ERROR "events is forbidden" (client-go's) for every refusal it recorded.
 // Through client-go's real broadcaster, the forbidden answer is logged
 // once, the rest are counted, and client-go logs nothing.
 func TestForbiddenEventsAreLoggedOnceAndCounted(t *testing.T) {
-	var clientGo lockedBuffer
+	var clientGo testfake.Buffer
 	klog.SetSlogLogger(slog.New(slog.NewJSONHandler(&clientGo, nil)))
 	defer klog.ClearLogger()
 
-	var agentLog lockedBuffer
+	var agentLog testfake.Buffer
 	reg := prometheus.NewRegistry()
 	clk := clocktesting.NewFakePassiveClock(time.Now())
 	inner := &forbiddingSink{}
@@ -95,7 +78,7 @@ func TestForbiddenEventsAreLoggedOnceAndCounted(t *testing.T) {
 	for range pods {
 		<-recorded
 	}
-	waitFor(t, "every Event to be counted", func() bool { return testutil.ToFloat64(sink.dropped) == pods })
+	testfake.Eventually(t, "every Event to be counted", func() bool { return testutil.ToFloat64(sink.dropped) == pods })
 	if n := inner.calls.Load(); n != 1 {
 		t.Errorf("%d Events sent to an API server that forbids them, want 1 and then a pause", n)
 	}
@@ -111,8 +94,8 @@ func TestForbiddenEventsAreLoggedOnceAndCounted(t *testing.T) {
 	clk.SetTime(clk.Now().Add(forbiddenEventsPause))
 	rec.Event(&corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: "ns", Name: "late", UID: "late"}, corev1.EventTypeWarning, CodeNoRole, "no role")
 	<-recorded
-	waitFor(t, "the Event to be sent", func() bool { return inner.calls.Load() == 2 })
-	waitFor(t, "the recovery to be logged", func() bool { return strings.Contains(agentLog.String(), "accepts the agent's Events again") })
+	testfake.Eventually(t, "the Event to be sent", func() bool { return inner.calls.Load() == 2 })
+	testfake.Eventually(t, "the recovery to be logged", func() bool { return strings.Contains(agentLog.String(), "accepts the agent's Events again") })
 	if got := testutil.ToFloat64(sink.dropped); got != pods {
 		t.Errorf("%v dropped after recovery, want %d", got, pods)
 	}

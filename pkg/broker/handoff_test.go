@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 )
 
@@ -158,7 +159,7 @@ func TestHeldPrefetchFetchesOnlyWhatTheHandOffLacks(t *testing.T) {
 		t.Fatal("prefetched while fetches are held")
 	}
 	e.broker.ReleaseFetches()
-	waitFor(t, "the prefetch", e.broker.Prefetched)
+	testfake.Eventually(t, "the prefetch", e.broker.Prefetched)
 	if n := e.exchanger.calls.Load(); n != 1 {
 		t.Errorf("exchanges after the hand-off: %d, want 1 (the pod it did not carry)", n)
 	}
@@ -167,7 +168,7 @@ func TestHeldPrefetchFetchesOnlyWhatTheHandOffLacks(t *testing.T) {
 	}
 	// The taken entry is refreshed like a fetched one: before it goes stale.
 	e.clock.Step(35 * time.Minute)
-	waitFor(t, "the taken entry's refresh", func() bool { return e.exchanger.calls.Load() >= 2 })
+	testfake.Eventually(t, "the taken entry's refresh", func() bool { return e.exchanger.calls.Load() >= 2 })
 }
 
 func TestExportLeavesOutWhatIsNotServable(t *testing.T) {

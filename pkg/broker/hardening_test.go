@@ -22,6 +22,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
@@ -58,7 +59,7 @@ func newRealResolverEnv(t *testing.T) *realResolverEnv {
 	go func() { resolverDone <- r.Run(ctx) }()
 	go func() { brokerDone <- e.broker.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-resolverDone; <-brokerDone })
-	waitFor(t, "the resolver to sync", r.HasSynced)
+	testfake.Eventually(t, "the resolver to sync", r.HasSynced)
 	return &realResolverEnv{testEnv: e, resolver: r}
 }
 
@@ -99,7 +100,7 @@ func (e *realResolverEnv) apply(p *corev1.Pod) {
 // to nobody).
 func (e *realResolverEnv) resolvesTo(addr, name string) {
 	e.t.Helper()
-	waitFor(e.t, addr+" to resolve to "+name, func() bool {
+	testfake.Eventually(e.t, addr+" to resolve to "+name, func() bool {
 		p, err := e.resolver.Resolve(context.Background(), netip.MustParseAddr(addr))
 		if name == "" {
 			return errors.Is(err, podresolve.ErrNotFound)
@@ -127,7 +128,7 @@ func TestSandboxRecreatedPodIsServedAgain(t *testing.T) {
 	e.serviceAccount("ns", "sa", roleA)
 	e.apply(runningPod("p", "sa", t0, "10.0.5.1"))
 	e.resolvesTo("10.0.5.1", "p")
-	waitFor(t, "the prefetch", e.broker.Prefetched)
+	testfake.Eventually(t, "the prefetch", e.broker.Prefetched)
 
 	served := func(addr string) {
 		t.Helper()
@@ -144,7 +145,7 @@ func TestSandboxRecreatedPodIsServedAgain(t *testing.T) {
 	e.resolvesTo("10.0.5.1", "")
 	e.apply(runningPod("p", "sa", t0, "10.0.5.1"))
 	e.resolvesTo("10.0.5.1", "p")
-	waitFor(t, "the prefetch after the pod came back", func() bool { return e.cached("uid-p") })
+	testfake.Eventually(t, "the prefetch after the pod came back", func() bool { return e.cached("uid-p") })
 	served("10.0.5.1")
 
 	// A new address for the same pod is no reason to fetch again.
@@ -169,7 +170,7 @@ func TestPodsSwappingAddressesAreBothServed(t *testing.T) {
 	e.resolvesTo("10.0.6.2", "q")
 
 	e.apply(runningPod("q", "sa-q", t0.Add(time.Minute), "10.0.6.1"))
-	waitFor(t, "the address to be contested", func() bool {
+	testfake.Eventually(t, "the address to be contested", func() bool {
 		_, err := e.resolver.Resolve(context.Background(), netip.MustParseAddr("10.0.6.1"))
 		return errors.Is(err, podresolve.ErrAmbiguous)
 	})
@@ -195,9 +196,7 @@ func TestPodsSwappingAddressesAreBothServed(t *testing.T) {
 // is fetched or served for it again, and a late PodReady does not bring it
 // back.
 func TestAPIServerSaysPodIsGone(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.7.1", "ns", "p", "sa")
+	e, p := newEnvWithPod(t, "10.0.7.1")
 	if r := e.get("10.0.7.1"); r.status != http.StatusOK {
 		t.Fatal(r.body)
 	}
@@ -230,9 +229,7 @@ func TestAPIServerSaysPodIsGone(t *testing.T) {
 func TestDenialIsRetriedThenFinal(t *testing.T) {
 	for _, kind := range []exchange.ErrorKind{exchange.Denied, exchange.InvalidToken} {
 		t.Run(kind.String(), func(t *testing.T) {
-			e := newEnv(t, nil)
-			e.serviceAccount("ns", "sa", roleA)
-			e.pod("10.0.7.2", "ns", "p", "sa")
+			e, _ := newEnvWithPod(t, "10.0.7.2")
 			e.exchanger.setFn(func(exchange.Request) (exchange.Credentials, error) {
 				return exchange.Credentials{}, &exchange.Error{Kind: kind, Code: "AccessDenied", Err: errors.New("not yet")}
 			})
@@ -267,9 +264,7 @@ func TestDenialIsRetriedThenFinal(t *testing.T) {
 // An authoritative denial ends stale serving of that role; a transient
 // failure does not (TestOutageKeepsCachedPodsAndBacksOff).
 func TestDenialEndsStaleServing(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.3", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.3")
 	if r := e.get("10.0.7.3"); r.status != http.StatusOK {
 		t.Fatal(r.body)
 	}
@@ -290,9 +285,7 @@ func TestDenialEndsStaleServing(t *testing.T) {
 // watch keeps the last known annotation, and cached credentials are served
 // while valid.
 func TestAPIServerOutageKeepsServingCached(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.4", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.4")
 	if r := e.get("10.0.7.4"); r.status != http.StatusOK {
 		t.Fatal(r.body)
 	}
@@ -338,9 +331,7 @@ func TestRequestWaitIsBounded(t *testing.T) {
 // cached as missing and answered 403, and a refresh in that window evicted
 // the pod's credential.
 func TestServiceAccountReplaced(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.7.7", "ns", "p", "sa")
+	e, p := newEnvWithPod(t, "10.0.7.7")
 	first := e.get("10.0.7.7")
 	if first.status != http.StatusOK {
 		t.Fatal(first.body)
@@ -348,7 +339,7 @@ func TestServiceAccountReplaced(t *testing.T) {
 	if err := e.client.CoreV1().ServiceAccounts("ns").Delete(context.Background(), "sa", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the watch to see the deletion", func() bool {
+	testfake.Eventually(t, "the watch to see the deletion", func() bool {
 		_, err := e.broker.accounts.Identity("ns", "sa", 0)
 		return errors.Is(err, errServiceAccountMissing)
 	})
@@ -370,15 +361,8 @@ func TestServiceAccountReplaced(t *testing.T) {
 // taken off the queue. It now tracks announced pods until their first
 // fetch is over.
 func TestPrefetchedWaitsForTheFetch(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	p := e.pod("10.0.7.8", "ns", "p", "sa")
-	entered, release := make(chan struct{}), make(chan struct{})
-	e.exchanger.setFn(func(req exchange.Request) (exchange.Credentials, error) {
-		close(entered)
-		<-release
-		return e.exchanger.mint(req, 1, time.Hour), nil
-	})
+	e, p := newEnvWithPod(t, "10.0.7.8")
+	entered, release := e.exchanger.hold()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.broker.Run(ctx) }()
@@ -389,7 +373,7 @@ func TestPrefetchedWaitsForTheFetch(t *testing.T) {
 		t.Fatal("Prefetched while the pod's first fetch is running")
 	}
 	close(release)
-	waitFor(t, "the prefetch to finish", e.broker.Prefetched)
+	testfake.Eventually(t, "the prefetch to finish", e.broker.Prefetched)
 	if !e.cached(p.UID) {
 		t.Fatal("Prefetched before the credential was cached")
 	}
@@ -453,9 +437,7 @@ func TestBackoffHasJitter(t *testing.T) {
 // not synced answers 403 for a moment; so does an admission denial) is
 // retried for deniedRetryWindow, answered 503, and only then final.
 func TestTokenRequestForbiddenIsRetriedThenFinal(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.11", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.11")
 	forbidden := error(apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "sa", errors.New("RBAC: not yet")))
 	e.tokenErr.Store(&forbidden)
 	if r := e.get("10.0.7.11"); r.status != http.StatusServiceUnavailable || r.errObj["code"] != CodeTokenRequestRefused || r.header.Get("Retry-After") == "" {
@@ -501,7 +483,7 @@ func (e *testEnv) getWhileWaiting(addr string, waits []time.Duration) response {
 	done := make(chan response, 1)
 	go func() { done <- e.get(addr) }()
 	for _, d := range waits {
-		waitFor(e.t, "the broker to wait before asking the API server again", func() bool { return e.clock.Waiters() > idle })
+		testfake.Eventually(e.t, "the broker to wait before asking the API server again", func() bool { return e.clock.Waiters() > idle })
 		e.clock.Step(d)
 	}
 	return <-done
@@ -512,9 +494,7 @@ func (e *testEnv) getWhileWaiting(addr string, waits []time.Duration) response {
 // TokenRequest is asked again after short waits, inside the one request,
 // rather than failing the pod's first call.
 func TestTokenRequestWaitsForTheNodeAuthorizerGraph(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.12", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.12")
 	var refused atomic.Int64
 	e.lagGraph(3, &refused)
 	r := e.getWhileWaiting("10.0.7.12", graphLagWaits[:3])
@@ -529,9 +509,7 @@ func TestTokenRequestWaitsForTheNodeAuthorizerGraph(t *testing.T) {
 // A graph that never links the pod ends in a retryable refusal after every
 // wait, saying why, as any other 403 does.
 func TestTokenRequestGraphNeverCatchesUp(t *testing.T) {
-	e := newEnv(t, nil)
-	e.serviceAccount("ns", "sa", roleA)
-	e.pod("10.0.7.13", "ns", "p", "sa")
+	e, _ := newEnvWithPod(t, "10.0.7.13")
 	var refused atomic.Int64
 	e.lagGraph(100, &refused)
 	r := e.getWhileWaiting("10.0.7.13", graphLagWaits)

@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 )
 
@@ -64,7 +65,7 @@ func (e *testEnv) applyAnnotations(ns, name string, annotations map[string]strin
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	waitFor(e.t, "the watch to see "+ns+"/"+name, func() bool {
+	testfake.Eventually(e.t, "the watch to see "+ns+"/"+name, func() bool {
 		for i, v := range want {
 			if got, err := e.broker.accounts.Identity(ns, name, i); err != nil || got != v {
 				return false

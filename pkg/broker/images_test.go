@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/podresolve"
 )
 
@@ -117,7 +118,7 @@ func TestContainerRules(t *testing.T) {
 	if _, err := e.client.CoreV1().ServiceAccounts("ns").Update(ctx, sa, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the ephemeral annotation", func() bool {
+	testfake.Eventually(t, "the ephemeral annotation", func() bool {
 		f, _ := e.broker.accounts.fields("ns", "app")
 		return f != nil && f[e.broker.ephemeralField] == "true"
 	})

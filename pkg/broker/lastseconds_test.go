@@ -6,6 +6,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credbroker/agent/internal/testfake"
 )
 
 // Credentials during a pod's last seconds (issue 18, invariant 12): a pod
@@ -50,7 +52,7 @@ func TestPodServedThroughItsGracePeriod(t *testing.T) {
 
 	e.clock.Step(deadline.Sub(e.clock.Now()))
 	e.resolvesTo("10.0.9.1", "")
-	waitFor(t, "the pod's credentials to be evicted", func() bool { return !e.cached("uid-p") })
+	testfake.Eventually(t, "the pod's credentials to be evicted", func() bool { return !e.cached("uid-p") })
 	if r := e.get("10.0.9.1"); r.status == http.StatusOK {
 		t.Fatalf("after the grace period: %d %s; want nothing", r.status, r.body)
 	}

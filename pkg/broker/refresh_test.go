@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 )
 
@@ -74,7 +75,7 @@ func (e *testEnv) runInBubble(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- e.broker.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "Run to start", e.broker.HasSynced)
+	testfake.Eventually(t, "Run to start", e.broker.HasSynced)
 }
 
 // pass lets d go by, on the broker's fake clock and on the bubble's own
@@ -172,7 +173,7 @@ func TestManyAudiencesCostOnlyThePodsFetchBudget(t *testing.T) {
 				if _, err := e.client.CoreV1().ServiceAccounts("ns").Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
-				waitFor(t, "the watch", func() bool { id, err := e.broker.accounts.Identity("ns", "a", 1); return err == nil && id != "" })
+				testfake.Eventually(t, "the watch", func() bool { id, err := e.broker.accounts.Identity("ns", "a", 1); return err == nil && id != "" })
 				p := e.pod("10.0.0.1", "ns", "pod-a", "a")
 				log := &fetchLog{e: e, uid: p.UID}
 				e.client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {

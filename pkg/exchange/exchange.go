@@ -228,10 +228,7 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, " (%s refused)", e.Cause)
 	}
 	fmt.Fprintf(&b, ": %v", e.Err)
-	if e.Hint != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Hint)
-	}
+	AppendDetails(&b, e.Hint)
 	return b.String()
 }
 

@@ -123,3 +123,32 @@ func printable(s string) bool {
 	}
 	return true
 }
+
+// KindForStatus classifies a failed answer by its HTTP status alone, for
+// when the upstream named no error code the exchanger knows: the statuses
+// in known mean what the upstream documents them to mean; any other 4xx
+// is InvalidRequest (the same request would fail again) and anything else
+// (5xx, a redirect, an unparsable 2xx, no answer) is Transient. Every
+// exchanger shares this fallback so that an unknown failure is retried or
+// not by one rule.
+func KindForStatus(status int, known map[int]ErrorKind) ErrorKind {
+	if k, ok := known[status]; ok {
+		return k
+	}
+	if status >= 400 && status < 500 {
+		return InvalidRequest
+	}
+	return Transient
+}
+
+// AppendDetails appends ": part" to b for every part that is not empty:
+// the tail of the exchangers' call errors (the upstream's code, a hint,
+// its message), each of which a failure may lack.
+func AppendDetails(b *strings.Builder, parts ...string) {
+	for _, p := range parts {
+		if p != "" {
+			b.WriteString(": ")
+			b.WriteString(p)
+		}
+	}
+}

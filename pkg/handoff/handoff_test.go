@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
 	"github.com/credbroker/agent/pkg/exchange"
 )
@@ -92,25 +93,8 @@ func (s *sink) Import(c broker.Carried) error {
 	return nil
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // noSecrets fails if a secret the tests minted is in the logs or metrics.
-func noSecrets(t *testing.T, logs *logBuffer, reg *prometheus.Registry) {
+func noSecrets(t *testing.T, logs *testfake.Buffer, reg *prometheus.Registry) {
 	t.Helper()
 	hay := logs.String()
 	mfs, _ := reg.Gather()
@@ -126,14 +110,14 @@ func noSecrets(t *testing.T, logs *logBuffer, reg *prometheus.Registry) {
 
 type fixture struct {
 	dir, path string
-	logs      *logBuffer
+	logs      *testfake.Buffer
 	reg       *prometheus.Registry
 	m         *Metrics
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), logs: &logBuffer{}, reg: prometheus.NewRegistry()}
+	f := &fixture{dir: t.TempDir(), logs: &testfake.Buffer{}, reg: prometheus.NewRegistry()}
 	f.path = filepath.Join(f.dir, "handoff.sock")
 	var err error
 	if f.m, err = NewMetrics(f.reg); err != nil {
@@ -199,7 +183,7 @@ func TestHandOffCarriesEveryEntry(t *testing.T) {
 	}
 	// The sender counts after its last write, which may be after the
 	// receiver has read it.
-	waitFor(t, "the sender to count 3 entries", func() bool { return testutil.ToFloat64(f.m.sentN) == 3 })
+	testfake.Eventually(t, "the sender to count 3 entries", func() bool { return testutil.ToFloat64(f.m.sentN) == 3 })
 	if !strings.Contains(f.logs.String(), `"taken":2`) {
 		t.Errorf("no log line with the counts: %s", f.logs.String())
 	}
@@ -277,7 +261,7 @@ func TestPeerOfAnotherUIDGetsNothing(t *testing.T) {
 	if !strings.HasPrefix(string(out), "read 0 bytes") {
 		t.Fatalf("the peer of UID %d got: %s", nobody, out)
 	}
-	waitFor(t, "the refusal to be counted", func() bool { return testutil.ToFloat64(f.m.sent.WithLabelValues(resultPeerRefused)) == 1 })
+	testfake.Eventually(t, "the refusal to be counted", func() bool { return testutil.ToFloat64(f.m.sent.WithLabelValues(resultPeerRefused)) == 1 })
 	// The same socket answers this agent's own UID.
 	if r := f.receive(&sink{}, nil); r.Taken != 1 {
 		t.Errorf("own UID: %+v", r)
@@ -502,16 +486,5 @@ func TestSuccessorTakesThePathOver(t *testing.T) {
 	fi, err := os.Stat(f.path)
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode %v, %v; want 0600", fi.Mode(), err)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

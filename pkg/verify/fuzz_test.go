@@ -5,9 +5,6 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
-
-	"github.com/go-jose/go-jose/v4"
-	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // FuzzVerify: whatever the bytes, Verify does not panic, accepts nothing
@@ -17,11 +14,10 @@ import (
 // input. The seeds run with the unit tests; go test -fuzz=FuzzVerify
 // explores further.
 func FuzzVerify(f *testing.F) {
-	is := newIssuer(f)
-	v := newVerifier(f, is.config(clocktesting.NewFakePassiveClock(t0)))
+	is, _, v := setup(f, nil)
 	good := map[string]bool{
-		mint(f, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL)): true,
-		mint(f, ecKey, jose.ES256, "ec-1", goodClaims(is.srv.URL)):   true,
+		is.rs256(f, "rsa-1"): true,
+		is.es256(f, "ec-1"):  true,
 	}
 	signed := map[string]bool{}
 	for tok := range good {

@@ -127,6 +127,38 @@ func (is *issuer) config(clk *clocktesting.FakePassiveClock) Config {
 	}
 }
 
+// setup returns an issuer, a fake clock at t0 and a verifier of the
+// issuer's config as mutate (nil: none) changed it.
+func setup(t testing.TB, mutate func(*Config)) (*issuer, *clocktesting.FakePassiveClock, *Verifier) {
+	t.Helper()
+	is := newIssuer(t)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	cfg := is.config(clk)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return is, clk, newVerifier(t, cfg)
+}
+
+// rs256 and es256 mint a token with goodClaims, signed by the issuer's
+// RSA or EC key under key ID kid.
+func (is *issuer) rs256(t testing.TB, kid string) string {
+	return mint(t, rsaKey, jose.RS256, kid, goodClaims(is.srv.URL))
+}
+
+func (is *issuer) es256(t testing.TB, kid string) string {
+	return mint(t, ecKey, jose.ES256, kid, goodClaims(is.srv.URL))
+}
+
+// wantFetches fails the test, with format naming the count, unless the
+// issuer served its key set want times.
+func (is *issuer) wantFetches(t testing.TB, want int64, format string) {
+	t.Helper()
+	if n := is.jwksFetches.Load(); n != want {
+		t.Fatalf(format, n)
+	}
+}
+
 func newVerifier(t testing.TB, cfg Config) *Verifier {
 	t.Helper()
 	v, err := New(cfg)

@@ -24,19 +24,15 @@ func randomKID() string {
 // sequential and concurrent, costs the issuer one JWKS fetch per
 // RefreshInterval, and each is refused as an unknown key.
 func TestUnknownKeyFloodRateLimited(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	cfg := is.config(clk)
-	cfg.RefreshInterval = 10 * time.Second
-	v := newVerifier(t, cfg)
+	is, clk, v := setup(t, func(cfg *Config) {
+		cfg.RefreshInterval = 10 * time.Second
+	})
 	ctx := context.Background()
-	good := mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL))
+	good := is.rs256(t, "rsa-1")
 	if _, err := v.Verify(ctx, good); err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	if n := is.jwksFetches.Load(); n != 1 {
-		t.Fatalf("JWKS fetches after warm-up = %d, want 1", n)
-	}
+	is.wantFetches(t, 1, "JWKS fetches after warm-up = %d, want 1")
 	// Mint the flood once: signing is not what is measured.
 	flood := make([]string, 500)
 	for i := range flood {
@@ -59,9 +55,7 @@ func TestUnknownKeyFloodRateLimited(t *testing.T) {
 	// One interval later: one fetch for the whole flood.
 	clk.SetTime(t0.Add(10 * time.Second))
 	refuseAll(t)
-	if n := is.jwksFetches.Load(); n != 2 {
-		t.Fatalf("JWKS fetches after the next interval = %d, want 2", n)
-	}
+	is.wantFetches(t, 2, "JWKS fetches after the next interval = %d, want 2")
 	// Concurrently, another interval later: still one fetch.
 	clk.SetTime(t0.Add(20 * time.Second))
 	var wg sync.WaitGroup
@@ -80,9 +74,7 @@ func TestUnknownKeyFloodRateLimited(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("concurrent Verify(random kid) = %v, want ErrUnknownKey", err)
 	}
-	if n := is.jwksFetches.Load(); n != 3 {
-		t.Fatalf("JWKS fetches after a concurrent flood = %d, want 3", n)
-	}
+	is.wantFetches(t, 3, "JWKS fetches after a concurrent flood = %d, want 3")
 	// The good token kept verifying from the cache throughout.
 	if _, err := v.Verify(ctx, good); err != nil {
 		t.Fatalf("Verify(good) after the flood: %v", err)
@@ -131,14 +123,12 @@ func TestUnknownKeyFloodRealClock(t *testing.T) {
 // accepted after one refresh, and a key the issuer removed stops being
 // accepted once the set is older than MaxKeyAge.
 func TestKeyRotation(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	cfg := is.config(clk)
-	cfg.RefreshInterval = 10 * time.Second
-	cfg.MaxKeyAge = time.Minute
-	v := newVerifier(t, cfg)
+	is, clk, v := setup(t, func(cfg *Config) {
+		cfg.RefreshInterval = 10 * time.Second
+		cfg.MaxKeyAge = time.Minute
+	})
 	ctx := context.Background()
-	old := mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL))
+	old := is.rs256(t, "rsa-1")
 	if _, err := v.Verify(ctx, old); err != nil {
 		t.Fatal(err)
 	}
@@ -169,14 +159,12 @@ func TestKeyRotation(t *testing.T) {
 // ErrUnavailable (retryable) and is not retried more than once per
 // interval; after one, a failing refresh keeps the old set.
 func TestIssuerOutage(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	cfg := is.config(clk)
-	cfg.RefreshInterval = 10 * time.Second
-	cfg.MaxKeyAge = time.Minute
-	v := newVerifier(t, cfg)
+	is, clk, v := setup(t, func(cfg *Config) {
+		cfg.RefreshInterval = 10 * time.Second
+		cfg.MaxKeyAge = time.Minute
+	})
 	ctx := context.Background()
-	tok := mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL))
+	tok := is.rs256(t, "rsa-1")
 
 	is.setFail(true)
 	for i := 0; i < 50; i++ {
@@ -190,9 +178,7 @@ func TestIssuerOutage(t *testing.T) {
 	if err := v.Ready(ctx); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Ready = %v, want ErrUnavailable", err)
 	}
-	if n := is.jwksFetches.Load(); n != 1 {
-		t.Fatalf("JWKS fetches while failing = %d, want 1", n)
-	}
+	is.wantFetches(t, 1, "JWKS fetches while failing = %d, want 1")
 	is.setFail(false)
 	clk.SetTime(t0.Add(10 * time.Second))
 	if err := v.Ready(ctx); err != nil {
@@ -205,15 +191,13 @@ func TestIssuerOutage(t *testing.T) {
 	// token's fault while the refresh fails; the old set stays in use.
 	is.setFail(true)
 	clk.SetTime(t0.Add(10*time.Second + time.Minute))
-	if _, err := v.Verify(ctx, mint(t, rsaKey, jose.RS256, "new", goodClaims(is.srv.URL))); !errors.Is(err, ErrUnavailable) {
+	if _, err := v.Verify(ctx, is.rs256(t, "new")); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Verify(new kid, refresh failing) = %v, want ErrUnavailable", err)
 	}
 	if _, err := v.Verify(ctx, tok); err != nil {
 		t.Fatalf("Verify with a stale set during an outage: %v", err)
 	}
-	if n := is.jwksFetches.Load(); n != 3 {
-		t.Fatalf("JWKS fetches = %d, want 3", n)
-	}
+	is.wantFetches(t, 3, "JWKS fetches = %d, want 3")
 }
 
 // TestDiscoveryIssuerMismatch: a discovery document naming another issuer
@@ -222,13 +206,11 @@ func TestDiscoveryIssuerMismatch(t *testing.T) {
 	is := newIssuer(t)
 	is.docIss = "https://evil.example"
 	v := newVerifier(t, is.config(clocktesting.NewFakePassiveClock(t0)))
-	_, err := v.Verify(context.Background(), mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL)))
+	_, err := v.Verify(context.Background(), is.rs256(t, "rsa-1"))
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Verify = %v, want ErrUnavailable", err)
 	}
-	if n := is.jwksFetches.Load(); n != 0 {
-		t.Fatalf("JWKS fetched %d times after a bad discovery document", n)
-	}
+	is.wantFetches(t, 0, "JWKS fetched %d times after a bad discovery document")
 }
 
 // TestKeySetFiltering: only usable public signing keys are kept.

@@ -14,11 +14,9 @@ import (
 )
 
 func TestMiddleware(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	cfg := is.config(clk)
-	cfg.Realm = "orders"
-	v := newVerifier(t, cfg)
+	is, _, v := setup(t, func(cfg *Config) {
+		cfg.Realm = "orders"
+	})
 	var seen *Identity
 	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, ok := FromContext(r.Context())
@@ -28,7 +26,7 @@ func TestMiddleware(t *testing.T) {
 		seen = id
 		_, _ = io.WriteString(w, "hello "+id.Subject)
 	}))
-	good := mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL))
+	good := is.rs256(t, "rsa-1")
 	c := goodClaims(is.srv.URL)
 	c.Expiry = jwt.NewNumericDate(t0.Add(-time.Hour))
 	expired := mint(t, rsaKey, jose.RS256, "rsa-1", c)
@@ -98,7 +96,7 @@ func TestMiddlewareUnavailable(t *testing.T) {
 	v := newVerifier(t, is.config(clocktesting.NewFakePassiveClock(t0)))
 	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { t.Error("handler called") }))
 	req := httptest.NewRequest(http.MethodGet, "/", nil)
-	req.Header.Set("Authorization", "Bearer "+mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL)))
+	req.Header.Set("Authorization", "Bearer "+is.rs256(t, "rsa-1"))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "10" {

@@ -6,15 +6,12 @@ import (
 	"testing"
 
 	"github.com/go-jose/go-jose/v4"
-	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func TestConfigNodes(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	cfg := is.config(clk)
-	cfg.Nodes = []string{"node-1", "node-2"}
-	v := newVerifier(t, cfg)
+	is, _, v := setup(t, func(cfg *Config) {
+		cfg.Nodes = []string{"node-1", "node-2"}
+	})
 	ctx := context.Background()
 
 	onNode := func(name string) string {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // rawToken builds a compact JWS by hand from a header and claims, with the
@@ -61,17 +60,15 @@ func checkNoToken(t *testing.T, err error, token string) {
 }
 
 func TestVerifyAccepts(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	v := newVerifier(t, is.config(clk))
+	is, _, v := setup(t, nil)
 	ctx := context.Background()
 
 	for _, tc := range []struct {
 		name  string
 		token string
 	}{
-		{"RS256", mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL))},
-		{"ES256", mint(t, ecKey, jose.ES256, "ec-1", goodClaims(is.srv.URL))},
+		{"RS256", is.rs256(t, "rsa-1")},
+		{"ES256", is.es256(t, "ec-1")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id, err := v.Verify(ctx, tc.token)
@@ -106,19 +103,15 @@ func TestVerifyAccepts(t *testing.T) {
 	if id.PodName != "" || id.NodeName != "" || id.Namespace != "batch-nightly" {
 		t.Fatalf("identity = %+v", *id)
 	}
-	if n := is.jwksFetches.Load(); n != 1 {
-		t.Fatalf("JWKS fetched %d times, want 1 (cached)", n)
-	}
+	is.wantFetches(t, 1, "JWKS fetched %d times, want 1 (cached)")
 }
 
 // TestVerifyRefusals: each refusal has its reason, and no error text
 // carries the token.
 func TestVerifyRefusals(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	cfg := is.config(clk)
-	cfg.Leeway = 30 * time.Second
-	v := newVerifier(t, cfg)
+	is, _, v := setup(t, func(cfg *Config) {
+		cfg.Leeway = 30 * time.Second
+	})
 	iss := is.srv.URL
 
 	with := func(f func(*tokenClaims)) tokenClaims {
@@ -217,20 +210,16 @@ func TestVerifyRefusals(t *testing.T) {
 	// Only the two unknown key IDs (and the first load) fetched the key
 	// set; algorithm refusals come before any key lookup. The fake clock
 	// never moves, so the rate limit allows one fetch in all.
-	if n := is.jwksFetches.Load(); n != 1 {
-		t.Fatalf("JWKS fetches = %d, want 1", n)
-	}
+	is.wantFetches(t, 1, "JWKS fetches = %d, want 1")
 }
 
 // TestLeeway: exp, nbf and iat are accepted within the leeway and refused
 // just past it.
 func TestLeeway(t *testing.T) {
-	is := newIssuer(t)
-	clk := clocktesting.NewFakePassiveClock(t0)
-	cfg := is.config(clk)
-	cfg.Leeway = 30 * time.Second
-	v := newVerifier(t, cfg)
-	tok := mint(t, rsaKey, jose.RS256, "rsa-1", goodClaims(is.srv.URL)) // nbf=iat=t0, exp=t0+1h
+	is, clk, v := setup(t, func(cfg *Config) {
+		cfg.Leeway = 30 * time.Second
+	})
+	tok := is.rs256(t, "rsa-1") // nbf=iat=t0, exp=t0+1h
 	for _, tc := range []struct {
 		at   time.Time
 		want error
@@ -286,8 +275,7 @@ func TestConfigRefused(t *testing.T) {
 // (exp as a string, aud as a number) is malformed, and the error, which
 // carries the JSON decoder's text, still does not carry the token.
 func TestSignedBadClaims(t *testing.T) {
-	is := newIssuer(t)
-	v := newVerifier(t, is.config(clocktesting.NewFakePassiveClock(t0)))
+	is, _, v := setup(t, nil)
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: rsaKey},
 		(&jose.SignerOptions{}).WithHeader(jose.HeaderKey("kid"), "rsa-1"))
 	if err != nil {
@@ -318,8 +306,7 @@ func TestSignedBadClaims(t *testing.T) {
 // TestEmbeddedKeyIgnored: a token carrying its own key in the header (jwk)
 // is checked against the issuer's key for its key ID, never the embedded one.
 func TestEmbeddedKeyIgnored(t *testing.T) {
-	is := newIssuer(t)
-	v := newVerifier(t, is.config(clocktesting.NewFakePassiveClock(t0)))
+	is, _, v := setup(t, nil)
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: rsaKey2},
 		(&jose.SignerOptions{EmbedJWK: true}).WithHeader(jose.HeaderKey("kid"), "rsa-1"))
 	if err != nil {

@@ -7,7 +7,6 @@ package awscreds
 import (
 	"encoding/json"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,12 +41,11 @@ type Handler struct {
 // New returns the surface over b; its request metrics are registered with
 // reg (nil: not registered).
 func New(b Broker, reg prometheus.Registerer) (*Handler, error) {
-	m, err := surface.NewRequests(reg, Name)
-	if err != nil {
+	h := &Handler{broker: b}
+	var err error
+	if h.Handler, err = surface.NewHandler(reg, Name, h.serve, nil); err != nil {
 		return nil, err
 	}
-	h := &Handler{broker: b}
-	h.Handler = surface.NewHandler(h.serve, nil, m)
 	return h, nil
 }
 
@@ -87,23 +85,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if f != nil {
 		return statuses.Write(w, f, WriteError)
 	}
-	buf := bodyPool.Get().(*[]byte)
-	body := appendCredentials((*buf)[:0], ans.Credentials)
+	buf := wire.Buffer()
+	body := appendCredentials(*buf, ans.Credentials)
 	hdr := w.Header()
 	hdr["Content-Type"] = contentTypeJSON
 	hdr["Cache-Control"] = noStore
-	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodGet {
-		_, _ = w.Write(body)
-	}
-	// Clear the secrets before the buffer goes back for another pod.
-	clear(body)
-	*buf = body
-	bodyPool.Put(buf)
-	return http.StatusOK
+	return wire.Reply(w, buf, body, r.Method != http.MethodGet)
 }
-
-var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // Codes of the refusals this surface makes itself, before the broker.
 const (

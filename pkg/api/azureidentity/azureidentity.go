@@ -57,7 +57,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -159,11 +158,10 @@ func New(cfg Config) (*Handler, error) {
 	if h.clock == nil {
 		h.clock = clock.RealClock{}
 	}
-	m, err := surface.NewRequests(cfg.Registerer, Name)
-	if err != nil {
+	var err error
+	if h.Handler, err = surface.NewHandler(cfg.Registerer, Name, h.serve, h.clock); err != nil {
 		return nil, err
 	}
-	h.Handler = surface.NewHandler(h.serve, h.clock, m)
 	return h, nil
 }
 
@@ -275,8 +273,8 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, appService bool,
 		return writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the access token is being refreshed; retry")
 	}
 	expiresOn := c.Expiration.Unix()
-	bp := bufPool.Get().(*[]byte)
-	b := append((*bp)[:0], `{"access_token":`...)
+	bp := wire.Buffer()
+	b := append(*bp, `{"access_token":`...)
 	b = wire.AppendJSONString(b, c.AccessToken.Reveal())
 	if appService {
 		b = append(b, `,"client_id":`...)
@@ -300,14 +298,8 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, appService bool,
 	hdr := w.Header()
 	hdr["Content-Type"] = contentTypeJSON
 	hdr["Cache-Control"] = noStore
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
-	*bp = b
-	bufPool.Put(bp)
-	return http.StatusOK
+	return wire.Reply(w, bp, b, false)
 }
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // statuses map the failure classes to the HTTP statuses this surface
 // answers. Every client retries 429 and 503 (azidentity: 408, 429, 500,

@@ -13,10 +13,8 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/internal/testfake"
@@ -58,15 +56,7 @@ func (x *entraExchanger) Exchange(_ context.Context, req exchange.Request) (exch
 // refused.
 func TestGoClientIDInAnotherCase(t *testing.T) {
 	client := fake.NewClientset()
-	client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.GetSubresource() != "token" {
-			return false, nil, nil
-		}
-		out := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenRequest).DeepCopy()
-		out.Status.Token = "SATOKEN"
-		out.Status.ExpirationTimestamp = metav1.NewTime(time.Now().Add(10 * time.Minute))
-		return true, out, nil
-	})
+	kubetest.IssueTokens(client, 10*time.Minute, func(*authenticationv1.TokenRequest) string { return "SATOKEN" })
 	for name, id := range map[string]string{"lower": mixedClientID, "upper": strings.ToUpper(mixedClientID)} {
 		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: map[string]string{clientAnnotation: id}}}
 		if _, err := client.CoreV1().ServiceAccounts("ns").Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
@@ -84,15 +74,7 @@ func TestGoClientIDInAnotherCase(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = b.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		for deadline := time.Now().Add(10 * time.Second); !b.HasSynced(); time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("the broker's ServiceAccount watch did not list")
-			}
-		}
+		kubetest.RunSynced(t, b)
 		return b
 	}
 

@@ -49,7 +49,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -192,11 +191,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h.defaultScope, h.defaultScopes = canon, list
 	h.scopesBody = []byte(strings.Join(list, "\n") + "\n")
-	m, err := surface.NewRequests(cfg.Registerer, Name)
-	if err != nil {
+	if h.Handler, err = surface.NewHandler(cfg.Registerer, Name, h.serve, h.clock); err != nil {
 		return nil, err
 	}
-	h.Handler = surface.NewHandler(h.serve, h.clock, m)
 	return h, nil
 }
 
@@ -492,8 +489,8 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr,
 	if secs <= 0 {
 		return writeRetry(w, CodeUnavailable, "the access token is being refreshed; retry", time.Second)
 	}
-	bp := bufPool.Get().(*[]byte)
-	b := append((*bp)[:0], `{"access_token":`...)
+	bp := wire.Buffer()
+	b := append(*bp, `{"access_token":`...)
 	b = wire.AppendJSONString(b, c.AccessToken.Reveal())
 	b = append(b, `,"expires_in":`...)
 	b = strconv.AppendInt(b, secs, 10)
@@ -501,14 +498,8 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, addr netip.Addr,
 	hdr := w.Header()
 	hdr["Content-Type"] = contentTypeJSON
 	hdr["Cache-Control"] = noStore
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
-	*bp = b
-	bufPool.Put(bp)
-	return http.StatusOK
+	return wire.Reply(w, bp, b, false)
 }
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // idToken answers an identity token for ?audience=. format (standard or
 // full) and licenses are accepted and do not change the token: the token
@@ -549,13 +540,8 @@ func (h *Handler) idToken(w http.ResponseWriter, r *http.Request, addr netip.Add
 	hdr := w.Header()
 	hdr["Content-Type"] = contentTypeText
 	hdr["Cache-Control"] = noStore
-	w.WriteHeader(http.StatusOK)
-	bp := bufPool.Get().(*[]byte)
-	b := append((*bp)[:0], c.IDToken.Reveal()...)
-	_, _ = w.Write(b)
-	*bp = b
-	bufPool.Put(bp)
-	return http.StatusOK
+	bp := wire.Buffer()
+	return wire.Reply(w, bp, append(*bp, c.IDToken.Reveal()...), false)
 }
 
 // statuses map the failure classes to the HTTP statuses this surface

@@ -14,10 +14,8 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
 	"cloud.google.com/go/compute/metadata"
 
@@ -64,15 +62,7 @@ func (x *gcpExchanger) Exchange(_ context.Context, req exchange.Request) (exchan
 
 func TestRealBroker(t *testing.T) {
 	client := fake.NewClientset()
-	client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.GetSubresource() != "token" {
-			return false, nil, nil
-		}
-		out := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenRequest).DeepCopy()
-		out.Status.Token = "SATOKEN"
-		out.Status.ExpirationTimestamp = metav1.NewTime(time.Now().Add(10 * time.Minute))
-		return true, out, nil
-	})
+	kubetest.IssueTokens(client, 10*time.Minute, func(*authenticationv1.TokenRequest) string { return "SATOKEN" })
 	for name, email := range map[string]string{"app": testEmail, "fed": "", "default": ""} {
 		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name}}
 		if email != "" {
@@ -96,15 +86,7 @@ func TestRealBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	for deadline := time.Now().Add(10 * time.Second); !b.HasSynced(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the broker's ServiceAccount watch did not list")
-		}
-	}
+	kubetest.RunSynced(t, b)
 
 	h, err := New(Config{Broker: b, ProjectID: testProject, NumericProjectID: testNumber})
 	if err != nil {

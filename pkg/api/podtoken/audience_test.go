@@ -11,9 +11,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/credbroker/agent/internal/kubetest"
 	"github.com/credbroker/agent/internal/testfake"
@@ -41,14 +39,8 @@ var reserved = []xpodtoken.Reserved{
 // spelling, so a token for it would let the pod skip the GCP policy.
 func TestReservedAudienceUnderAnotherSpelling(t *testing.T) {
 	client := fake.NewClientset()
-	client.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.GetSubresource() != "token" {
-			return false, nil, nil
-		}
-		out := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenRequest).DeepCopy()
-		out.Status.Token = "SATOKEN-" + strings.Join(out.Spec.Audiences, ",")
-		out.Status.ExpirationTimestamp = metav1.NewTime(time.Now().Add(time.Hour))
-		return true, out, nil
+	kubetest.IssueTokens(client, time.Hour, func(tr *authenticationv1.TokenRequest) string {
+		return "SATOKEN-" + strings.Join(tr.Spec.Audiences, ",")
 	})
 	const annotation = "credbroker.io/token-audiences"
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "app",
@@ -64,15 +56,7 @@ func TestReservedAudienceUnderAnotherSpelling(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { defer close(done); _ = b.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
-			for deadline := time.Now().Add(10 * time.Second); !b.HasSynced(); time.Sleep(5 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatal("the broker's ServiceAccount watch did not list")
-				}
-			}
+			kubetest.RunSynced(t, b)
 			h, err := New(b, nil)
 			if err != nil {
 				t.Fatal(err)

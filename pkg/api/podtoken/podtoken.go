@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,12 +54,11 @@ type Handler struct {
 // New returns the surface over b; its request metrics are registered with
 // reg (nil: not registered).
 func New(b Broker, reg prometheus.Registerer) (*Handler, error) {
-	m, err := surface.NewRequests(reg, Name)
-	if err != nil {
+	h := &Handler{broker: b}
+	var err error
+	if h.Handler, err = surface.NewHandler(reg, Name, h.serve, nil); err != nil {
 		return nil, err
 	}
-	h := &Handler{broker: b}
-	h.Handler = surface.NewHandler(h.serve, nil, m)
 	return h, nil
 }
 
@@ -102,8 +100,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if f != nil {
 		return statuses.Write(w, f, WriteError)
 	}
-	bp := bufPool.Get().(*[]byte)
-	b := (*bp)[:0]
+	bp := wire.Buffer()
+	b := *bp
 	hdr := w.Header()
 	hdr["Cache-Control"] = noStore
 	if wantsText(r.Header.Get("Accept")) {
@@ -117,16 +115,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		b = ans.Credentials.Expiration.UTC().Truncate(time.Second).AppendFormat(b, time.RFC3339)
 		b = append(b, `"}`...)
 	}
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
-	// Clear the token before the buffer goes back for another pod.
-	clear(b)
-	*bp = b
-	bufPool.Put(bp)
-	return http.StatusOK
+	return wire.Reply(w, bp, b, false)
 }
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // Pre-built header values: assigning them directly to the header map keeps
 // the cache-hit path free of allocations.

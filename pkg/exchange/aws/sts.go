@@ -251,10 +251,7 @@ func (e *stsError) Error() string {
 	if e.requestID != "" {
 		fmt.Fprintf(&b, " (request id %s)", e.requestID)
 	}
-	if e.detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.detail)
-	}
+	exchange.AppendDetails(&b, e.detail)
 	return b.String()
 }
 
@@ -277,7 +274,7 @@ func classify(ctx context.Context, err error, role string, token exchange.Secret
 
 	var api smithy.APIError
 	if !errors.As(err, &api) {
-		kind := kindForStatus(se.status)
+		kind := exchange.KindForStatus(se.status, statusKinds)
 		switch {
 		case se.status != 0:
 			se.detail = "unparsable response"
@@ -306,7 +303,7 @@ func classify(ctx context.Context, err error, role string, token exchange.Secret
 	}
 	kind, known := kindForCode(code)
 	if !known {
-		kind = kindForStatus(se.status)
+		kind = exchange.KindForStatus(se.status, statusKinds)
 		if se.status == 0 && api.ErrorFault() == smithy.FaultClient {
 			kind = exchange.InvalidRequest
 		}
@@ -390,16 +387,10 @@ func kindForCode(code string) (exchange.ErrorKind, bool) {
 	return 0, false
 }
 
-func kindForStatus(status int) exchange.ErrorKind {
-	switch {
-	case status == http.StatusTooManyRequests:
-		return exchange.Throttled
-	case status >= 400 && status < 500:
-		return exchange.InvalidRequest
-	default:
-		// 5xx, a 2xx or 3xx that could not be parsed, or no response at all.
-		return exchange.Transient
-	}
+// statusKinds are the statuses STS gives a meaning of its own: a 401 or
+// 403 without a known code is a request STS will refuse again.
+var statusKinds = map[int]exchange.ErrorKind{
+	http.StatusTooManyRequests: exchange.Throttled,
 }
 
 // maxMessageLen bounds how much of STS's message goes into an error text.

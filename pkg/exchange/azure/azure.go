@@ -329,18 +329,7 @@ func (e *callError) Error() string {
 	if e.status != 0 {
 		fmt.Fprintf(&b, ": HTTP %d", e.status)
 	}
-	if e.code != "" {
-		b.WriteString(": ")
-		b.WriteString(e.code)
-	}
-	if e.hint != "" {
-		b.WriteString(": ")
-		b.WriteString(e.hint)
-	}
-	if e.detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.detail)
-	}
+	exchange.AppendDetails(&b, e.code, e.hint, e.detail)
 	return b.String()
 }
 
@@ -415,7 +404,7 @@ func classify(ce *callError, body []byte, token exchange.Secret) *exchange.Error
 		var known bool
 		if kind, ce.hint, known = kindForAADSTS(num, ce.client, ce.tenant, claimsOf(token)); !known {
 			if kind, known = kindForOAuth(oauth); !known {
-				kind = kindForStatus(ce.status)
+				kind = exchange.KindForStatus(ce.status, statusKinds)
 			}
 		}
 	}
@@ -578,16 +567,10 @@ func kindForOAuth(code string) (exchange.ErrorKind, bool) {
 	return 0, false
 }
 
-func kindForStatus(status int) exchange.ErrorKind {
-	switch {
-	case status == http.StatusUnauthorized:
-		return exchange.InvalidToken
-	case status == http.StatusForbidden:
-		return exchange.Denied
-	case status >= 400 && status < 500:
-		return exchange.InvalidRequest
-	default:
-		// A redirect or anything else unexpected.
-		return exchange.Transient
-	}
+// statusKinds are the statuses Entra ID gives a meaning of their own
+// when no code explains them. A 429 or 5xx never gets here: classify
+// decides those by status before any code.
+var statusKinds = map[int]exchange.ErrorKind{
+	http.StatusUnauthorized: exchange.InvalidToken,
+	http.StatusForbidden:    exchange.Denied,
 }

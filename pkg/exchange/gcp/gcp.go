@@ -622,14 +622,7 @@ func (e *callError) Error() string {
 	if e.status != 0 {
 		fmt.Fprintf(&b, ": HTTP %d", e.status)
 	}
-	if e.code != "" {
-		b.WriteString(": ")
-		b.WriteString(e.code)
-	}
-	if e.detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.detail)
-	}
+	exchange.AppendDetails(&b, e.code, e.detail)
 	return b.String()
 }
 
@@ -719,7 +712,7 @@ func classify(call, email string, status int, body []byte, secrets []exchange.Se
 	}
 	kind, known := kindForCode(ce.code, reasons)
 	if !known {
-		kind = kindForStatus(status)
+		kind = exchange.KindForStatus(status, statusKinds)
 	}
 	return &exchange.Error{Kind: kind, Code: ce.code, Err: ce}
 }
@@ -774,18 +767,9 @@ func kindForCode(code string, reasons []string) (exchange.ErrorKind, bool) {
 	return 0, false
 }
 
-func kindForStatus(status int) exchange.ErrorKind {
-	switch {
-	case status == http.StatusTooManyRequests:
-		return exchange.Throttled
-	case status == http.StatusUnauthorized:
-		return exchange.InvalidToken
-	case status == http.StatusForbidden:
-		return exchange.Denied
-	case status >= 400 && status < 500:
-		return exchange.InvalidRequest
-	default:
-		// 5xx, a redirect, or anything else unexpected.
-		return exchange.Transient
-	}
+// statusKinds are the statuses Google's APIs give a meaning of their own.
+var statusKinds = map[int]exchange.ErrorKind{
+	http.StatusTooManyRequests: exchange.Throttled,
+	http.StatusUnauthorized:    exchange.InvalidToken,
+	http.StatusForbidden:       exchange.Denied,
 }

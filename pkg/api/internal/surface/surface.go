@@ -7,6 +7,7 @@ package surface
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -172,12 +173,18 @@ type Handler struct {
 	requests *Requests
 }
 
-// NewHandler instruments serve; clk nil is the real clock.
-func NewHandler(serve func(http.ResponseWriter, *http.Request) int, clk clock.PassiveClock, m *Requests) Handler {
+// NewHandler instruments serve with the request metrics of the surface
+// named name, registered with reg (nil: not registered); clk nil is the
+// real clock.
+func NewHandler(reg prometheus.Registerer, name string, serve func(http.ResponseWriter, *http.Request) int, clk clock.PassiveClock) (Handler, error) {
+	m, err := NewRequests(reg, name)
+	if err != nil {
+		return Handler{}, fmt.Errorf("registering the %s surface's request metrics: %w", name, err)
+	}
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	return Handler{serve: serve, clock: clk, requests: m}
+	return Handler{serve: serve, clock: clk, requests: m}, nil
 }
 
 // ServeHTTP answers r and counts the answer.

@@ -62,16 +62,15 @@ func TestRequestsShareOneRegistration(t *testing.T) {
 // serve returns and times it with the injected clock.
 func TestHandlerCountsAndTimes(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := NewRequests(reg, "azure")
-	if err != nil {
-		t.Fatal(err)
-	}
 	clk := clocktesting.NewFakeClock(time.Unix(0, 0))
-	h := NewHandler(func(w http.ResponseWriter, _ *http.Request) int {
+	h, err := NewHandler(reg, "azure", func(w http.ResponseWriter, _ *http.Request) int {
 		clk.Step(3 * time.Second)
 		w.WriteHeader(http.StatusTeapot)
 		return http.StatusNotFound
-	}, clk, m)
+	}, clk)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
 	if got := testfake.Metric(t, reg, requestsName, map[string]string{LabelSurface: "azure", "code": "404"}); got != 1 {
 		t.Errorf("404s counted %v, want 1", got)
