@@ -121,16 +121,7 @@ func (w *World) Token(pod *corev1.Pod, aud string) exchange.Secret {
 // check can be tried on its own.
 func Forge(t *testing.T, cp *harness.ControlPlane, real exchange.Secret, mutate func(m map[string]any)) exchange.Secret {
 	t.Helper()
-	parsed, err := jwt.ParseSigned(real.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := parsed.UnsafeClaimsWithoutVerification(&m); err != nil {
-		t.Fatal(err)
-	}
-	mutate(m)
-	return Sign(t, APIServerKey(t, cp), parsed.Headers[0].KeyID, m)
+	return resign(t, APIServerKey(t, cp), real, mutate)
 }
 
 // NewKey is an RSA key no issuer knows.
@@ -147,6 +138,13 @@ func NewKey(t *testing.T) *rsa.PrivateKey {
 // that differs from a real token only in its signature.
 func Resigned(t *testing.T, key *rsa.PrivateKey, real exchange.Secret) exchange.Secret {
 	t.Helper()
+	return resign(t, key, real, func(map[string]any) {})
+}
+
+// resign signs real's claims, changed by mutate, with key under real's own
+// key ID.
+func resign(t *testing.T, key *rsa.PrivateKey, real exchange.Secret, mutate func(m map[string]any)) exchange.Secret {
+	t.Helper()
 	p, err := jwt.ParseSigned(real.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +153,7 @@ func Resigned(t *testing.T, key *rsa.PrivateKey, real exchange.Secret) exchange.
 	if err := p.UnsafeClaimsWithoutVerification(&m); err != nil {
 		t.Fatal(err)
 	}
+	mutate(m)
 	return Sign(t, key, p.Headers[0].KeyID, m)
 }
 
