@@ -29,7 +29,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
 	"github.com/credbroker/agent/integration/harness"
@@ -129,11 +128,7 @@ func applyBase(t *testing.T, cp *harness.ControlPlane, components ...string) (ku
 	if err := cp.WriteKubeconfig(kc, harness.AgentServiceAccount, token); err != nil {
 		t.Fatal(err)
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := harness.KubeconfigClient(kc, "")
 	if err != nil {
 		t.Fatal(err)
 	}

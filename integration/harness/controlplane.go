@@ -33,6 +33,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // ControlPlaneConfig configures StartControlPlane.
@@ -452,6 +453,17 @@ current-context: local
 		return fmt.Errorf("writing kubeconfig %s: %w", path, err)
 	}
 	return nil
+}
+
+// KubeconfigClient is a client with the credentials of the kubeconfig at
+// path (one WriteKubeconfig wrote), acting as impersonate unless that is "".
+func KubeconfigClient(path, impersonate string) (kubernetes.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, err
+	}
+	rc.Impersonate = rest.ImpersonationConfig{UserName: impersonate}
+	return kubernetes.NewForConfig(rc)
 }
 
 // Kubectl runs kubectl as the admin and returns its combined output.

@@ -15,8 +15,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
@@ -67,11 +65,7 @@ func TestControlPlaneAgentIdentityAndSTS(t *testing.T) {
 	}
 
 	// A client built from the agent's kubeconfig acts as the agent.
-	rc, err := clientcmd.BuildConfigFromFlags("", kcPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentClient, err := kubernetes.NewForConfig(rc)
+	agentClient, err := harness.KubeconfigClient(kcPath, "")
 	if err != nil {
 		t.Fatal(err)
 	}

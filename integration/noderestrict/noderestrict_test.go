@@ -27,8 +27,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/netns"
@@ -131,12 +129,7 @@ func (c *cluster) agentKubeconfig(t *testing.T, node string) string {
 // impersonate ("" for itself).
 func agentClient(t *testing.T, kc, impersonate string) kubernetes.Interface {
 	t.Helper()
-	rc, err := clientcmd.BuildConfigFromFlags("", kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc.Impersonate = rest.ImpersonationConfig{UserName: impersonate}
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := harness.KubeconfigClient(kc, impersonate)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,6 +154,15 @@ func start(t *testing.T, is *issuer, p *pods) *oidcsts.Server {
 	return peertest.Started(t, s, err)
 }
 
+// setup is most tests' world: an issuer, one pod (team/pod-1, uid-1) and
+// the STS, trusting the issuer, that roleA's subject may assume.
+func setup(t *testing.T) (*issuer, *pods, *oidcsts.Server) {
+	t.Helper()
+	is := newIssuer(t)
+	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
+	return is, p, start(t, is, p)
+}
+
 // client is a real aws-sdk-go-v2 STS client without retries, so that every
 // call is one request.
 func client(url string, creds aws.CredentialsProvider) *sts.Client {
@@ -175,9 +184,7 @@ func assume(ctx context.Context, c *sts.Client, token string) (*sts.AssumeRoleWi
 }
 
 func TestAssumeRoleAndCallerIdentity(t *testing.T) {
-	is := newIssuer(t)
-	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
-	s := start(t, is, p)
+	is, _, s := setup(t)
 	ctx := context.Background()
 
 	out, err := assume(ctx, client(s.URL(), nil), is.token(t, tokenOpts{}))
@@ -222,9 +229,7 @@ func TestAssumeRoleAndCallerIdentity(t *testing.T) {
 }
 
 func TestRejectedTokens(t *testing.T) {
-	is := newIssuer(t)
-	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
-	s := start(t, is, p)
+	is, p, s := setup(t)
 	other, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -265,9 +270,7 @@ func TestRejectedTokens(t *testing.T) {
 }
 
 func TestFaults(t *testing.T) {
-	is := newIssuer(t)
-	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
-	s := start(t, is, p)
+	is, _, s := setup(t)
 	ctx := context.Background()
 	tok := is.token(t, tokenOpts{})
 	for _, tc := range []struct {
@@ -322,9 +325,7 @@ func faultAndRecover(t *testing.T, s *oidcsts.Server, tok string, f oidcsts.Faul
 }
 
 func TestResetFault(t *testing.T) {
-	is := newIssuer(t)
-	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
-	s := start(t, is, p)
+	is, _, s := setup(t)
 	tok := is.token(t, tokenOpts{})
 	faultAndRecover(t, s, tok, oidcsts.Fault{Reset: true}, syscall.ECONNRESET)
 	if got := s.Counts(); got.AssumeRole != 2 || got.Faulted != 1 || got.Issued != 1 {
@@ -333,9 +334,7 @@ func TestResetFault(t *testing.T) {
 }
 
 func TestSetLifetime(t *testing.T) {
-	is := newIssuer(t)
-	p := &pods{uids: map[string]string{"team/pod-1": "uid-1"}}
-	s := start(t, is, p)
+	is, _, s := setup(t)
 	ctx := context.Background()
 	s.SetLifetime(90 * time.Second)
 	out, err := assume(ctx, client(s.URL(), nil), is.token(t, tokenOpts{}))

@@ -6,7 +6,6 @@
 package peertest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -17,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -34,6 +32,7 @@ import (
 	"github.com/credbroker/agent/integration/harness"
 	"github.com/credbroker/agent/integration/peer"
 	"github.com/credbroker/agent/integration/testenv"
+	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/exchange"
 )
 
@@ -51,8 +50,8 @@ type World struct {
 	CP     *harness.ControlPlane
 	PodA   *corev1.Pod
 	PodB   *corev1.Pod
-	Offset atomic.Int64 // added to the peer's clock (Now)
-	Log    *SyncBuffer  // the peer's log (Logger)
+	Offset atomic.Int64     // added to the peer's clock (Now)
+	Log    *testfake.Buffer // the peer's log (Logger)
 }
 
 // NewWorld starts the control plane (or skips, see testenv) and creates
@@ -60,7 +59,7 @@ type World struct {
 func NewWorld(t *testing.T) *World {
 	t.Helper()
 	ctx := context.Background()
-	w := &World{T: t, CP: testenv.StartControlPlane(t), Log: &SyncBuffer{}}
+	w := &World{T: t, CP: testenv.StartControlPlane(t), Log: &testfake.Buffer{}}
 	for _, sa := range []string{"app-a", "app-b"} {
 		if _, err := w.CP.CreateServiceAccount(ctx, Namespace, sa, ""); err != nil {
 			t.Fatal(err)
@@ -122,16 +121,7 @@ func (w *World) Token(pod *corev1.Pod, aud string) exchange.Secret {
 // check can be tried on its own.
 func Forge(t *testing.T, cp *harness.ControlPlane, real exchange.Secret, mutate func(m map[string]any)) exchange.Secret {
 	t.Helper()
-	parsed, err := jwt.ParseSigned(real.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := parsed.UnsafeClaimsWithoutVerification(&m); err != nil {
-		t.Fatal(err)
-	}
-	mutate(m)
-	return Sign(t, APIServerKey(t, cp), parsed.Headers[0].KeyID, m)
+	return resign(t, APIServerKey(t, cp), real, mutate)
 }
 
 // NewKey is an RSA key no issuer knows.
@@ -148,6 +138,13 @@ func NewKey(t *testing.T) *rsa.PrivateKey {
 // that differs from a real token only in its signature.
 func Resigned(t *testing.T, key *rsa.PrivateKey, real exchange.Secret) exchange.Secret {
 	t.Helper()
+	return resign(t, key, real, func(map[string]any) {})
+}
+
+// resign signs real's claims, changed by mutate, with key under real's own
+// key ID.
+func resign(t *testing.T, key *rsa.PrivateKey, real exchange.Secret, mutate func(m map[string]any)) exchange.Secret {
+	t.Helper()
 	p, err := jwt.ParseSigned(real.Reveal(), []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
 		t.Fatal(err)
@@ -156,6 +153,7 @@ func Resigned(t *testing.T, key *rsa.PrivateKey, real exchange.Secret) exchange.
 	if err := p.UnsafeClaimsWithoutVerification(&m); err != nil {
 		t.Fatal(err)
 	}
+	mutate(m)
 	return Sign(t, key, p.Headers[0].KeyID, m)
 }
 
@@ -262,25 +260,6 @@ func AssertNoSecretsLogged(t *testing.T, log string, secrets []string) {
 			}
 		}
 	}
-}
-
-// SyncBuffer is a bytes.Buffer safe for a logger writing while a test
-// reads.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *SyncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *SyncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // RunStaleTokens runs the subtests every peer's rejection test makes of a
