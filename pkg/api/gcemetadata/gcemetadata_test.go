@@ -45,6 +45,8 @@ type fakeBroker struct {
 	identityErr    error
 	credErr        error
 	lifetime       time.Duration // default one hour
+	// tokenless makes Credentials answer without the token asked for.
+	tokenless bool
 
 	mu            sync.Mutex
 	addrs         []netip.Addr
@@ -104,6 +106,9 @@ func (f *fakeBroker) Credentials(_ context.Context, addr netip.Addr, req broker.
 		life = time.Hour
 	}
 	c := &exchange.Credentials{Kind: req.Want, Expiration: f.clock.Now().Add(life)}
+	if f.tokenless {
+		return broker.Answer{Pod: testPod, Identity: id, Credentials: c}, nil
+	}
 	switch req.Want {
 	case exchange.KindAccessToken:
 		c.AccessToken = exchange.Secret(testToken + "/" + req.Scope)
@@ -781,5 +786,22 @@ func TestGuardRules(t *testing.T) {
 	r.WriteError(w, http.StatusTooManyRequests, "Throttled", "slow down", time.Second)
 	if w.Header().Get("Metadata-Flavor") != "Google" || w.Body.String() != "Throttled: slow down\n" || w.Header().Get("Retry-After") != "1" {
 		t.Errorf("headers %v body %q", w.Header(), w.Body)
+	}
+}
+
+// TestTokenlessAnswerIsAnInternalError: a broker answer without the token
+// a path asked for is the agent's own fault, answered 500 in the
+// surface's text format, and never a 200 with an empty token.
+func TestTokenlessAnswerIsAnInternalError(t *testing.T) {
+	for target, want := range map[string]string{
+		sa + "default/token":               CodeInternal + ": the broker returned no access token\n",
+		sa + testEmail + "/token":          CodeInternal + ": the broker returned no access token\n",
+		sa + "default/identity?audience=a": CodeInternal + ": the broker returned no identity token\n",
+	} {
+		h, _ := newTest(t, func(fb *fakeBroker, _ *Config) { fb.tokenless = true })
+		w := do(h, "GET", target, nil)
+		if w.Code != http.StatusInternalServerError || w.Body.String() != want || w.Header().Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Errorf("%s: %d %q (%s), want 500 %q", target, w.Code, w.Body.String(), w.Header().Get("Content-Type"), want)
+		}
 	}
 }
