@@ -4,9 +4,9 @@
 // client-go's generated clientset (k8s.io/client-go/kubernetes) registers
 // every API group in its scheme, and the linker then keeps every group's
 // generated code: on a node that is about 10 MiB of resident memory for
-// types the agent never sees. This package builds the same typed clients
-// (client-go's gentype, which the generated clientset is made of) over a
-// scheme with only core/v1 and authentication/v1.
+// types the agent never sees. This package makes the same requests as the
+// generated typed clients (see Resource) over a scheme with only core/v1
+// and authentication/v1.
 package kube
 
 import (
@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/rest"
 )
 
@@ -47,8 +46,8 @@ func NewCodecs(add ...func(*runtime.Scheme) error) Codecs {
 }
 
 // Client reaches the core/v1 resources the agent uses. Its methods return
-// client-go's typed clients, so callers see the same List, Watch, Get and
-// Patch as with the generated clientset.
+// typed clients with the same List, Watch, Get and Patch as the generated
+// clientset's.
 type Client struct {
 	rest  rest.Interface // core/v1, as the agent itself
 	authn rest.Interface // authentication.k8s.io/v1, as the agent itself
@@ -86,36 +85,35 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 
 // Pods lists and watches the pods of every namespace; as the node, only
 // with the field selector spec.nodeName=<node>.
-func (c *Client) Pods() *gentype.ClientWithList[*corev1.Pod, *corev1.PodList] {
-	return gentype.NewClientWithList("pods", c.asNode(), codecs.Parameters, metav1.NamespaceAll,
+func (c *Client) Pods() *Resource[*corev1.Pod, *corev1.PodList] {
+	return NewResource(c.asNode(), codecs.Parameters, "pods", metav1.NamespaceAll,
 		func() *corev1.Pod { return &corev1.Pod{} },
-		func() *corev1.PodList { return &corev1.PodList{} },
-		gentype.PrefersProtobuf[*corev1.Pod]())
+		func() *corev1.PodList { return &corev1.PodList{} })
 }
 
 // Nodes reads and patches nodes.
-func (c *Client) Nodes() *gentype.Client[*corev1.Node] {
-	return gentype.NewClient("nodes", c.rest, codecs.Parameters, "",
+func (c *Client) Nodes() *Resource[*corev1.Node, *corev1.NodeList] {
+	return NewResource(c.rest, codecs.Parameters, "nodes", "",
 		func() *corev1.Node { return &corev1.Node{} },
-		gentype.PrefersProtobuf[*corev1.Node]())
+		func() *corev1.NodeList { return &corev1.NodeList{} })
 }
 
 // ServiceAccounts lists and watches the ServiceAccounts of every namespace
 // and asks for their tokens (as the node, when node-restricted).
 func (c *Client) ServiceAccounts() *ServiceAccounts {
-	return &ServiceAccounts{
-		ClientWithList: gentype.NewClientWithList("serviceaccounts", c.rest, codecs.Parameters, metav1.NamespaceAll,
-			func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
-			func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} },
-			gentype.PrefersProtobuf[*corev1.ServiceAccount]()),
-		rest: c.asNode(),
-	}
+	return &ServiceAccounts{Resource: c.serviceAccounts(metav1.NamespaceAll), rest: c.asNode()}
+}
+
+func (c *Client) serviceAccounts(namespace string) *Resource[*corev1.ServiceAccount, *corev1.ServiceAccountList] {
+	return NewResource(c.rest, codecs.Parameters, "serviceaccounts", namespace,
+		func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
+		func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} })
 }
 
 // ServiceAccounts is the ServiceAccount client of every namespace, with
 // the token subresource.
 type ServiceAccounts struct {
-	*gentype.ClientWithList[*corev1.ServiceAccount, *corev1.ServiceAccountList]
+	*Resource[*corev1.ServiceAccount, *corev1.ServiceAccountList]
 	rest rest.Interface // for TokenRequests
 }
 
@@ -148,9 +146,9 @@ func (c *Client) EventSink() *EventSink { return &EventSink{rest: c.asNode()} }
 // EventSink is a record.EventSink over the core/v1 events API.
 type EventSink struct{ rest rest.Interface }
 
-func (s *EventSink) events(namespace string) *gentype.Client[*corev1.Event] {
-	return gentype.NewClient("events", s.rest, codecs.Parameters, namespace,
-		func() *corev1.Event { return &corev1.Event{} }, gentype.PrefersProtobuf[*corev1.Event]())
+func (s *EventSink) events(namespace string) *Resource[*corev1.Event, *corev1.EventList] {
+	return NewResource(s.rest, codecs.Parameters, "events", namespace,
+		func() *corev1.Event { return &corev1.Event{} }, func() *corev1.EventList { return &corev1.EventList{} })
 }
 
 // Create creates ev.
@@ -183,10 +181,7 @@ func (c *Client) WatchServiceAccounts(ctx context.Context, opts metav1.ListOptio
 
 // GetServiceAccount reads one ServiceAccount.
 func (c *Client) GetServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
-	return gentype.NewClientWithList("serviceaccounts", c.rest, codecs.Parameters, namespace,
-		func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
-		func() *corev1.ServiceAccountList { return &corev1.ServiceAccountList{} },
-		gentype.PrefersProtobuf[*corev1.ServiceAccount]()).Get(ctx, name, metav1.GetOptions{})
+	return c.serviceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
 }
 
 // mutatingWebhookConfigurations is read and patched as JSON: linking the

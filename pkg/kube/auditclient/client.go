@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
@@ -87,7 +86,7 @@ func restClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string) (rest.
 	return rc, nil
 }
 
-// lister is what gentype's list clients offer; pages walks any of them.
+// lister is what list clients offer; pages walks any of them.
 type lister[L any] interface {
 	List(ctx context.Context, opts metav1.ListOptions) (L, error)
 }
@@ -120,25 +119,19 @@ func pages[L continuer](ctx context.Context, l lister[L], what string, limit int
 	}
 }
 
-// object is gentype's constraint on the objects its clients handle.
-type object interface {
-	runtime.Object
-	metav1.Object
-}
-
 // listEach pages through resource in namespace ("" for all, and for a
 // cluster-scoped resource) and calls each with every item, in order, until
 // one fails. items reads a page's items: the list types share no method
 // for it.
 func listEach[E any, PE interface {
 	*E
-	object
+	kube.Object
 }, L interface {
 	runtime.Object
 	continuer
 }](ctx context.Context, c *Client, rc rest.Interface, resource, namespace string, opts metav1.ListOptions,
 	newList func() L, items func(L) []E, each func(*E) error) error {
-	l := listClient(rc, resource, namespace, func() PE { return PE(new(E)) }, newList)
+	l := kube.NewResource(rc, codecs.Parameters, resource, namespace, func() PE { return PE(new(E)) }, newList)
 	return pages(ctx, l, resource, c.PageSize, opts, func(p L) error { return eachItem(items(p), each) })
 }
 
@@ -151,10 +144,6 @@ func eachItem[E any](items []E, each func(*E) error) error {
 		}
 	}
 	return nil
-}
-
-func listClient[T object, L runtime.Object](rc rest.Interface, resource, namespace string, newObject func() T, newList func() L) *gentype.ClientWithList[T, L] {
-	return gentype.NewClientWithList(resource, rc, codecs.Parameters, namespace, newObject, newList, gentype.PrefersProtobuf[T]())
 }
 
 // ServiceAccounts implements audit.Lister.
