@@ -67,10 +67,7 @@ func newGuards(cfg guardConfig, reg prometheus.Registerer, logs slog.Handler) (*
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	m, err := guard.NewMetrics(reg)
-	if err != nil {
-		return nil, err
-	}
+	m := guard.NewMetrics(reg)
 	ll, err := guard.NewLogLimiter(guard.LogConfig{Inner: logs, Key: broker.LogKeyRemoteAddr,
 		Burst: cfg.logBurst, Interval: cfg.logInterval, Metrics: m})
 	if err != nil {

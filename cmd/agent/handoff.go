@@ -53,11 +53,7 @@ func newHandoffs(cfg handoffConfig, reg prometheus.Registerer, log *slog.Logger)
 	if !cfg.enabled() {
 		return &handoffs{cfg: cfg}, nil
 	}
-	m, err := handoff.NewMetrics(reg)
-	if err != nil {
-		return nil, fmt.Errorf("hand-off metrics: %w", err)
-	}
-	return &handoffs{cfg: cfg, metrics: m, log: log.With("component", "handoff")}, nil
+	return &handoffs{cfg: cfg, metrics: handoff.NewMetrics(reg), log: log.With("component", "handoff")}, nil
 }
 
 // take receives the predecessor's cache into brk, then lets brk's workers

@@ -188,9 +188,7 @@ func New(cfg Config) (*Broker, error) {
 	if b.accounts, err = newServiceAccounts(cfg.ServiceAccounts, annotations); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	if b.metrics, err = newMetrics(cfg.Registerer, b.cache.Len); err != nil {
-		return nil, fmt.Errorf("broker: registering metrics: %w", err)
-	}
+	b.metrics = newMetrics(cfg.Registerer, b.cache.Len)
 	b.tokens = &tokenSource{client: cfg.ServiceAccounts, expiration: cfg.TokenExpiration, clock: cfg.Clock, metrics: b.metrics}
 	b.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		jittered[entryKey]{workqueue.NewTypedItemExponentialFailureRateLimiter[entryKey](time.Second, 2*time.Minute)},

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/credbroker/agent/pkg/exchange"
@@ -43,56 +44,53 @@ type metrics struct {
 	cached          prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer, cachedLen func() int) (*metrics, error) {
+// newMetrics registers the broker's metrics on reg; it panics if reg holds
+// them already.
+func newMetrics(reg prometheus.Registerer, cachedLen func() int) *metrics {
+	f := promauto.With(reg)
 	m := &metrics{
-		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+		cacheHits: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_cache_hits_total",
 			Help: "Requests answered from the credential cache.",
 		}),
-		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
+		cacheMisses: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_cache_misses_total",
 			Help: "Requests that had to wait for an upstream fetch.",
 		}),
-		cacheStale: prometheus.NewCounter(prometheus.CounterOpts{
+		cacheStale: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_cache_stale_served_total",
 			Help: "Requests answered with a still valid credential older than the freshness target because upstream was failing.",
 		}),
-		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+		evictions: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_cache_evictions_total",
 			Help: "Cached credentials removed, by reason.",
 		}, []string{"reason"}),
-		upstreamCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+		upstreamCalls: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_upstream_calls_total",
 			Help: "Calls to the Kubernetes API and to each cloud's credential exchange, by upstream (kubernetes_token or the cloud's name) and result.",
 		}, []string{"upstream", "result"}),
-		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		upstreamLatency: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "credbroker_upstream_duration_seconds",
 			Help:    "Latency of upstream calls, by upstream and result.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 10),
 		}, []string{"upstream", "result"}),
-		refreshFailures: prometheus.NewCounter(prometheus.CounterOpts{
+		refreshFailures: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_refresh_failures_total",
 			Help: "Background refreshes and prefetches that failed.",
 		}),
-		podFetchLimited: prometheus.NewCounter(prometheus.CounterOpts{
+		podFetchLimited: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_pod_fetch_limited_total",
 			Help: "Requests refused because their pod had spent its budget of request-driven fetches.",
 		}),
-		cached: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		cached: f.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "credbroker_cached_credentials",
 			Help: "Credentials currently cached.",
 		}, func() float64 { return float64(cachedLen()) }),
 	}
-	for _, c := range []prometheus.Collector{m.cacheHits, m.cacheMisses,
-		m.cacheStale, m.evictions, m.upstreamCalls, m.upstreamLatency, m.refreshFailures, m.podFetchLimited, m.cached} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
-	}
 	for _, r := range []string{evictCapacity, evictPodGone, evictPodDeleted, evictRoleChanged, evictDenied, evictExpired, evictPodLimit} {
 		m.evictions.WithLabelValues(r)
 	}
-	return m, nil
+	return m
 }
 
 func (m *metrics) observeUpstream(upstream string, err error, d time.Duration) {

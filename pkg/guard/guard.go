@@ -27,11 +27,11 @@ package guard
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"k8s.io/utils/clock"
 )
 
@@ -90,37 +90,34 @@ type Metrics struct {
 	logSuppressed      prometheus.Counter
 }
 
-// NewMetrics registers the guard's metrics on reg.
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+// NewMetrics registers the guard's metrics on reg; it panics if reg holds
+// them already.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
 	m := &Metrics{
-		refusedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		refusedRequests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_guard_refused_requests_total",
 			Help: "Requests refused before the broker, by reason (forwarded, unauthorized, rate_limited).",
 		}, []string{"reason"}),
-		refusedConnections: prometheus.NewCounter(prometheus.CounterOpts{
+		refusedConnections: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_guard_refused_connections_total",
 			Help: "Connections closed at accept because their source address had too many open.",
 		}),
-		openConnections: prometheus.NewGauge(prometheus.GaugeOpts{
+		openConnections: f.NewGauge(prometheus.GaugeOpts{
 			Name: "credbroker_guard_open_connections",
 			Help: "Credential API connections currently open.",
 		}),
-		logSuppressed: prometheus.NewCounter(prometheus.CounterOpts{
+		logSuppressed: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_log_lines_suppressed_total",
 			Help: "Per-request log lines dropped because their source address exceeded its log budget.",
 		}),
-	}
-	for _, c := range []prometheus.Collector{m.refusedRequests, m.refusedConnections, m.openConnections, m.logSuppressed} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("registering guard metrics: %w", err)
-		}
 	}
 	// Resolved once: the request path then increments without hashing
 	// label values, and every series exists from the start.
 	m.forwarded = m.refusedRequests.WithLabelValues(reasonForwarded)
 	m.unauthorized = m.refusedRequests.WithLabelValues(reasonUnauthz)
 	m.rateLimited = m.refusedRequests.WithLabelValues(reasonRateLimited)
-	return m, nil
+	return m
 }
 
 var errNoMetrics = errors.New("guard: Metrics is required (NewMetrics)")

@@ -48,10 +48,7 @@ type handlerEnv struct {
 func newHandlerEnv(t *testing.T, mutate func(*HandlerConfig)) *handlerEnv {
 	t.Helper()
 	e := &handlerEnv{t: t, clock: clocktesting.NewFakeClock(t0)}
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := NewMetrics(prometheus.NewRegistry())
 	e.m = m
 	cfg := HandlerConfig{
 		Next: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -186,10 +183,7 @@ func TestHandlerTableIsBounded(t *testing.T) {
 // guard's refusals in its own format and decides whether Authorization is
 // required, and a pod has one request budget, not one per surface.
 func TestHandlersPerSurfaceShareOneLimiter(t *testing.T) {
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := NewMetrics(prometheus.NewRegistry())
 	clk := clocktesting.NewFakeClock(t0)
 	lim, err := NewLimiter(LimiterConfig{RequestQPS: 1, RequestBurst: 3, Clock: clk})
 	if err != nil {
@@ -269,10 +263,7 @@ func (d discard) WriteHeader(int)             {}
 func (d discard) Write(p []byte) (int, error) { return len(p), nil }
 
 func TestConnLimiter(t *testing.T) {
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := NewMetrics(prometheus.NewRegistry())
 	c, err := NewConnLimiter(3, m)
 	if err != nil {
 		t.Fatal(err)
@@ -377,10 +368,7 @@ func newLogEnv(t *testing.T, maxAddrs int, clk clock.WithTicker) *logEnv {
 	if clk == nil {
 		clk = e.clock
 	}
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := NewMetrics(prometheus.NewRegistry())
 	e.m = m
 	lim, err := NewLogLimiter(LogConfig{
 		Inner: slog.NewJSONHandler(lockedWriter{e.mu, e.buf}, nil),

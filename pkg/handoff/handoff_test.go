@@ -119,10 +119,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{dir: t.TempDir(), logs: &testfake.Buffer{}, reg: prometheus.NewRegistry()}
 	f.path = filepath.Join(f.dir, "handoff.sock")
-	var err error
-	if f.m, err = NewMetrics(f.reg); err != nil {
-		t.Fatal(err)
-	}
+	f.m = NewMetrics(f.reg)
 	t.Cleanup(func() { noSecrets(t, f.logs, f.reg) })
 	return f
 }

@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/credbroker/agent/pkg/broker"
 )
@@ -27,30 +28,27 @@ type Metrics struct {
 	sentN    prometheus.Counter
 }
 
-// NewMetrics registers the hand-off metrics on reg.
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+// NewMetrics registers the hand-off metrics on reg; it panics if reg holds
+// them already.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
 	m := &Metrics{
-		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+		received: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_handoff_received_total",
 			Help: "Hand-offs this agent took from its predecessor at start, by result (complete, partial, failed, none, peer_refused).",
 		}, []string{"result"}),
-		entries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		entries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_handoff_entries_total",
 			Help: "Entries received in a hand-off, by result: taken, or the reason they were refused.",
 		}, []string{"result"}),
-		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+		sent: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_handoff_sent_total",
 			Help: "Hand-offs this agent served to a successor, by result (complete, failed, peer_refused).",
 		}, []string{"result"}),
-		sentN: prometheus.NewCounter(prometheus.CounterOpts{
+		sentN: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_handoff_sent_entries_total",
 			Help: "Entries this agent wrote to successors.",
 		}),
-	}
-	for _, c := range []prometheus.Collector{m.received, m.entries, m.sent, m.sentN} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
 	}
 	for _, r := range []string{resultComplete, resultPartial, resultFailed, resultNone, resultPeerRefused} {
 		m.received.WithLabelValues(r)
@@ -61,5 +59,5 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{resultComplete, resultFailed, resultPeerRefused} {
 		m.sent.WithLabelValues(r)
 	}
-	return m, nil
+	return m
 }

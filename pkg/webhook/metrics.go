@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Metrics are the webhook's Prometheus metrics; every label is from a fixed
@@ -18,35 +19,37 @@ type Metrics struct {
 	caPublished prometheus.Gauge
 }
 
-// NewMetrics registers the metrics with reg (nil: none registered).
+// NewMetrics registers the metrics with reg (nil: none registered); it
+// panics if reg holds them already.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
 	m := &Metrics{
-		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+		admissions: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_webhook_admissions_total",
 			Help: "Pod admissions answered, by result: mutated (variables added), skipped (nothing to add), error (allowed unmodified after a failure).",
 		}, []string{"result"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		latency: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "credbroker_webhook_admission_duration_seconds",
 			Help:    "Time from reading an AdmissionReview to answering it, by result.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"result"}),
-		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+		lookups: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_webhook_serviceaccount_lookups_total",
 			Help: "ServiceAccount lookups, by source: cache (the watch), api (a live GET after a cache miss), not_found, error.",
 		}, []string{"source"}),
-		certExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+		certExpiry: f.NewGauge(prometheus.GaugeOpts{
 			Name: "credbroker_webhook_certificate_expiry_timestamp_seconds",
 			Help: "Expiry (Unix seconds) of the serving certificate in use.",
 		}),
-		rotations: prometheus.NewCounter(prometheus.CounterOpts{
+		rotations: f.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_webhook_certificate_rotations_total",
 			Help: "Serving certificates put in use, the first one included.",
 		}),
-		caPatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+		caPatches: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_webhook_ca_bundle_patches_total",
 			Help: "Patches of the MutatingWebhookConfiguration's caBundle, by result: ok, error.",
 		}, []string{"result"}),
-		caPublished: prometheus.NewGauge(prometheus.GaugeOpts{
+		caPublished: f.NewGauge(prometheus.GaugeOpts{
 			Name: "credbroker_webhook_ca_published",
 			Help: "1 when the caBundle holds the CA of the certificate this replica serves (it is then ready).",
 		}),
@@ -59,9 +62,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, r := range []string{"ok", "error"} {
 		m.caPatches.WithLabelValues(r)
-	}
-	if reg != nil {
-		reg.MustRegister(m.admissions, m.latency, m.lookups, m.certExpiry, m.rotations, m.caPatches, m.caPublished)
 	}
 	return m
 }

@@ -86,6 +86,47 @@ func clientEnv(t *testing.T, endpoint, header string) []string {
 	}
 }
 
+// sdkToken is what an SDK client script got for one of its credentials:
+// a token and its expiry, or the error instead.
+type sdkToken struct {
+	Token   string
+	Expires time.Time
+	Error   string
+}
+
+// checkSDKTokens checks what an SDK client script (Node or Python) got for
+// the resource res, tok reading its answer by name: under each name of
+// want, the fake broker's token for that resource, valid for an hour;
+// under "other" (another client ID), the broker's refusal with its code and
+// message, which it returns. The script's first request met a 503
+// (failFirst) and was retried, so the broker saw res twice.
+func checkSDKTokens(t *testing.T, fb *fakeBroker, res string, want map[string]string, tok func(name string) sdkToken) sdkToken {
+	t.Helper()
+	for name, r := range want {
+		p := tok(name)
+		if p.Error != "" || p.Token != testToken+"/"+r {
+			t.Errorf("%s: %+v", name, p)
+			continue
+		}
+		if left := time.Until(p.Expires); left < 59*time.Minute || left > time.Hour {
+			t.Errorf("%s: expires in %v", name, left)
+		}
+	}
+	// A refusal reaches the application with the broker's code and message.
+	other := tok("other")
+	if !strings.Contains(other.Error, broker.CodeIdentityNotAllowed) || !strings.Contains(other.Error, errRefused.Message) {
+		t.Errorf("another client ID: %+v", other)
+	}
+	req := func(id, scope string) broker.Request {
+		return broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Identity: id, Scope: scope}
+	}
+	reqs := []broker.Request{req("", res), req("", res), req(testClientID, res+"2"), req("", res+"3"), req(otherClient, res+"4")}
+	if !slices.Equal(fb.reqs, reqs) {
+		t.Errorf("requests %+v,\nwant %+v", fb.reqs, reqs)
+	}
+	return other
+}
+
 func TestPythonAzureIdentity(t *testing.T) {
 	py := needAzurePython(t)
 	if testing.Short() {
@@ -97,38 +138,16 @@ func TestPythonAzureIdentity(t *testing.T) {
 	var version string
 	_ = json.Unmarshal(out["version"], &version)
 	t.Logf("azure-identity %s (%s)", version, py)
-	tok := func(name string) pyToken {
+	// mi_again (the same credential) is answered from azure-identity's
+	// cache, which it keys by the answer's "resource": that field must be
+	// the resource as the client asked.
+	checkSDKTokens(t, fb, res, map[string]string{"mi": res, "mi_again": res, "mi_client": res + "2", "dac": res + "3"}, func(name string) sdkToken {
 		var p pyToken
 		if err := json.Unmarshal(out[name], &p); err != nil {
 			t.Fatalf("%s: %s: %v", name, out[name], err)
 		}
-		return p
-	}
-	// The first request met a 503 (failFirst) and was retried.
-	for name, r := range map[string]string{"mi": res, "mi_again": res, "mi_client": res + "2", "dac": res + "3"} {
-		p := tok(name)
-		if p.Error != "" || p.Token != testToken+"/"+r {
-			t.Errorf("%s: %+v", name, p)
-			continue
-		}
-		if left := time.Until(time.Unix(p.ExpiresOn, 0)); left < 59*time.Minute || left > time.Hour {
-			t.Errorf("%s: expires in %v", name, left)
-		}
-	}
-	// A refusal reaches the application with the broker's code and message.
-	if p := tok("other"); !strings.Contains(p.Error, broker.CodeIdentityNotAllowed) || !strings.Contains(p.Error, errRefused.Message) {
-		t.Errorf("another client ID: %+v", p)
-	}
-	req := func(id, scope string) broker.Request {
-		return broker.Request{Cloud: exchange.Azure, Want: exchange.KindAccessToken, Identity: id, Scope: scope}
-	}
-	// res twice: the 503 and its retry. mi_again (the same credential) is
-	// answered from azure-identity's cache, which it keys by the answer's
-	// "resource": that field must be the resource as the client asked.
-	want := []broker.Request{req("", res), req("", res), req(testClientID, res+"2"), req("", res+"3"), req(otherClient, res+"4")}
-	if !slices.Equal(fb.reqs, want) {
-		t.Errorf("requests %+v,\nwant %+v", fb.reqs, want)
-	}
+		return sdkToken{Token: p.Token, Expires: time.Unix(p.ExpiresOn, 0), Error: p.Error}
+	})
 }
 
 // TestPythonWrongIdentityHeader: a wrong IDENTITY_HEADER is a 401 that
