@@ -19,22 +19,18 @@ import (
 )
 
 func TestAttestFlags(t *testing.T) {
-	base := []string{"--node-name=n", "--sts-endpoint=http://127.0.0.1:1"}
-	c, err := parseServeFlags(base, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustParse(t, minimalFlags...)
 	if c.attest.mode != attestNetns || c.attest.procRoot != "/proc" {
 		t.Errorf("defaults: --attest=%s --proc-root=%s, want netns and /proc", c.attest.mode, c.attest.procRoot)
 	}
-	if _, err := parseServeFlags(append(base, "--attest=pod"), io.Discard); err == nil || !strings.Contains(err.Error(), "--attest") {
+	if _, err := parseServeFlags(append(minimalFlags, "--attest=pod"), io.Discard); err == nil || !strings.Contains(err.Error(), "--attest") {
 		t.Errorf("--attest=pod: %v, want an error naming the flag", err)
 	}
-	c, err = parseServeFlags(append(base, "--attest=container"), io.Discard)
+	c, err := parseServeFlags(append(minimalFlags, "--attest=container"), io.Discard)
 	if err != nil || c.attest.mode != attestContainer {
 		t.Errorf("--attest=container: %v, %v", c.attest.mode, err)
 	}
-	c, err = parseServeFlags(append(base, "--attest=off"), io.Discard)
+	c, err = parseServeFlags(append(minimalFlags, "--attest=off"), io.Discard)
 	if err != nil || c.attest.mode != attestOff {
 		t.Errorf("--attest=off: %v, %v", c.attest.mode, err)
 	}

@@ -18,10 +18,7 @@ func TestEachCloudItsOwnLifetimeAndWindow(t *testing.T) {
 	base := []string{"--node-name=n", "--sts-region=eu-west-1", "--session-duration=6h",
 		"--gcp-workload-identity-provider=projects/123/locations/global/workloadIdentityPools/pool/providers/prov",
 		"--gcp-project-id=proj", "--azure-tenant-id=contoso.onmicrosoft.com", "--azure-identity-header=h"}
-	c, err := parseServeFlags(base, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustParse(t, base...)
 	gc, err := c.gcp.cloud()
 	if err != nil {
 		t.Fatal(err)
@@ -40,10 +37,7 @@ func TestEachCloudItsOwnLifetimeAndWindow(t *testing.T) {
 		t.Errorf("Azure lifetime %s window %s; want none (Entra decides) and %s", ac.Lifetime, ac.DeniedRetryWindow, azure.DeniedRetryWindow)
 	}
 
-	c, err = parseServeFlags(append(base, "--gcp-token-lifetime=4h"), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c = mustParse(t, append(base, "--gcp-token-lifetime=4h")...)
 	if w := c.gcp.lifetimeWarning(); !strings.Contains(w, "iam.allowServiceAccountCredentialLifetimeExtension") {
 		t.Errorf("4h: warning %q, want one naming the organisation policy", w)
 	}

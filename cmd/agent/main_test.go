@@ -28,23 +28,30 @@ func TestVersionAndUsage(t *testing.T) {
 	}
 }
 
-func TestServeFlags(t *testing.T) {
-	t.Setenv("NODE_NAME", "node-a")
-	t.Setenv("AWS_REGION", "eu-west-1")
-	c, err := parseServeFlags(nil, io.Discard)
+// minimalFlags are the fewest flags serve starts with: a node and an STS.
+var minimalFlags = []string{"--node-name=n", "--sts-endpoint=http://127.0.0.1:1"}
+
+// mustParse is parseServeFlags of args, or the test fails.
+func mustParse(t testing.TB, args ...string) serveConfig {
+	t.Helper()
+	c, err := parseServeFlags(args, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+func TestServeFlags(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-a")
+	t.Setenv("AWS_REGION", "eu-west-1")
+	c := mustParse(t)
 	if c.nodeName != "node-a" || c.stsRegion != "eu-west-1" || strings.Join(c.listen, ",") != defaultListen ||
 		c.probeListen != "127.0.0.1:2703" || c.metricsListen != ":2705" || c.sessionDuration != time.Hour ||
 		c.broker.TokenExpiration != 10*time.Minute || c.audience != "sts.amazonaws.com" ||
 		c.roleAnnotation != "eks.amazonaws.com/role-arn" || c.broker.CacheSize != 4096 || c.broker.AllowDefaultServiceAccount {
 		t.Fatalf("defaults: %+v", c)
 	}
-	c, err = parseServeFlags([]string{"--allowed-role-arn", "arn:a:*", "--allowed-role-arn=arn:b:*,arn:c:*", "--listen", "127.0.0.1:1"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c = mustParse(t, "--allowed-role-arn", "arn:a:*", "--allowed-role-arn=arn:b:*,arn:c:*", "--listen", "127.0.0.1:1")
 	if got := strings.Join(c.allowedRoles, " "); got != "arn:a:* arn:b:* arn:c:*" {
 		t.Fatalf("allowed roles %q", got)
 	}

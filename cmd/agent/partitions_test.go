@@ -15,10 +15,7 @@ func TestSTSExtraARNPartitionsFlag(t *testing.T) {
 	if _, err := parseServeFlags(append(base, "--sts-region=eu-west-1"), io.Discard); err == nil || !strings.Contains(err.Error(), "--sts-endpoint") {
 		t.Errorf("without --sts-endpoint: %v, want refused", err)
 	}
-	c, err := parseServeFlags(append(base, "--sts-endpoint=http://127.0.0.1:9000", "--sts-extra-arn-partitions=ceph"), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustParse(t, append(base, "--sts-endpoint=http://127.0.0.1:9000", "--sts-extra-arn-partitions=ceph")...)
 	if !slices.Equal(c.stsPartitions, listFlag{"minio", "ceph"}) {
 		t.Errorf("partitions %q", c.stsPartitions)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -59,10 +58,7 @@ func unsignedJWT(aud any) string {
 
 func testClouds(t *testing.T) []broker.Cloud {
 	t.Helper()
-	cfg, err := parseServeFlags(surfaceFlags(), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mustParse(t, surfaceFlags()...)
 	awsCloud, err := cfg.awsConfig.cloud()
 	if err != nil {
 		t.Fatal(err)

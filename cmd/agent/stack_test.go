@@ -117,11 +117,7 @@ type testStack struct {
 // defaultGuardConfig is what the flags default to.
 func defaultGuardConfig(t testing.TB) guardConfig {
 	t.Helper()
-	c, err := parseServeFlags([]string{"--node-name=n", "--sts-endpoint=http://127.0.0.1:1"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.guard
+	return mustParse(t, minimalFlags...).guard
 }
 
 // newStack builds the request path; mutate changes the guard flags.

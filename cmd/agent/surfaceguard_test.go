@@ -69,10 +69,7 @@ func (cloudsExchanger) Exchange(ctx context.Context, req exchange.Request) (exch
 // surfaceStack serves all surfaces, parsed from args, on a loopback port.
 func surfaceStack(t *testing.T, args []string) string {
 	t.Helper()
-	cfg, err := parseServeFlags(args, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mustParse(t, args...)
 	kc := fakeKube(t)
 	sa, err := kc.CoreV1().ServiceAccounts("shop").Get(context.Background(), "cart", metav1.GetOptions{})
 	if err != nil {

@@ -2,6 +2,7 @@ package testfake
 
 import (
 	"bytes"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +28,18 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Unavailable stops a test whose prerequisite (a tool, a client library,
+// root) is missing: a skip, with the reason, except under CI (CI=true),
+// where it is a failure, because a suite that skips everything would pass
+// while testing nothing.
+func Unavailable(tb testing.TB, format string, args ...any) {
+	tb.Helper()
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf("prerequisite missing (CI=true, so this fails instead of skipping): "+format, args...)
+	}
+	tb.Skipf("prerequisite missing: "+format, args...)
 }
 
 // Eventually polls cond every millisecond until it holds. It asserts an

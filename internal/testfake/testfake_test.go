@@ -3,7 +3,9 @@ package testfake
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +58,34 @@ func TestMetric(t *testing.T) {
 	} {
 		if got := Metric(t, reg, tc.name, tc.labels); got != tc.want {
 			t.Errorf("%s %v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+}
+
+// stopRecorder records how a helper first stopped the test, and returns
+// instead of stopping it.
+type stopRecorder struct {
+	testing.TB
+	how, msg string
+}
+
+func (r *stopRecorder) Helper()                           {}
+func (r *stopRecorder) Skipf(format string, args ...any)  { r.stop("skip", format, args) }
+func (r *stopRecorder) Fatalf(format string, args ...any) { r.stop("fatal", format, args) }
+func (r *stopRecorder) stop(how, format string, args []any) {
+	if r.how == "" {
+		r.how, r.msg = how, fmt.Sprintf(format, args...)
+	}
+}
+
+// TestUnavailable: a missing prerequisite is a skip, except under CI.
+func TestUnavailable(t *testing.T) {
+	for ci, want := range map[string]string{"": "skip", "false": "skip", "true": "fatal"} {
+		t.Setenv("CI", ci)
+		r := &stopRecorder{TB: t}
+		Unavailable(r, "tool %s", "x")
+		if r.how != want || !strings.Contains(r.msg, "prerequisite missing") || !strings.Contains(r.msg, "tool x") {
+			t.Errorf("CI=%q: %s %q, want %s naming the prerequisite", ci, r.how, r.msg, want)
 		}
 	}
 }

@@ -107,6 +107,15 @@ func (a *auditor) saSubject(b bindingRef, g grant, roleName string, sa saKey, su
 	})
 }
 
+// everyone are the groups that every caller of a kind is in: a grant to
+// one reaches every pod's token, whatever its ServiceAccount.
+var everyone = map[string]struct{ id, who, why string }{
+	groupAuthenticated: {IDAuthenticated, "every authenticated identity",
+		"every user, node and ServiceAccount token of the cluster is authenticated: any pod's token, leaked or not, carries this grant"},
+	groupUnauthenticated: {IDUnauthenticated, "anonymous requests",
+		"anyone who reaches the API server holds this grant without any credential"},
+}
+
 func (a *auditor) groupSubject(b bindingRef, labels map[string]string, ref rbacv1.RoleRef, g grant, roleName, group string, subjects []rbacv1.Subject, i int) {
 	if isBootstrap(b, labels, ref, group) {
 		return
@@ -143,20 +152,14 @@ func (a *auditor) groupSubject(b bindingRef, labels map[string]string, ref rbacv
 		f.ID, f.Severity = IDServiceAccountGroup, High
 		f.Message = fmt.Sprintf("grants %s %s to every ServiceAccount of namespace %s, its default ServiceAccount included", roleName, where, ns)
 		f.Why = "the group holds every ServiceAccount of the namespace, so every pod there, on default or not, carries this grant"
-	case group == groupAuthenticated:
+	case everyone[group].id != "":
 		if !bindingInScope {
 			return
 		}
-		f.ID, f.Severity = IDAuthenticated, High
-		f.Message = fmt.Sprintf("grants %s %s to every authenticated identity", roleName, where)
-		f.Why = "every user, node and ServiceAccount token of the cluster is authenticated: any pod's token, leaked or not, carries this grant"
-	case group == groupUnauthenticated:
-		if !bindingInScope {
-			return
-		}
-		f.ID, f.Severity = IDUnauthenticated, High
-		f.Message = fmt.Sprintf("grants %s %s to anonymous requests", roleName, where)
-		f.Why = "anyone who reaches the API server holds this grant without any credential"
+		e := everyone[group]
+		f.ID, f.Severity = e.id, High
+		f.Message = fmt.Sprintf("grants %s %s to %s", roleName, where, e.who)
+		f.Why = e.why
 	default:
 		return
 	}
