@@ -116,12 +116,11 @@ func setupAzure(t *testing.T) *azWorld {
 	w.startAgent(t, harness.AgentConfig{
 		Name:     "agent-azure",
 		NodeName: azNode,
-		Listen:   net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
-		ExtraArgs: append([]string{
+		ExtraArgs: []string{
 			"--azure-tenant-id=" + azTenant,
 			"--azure-identity-header=" + azHeader,
 			"--azure-authority-host=" + w.entra.URL(),
-		}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
+		},
 	})
 	w.endpoint = "http://" + w.agent.Listen + azTokenPath
 	return w
@@ -292,16 +291,10 @@ func (w *azWorld) clients() []azClient {
 // runClient runs a client program inside p and decodes its report.
 func (w *azWorld) runClient(t *testing.T, p *harness.Pod, dir string, args ...string) (azOut, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	cmd := p.Exec(ctx, w.env(), args...)
-	cmd.Dir = dir
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	b, err := cmd.Output()
+	b, err := runInPod(p, 120*time.Second, dir, w.env(), args...)
 	var o azOut
 	if err != nil {
-		return o, fmt.Errorf("%s in pod %s: %w\nstdout: %s\nstderr: %s", filepath.Base(args[0]), p.Pod.Name, err, b, stderr.String())
+		return o, err
 	}
 	if err := json.Unmarshal(b, &o); err != nil {
 		return o, fmt.Errorf("%s printed %q: %w", filepath.Base(args[0]), b, err)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/credbroker/agent/integration/googlests"
 	"github.com/credbroker/agent/integration/harness"
-	"github.com/credbroker/agent/integration/netns"
 	"github.com/credbroker/agent/integration/oidcsts"
 	"github.com/credbroker/agent/integration/testenv"
 )
@@ -91,13 +89,12 @@ func setupGCP(t *testing.T) *gcpWorld {
 	w.startAgent(t, harness.AgentConfig{
 		Name:     "agent-gcp",
 		NodeName: gcpNode,
-		Listen:   net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
-		ExtraArgs: append([]string{
+		ExtraArgs: []string{
 			"--gcp-workload-identity-provider=" + w.gsts.Provider(),
 			"--gcp-project-id=" + gcpProject,
 			"--gcp-sts-endpoint=" + w.gsts.URL(),
 			"--gcp-iamcredentials-endpoint=" + w.gsts.URL(),
-		}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
+		},
 	})
 	w.host = w.agent.Listen
 	return w
@@ -162,17 +159,7 @@ func (w *gcpWorld) env(t *testing.T, extra ...string) []string {
 // run runs a client inside p and returns its stdout.
 func (w *gcpWorld) run(t *testing.T, p *harness.Pod, dir string, env []string, args ...string) ([]byte, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := p.Exec(ctx, env, args...)
-	cmd.Dir = dir
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return out, fmt.Errorf("%s in pod %s: %w\nstdout: %s\nstderr: %s", filepath.Base(args[0]), p.Pod.Name, err, out, stderr.String())
-	}
-	return out, nil
+	return runInPod(p, 90*time.Second, dir, env, args...)
 }
 
 // clientOut is what every client reports; fields a client does not print

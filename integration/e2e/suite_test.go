@@ -5,12 +5,15 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -103,10 +106,15 @@ func (s *suite) startCluster(t *testing.T) {
 }
 
 // startAgent starts the suite's agent with cfg, its binary, directory,
-// kubeconfig and STS filled in; a failed test logs its log's tail.
+// kubeconfig and STS filled in, listening on a free port of the service
+// address, with CREDBROKER_E2E_AGENT_ARGS after cfg's own; a failed test
+// logs its log's tail.
 func (s *suite) startAgent(t *testing.T, cfg harness.AgentConfig) {
 	t.Helper()
 	cfg.Binary, cfg.Dir, cfg.Kubeconfig, cfg.STSEndpoint = s.agentBin, s.dir, s.kc, s.sts.URL()
+	// Not port 80: a demo, a benchmark or another test package may hold it.
+	cfg.Listen = net.JoinHostPort(netns.ServiceAddr4.String(), "0")
+	cfg.ExtraArgs = append(cfg.ExtraArgs, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...)
 	var err error
 	s.agent, err = harness.StartAgent(context.Background(), cfg)
 	if err != nil {
@@ -118,6 +126,23 @@ func (s *suite) startAgent(t *testing.T, cfg harness.AgentConfig) {
 		}
 		s.agent.Stop()
 	})
+}
+
+// runInPod runs args inside p with env, in dir unless it is "", for at most
+// timeout, and returns what it printed; its error names the program and
+// the pod and carries what the program printed on both streams.
+func runInPod(p *harness.Pod, timeout time.Duration, dir string, env []string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := p.Exec(ctx, env, args...)
+	cmd.Dir = dir
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("%s in pod %s: %w\nstdout: %s\nstderr: %s", filepath.Base(args[0]), p.Pod.Name, err, out, stderr.String())
+	}
+	return out, nil
 }
 
 // ip hands out the suite's pod addresses.

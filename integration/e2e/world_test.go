@@ -65,11 +65,9 @@ func setupWorld(t *testing.T) *world {
 	w.start(t, node, nsPrefix)
 	w.startAgent(t, harness.AgentConfig{
 		NodeName: node,
-		// Not port 80: a demo, a benchmark or another test package may
-		// hold it. The IPv6 address gets the same port.
-		Listen:      net.JoinHostPort(netns.ServiceAddr4.String(), "0"),
+		// The IPv6 address gets the same port as the IPv4 one.
 		ExtraListen: []string{net.JoinHostPort(netns.ServiceAddr6.String(), "0")},
-		ExtraArgs:   append([]string{"--token-audience-prefix=" + tokenAudiencePrefix}, strings.Fields(os.Getenv("CREDBROKER_E2E_AGENT_ARGS"))...),
+		ExtraArgs:   []string{"--token-audience-prefix=" + tokenAudiencePrefix},
 	})
 	_, port, _ := net.SplitHostPort(w.agent.Listen)
 	w.agentURL6 = "http://" + net.JoinHostPort(netns.ServiceAddr6.String(), port) + "/v1/credentials"
@@ -203,14 +201,9 @@ func (w *world) identity(t *testing.T, c creds) oidcsts.Identity {
 // runSDK runs a client inside the pod and returns the Arn it printed.
 func (w *world) runSDK(t *testing.T, p *harness.Pod, env []string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := p.Exec(ctx, env, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := runInPod(p, 60*time.Second, "", env, args...)
 	if err != nil {
-		t.Fatalf("%v in pod %s: %v\nstdout: %s\nstderr: %s", args, p.Pod.Name, err, out, stderr.String())
+		t.Fatal(err)
 	}
 	var id struct{ Arn string }
 	if err := json.Unmarshal(out, &id); err != nil {
