@@ -109,9 +109,33 @@ func isGUID(s string) bool {
 // tenant or audience has one; an annotation that does (the API server
 // checks only the total size of annotation values) is a mistake or an
 // attempt to confuse whatever reads it, and is refused.
+//
+// Control characters are C0 (below 0x20), DEL and C1 (U+0080 to U+009F).
+// It runs on every request, so it reads bytes rather than decoding runes:
+// C1 is encoded 0xC2 0x80 to 0xC2 0x9F, and 0xC2 never continues another
+// sequence, so a decoder that resyncs after invalid bytes (as range over a
+// string does) sees exactly these pairs.
 func hasControl(s string) bool {
-	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || 0x80 <= r && r < 0xa0 })
+	for i := 0; i < len(s); i++ {
+		if !controlLead[s[i]] {
+			continue
+		}
+		if s[i] != 0xc2 || i+1 < len(s) && 0x80 <= s[i+1] && s[i+1] < 0xa0 {
+			return true
+		}
+	}
+	return false
 }
+
+// controlLead marks the bytes hasControl looks at twice: C0, DEL and C1's
+// lead byte.
+var controlLead = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	t[0x7f], t[0xc2] = true, true
+	return t
+}()
 
 // globMatch matches s against pattern (exchange.Glob).
 func globMatch(pattern, s string) bool { return exchange.Glob(pattern, s) }

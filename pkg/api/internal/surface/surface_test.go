@@ -60,6 +60,31 @@ func TestRequestsShareOneRegistration(t *testing.T) {
 
 // TestHandlerCountsAndTimes: the instrumented handler counts the status
 // serve returns and times it with the injected clock.
+// Every fixed code is counted under its own label, each a different
+// number of times, so that a code counted under another's label shows.
+func TestRequestsCountEachCode(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewRequests(reg, "aws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, code := range statusCodes {
+		for range i + 1 {
+			m.Observe(code, time.Millisecond)
+		}
+	}
+	m.Observe(0, time.Millisecond)
+	m.Observe(999, time.Millisecond)
+	for i, code := range statusCodes {
+		if got := testfake.Metric(t, reg, requestsName, map[string]string{LabelSurface: "aws", "code": strconv.Itoa(code)}); got != float64(i+1) {
+			t.Errorf("code %d counted %v times, want %d", code, got, i+1)
+		}
+	}
+	if got := testfake.Metric(t, reg, requestsName, map[string]string{LabelSurface: "aws", "code": "other"}); got != 2 {
+		t.Errorf("other codes counted %v times, want 2", got)
+	}
+}
+
 func TestHandlerCountsAndTimes(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	clk := clocktesting.NewFakeClock(time.Unix(0, 0))
@@ -118,5 +143,15 @@ func TestStatusesWrite(t *testing.T) {
 		if got != c.want {
 			t.Errorf("%+v, %+v: wrote %+v, want %+v", c.s, c.f, got, c.want)
 		}
+	}
+}
+
+func BenchmarkRequestsObserve(b *testing.B) {
+	m, err := NewRequests(prometheus.NewRegistry(), "aws")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		m.Observe(http.StatusOK, time.Millisecond)
 	}
 }
