@@ -226,29 +226,14 @@ func TestCacheHitAllocatesNothing(t *testing.T) {
 	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
 	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
-	w := &discardWriter{h: http.Header{}}
+	w := surfacetest.NewDiscard()
 	allocs := testing.AllocsPerRun(100, func() {
-		clear(w.h)
+		clear(w.Header())
 		h.ServeHTTP(w, req)
 	})
-	if w.code != http.StatusOK || allocs > 0 {
-		t.Errorf("status %d, %.0f allocations per answer; want 200 and none", w.code, allocs)
+	if w.Code != http.StatusOK || allocs > 0 {
+		t.Errorf("status %d, %.0f allocations per answer; want 200 and none", w.Code, allocs)
 	}
-}
-
-// discardWriter is the cheapest ResponseWriter possible, so that the
-// benchmarks measure the surface rather than the recorder.
-type discardWriter struct {
-	h    http.Header
-	code int
-	n    int
-}
-
-func (w *discardWriter) Header() http.Header  { return w.h }
-func (w *discardWriter) WriteHeader(code int) { w.code = code }
-func (w *discardWriter) Write(p []byte) (int, error) {
-	w.n += len(p)
-	return len(p), nil
 }
 
 // hitBroker answers every request with the same credentials and records
@@ -266,13 +251,13 @@ func BenchmarkCacheHit(b *testing.B) {
 	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
 	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
-	w := &discardWriter{h: http.Header{}}
+	w := surfacetest.NewDiscard()
 	b.ReportAllocs()
 	for b.Loop() {
-		clear(w.h)
+		clear(w.Header())
 		h.ServeHTTP(w, req)
 	}
-	if w.code != http.StatusOK {
-		b.Fatalf("status %d", w.code)
+	if w.Code != http.StatusOK {
+		b.Fatalf("status %d", w.Code)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credbroker/agent/pkg/api/internal/surfacetest"
 	"github.com/credbroker/agent/pkg/guard"
 )
 
@@ -32,18 +33,18 @@ func BenchmarkCacheHitGuarded(b *testing.B) {
 	req.RemoteAddr = "10.0.0.1:40000"
 	req.Header.Set("Authorization", "any")
 	req.Header.Set("User-Agent", "aws-sdk-go-v2/1.0")
-	w := &discardWriter{h: http.Header{}}
+	w := surfacetest.NewDiscard()
 	h.ServeHTTP(w, req)
-	if w.code != http.StatusOK {
-		b.Fatalf("warm-up request: %d", w.code)
+	if w.Code != http.StatusOK {
+		b.Fatalf("warm-up request: %d", w.Code)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		clear(w.h)
+		clear(w.Header())
 		h.ServeHTTP(w, req)
 	}
-	if w.code != http.StatusOK {
-		b.Fatalf("status %d", w.code)
+	if w.Code != http.StatusOK {
+		b.Fatalf("status %d", w.Code)
 	}
 }

@@ -616,13 +616,13 @@ func TestHitPathAllocations(t *testing.T) {
 		appService("api-version=2019-08-01&resource=https://management.azure.com/"): 0,
 		imds(imdsQuery): 0,
 	} {
-		w := &discardWriter{h: http.Header{}}
+		w := surfacetest.NewDiscard()
 		n := testing.AllocsPerRun(200, func() {
-			clear(w.h)
+			clear(w.Header())
 			h.ServeHTTP(w, r)
 		})
-		if w.code != http.StatusOK || n > want {
-			t.Errorf("%s: status %d, %v allocations per hit", r.URL, w.code, n)
+		if w.Code != http.StatusOK || n > want {
+			t.Errorf("%s: status %d, %v allocations per hit", r.URL, w.Code, n)
 		}
 	}
 }
@@ -634,12 +634,3 @@ type hitBroker struct{}
 func (hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
 	return broker.Answer{Pod: testPod, Identity: testClientID, Credentials: hitCreds}, nil
 }
-
-type discardWriter struct {
-	h    http.Header
-	code int
-}
-
-func (w *discardWriter) Header() http.Header         { return w.h }
-func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
-func (w *discardWriter) WriteHeader(code int)        { w.code = code }

@@ -666,10 +666,10 @@ func TestTokenHitAllocations(t *testing.T) {
 	r := httptest.NewRequest("GET", sa+"default/token", nil)
 	r.RemoteAddr = podAddr + ":4000"
 	r.Header.Set("Metadata-Flavor", "Google")
-	w := &discardWriter{h: http.Header{}}
+	w := surfacetest.NewDiscard()
 	h.ServeHTTP(w, r) // fills the header map and the buffer pool
-	if w.status != 200 {
-		t.Fatalf("status %d", w.status)
+	if w.Code != 200 {
+		t.Fatalf("status %d", w.Code)
 	}
 	if n := testing.AllocsPerRun(200, func() { h.ServeHTTP(w, r) }); n != 0 {
 		t.Errorf("%v allocations per token hit, want 0", n)
@@ -692,10 +692,10 @@ func TestIdentityHitAllocations(t *testing.T) {
 		r := httptest.NewRequest("GET", target, nil)
 		r.RemoteAddr = podAddr + ":4000"
 		r.Header.Set("Metadata-Flavor", "Google")
-		w := &discardWriter{h: http.Header{}}
+		w := surfacetest.NewDiscard()
 		h.ServeHTTP(w, r) // fills the header map, the buffer pool and the values seen
-		if w.status != 200 {
-			t.Fatalf("%s: status %d", target, w.status)
+		if w.Code != 200 {
+			t.Fatalf("%s: status %d", target, w.Code)
 		}
 		if n := testing.AllocsPerRun(200, func() { h.ServeHTTP(w, r) }); n != 0 {
 			t.Errorf("%s: %v allocations per hit, want 0", target, n)
@@ -712,15 +712,6 @@ func (b *hitBroker) ServeIdentity(context.Context, netip.Addr, exchange.Cloud) (
 	return b.ans.Identity, nil
 }
 
-type discardWriter struct {
-	h      http.Header
-	status int
-}
-
-func (w *discardWriter) Header() http.Header         { return w.h }
-func (w *discardWriter) WriteHeader(s int)           { w.status = s }
-func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
-
 func BenchmarkTokenHit(b *testing.B) {
 	h, err := New(Config{Broker: &hitBroker{ans: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
 		Kind: exchange.KindAccessToken, AccessToken: testToken, Expiration: time.Now().Add(time.Hour)}}},
@@ -731,7 +722,7 @@ func BenchmarkTokenHit(b *testing.B) {
 	r := httptest.NewRequest("GET", sa+"default/token", nil)
 	r.RemoteAddr = podAddr + ":4000"
 	r.Header.Set("Metadata-Flavor", "Google")
-	w := &discardWriter{h: http.Header{}}
+	w := surfacetest.NewDiscard()
 	b.ReportAllocs()
 	for b.Loop() {
 		h.ServeHTTP(w, r)

@@ -117,13 +117,13 @@ func TestCacheHitAllocatesNothing(t *testing.T) {
 		req := httptest.NewRequest(http.MethodGet, Path+"?audience=svc-b", nil)
 		req.RemoteAddr = "10.0.0.1:4000"
 		req.Header.Set("Accept", accept)
-		w := &discardWriter{h: http.Header{}}
+		w := surfacetest.NewDiscard()
 		allocs := testing.AllocsPerRun(100, func() {
-			clear(w.h)
+			clear(w.Header())
 			h.ServeHTTP(w, req)
 		})
-		if w.code != http.StatusOK || allocs > 0 {
-			t.Errorf("%s: status %d, %.0f allocations per answer; want 200 and none", accept, w.code, allocs)
+		if w.Code != http.StatusOK || allocs > 0 {
+			t.Errorf("%s: status %d, %.0f allocations per answer; want 200 and none", accept, w.Code, allocs)
 		}
 	}
 }
@@ -133,12 +133,3 @@ type hitBroker struct{ ans broker.Answer }
 func (h hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
 	return h.ans, nil
 }
-
-type discardWriter struct {
-	h    http.Header
-	code int
-}
-
-func (w *discardWriter) Header() http.Header         { return w.h }
-func (w *discardWriter) WriteHeader(code int)        { w.code = code }
-func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }

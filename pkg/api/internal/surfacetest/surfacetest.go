@@ -89,6 +89,21 @@ func Counted(t testing.TB, g prometheus.Gatherer, surface string) map[int]int {
 	return out
 }
 
+// Discard is the cheapest http.ResponseWriter: it keeps the status and
+// drops the body, so that the surfaces' hit benchmarks and allocation tests
+// measure the surface rather than a recorder.
+type Discard struct {
+	Code int // the status written
+	h    http.Header
+}
+
+// NewDiscard returns a Discard with an empty header map.
+func NewDiscard() *Discard { return &Discard{h: http.Header{}} }
+
+func (w *Discard) Header() http.Header         { return w.h }
+func (w *Discard) WriteHeader(code int)        { w.Code = code }
+func (w *Discard) Write(p []byte) (int, error) { return len(p), nil }
+
 // Throttled has write, a surface's guard error writer, refuse a request
 // with 429, code "Throttled", message "slow down" and a wait of 1.5 s, and
 // returns the answer and its JSON body. A status other than 429 fails the
