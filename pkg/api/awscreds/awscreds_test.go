@@ -223,7 +223,7 @@ func TestFailuresByClass(t *testing.T) {
 }
 
 func TestCacheHitAllocatesNothing(t *testing.T) {
-	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
+	h, _ := New(hit("ASIAPODA"), prometheus.NewRegistry())
 	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
 	w := surfacetest.NewDiscard()
@@ -236,19 +236,17 @@ func TestCacheHitAllocatesNothing(t *testing.T) {
 	}
 }
 
-// hitBroker answers every request with the same credentials and records
-// nothing, for the benchmarks.
-type hitBroker struct{ creds *exchange.Credentials }
-
-func (h hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
-	return broker.Answer{Credentials: h.creds}, nil
+// hit answers every request with the credentials of key, as from the
+// broker's cache.
+func hit(key string) surfacetest.Hit {
+	return surfacetest.Hit{Answer: broker.Answer{Credentials: credsFor(key)}}
 }
 
 // BenchmarkCacheHit is the surface's share of a cached answer: address
 // parsing, rendering and headers (the broker's share is pkg/broker's
 // BenchmarkCacheHit).
 func BenchmarkCacheHit(b *testing.B) {
-	h, _ := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
+	h, _ := New(hit("ASIAPODA"), prometheus.NewRegistry())
 	req := httptest.NewRequest(http.MethodGet, Path, nil)
 	req.RemoteAddr = "10.0.0.1:40000"
 	w := surfacetest.NewDiscard()

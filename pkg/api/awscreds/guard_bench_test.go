@@ -20,7 +20,7 @@ import (
 // request still takes a token: what is measured is the accepting path.
 func BenchmarkCacheHitGuarded(b *testing.B) {
 	m := guard.NewMetrics(prometheus.NewRegistry())
-	surface, err := New(hitBroker{credsFor("ASIAPODA")}, prometheus.NewRegistry())
+	surface, err := New(hit("ASIAPODA"), prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}

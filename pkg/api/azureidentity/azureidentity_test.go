@@ -611,7 +611,7 @@ func TestTokenEscapedInJSON(t *testing.T) {
 // (url.Values) included.
 func TestHitPathAllocations(t *testing.T) {
 	h, _ := newTest(t, nil)
-	h.b = hitBroker{}
+	h.b = surfacetest.Hit{Answer: broker.Answer{Pod: testPod, Identity: testClientID, Credentials: hitCreds}}
 	for r, want := range map[*http.Request]float64{
 		appService("api-version=2019-08-01&resource=https://management.azure.com/"): 0,
 		imds(imdsQuery): 0,
@@ -628,9 +628,3 @@ func TestHitPathAllocations(t *testing.T) {
 }
 
 var hitCreds = &exchange.Credentials{Kind: exchange.KindAccessToken, AccessToken: testToken, Expiration: t0.Add(time.Hour)}
-
-type hitBroker struct{}
-
-func (hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
-	return broker.Answer{Pod: testPod, Identity: testClientID, Credentials: hitCreds}, nil
-}

@@ -657,7 +657,7 @@ func TestIPv4MappedPeer(t *testing.T) {
 // scopes allocates nothing in the surface.
 func TestTokenHitAllocations(t *testing.T) {
 	fb := &fakeBroker{clock: clocktesting.NewFakePassiveClock(t0)}
-	h, err := New(Config{Broker: &hitBroker{ans: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
+	h, err := New(Config{Broker: surfacetest.Hit{Answer: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
 		Kind: exchange.KindAccessToken, AccessToken: testToken, Expiration: t0.Add(time.Hour)}}},
 		ProjectID: testProject, Clock: fb.clock})
 	if err != nil {
@@ -681,7 +681,7 @@ func TestTokenHitAllocations(t *testing.T) {
 // from a hit without an allocation in the surface.
 func TestIdentityHitAllocations(t *testing.T) {
 	fb := &fakeBroker{clock: clocktesting.NewFakePassiveClock(t0)}
-	h, err := New(Config{Broker: &hitBroker{ans: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
+	h, err := New(Config{Broker: surfacetest.Hit{Answer: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
 		Kind: exchange.KindIDToken, IDToken: "eyJ.id.sig", AccessToken: testToken, Expiration: t0.Add(time.Hour)}}},
 		ProjectID: testProject, Clock: fb.clock})
 	if err != nil {
@@ -703,17 +703,8 @@ func TestIdentityHitAllocations(t *testing.T) {
 	}
 }
 
-type hitBroker struct{ ans broker.Answer }
-
-func (b *hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
-	return b.ans, nil
-}
-func (b *hitBroker) ServeIdentity(context.Context, netip.Addr, exchange.Cloud) (string, *broker.Failure) {
-	return b.ans.Identity, nil
-}
-
 func BenchmarkTokenHit(b *testing.B) {
-	h, err := New(Config{Broker: &hitBroker{ans: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
+	h, err := New(Config{Broker: surfacetest.Hit{Answer: broker.Answer{Identity: testEmail, Credentials: &exchange.Credentials{
 		Kind: exchange.KindAccessToken, AccessToken: testToken, Expiration: time.Now().Add(time.Hour)}}},
 		ProjectID: testProject})
 	if err != nil {

@@ -111,7 +111,7 @@ func TestRefusalsKeepTheBrokersCode(t *testing.T) {
 // pkg/broker's BenchmarkCacheHit).
 func TestCacheHitAllocatesNothing(t *testing.T) {
 	h := handler(t, &fakeBroker{})
-	h.broker = hitBroker{broker.Answer{Credentials: &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: "eyJ.pod-token.sig",
+	h.broker = surfacetest.Hit{Answer: broker.Answer{Credentials: &exchange.Credentials{Kind: exchange.KindIDToken, IDToken: "eyJ.pod-token.sig",
 		Expiration: time.Date(2026, 12, 2, 2, 0, 0, 0, time.UTC)}}}
 	for _, accept := range []string{"text/plain", "application/json"} {
 		req := httptest.NewRequest(http.MethodGet, Path+"?audience=svc-b", nil)
@@ -126,10 +126,4 @@ func TestCacheHitAllocatesNothing(t *testing.T) {
 			t.Errorf("%s: status %d, %.0f allocations per answer; want 200 and none", accept, w.Code, allocs)
 		}
 	}
-}
-
-type hitBroker struct{ ans broker.Answer }
-
-func (h hitBroker) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
-	return h.ans, nil
 }

@@ -1,12 +1,15 @@
 // Package surfacetest is what the surfaces' tests share: the broker's side
 // of a fake broker (classifying and recording failures as pkg/broker's
-// Serve does) and the surfaces' request metrics read back.
+// Serve does), a broker that answers from its cache, a ResponseWriter that
+// costs nothing, and the surfaces' request metrics read back.
 package surfacetest
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"sync"
 	"testing"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/credbroker/agent/internal/testfake"
 	"github.com/credbroker/agent/pkg/broker"
+	"github.com/credbroker/agent/pkg/exchange"
 	"github.com/credbroker/agent/pkg/guard"
 )
 
@@ -87,6 +91,21 @@ func Counted(t testing.TB, g prometheus.Gatherer, surface string) map[int]int {
 		}
 	}
 	return out
+}
+
+// Hit is a broker that answers every request with Answer, as from its
+// cache, and records nothing, so that the surfaces' hit benchmarks and
+// allocation tests measure the surface alone.
+type Hit struct{ Answer broker.Answer }
+
+// Serve returns h.Answer.
+func (h Hit) Serve(context.Context, netip.Addr, broker.Request) (broker.Answer, *broker.Failure) {
+	return h.Answer, nil
+}
+
+// ServeIdentity returns h.Answer's identity.
+func (h Hit) ServeIdentity(context.Context, netip.Addr, exchange.Cloud) (string, *broker.Failure) {
+	return h.Answer.Identity, nil
 }
 
 // Discard is the cheapest http.ResponseWriter: it keeps the status and
