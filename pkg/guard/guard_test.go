@@ -182,6 +182,32 @@ func TestHandlerTableIsBounded(t *testing.T) {
 	}
 }
 
+// The table evicts the least recently used address: one that asks every
+// second keeps its bucket, and with it the tokens it has spent, while new
+// addresses churn through the table around it.
+func TestHandlerTableKeepsAnAddressThatAsks(t *testing.T) {
+	e := newHandlerEnv(t, func(c *HandlerConfig) { c.MaxAddrs, c.RequestQPS, c.RequestBurst = 8, 0.001, 40 })
+	next := 0
+	for i := range 40 {
+		e.clock.Step(time.Second)
+		if rec := e.do("10.0.0.1", nil); rec.Code != http.StatusOK {
+			t.Fatalf("request %d within the burst: %d", i, rec.Code)
+		}
+		for range 7 {
+			next++
+			e.do(netip.AddrFrom4([4]byte{10, 2, byte(next >> 8), byte(next)}).String(), nil)
+		}
+	}
+	// A fresh bucket (the address evicted and added again) would allow
+	// this request.
+	if rec := e.do("10.0.0.1", nil); rec.Code != http.StatusTooManyRequests {
+		t.Fatalf("the 41st request of a 40-request burst: %d, want 429 (its bucket was evicted)", rec.Code)
+	}
+	if e.h.limit.addrs.Len() != 8 {
+		t.Fatalf("table holds %d addresses, want 8", e.h.limit.addrs.Len())
+	}
+}
+
 // One Handler per surface, one Limiter for all: each surface writes the
 // guard's refusals in its own format and decides whether Authorization is
 // required, and a pod has one request budget, not one per surface.
