@@ -6,7 +6,6 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -52,23 +51,8 @@ type Limiter struct {
 	limit rate.Limit
 	burst int
 	clock clock.PassiveClock
-	addrs *lru.Cache[netip.Addr, *bucket]
+	addrs *lru.Cache[netip.Addr, *rate.Limiter]
 }
-
-// bucket is one address's token bucket and when the table last marked it
-// recently used.
-type bucket struct {
-	lim     *rate.Limiter
-	touched atomic.Int64 // UnixNano; 0: never
-}
-
-// touchInterval bounds how stale an address's place in the table's
-// recency order may be. Marking it on every request (the LRU's Get) takes
-// the table's write lock on every request of every pod; once a second,
-// requests share its read lock (Peek). Eviction only hands an address a
-// fresh bucket, and an address that asks at least once a second is still
-// never the least recently used while others are idle.
-const touchInterval = time.Second
 
 // NewLimiter returns a Limiter.
 func NewLimiter(cfg LimiterConfig) (*Limiter, error) {
@@ -78,7 +62,7 @@ func NewLimiter(cfg LimiterConfig) (*Limiter, error) {
 	cfg.RequestQPS = cmp.Or(cfg.RequestQPS, DefaultRequestQPS)
 	cfg.RequestBurst = cmp.Or(cfg.RequestBurst, DefaultRequestBurst)
 	cfg.MaxAddrs = cmp.Or(cfg.MaxAddrs, DefaultMaxAddrs)
-	addrs, err := lru.New[netip.Addr, *bucket](cfg.MaxAddrs)
+	addrs, err := lru.New[netip.Addr, *rate.Limiter](cfg.MaxAddrs)
 	if err != nil {
 		return nil, err
 	}
@@ -182,36 +166,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // allow takes a token from addr's bucket, or says how long until one is due.
 func (l *Limiter) allow(addr netip.Addr) (bool, time.Duration) {
-	now := l.clock.Now()
-	b, ok := l.addrs.Peek(addr)
+	lim, ok := l.addrs.Get(addr)
 	if !ok {
 		// Two first requests may race here; PeekOrAdd keeps one bucket.
-		fresh := &bucket{lim: rate.NewLimiter(l.limit, l.burst)}
-		fresh.touched.Store(now.UnixNano())
+		fresh := rate.NewLimiter(l.limit, l.burst)
 		if prev, found, _ := l.addrs.PeekOrAdd(addr, fresh); found {
-			b = prev
+			lim = prev
 		} else {
-			b = fresh
+			lim = fresh
 		}
 	}
-	l.touch(addr, b, now)
-	if b.lim.AllowN(now, 1) {
+	now := l.clock.Now()
+	if lim.AllowN(now, 1) {
 		return true, 0
 	}
 	// Time until a whole token is back; Retry-After rounds it up to seconds.
-	missing := 1 - b.lim.TokensAt(now)
+	missing := 1 - lim.TokensAt(now)
 	wait := time.Duration(math.Ceil(missing / float64(l.limit) * float64(time.Second)))
 	return false, max(wait, time.Second)
-}
-
-// touch moves addr to the front of the table's recency order unless it
-// was moved there less than touchInterval ago (a clock that went back
-// counts as due).
-func (l *Limiter) touch(addr netip.Addr, b *bucket, now time.Time) {
-	n := now.UnixNano()
-	if last := b.touched.Load(); last != 0 && n >= last && n-last < int64(touchInterval) {
-		return
-	}
-	b.touched.Store(n)
-	l.addrs.Get(addr)
 }
