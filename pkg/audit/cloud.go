@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
 
@@ -141,11 +142,17 @@ func annotationRemovals(ids []identity) string {
 	return strings.Join(parts, " ")
 }
 
+// Compiled on first use: the serving agent links this package for
+// `agent audit` and never runs it.
 var (
 	// A Google service account's e-mail address.
-	gcpServiceAccount = regexp.MustCompile(`^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.:-]+\.iam\.gserviceaccount\.com$`)
+	gcpServiceAccount = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.:-]+\.iam\.gserviceaccount\.com$`)
+	})
 	// An Entra ID application (client) ID is a GUID.
-	guid = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	guid = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	})
 )
 
 func (id identity) expected() string {
@@ -161,11 +168,11 @@ func (id identity) expected() string {
 func (id identity) validate(extraPartitions []string) error {
 	switch id.kind {
 	case "google service account":
-		if !gcpServiceAccount.MatchString(id.value) {
+		if !gcpServiceAccount().MatchString(id.value) {
 			return fmt.Errorf("not a service account e-mail (%s)", id.expected())
 		}
 	case "azure client":
-		if !guid.MatchString(id.value) {
+		if !guid().MatchString(id.value) {
 			return fmt.Errorf("not a GUID")
 		}
 	case "aws role":

@@ -49,6 +49,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -95,20 +96,26 @@ const maxResourceLen = 512
 
 const userAgent = "credbroker"
 
+// The patterns are compiled on first use: an agent without Azure never
+// needs their 46 KB of heap (which the GC's goal doubles in RSS).
 var (
 	// guidRE is a GUID as Entra writes tenant and application IDs.
-	guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	guidRE = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	})
 	// domainRE is a tenant's domain name (contoso.onmicrosoft.com,
 	// contoso.com): DNS labels, at least two, nothing that could change the
 	// token endpoint's path.
-	domainRE = regexp.MustCompile(`^(?i:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+)$`)
+	domainRE = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(?i:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+)$`)
+	})
 	// resourceRE is an RFC 6749 scope-token: no space, quote, backslash or
 	// control character.
-	resourceRE = regexp.MustCompile(`^[\x21\x23-\x5b\x5d-\x7e]+$`)
+	resourceRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[\x21\x23-\x5b\x5d-\x7e]+$`) })
 	// codeRE is what may go into Code (metrics, logs).
-	codeRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
+	codeRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`) })
 	// aadstsRE finds the code at the start of an error_description.
-	aadstsRE = regexp.MustCompile(`^AADSTS([0-9]{1,10})\b`)
+	aadstsRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^AADSTS([0-9]{1,10})\b`) })
 )
 
 // multiTenant names are accepted by Entra's authorize endpoint but not for
@@ -119,11 +126,11 @@ var multiTenant = map[string]bool{"common": true, "organizations": true, "consum
 // domain name. The multi-tenant names (common, organizations, consumers)
 // are neither.
 func ValidTenant(s string) bool {
-	return len(s) <= 253 && (guidRE.MatchString(s) || domainRE.MatchString(s))
+	return len(s) <= 253 && (guidRE().MatchString(s) || domainRE().MatchString(s))
 }
 
 // ValidClientID reports whether s is an application (client) ID: a GUID.
-func ValidClientID(s string) bool { return guidRE.MatchString(s) }
+func ValidClientID(s string) bool { return guidRE().MatchString(s) }
 
 // Scope returns the client credentials scope of a resource:
 // resource + "/.default", or resource itself when it already ends in
@@ -293,7 +300,7 @@ func check(req exchange.Request) error {
 		return bad("one resource per token, not %d (Entra issues a token for one resource's /.default scope)", len(req.Scopes))
 	}
 	r := req.Scopes[0]
-	if len(r) > maxResourceLen || !resourceRE.MatchString(r) || r == defaultScopeSuffix {
+	if len(r) > maxResourceLen || !resourceRE().MatchString(r) || r == defaultScopeSuffix {
 		return bad("resource %q is not a resource URI or application ID", r)
 	}
 	return nil
@@ -373,11 +380,11 @@ func classify(ce *callError, body []byte, token exchange.Secret) *exchange.Error
 	var num int64 = -1
 	if len(eb.ErrorCodes) > 0 {
 		num = eb.ErrorCodes[0]
-	} else if m := aadstsRE.FindStringSubmatch(eb.ErrorDescription); m != nil {
+	} else if m := aadstsRE().FindStringSubmatch(eb.ErrorDescription); m != nil {
 		num, _ = strconv.ParseInt(m[1], 10, 64)
 	}
 	oauth := eb.Error
-	if !codeRE.MatchString(oauth) || exchange.Leaks(oauth, token) {
+	if !codeRE().MatchString(oauth) || exchange.Leaks(oauth, token) {
 		oauth = ""
 	}
 	switch {
@@ -458,7 +465,7 @@ func claimsOf(token exchange.Secret) assertion {
 		return assertion{}
 	}
 	safe := func(s string) string {
-		if len(s) > 256 || !resourceRE.MatchString(s) || exchange.Leaks(s, token) {
+		if len(s) > 256 || !resourceRE().MatchString(s) || exchange.Leaks(s, token) {
 			return ""
 		}
 		return s

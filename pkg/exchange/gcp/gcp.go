@@ -68,6 +68,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -129,15 +130,21 @@ const userAgent = "credbroker"
 // also the STS audience parameter.
 const audiencePrefix = "//iam.googleapis.com/"
 
+// The patterns are compiled on first use: an agent without GCP never needs
+// their 63 KB of heap (which the GC's goal doubles in RSS).
 var (
-	providerRE = regexp.MustCompile(`^projects/([0-9]{1,20})/locations/global/workloadIdentityPools/([a-z0-9-]{4,32})/providers/([a-z0-9-]{4,32})$`)
+	providerRE = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^projects/([0-9]{1,20})/locations/global/workloadIdentityPools/([a-z0-9-]{4,32})/providers/([a-z0-9-]{4,32})$`)
+	})
 	// emailRE is a service account email (NAME@PROJECT.iam.gserviceaccount.com,
 	// or Google's default accounts at developer. and appspot.gserviceaccount.com)
 	// or its numeric unique ID, both of which IAM Credentials accepts in the
 	// path. Nothing that could change the path (/ ? # % :) gets through.
-	emailRE = regexp.MustCompile(`^(?:[a-zA-Z0-9][a-zA-Z0-9._+-]{0,99}@[a-zA-Z0-9][a-zA-Z0-9.-]{0,252}\.[a-zA-Z]{2,63}|[0-9]{1,30})$`)
+	emailRE = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(?:[a-zA-Z0-9][a-zA-Z0-9._+-]{0,99}@[a-zA-Z0-9][a-zA-Z0-9.-]{0,252}\.[a-zA-Z]{2,63}|[0-9]{1,30})$`)
+	})
 	// scopeRE is an RFC 6749 scope-token.
-	scopeRE = regexp.MustCompile(`^[\x21\x23-\x5b\x5d-\x7e]+$`)
+	scopeRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[\x21\x23-\x5b\x5d-\x7e]+$`) })
 )
 
 // Provider is a workload identity pool provider's resource name, parsed.
@@ -150,7 +157,7 @@ type Provider struct {
 // ParseProvider parses
 // projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/ID.
 func ParseProvider(s string) (Provider, error) {
-	m := providerRE.FindStringSubmatch(s)
+	m := providerRE().FindStringSubmatch(s)
 	if m == nil {
 		hint := ""
 		if strings.HasPrefix(s, audiencePrefix) || strings.HasPrefix(s, "https:"+audiencePrefix) {
@@ -330,7 +337,7 @@ func check(req exchange.Request) error {
 	if req.Token == "" {
 		return bad("empty ServiceAccount token")
 	}
-	if req.Role != "" && !emailRE.MatchString(req.Role) {
+	if req.Role != "" && !emailRE().MatchString(req.Role) {
 		return &exchange.Error{Kind: exchange.InvalidRequest, Cause: exchange.CauseIdentityForm,
 			Hint: fmt.Sprintf("%q is not a Google service account email (NAME@PROJECT.iam.gserviceaccount.com) or unique ID", req.Role), Err: &callError{
 				call: "gcp exchange", detail: fmt.Sprintf("%q is not a Google service account email", req.Role),
@@ -339,7 +346,7 @@ func check(req exchange.Request) error {
 	switch req.Want {
 	case exchange.KindAccessToken:
 		for _, s := range req.Scopes {
-			if !scopeRE.MatchString(s) {
+			if !scopeRE().MatchString(s) {
 				return bad("scope %q is not an OAuth scope", s)
 			}
 		}
@@ -686,14 +693,14 @@ func classify(call, email string, status int, body []byte, secrets []exchange.Se
 					reasons = append(reasons, d.Reason)
 				}
 				for _, v := range d.FieldViolations {
-					if codeRE.MatchString(v.Field) {
+					if codeRE().MatchString(v.Field) {
 						ce.fields = append(ce.fields, v.Field)
 					}
 				}
 			}
 		}
 	}
-	if !codeRE.MatchString(ce.code) || exchange.Leaks(ce.code, secrets...) {
+	if !codeRE().MatchString(ce.code) || exchange.Leaks(ce.code, secrets...) {
 		// Code goes into metrics and logs: only identifiers of the kind
 		// Google uses, and never a token a peer echoed.
 		ce.code = ""
@@ -714,7 +721,7 @@ func classify(call, email string, status int, body []byte, secrets []exchange.Se
 	return &exchange.Error{Kind: kind, Code: ce.code, Err: ce}
 }
 
-var codeRE = regexp.MustCompile(`^[A-Za-z0-9_.]{1,64}$`)
+var codeRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_.]{1,64}$`) })
 
 // kindForCode classifies Google STS's OAuth error codes (RFC 6749 and
 // RFC 8693, as Google uses them) and the canonical status names of Google

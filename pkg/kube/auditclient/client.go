@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -28,7 +29,12 @@ import (
 // clientset (k8s.io/client-go/kubernetes) would register every API group,
 // and the linker would keep all of their code in the agent binary, which
 // every node runs (see pkg/kube for the same reasoning).
-var codecs = kube.NewCodecs(corev1.AddToScheme, rbacv1.AddToScheme, appsv1.AddToScheme)
+//
+// It is built on first use: the serving agent, which links this package
+// for `agent audit`, never needs it.
+var codecs = sync.OnceValue(func() kube.Codecs {
+	return kube.NewCodecs(corev1.AddToScheme, rbacv1.AddToScheme, appsv1.AddToScheme)
+})
 
 // DefaultPageSize is the number of objects asked for per list request.
 const DefaultPageSize = 500
@@ -70,7 +76,7 @@ func restClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string) (rest.
 	c := rest.CopyConfig(cfg)
 	c.GroupVersion = &gv
 	c.APIPath = apiPath
-	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(codecs.Scheme, codecs.Factory).WithoutConversion()
+	c.NegotiatedSerializer = rest.CodecFactoryForGeneratedClient(codecs().Scheme, codecs().Factory).WithoutConversion()
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent() + " audit"
 	}
@@ -131,7 +137,7 @@ func listEach[E any, PE interface {
 	continuer
 }](ctx context.Context, c *Client, rc rest.Interface, resource, namespace string, opts metav1.ListOptions,
 	newList func() L, items func(L) []E, each func(*E) error) error {
-	l := kube.NewResource(rc, codecs.Parameters, resource, namespace, func() PE { return PE(new(E)) }, newList)
+	l := kube.NewResource(rc, codecs().Parameters, resource, namespace, func() PE { return PE(new(E)) }, newList)
 	return pages(ctx, l, resource, c.PageSize, opts, func(p L) error { return eachItem(items(p), each) })
 }
 
